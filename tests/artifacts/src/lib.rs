@@ -1,0 +1,99 @@
+//! Paths of every guest component in the workspace, built for `wasm32-wasip2`.
+//!
+//! Depend on this crate (usually as a dev-dependency) to get ready-built
+//! `.wasm` files in tests and benchmarks:
+//!
+//! ```
+//! let bytes = std::fs::read(weir_artifacts::FIXTURE_PASSTHROUGH).unwrap();
+//! assert_eq!(&bytes[..4], b"\0asm");
+//! ```
+//!
+//! # What is built
+//!
+//! The build script finds every crate directory under `plugins/` (shipped
+//! plugins) and `tests/fixtures/` (test fixtures, hostile ones included) and
+//! builds them all with one nested
+//! `cargo build --release --target wasm32-wasip2 -p <crate>...` into
+//! `target/wasm-artifacts/` (a separate target directory, because the outer
+//! cargo holds the lock of `target/`). Each crate is a `cdylib`, which for
+//! `wasm32-wasip2` is already a component. The build fails if any of them is not.
+//! It reruns when anything under `wit/`, `sdk/`, `plugins/` or
+//! `tests/fixtures/` changes.
+//!
+//! For each crate it generates one constant holding the absolute path of its
+//! component: `PLUGIN_<DIR>` for `plugins/<dir>`, `FIXTURE_<DIR>` for
+//! `tests/fixtures/<dir>` (upper case, `-` becomes `_`), e.g.
+//! [`FIXTURE_PASSTHROUGH`]. [`FIXTURE_CORE_MODULE`] is not a crate: it is a
+//! tiny core WebAssembly module (not a component) written by the build script,
+//! for the "a core module is refused" tests. [`PLUGINS`], [`FIXTURES`] and
+//! [`ALL`] list them as `(directory name, path)`.
+//!
+//! # A fixture without a test is a build error
+//!
+//! [`foreach_fixture!`] calls a macro once per fixture with the fixture's
+//! directory name in snake case. The host's test module for fixtures must
+//! invoke it with a macro that names a test function of that name:
+//!
+//! ```ignore
+//! macro_rules! assert_fixture_has_test {
+//!     ($name:ident) => {
+//!         #[allow(unused_imports)]
+//!         use self::$name as _;
+//!     };
+//! }
+//! weir_artifacts::foreach_fixture!(assert_fixture_has_test);
+//!
+//! #[test]
+//! fn endless_loop() { /* load FIXTURE_ENDLESS_LOOP, prove it is contained */ }
+//! ```
+//!
+//! Adding a directory under `tests/fixtures/` adds a constant and a
+//! `foreach_fixture!` entry; until a test function with its name exists in
+//! that module, `use self::<name>` does not resolve and the test binary does
+//! not compile. This is exactly what fails, and nothing more: the check is
+//! that a test of that name exists, not what it asserts. [`foreach_plugin!`]
+//! does the same for shipped plugins.
+
+include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COMPONENT_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+    const CORE_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+
+    fn header(path: &str) -> Vec<u8> {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        bytes[..8].to_vec()
+    }
+
+    #[test]
+    fn every_artifact_is_a_component_except_the_core_module() {
+        assert_eq!(ALL.len(), PLUGINS.len() + FIXTURES.len());
+        for (name, path) in ALL {
+            assert!(path.ends_with(".wasm"), "{name}: {path}");
+            let expected = if *name == "core-module" {
+                CORE_HEADER
+            } else {
+                COMPONENT_HEADER
+            };
+            assert_eq!(header(path), expected, "{name}: {path}");
+        }
+    }
+
+    #[test]
+    fn foreach_fixture_names_every_fixture() {
+        let mut named = Vec::new();
+        macro_rules! collect {
+            ($name:ident) => {
+                named.push(stringify!($name).replace('_', "-"));
+            };
+        }
+        foreach_fixture!(collect);
+        let listed: Vec<String> = FIXTURES.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(named, listed);
+        assert!(listed.contains(&"passthrough".to_string()));
+        assert!(listed.contains(&"core-module".to_string()));
+    }
+}
