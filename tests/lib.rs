@@ -1,1 +1,120 @@
-//! placeholder
+//! Shared helpers for weir's integration tests.
+//!
+//! Every integration test talks to a real server on 127.0.0.1, started by
+//! `tests/stack up` (or by `tests/run`, which starts them, runs every test and stops
+//! what it started). The addresses reach the tests through environment variables
+//! printed by `tests/stack env`. A test that does not find its server fails with a
+//! message saying how to start it; none passes by skipping.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// A server the integration tests need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// Apache Kafka (KRaft); the variable holds `host:port` of the bootstrap broker.
+    Kafka,
+    /// HDFS; the variable holds the NameNode URL, `hdfs://host:port`.
+    Hdfs,
+    /// Redis; the variable holds a `redis://` URL.
+    Redis,
+    /// MariaDB; the variable holds a `mysql://` URL.
+    MariaDb,
+    /// PostgreSQL; the variable holds a `postgres://` URL.
+    Postgres,
+}
+
+impl Service {
+    /// The environment variable that holds this service's address.
+    pub fn var(self) -> &'static str {
+        match self {
+            Service::Kafka => "WEIR_TEST_KAFKA",
+            Service::Hdfs => "WEIR_TEST_HDFS",
+            Service::Redis => "WEIR_TEST_REDIS",
+            Service::MariaDb => "WEIR_TEST_MARIADB",
+            Service::Postgres => "WEIR_TEST_POSTGRES",
+        }
+    }
+
+    /// The name `tests/stack` knows the service by.
+    pub fn stack_name(self) -> &'static str {
+        match self {
+            Service::Kafka => "kafka",
+            Service::Hdfs => "namenode datanode",
+            Service::Redis => "redis",
+            Service::MariaDb => "mariadb",
+            Service::Postgres => "postgres",
+        }
+    }
+
+    /// The service's address, after checking that something accepts connections there.
+    ///
+    /// # Panics
+    /// When the variable is unset or nothing listens at the address, with a message
+    /// that says how to start the service.
+    pub fn addr(self) -> String {
+        let how = "start the test servers with `tests/stack up` and load their addresses with \
+             `eval \"$(tests/stack env)\"`, or run every test with `tests/run`";
+        let value = std::env::var(self.var())
+            .unwrap_or_else(|_| panic!("{} is not set: {how}", self.var()));
+        let hostport = host_port(&value)
+            .unwrap_or_else(|| panic!("{}={value} has no host:port in it", self.var()));
+        let reachable = hostport
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(3)).is_ok());
+        assert!(
+            reachable,
+            "{:?} is not answering at {hostport} ({}): {how}; `tests/stack status` shows which \
+             servers are up (service names: {})",
+            self,
+            self.var(),
+            self.stack_name()
+        );
+        value
+    }
+}
+
+/// `host:port` out of `scheme://user:pass@host:port/path` or a bare `host:port`.
+fn host_port(value: &str) -> Option<String> {
+    let rest = value.split_once("://").map_or(value, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    let hostport = rest.split(['/', '?']).next()?;
+    hostport.contains(':').then(|| hostport.to_string())
+}
+
+/// A name no other test run uses, for topics, keys, tables and paths.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_port;
+
+    #[test]
+    fn host_port_is_found_in_every_url_shape() {
+        assert_eq!(
+            host_port("127.0.0.1:19092").as_deref(),
+            Some("127.0.0.1:19092")
+        );
+        assert_eq!(
+            host_port("redis://127.0.0.1:16379/").as_deref(),
+            Some("127.0.0.1:16379")
+        );
+        assert_eq!(
+            host_port("mysql://weir:weir@127.0.0.1:13306/weir").as_deref(),
+            Some("127.0.0.1:13306")
+        );
+        assert_eq!(
+            host_port("hdfs://127.0.0.1:19000").as_deref(),
+            Some("127.0.0.1:19000")
+        );
+        assert_eq!(host_port("localhost"), None);
+    }
+}

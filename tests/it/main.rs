@@ -1,1 +1,10 @@
-//! Integration tests against real servers.
+//! Integration tests against real servers, one module per area.
+//!
+//! Run them with `tests/run` (starts the servers, runs every test, stops what it
+//! started), or start the servers once with `tests/stack up`, then
+//! `eval "$(tests/stack env)" && cargo test -p weir-integration`.
+
+mod hdfs;
+mod kafka;
+mod redis;
+mod sql;
