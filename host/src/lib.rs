@@ -1,1 +1,14 @@
 //! weir: the stream-processing host.
+//!
+//! # Layout
+//!
+//! - [`runtime`]: the plugin runtime. Loads WebAssembly components that
+//!   implement `weir:plugin@0.1.0` (`wit/plugin.wit`), checks them, and runs
+//!   batches of events through them under CPU, memory and output limits. One
+//!   `Runtime` per process; a `Plugin` per uploaded component; an `Instance`
+//!   per configured scenario and worker.
+//!
+//! The `weir` binary (`src/main.rs`, commands in `src/cli/`) is a thin layer
+//! over these modules.
+
+pub mod runtime;

@@ -1,13 +1,18 @@
-//! The `weir` command.
+//! The `weir` command: parses arguments, sets up logging, runs a subcommand
+//! from `cli/`.
+
+mod cli;
 
 use clap::Parser;
 
-/// weir: Kafka in, sandboxed WebAssembly scenario plugins, exact counters and a Parquet archive out.
-#[derive(Debug, Parser)]
-#[command(name = "weir", version, about)]
-struct Cli {}
-
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+fn main() -> std::process::ExitCode {
+    let args = cli::Cli::parse();
+    cli::init_logging(args.verbose);
+    match args.command.run() {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

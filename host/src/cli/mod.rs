@@ -1,0 +1,50 @@
+//! Command-line interface: one module per command group. `anyhow` lives here
+//! and in `main.rs` only.
+
+mod plugin;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// weir: Kafka in, sandboxed WebAssembly scenario plugins, exact counters and a Parquet archive out.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about)]
+pub(crate) struct Cli {
+    /// More log output on stderr (repeat for more); `RUST_LOG` overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub(crate) verbose: u8,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Work with plugins (WebAssembly components).
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+}
+
+impl Command {
+    pub(crate) fn run(self) -> anyhow::Result<ExitCode> {
+        match self {
+            Command::Plugin(command) => command.run(),
+        }
+    }
+}
+
+/// Logs go to stderr so that command output on stdout stays parseable.
+pub(crate) fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,61 @@
+//! Configuration of the plugin runtime: where compiled code is cached and the
+//! limits every plugin instance runs under.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// How the plugin runtime is set up. Every field has a default, so `{}` is a
+/// valid configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Directory of wasmtime's on-disk compilation cache. A component whose
+    /// bytes were compiled before (by any process using the same directory and
+    /// the same engine settings) loads from here instead of being recompiled.
+    /// `None` turns the on-disk cache off.
+    pub cache_dir: Option<PathBuf>,
+    /// Largest linear memory one plugin instance may grow to, in bytes. Growing
+    /// beyond it fails inside the guest, which usually aborts; the event is then
+    /// failed with `memory limit exceeded`.
+    pub memory_limit_bytes: u64,
+    /// How many plugin instances may be alive at once in this process (the size
+    /// of the pooling allocator). Instantiating beyond it fails.
+    pub max_instances: u32,
+    /// Wall-clock budget of one guest call (one batch), in milliseconds,
+    /// enforced by epoch interruption. `None` turns the deadline off.
+    pub cpu_limit_ms: Option<u64>,
+    /// Period of the epoch ticker thread, in milliseconds. The CPU deadline is
+    /// accurate to about one tick.
+    pub epoch_tick_ms: u64,
+    /// Fuel (roughly, WebAssembly instructions) one guest call may spend.
+    /// `None` (the default) turns fuel metering off: it costs more than the
+    /// epoch deadline and bounds the same thing.
+    pub fuel_per_call: Option<u64>,
+    /// Largest sum of output record bytes one batch may produce. A batch over it
+    /// is split to find the events responsible, which fail with `output limit exceeded`.
+    pub output_limit_bytes: u64,
+    /// How many failed guest calls (traps, limits) one batch may cost while the
+    /// runtime isolates the offending events. When the budget is spent, the
+    /// events not yet isolated fail with the last reason seen.
+    pub max_failed_calls_per_batch: u32,
+    /// Bytes of guest stdout and of guest stderr forwarded to the log per call;
+    /// the rest is counted and reported in one warning.
+    pub guest_log_bytes_per_call: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            memory_limit_bytes: 64 << 20,
+            max_instances: 256,
+            cpu_limit_ms: Some(500),
+            epoch_tick_ms: 10,
+            fuel_per_call: None,
+            output_limit_bytes: 16 << 20,
+            max_failed_calls_per_batch: 16,
+            guest_log_bytes_per_call: 4096,
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! A configured plugin instance and the batch call with its containment:
+//! limits armed before each call, a trapped instance replaced, and a failed
+//! batch split until the events responsible are isolated.
+
+use std::ops::Range;
+
+use wasmtime::{Store, Trap};
+
+use super::batch::{Batch, BatchResult, EventError, FailureKind, check_output};
+use super::bindings::{self, WeirPlugin};
+use super::plugin::Plugin;
+use super::state::HostState;
+use super::{Runtime, RuntimeError};
+
+/// A plugin instance configured for one scenario. Not shared between threads
+/// at once: give each worker its own.
+pub struct Instance {
+    plugin: Plugin,
+    config: String,
+    /// `None` after a trap until the next call re-creates it.
+    live: Option<Live>,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("plugin", &self.plugin.info().name)
+            .field("version", &self.plugin.info().version)
+            .field("live", &self.live.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A store and the instance living in it.
+pub(crate) struct Live {
+    pub(crate) store: Store<HostState>,
+    pub(crate) bindings: WeirPlugin,
+}
+
+impl Live {
+    /// Resets per-call state and sets the CPU budget for the next guest call.
+    pub(crate) fn arm(&mut self, runtime: &Runtime) {
+        self.store.data_mut().begin_call();
+        if let Some(ticks) = runtime.deadline_ticks() {
+            self.store.set_epoch_deadline(ticks);
+        }
+        if let Some(fuel) = runtime.inner.config.fuel_per_call {
+            // Only fails when fuel is off in the engine, and it is on here.
+            let _ = self.store.set_fuel(fuel);
+        }
+    }
+}
+
+/// Why one guest call produced no usable output.
+struct CallFailure {
+    error: EventError,
+    /// Whether splitting the batch can isolate the cause (false when the
+    /// plugin's answer is malformed, which splitting would only repeat).
+    split: bool,
+}
+
+impl Instance {
+    pub(crate) fn new(plugin: Plugin, config: String) -> Result<Self, RuntimeError> {
+        let live = plugin.live(&config)?;
+        Ok(Self {
+            plugin,
+            config,
+            live: Some(live),
+        })
+    }
+
+    /// The plugin this instance runs.
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    /// Runs one batch. Every event gets an outcome: the plugin's, or a failure
+    /// naming the trap or limit that the event caused. Errs only when a
+    /// trapped instance cannot be re-created, which leaves the batch undone.
+    ///
+    /// Blocks for up to the CPU limit per guest call; see the module doc.
+    pub fn process(&mut self, batch: &Batch) -> Result<BatchResult, RuntimeError> {
+        let mut result = BatchResult::default();
+        if batch.is_empty() {
+            return Ok(result);
+        }
+        let mut budget = self
+            .plugin
+            .inner
+            .runtime
+            .inner
+            .config
+            .max_failed_calls_per_batch
+            .max(1);
+        self.run(batch, 0..batch.len(), &mut result, &mut budget)?;
+        Ok(result)
+    }
+
+    fn run(
+        &mut self,
+        batch: &Batch,
+        range: Range<usize>,
+        result: &mut BatchResult,
+        budget: &mut u32,
+    ) -> Result<(), RuntimeError> {
+        let answer = if range.len() == batch.len() {
+            self.call(&batch.inner)?
+        } else {
+            self.call(&batch.slice(range.clone()))?
+        };
+        let failure = match answer {
+            Ok(output) => {
+                result.push_output(output);
+                return Ok(());
+            }
+            Err(failure) => failure,
+        };
+        result.note_failed_call();
+        *budget = budget.saturating_sub(1);
+        let info = self.plugin.info();
+        if range.len() == 1 || !failure.split {
+            tracing::warn!(
+                plugin = %info.name,
+                version = %info.version,
+                events = range.len(),
+                first_offset = batch.offset(range.start),
+                reason = %failure.error,
+                "plugin failed events"
+            );
+            result.push_failed(&failure.error, range.len());
+            return Ok(());
+        }
+        if *budget == 0 {
+            let error = EventError {
+                kind: failure.error.kind,
+                message: format!(
+                    "{} (not isolated: {} events failed together after {} failed calls in this batch)",
+                    failure.error.message,
+                    range.len(),
+                    result.failed_calls()
+                ),
+            };
+            tracing::warn!(
+                plugin = %info.name,
+                version = %info.version,
+                events = range.len(),
+                first_offset = batch.offset(range.start),
+                reason = %error,
+                "failed-call budget spent; failing the rest of the sub-batch"
+            );
+            result.push_failed(&error, range.len());
+            return Ok(());
+        }
+        let middle = range.start + range.len() / 2;
+        self.run(batch, range.start..middle, result, budget)?;
+        self.run(batch, middle..range.end, result, budget)
+    }
+
+    /// One guest call. The outer error means no instance could be made; the
+    /// inner one that this call failed (and the instance, if it trapped, is gone).
+    fn call(
+        &mut self,
+        batch: &bindings::Batch,
+    ) -> Result<Result<bindings::Output, CallFailure>, RuntimeError> {
+        let runtime = self.plugin.inner.runtime.clone();
+        let live = match &mut self.live {
+            Some(live) => live,
+            None => self.live.insert(self.plugin.live(&self.config)?),
+        };
+        live.arm(&runtime);
+        let answer = live
+            .bindings
+            .weir_plugin_plugin()
+            .call_process(&mut live.store, batch);
+        live.store.data_mut().end_call();
+
+        let config = &runtime.inner.config;
+        match answer {
+            Ok(output) => {
+                if let Some(reason) = check_output(&output, batch.events.len()) {
+                    return Ok(Err(CallFailure {
+                        error: EventError {
+                            kind: FailureKind::InvalidOutput,
+                            message: reason,
+                        },
+                        split: false,
+                    }));
+                }
+                if output.records.len() as u64 > config.output_limit_bytes {
+                    return Ok(Err(CallFailure {
+                        error: EventError {
+                            kind: FailureKind::OutputLimit,
+                            message: format!(
+                                "{} bytes of output records for {} events; the limit is {} bytes per batch",
+                                output.records.len(),
+                                batch.events.len(),
+                                config.output_limit_bytes
+                            ),
+                        },
+                        split: true,
+                    }));
+                }
+                Ok(Ok(output))
+            }
+            Err(error) => {
+                let state = live.store.data();
+                let failure = classify(&error, state.limiter.hit, state.stderr_tail(), &runtime);
+                // A trapped instance cannot be entered again.
+                self.live = None;
+                Ok(Err(CallFailure {
+                    error: failure,
+                    split: true,
+                }))
+            }
+        }
+    }
+}
+
+/// Names the cause of a failed guest call.
+fn classify(
+    error: &wasmtime::Error,
+    memory_hit: bool,
+    stderr: Option<String>,
+    runtime: &Runtime,
+) -> EventError {
+    let config = &runtime.inner.config;
+    let with_stderr = |message: String| match &stderr {
+        Some(tail) => format!("{message} (guest stderr: {tail})"),
+        None => message,
+    };
+    let trap = error.downcast_ref::<Trap>();
+    let (kind, message) = match trap {
+        Some(Trap::Interrupt) => (
+            FailureKind::CpuLimit,
+            format!(
+                "the call ran past its {} ms budget",
+                config.cpu_limit_ms.unwrap_or_default()
+            ),
+        ),
+        Some(Trap::OutOfFuel) => (
+            FailureKind::CpuLimit,
+            format!(
+                "the call used up its {} fuel",
+                config.fuel_per_call.unwrap_or_default()
+            ),
+        ),
+        _ if memory_hit => (
+            FailureKind::MemoryLimit,
+            with_stderr(format!(
+                "the guest tried to grow its memory past {} bytes",
+                config.memory_limit_bytes
+            )),
+        ),
+        Some(trap) => (FailureKind::Trap, with_stderr(trap.to_string())),
+        None => match error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            Some(exit) => (
+                FailureKind::Trap,
+                with_stderr(format!("the plugin called exit({})", exit.0)),
+            ),
+            None => (FailureKind::Trap, with_stderr(format!("{error}"))),
+        },
+    };
+    EventError { kind, message }
+}

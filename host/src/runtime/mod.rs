@@ -1,0 +1,406 @@
+//! The plugin runtime: runs scenario plugins (WebAssembly components
+//! implementing `weir:plugin@0.1.0`, see `wit/plugin.wit`) in a sandbox.
+//!
+//! It owns the one wasmtime [`Engine`] of the process, the compiled-code cache,
+//! the limits every instance runs under, and the translation between host
+//! batches and the WIT records.
+//!
+//! Data flow: bytes of a `.wasm` enter through [`Runtime::load`], which
+//! validates them (a component, the right world and version, only granted
+//! imports, a sane `describe`) and returns a [`Plugin`]. [`Plugin::instantiate`]
+//! configures an [`Instance`] with a scenario's JSON configuration. A [`Batch`]
+//! built on the host goes through [`Instance::process`] and comes back as a
+//! [`BatchResult`]: one [`Outcome`] per event plus the output records.
+//!
+//! Containment: each call runs under a CPU deadline (epoch interruption,
+//! optionally fuel), a memory cap (pooling allocator slot size plus a
+//! [`wasmtime::ResourceLimiter`]) and an output cap. A call that traps or hits
+//! a limit leaves the instance unusable: it is replaced from its
+//! `InstancePre` and configured again, and the batch is split in halves until
+//! the events responsible are isolated; only they fail, with the reason, and
+//! every other event gets its normal outcome. The number of failed calls per
+//! batch is bounded by [`RuntimeConfig::max_failed_calls_per_batch`].
+//!
+//! WASI: guests built for `wasm32-wasip2` import `wasi:io`, `wasi:cli`,
+//! `wasi:clocks`, `wasi:random` and `wasi:filesystem` interfaces even when they
+//! use none of them. Those are linked to a context with no preopened
+//! directories, no environment, no arguments and no network; guest stdout and
+//! stderr go to the log under a per-call cap (see `state.rs`). Any other import,
+//! `wasi:sockets` included, is refused when the plugin is loaded.
+//!
+//! CPU limit choice: measured on the `scenario` plugin, epoch interruption and
+//! fuel each add a few percent at batch 256 (see `benches/`); epoch is on by
+//! default because it bounds wall time, which is what protects the pipeline,
+//! and costs less than fuel. Fuel is available for deterministic budgets.
+//!
+//! Calls are synchronous and may run for up to the CPU limit: async callers
+//! run them on a blocking thread (`tokio::task::spawn_blocking`).
+
+mod batch;
+mod bindings;
+mod config;
+mod instance;
+mod plugin;
+mod state;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Linker;
+use wasmtime::{Cache, CacheConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use batch::{Batch, BatchResult, EventError, EventInput, FailureKind, Outcome, Status};
+pub use config::RuntimeConfig;
+pub use instance::Instance;
+pub use plugin::{Plugin, PluginInfo, PluginKind};
+
+use state::HostState;
+
+/// Everything that can go wrong in the runtime. Per-event failures are not
+/// errors: they are [`Outcome`]s with [`Status::Failed`].
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The runtime configuration cannot be used.
+    #[error("invalid runtime configuration: {reason}")]
+    Config {
+        /// What is wrong and what would be accepted.
+        reason: String,
+    },
+    /// The on-disk compilation cache could not be set up.
+    #[error("cannot use compilation cache directory {dir}: {reason}")]
+    Cache {
+        /// The configured directory.
+        dir: PathBuf,
+        /// The underlying error.
+        reason: String,
+    },
+    /// The bytes are not WebAssembly at all.
+    #[error(
+        "plugin {sha256}: not a WebAssembly binary (no `\\0asm` header); upload the `.wasm` file built for wasm32-wasip2"
+    )]
+    NotWasm {
+        /// Short sha256 of the bytes.
+        sha256: String,
+    },
+    /// The bytes are a core WebAssembly module, not a component.
+    #[error(
+        "plugin {sha256}: this is a core WebAssembly module, not a component; build the plugin for \
+         the `wasm32-wasip2` target (or wrap it with `wasm-tools component new`) so it implements \
+         the world weir:plugin/weir-plugin@{wit}"
+    )]
+    CoreModule {
+        /// Short sha256 of the bytes.
+        sha256: String,
+        /// The WIT version accepted.
+        wit: &'static str,
+    },
+    /// The component failed to compile.
+    #[error("plugin {sha256}: invalid component: {reason}")]
+    Compile {
+        /// Short sha256 of the bytes.
+        sha256: String,
+        /// The compiler's message.
+        reason: String,
+    },
+    /// The component imports something plugins are not granted.
+    #[error(
+        "plugin {sha256}: imports `{import}`, which plugins are not granted; allowed imports are \
+         wasi:io, wasi:cli, wasi:clocks, wasi:random, wasi:filesystem (no directories are \
+         preopened) and weir:plugin/types@{wit}"
+    )]
+    ForbiddenImport {
+        /// Short sha256 of the bytes.
+        sha256: String,
+        /// The refused import, e.g. `wasi:sockets/tcp@0.2.6`.
+        import: String,
+        /// The WIT version accepted.
+        wit: &'static str,
+    },
+    /// The component does not implement the plugin world this host accepts.
+    #[error("plugin {sha256}: does not implement weir:plugin/weir-plugin@{wit}: {reason}")]
+    WrongWorld {
+        /// Short sha256 of the bytes.
+        sha256: String,
+        /// What was found instead.
+        reason: String,
+        /// The WIT version accepted.
+        wit: &'static str,
+    },
+    /// `describe` trapped or could not be called.
+    #[error("plugin {sha256}: `describe` failed: {reason}")]
+    Describe {
+        /// Short sha256 of the bytes.
+        sha256: String,
+        /// The trap or error.
+        reason: String,
+    },
+    /// `describe` returned something unusable.
+    #[error("plugin {sha256}: `describe` returned an invalid {field}: {reason}")]
+    InvalidInfo {
+        /// Short sha256 of the bytes.
+        sha256: String,
+        /// Which field of `info` is wrong.
+        field: &'static str,
+        /// What is wrong and what would be accepted.
+        reason: String,
+    },
+    /// The configuration is not JSON.
+    #[error("plugin {plugin}@{version}: configuration is not valid JSON: {reason}")]
+    ConfigJson {
+        /// Plugin name.
+        plugin: String,
+        /// Plugin version.
+        version: String,
+        /// The parser's message.
+        reason: String,
+    },
+    /// The plugin refused the configuration, or trapped reading it.
+    #[error("plugin {plugin}@{version}: configuration refused: {reason}")]
+    Configure {
+        /// Plugin name.
+        plugin: String,
+        /// Plugin version.
+        version: String,
+        /// The plugin's message, or the trap.
+        reason: String,
+    },
+    /// A new instance could not be created (pool exhausted, start function trapped).
+    #[error("plugin {plugin}@{version}: cannot instantiate: {reason}")]
+    Instantiate {
+        /// Plugin name.
+        plugin: String,
+        /// Plugin version.
+        version: String,
+        /// The underlying error.
+        reason: String,
+    },
+    /// A batch buffer would pass the 4 GiB a WIT span can address.
+    #[error("batch too large: {bytes} bytes in one buffer (at most 4 GiB)")]
+    BatchTooLarge {
+        /// The size that did not fit.
+        bytes: usize,
+    },
+}
+
+/// The plugin runtime of one process: an engine, a linker with deny-all WASI,
+/// an epoch ticker and the loaded plugins. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    linker: Linker<HostState>,
+    config: RuntimeConfig,
+    /// Validated plugins by sha256 of their bytes.
+    plugins: Mutex<HashMap<[u8; 32], Plugin>>,
+    /// Compiled-code cache, when on (kept for its hit/miss counters).
+    cache: Option<Cache>,
+}
+
+impl Runtime {
+    /// Builds the engine, the linker and (if a CPU limit is set) the epoch
+    /// ticker thread, which stops when the last clone of the runtime and of
+    /// its plugins and instances is gone.
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let memory_limit = usize::try_from(config.memory_limit_bytes)
+            .ok()
+            .filter(|&m| m >= 64 << 10)
+            .ok_or_else(|| RuntimeError::Config {
+                reason: format!(
+                    "memory_limit_bytes = {} must be at least 65536 (one WebAssembly page)",
+                    config.memory_limit_bytes
+                ),
+            })?;
+        if config.max_instances == 0 {
+            return Err(RuntimeError::Config {
+                reason: "max_instances must be at least 1".to_owned(),
+            });
+        }
+        if config.epoch_tick_ms == 0 {
+            return Err(RuntimeError::Config {
+                reason: "epoch_tick_ms must be at least 1".to_owned(),
+            });
+        }
+
+        let mut pool = PoolingAllocationConfig::new();
+        let n = config.max_instances;
+        // A wasm32-wasip2 Rust component has a handful of core instances (the
+        // program, WASI shims) and one or two memories and tables.
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(8))
+            .total_memories(n.saturating_mul(2))
+            .total_tables(n.saturating_mul(4))
+            .total_stacks(n)
+            .max_memory_size(memory_limit);
+
+        let mut wasm = wasmtime::Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(config.cpu_limit_ms.is_some())
+            .consume_fuel(config.fuel_per_call.is_some())
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+
+        let cache = match &config.cache_dir {
+            Some(dir) => {
+                let cache_error = |reason: String| RuntimeError::Cache {
+                    dir: dir.clone(),
+                    reason,
+                };
+                let absolute = std::path::absolute(dir).map_err(|e| cache_error(e.to_string()))?;
+                let mut cache_config = CacheConfig::new();
+                cache_config.with_directory(absolute);
+                let cache = Cache::new(cache_config).map_err(|e| cache_error(format!("{e:#}")))?;
+                wasm.cache(Some(cache.clone()));
+                Some(cache)
+            }
+            None => None,
+        };
+
+        let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Config {
+            reason: format!("{e:#}"),
+        })?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| RuntimeError::Config {
+            reason: format!("linking WASI: {e:#}"),
+        })?;
+
+        if config.cpu_limit_ms.is_some() {
+            spawn_epoch_ticker(&engine, Duration::from_millis(config.epoch_tick_ms))?;
+        }
+
+        Ok(Self {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                config,
+                plugins: Mutex::new(HashMap::new()),
+                cache,
+            }),
+        })
+    }
+
+    /// The configuration this runtime was built with.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    /// Validates and compiles a plugin (or returns the one already loaded from
+    /// the same bytes). See [`RuntimeError`] for what is refused.
+    pub fn load(&self, bytes: &[u8]) -> Result<Plugin, RuntimeError> {
+        let sha256: [u8; 32] = Sha256::digest(bytes).into();
+        if let Some(plugin) = self.plugins().get(&sha256) {
+            return Ok(plugin.clone());
+        }
+        let plugin = Plugin::load(self.clone(), bytes, sha256)?;
+        self.plugins().insert(sha256, plugin.clone());
+        Ok(plugin)
+    }
+
+    /// On-disk cache hits and misses so far, when the cache is on.
+    pub fn cache_stats(&self) -> Option<(usize, usize)> {
+        self.inner
+            .cache
+            .as_ref()
+            .map(|c| (c.cache_hits(), c.cache_misses()))
+    }
+
+    fn plugins(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Plugin>> {
+        self.inner
+            .plugins
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Epoch ticks to allow for one call, or `None` when there is no deadline.
+    fn deadline_ticks(&self) -> Option<u64> {
+        let config = &self.inner.config;
+        // One extra tick: the current tick may be nearly over when the call starts.
+        config
+            .cpu_limit_ms
+            .map(|ms| ms.div_ceil(config.epoch_tick_ms) + 1)
+    }
+}
+
+/// Increments the engine's epoch every `tick` until the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine, tick: Duration) -> Result<(), RuntimeError> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("weir-epoch".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(tick);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| RuntimeError::Config {
+            reason: format!("cannot start the epoch ticker thread: {e}"),
+        })
+}
+
+/// The first 12 hex digits of a sha256, for messages.
+fn short_hex(sha256: &[u8; 32]) -> String {
+    sha256[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_rejects_unknown_fields_and_fills_defaults() {
+        let config: RuntimeConfig = serde_json::from_str(r#"{"cpu_limit_ms": 50}"#).unwrap();
+        assert_eq!(config.cpu_limit_ms, Some(50));
+        assert_eq!(config.memory_limit_bytes, 64 << 20);
+        let unknown = serde_json::from_str::<RuntimeConfig>(r#"{"cpu_limit": 50}"#).unwrap_err();
+        assert!(
+            unknown.to_string().contains("unknown field `cpu_limit`"),
+            "{unknown}"
+        );
+    }
+
+    #[test]
+    fn impossible_limits_are_refused() {
+        let err = Runtime::new(RuntimeConfig {
+            memory_limit_bytes: 1000,
+            ..RuntimeConfig::default()
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("memory_limit_bytes = 1000"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_component_are_refused_precisely() {
+        let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+        let not_wasm = runtime.load(b"hello").unwrap_err();
+        assert!(
+            matches!(not_wasm, RuntimeError::NotWasm { .. }),
+            "{not_wasm}"
+        );
+        // The smallest core module: magic and version 1, no sections.
+        let core = runtime.load(b"\0asm\x01\0\0\0").unwrap_err();
+        assert!(matches!(core, RuntimeError::CoreModule { .. }), "{core}");
+        assert!(core.to_string().contains("wasm32-wasip2"), "{core}");
+        // A component header followed by garbage fails to compile.
+        let garbage = runtime.load(b"\0asm\x0d\0\x01\0\xff\xff").unwrap_err();
+        assert!(matches!(garbage, RuntimeError::Compile { .. }), "{garbage}");
+    }
+}
