@@ -32,8 +32,9 @@ pub struct RuntimeConfig {
     /// `None` (the default) turns fuel metering off: it costs more than the
     /// epoch deadline and bounds the same thing.
     pub fuel_per_call: Option<u64>,
-    /// Largest sum of output record bytes one batch may produce. A batch over it
-    /// is split to find the events responsible, which fail with `output limit exceeded`.
+    /// Largest sum of output record bytes one guest call may return. A call over
+    /// it is retried on halves of its batch; an event that alone passes it fails
+    /// with `output limit exceeded`.
     pub output_limit_bytes: u64,
     /// How many failed guest calls (traps, limits) one batch may cost while the
     /// runtime isolates the offending events. When the budget is spent, the

@@ -51,6 +51,14 @@ impl Live {
     }
 }
 
+/// State of the search for the events that make calls fail.
+struct Isolation {
+    /// Failed calls still allowed in this batch.
+    budget: u32,
+    /// The reason of the last failed call that was split.
+    last: Option<EventError>,
+}
+
 /// Why one guest call produced no usable output.
 struct CallFailure {
     error: EventError,
@@ -84,25 +92,40 @@ impl Instance {
         if batch.is_empty() {
             return Ok(result);
         }
-        let mut budget = self
-            .plugin
-            .inner
-            .runtime
-            .inner
-            .config
-            .max_failed_calls_per_batch
-            .max(1);
-        self.run(batch, 0..batch.len(), &mut result, &mut budget)?;
+        let config = &self.plugin.inner.runtime.inner.config;
+        let mut isolation = Isolation {
+            budget: config.max_failed_calls_per_batch.max(1),
+            last: None,
+        };
+        self.run(batch, 0..batch.len(), &mut result, &mut isolation)?;
         Ok(result)
     }
 
+    /// Runs `range` of `batch`; on a failed call, splits it in halves and runs
+    /// each, down to single events, while the failed-call budget lasts.
     fn run(
         &mut self,
         batch: &Batch,
         range: Range<usize>,
         result: &mut BatchResult,
-        budget: &mut u32,
+        isolation: &mut Isolation,
     ) -> Result<(), RuntimeError> {
+        if isolation.budget == 0 {
+            // Every further call may burn a whole CPU budget again: stop here.
+            if let Some(last) = &isolation.last {
+                let error = EventError {
+                    kind: last.kind,
+                    message: format!(
+                        "{} (not isolated: gave up after {} failed calls in this batch)",
+                        last.message,
+                        result.failed_calls()
+                    ),
+                };
+                self.report(batch, &range, &error);
+                result.push_failed(&error, range.len());
+                return Ok(());
+            }
+        }
         let answer = if range.len() == batch.len() {
             self.call(&batch.inner)?
         } else {
@@ -116,44 +139,28 @@ impl Instance {
             Err(failure) => failure,
         };
         result.note_failed_call();
-        *budget = budget.saturating_sub(1);
-        let info = self.plugin.info();
+        isolation.budget = isolation.budget.saturating_sub(1);
         if range.len() == 1 || !failure.split {
-            tracing::warn!(
-                plugin = %info.name,
-                version = %info.version,
-                events = range.len(),
-                first_offset = batch.offset(range.start),
-                reason = %failure.error,
-                "plugin failed events"
-            );
+            self.report(batch, &range, &failure.error);
             result.push_failed(&failure.error, range.len());
             return Ok(());
         }
-        if *budget == 0 {
-            let error = EventError {
-                kind: failure.error.kind,
-                message: format!(
-                    "{} (not isolated: {} events failed together after {} failed calls in this batch)",
-                    failure.error.message,
-                    range.len(),
-                    result.failed_calls()
-                ),
-            };
-            tracing::warn!(
-                plugin = %info.name,
-                version = %info.version,
-                events = range.len(),
-                first_offset = batch.offset(range.start),
-                reason = %error,
-                "failed-call budget spent; failing the rest of the sub-batch"
-            );
-            result.push_failed(&error, range.len());
-            return Ok(());
-        }
+        isolation.last = Some(failure.error);
         let middle = range.start + range.len() / 2;
-        self.run(batch, range.start..middle, result, budget)?;
-        self.run(batch, middle..range.end, result, budget)
+        self.run(batch, range.start..middle, result, isolation)?;
+        self.run(batch, middle..range.end, result, isolation)
+    }
+
+    fn report(&self, batch: &Batch, range: &Range<usize>, error: &EventError) {
+        let info = self.plugin.info();
+        tracing::warn!(
+            plugin = %info.name,
+            version = %info.version,
+            events = range.len(),
+            first_offset = batch.offset(range.start),
+            reason = %error,
+            "plugin failed events"
+        );
     }
 
     /// One guest call. The outer error means no instance could be made; the

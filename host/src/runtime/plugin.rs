@@ -115,19 +115,6 @@ impl Plugin {
         })?;
 
         let ty = component.component_type();
-        for (import, _) in ty.imports(engine) {
-            let granted = import == TYPES_IMPORT
-                || GRANTED_IMPORTS
-                    .iter()
-                    .any(|prefix| import.starts_with(prefix));
-            if !granted {
-                return Err(RuntimeError::ForbiddenImport {
-                    sha256: short,
-                    import: import.to_owned(),
-                    wit: WIT_VERSION,
-                });
-            }
-        }
         let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
         if !exports.contains(&PLUGIN_EXPORT) {
             let reason = match exports
@@ -157,6 +144,19 @@ impl Plugin {
             });
         }
 
+        for (import, _) in ty.imports(engine) {
+            let granted = import == TYPES_IMPORT
+                || GRANTED_IMPORTS
+                    .iter()
+                    .any(|prefix| import.starts_with(prefix));
+            if !granted {
+                return Err(RuntimeError::ForbiddenImport {
+                    sha256: short,
+                    import: import.to_owned(),
+                    wit: WIT_VERSION,
+                });
+            }
+        }
         let wrong_world = |e: wasmtime::Error| RuntimeError::WrongWorld {
             sha256: short.clone(),
             reason: format!("{e:#}"),
@@ -257,6 +257,14 @@ pub(crate) fn new_store(runtime: &Runtime, plugin: &str, version: &str) -> Store
     );
     let mut store = Store::new(&runtime.inner.engine, state);
     store.limiter(|state| &mut state.limiter);
+    // Instantiation runs the guest's start code: it needs a budget too.
+    if let Some(ticks) = runtime.deadline_ticks() {
+        store.set_epoch_deadline(ticks);
+    }
+    if let Some(fuel) = config.fuel_per_call {
+        // Only fails when fuel is off in the engine, and it is on here.
+        let _ = store.set_fuel(fuel);
+    }
     store
 }
 

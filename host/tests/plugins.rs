@@ -1,0 +1,359 @@
+//! The runtime against real components: every fixture of `tests/fixtures/`
+//! (hostile ones included) and every shipped plugin, built by `weir-artifacts`.
+//!
+//! Each hostile fixture must be contained with a clear reason while a
+//! well-behaved plugin loaded in the same runtime keeps producing correct
+//! output. A fixture or plugin without a test here is a compile error (see
+//! the `foreach_*` checks at the bottom).
+
+use std::sync::OnceLock;
+
+use weir::runtime::{
+    Batch, BatchResult, FailureKind, Plugin, Runtime, RuntimeConfig, RuntimeError, Status,
+};
+
+/// One runtime for the whole test binary, like one process in production.
+fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        Runtime::new(RuntimeConfig {
+            cache_dir: Some(cache_dir()),
+            cpu_limit_ms: Some(200),
+            memory_limit_bytes: 32 << 20,
+            output_limit_bytes: 1 << 20,
+            ..RuntimeConfig::default()
+        })
+        .expect("runtime")
+    })
+}
+
+fn cache_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("weir-wasm-cache")
+}
+
+fn load(path: &str) -> Result<Plugin, RuntimeError> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    runtime().load(&bytes)
+}
+
+fn event(i: usize) -> String {
+    format!(
+        r#"{{"memberId":"m{i}","age":{},"gender":"MALE","h":{}}}"#,
+        18 + i % 40,
+        i % 24
+    )
+}
+
+fn batch_of(values: &[String]) -> Batch {
+    let mut batch = Batch::new("5", "events", 0);
+    for (i, value) in values.iter().enumerate() {
+        batch.push(1000 + i as i64, value.as_bytes()).unwrap();
+    }
+    batch
+}
+
+fn records(result: &BatchResult, index: usize) -> Vec<Vec<u8>> {
+    result
+        .records(&result.outcomes()[index])
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// The well-behaved neighbour still echoes every event exactly.
+fn assert_passthrough_still_works() {
+    let plugin = load(weir_artifacts::FIXTURE_PASSTHROUGH).expect("passthrough loads");
+    let mut instance = plugin.instantiate("{}").expect("passthrough configures");
+    let values: Vec<String> = (0..50).map(event).collect();
+    let result = instance
+        .process(&batch_of(&values))
+        .expect("passthrough runs");
+    assert_eq!(result.outcomes().len(), values.len());
+    for (i, value) in values.iter().enumerate() {
+        assert_eq!(result.outcomes()[i].status, Status::Emitted, "event {i}");
+        assert_eq!(
+            records(&result, i),
+            vec![value.as_bytes().to_vec()],
+            "event {i}"
+        );
+    }
+    assert_eq!(result.failed_calls(), 0);
+}
+
+/// Loads a hostile fixture, configures it and runs `values` through it.
+fn run_hostile(path: &str, values: &[String]) -> BatchResult {
+    let plugin = load(path).expect("hostile fixture loads");
+    let mut instance = plugin
+        .instantiate("{}")
+        .expect("hostile fixture configures");
+    instance
+        .process(&batch_of(values))
+        .expect("the runtime survives the fixture")
+}
+
+fn failure_kinds(result: &BatchResult) -> Vec<Option<FailureKind>> {
+    result
+        .outcomes()
+        .iter()
+        .map(|o| o.error.as_ref().map(|e| e.kind))
+        .collect()
+}
+
+#[test]
+fn passthrough() {
+    let plugin = load(weir_artifacts::FIXTURE_PASSTHROUGH).unwrap();
+    let info = plugin.info();
+    assert_eq!(info.name, "passthrough");
+    assert_eq!(info.version, "0.1.0");
+    assert_eq!(info.sha256.len(), 64);
+    // Loading the same bytes again returns the plugin already validated.
+    let again = load(weir_artifacts::FIXTURE_PASSTHROUGH).unwrap();
+    assert_eq!(again.info(), info);
+    assert_passthrough_still_works();
+
+    let mut instance = plugin.instantiate("{}").unwrap();
+    let empty = instance.process(&Batch::new("5", "events", 0)).unwrap();
+    assert!(empty.outcomes().is_empty());
+    let refused = plugin.instantiate("{not json").unwrap_err();
+    assert!(
+        matches!(refused, RuntimeError::ConfigJson { .. }),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("passthrough@0.1.0"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn trap_at() {
+    const K: usize = 37;
+    let mut values: Vec<String> = (0..100).map(event).collect();
+    values[K] = r#"{"trap":true}"#.to_owned();
+
+    let plugin = load(weir_artifacts::FIXTURE_TRAP_AT).unwrap();
+    let mut instance = plugin.instantiate("{}").unwrap();
+    let result = instance.process(&batch_of(&values)).unwrap();
+
+    assert_eq!(result.outcomes().len(), 100);
+    for (i, outcome) in result.outcomes().iter().enumerate() {
+        if i == K {
+            assert_eq!(outcome.status, Status::Failed);
+            let error = outcome.error.as_ref().unwrap();
+            assert_eq!(error.kind, FailureKind::Trap);
+            assert!(error.to_string().starts_with("trap: "), "{error}");
+            assert!(error.message.contains("unreachable"), "{error}");
+        } else {
+            assert_eq!(
+                outcome.status,
+                Status::Emitted,
+                "event {i}: {:?}",
+                outcome.error
+            );
+            assert_eq!(
+                records(&result, i),
+                vec![values[i].as_bytes().to_vec()],
+                "event {i}"
+            );
+        }
+    }
+    // Bisection: the first call plus one per level of halving.
+    assert!(result.failed_calls() <= 8, "{}", result.failed_calls());
+
+    // The instance was replaced transparently: the next batch runs normally.
+    let clean: Vec<String> = (0..10).map(event).collect();
+    let next = instance.process(&batch_of(&clean)).unwrap();
+    assert!(next.outcomes().iter().all(|o| o.status == Status::Emitted));
+    assert_eq!(next.failed_calls(), 0);
+    assert_passthrough_still_works();
+}
+
+#[test]
+fn wrong_world() {
+    let err = load(weir_artifacts::FIXTURE_WRONG_WORLD).unwrap_err();
+    assert!(matches!(err, RuntimeError::WrongWorld { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("weir:plugin/plugin@0.2.0"), "{message}");
+    assert!(
+        message.contains("this host accepts `weir:plugin/plugin@0.1.0`"),
+        "{message}"
+    );
+    assert_passthrough_still_works();
+}
+
+#[test]
+fn core_module() {
+    let err = load(weir_artifacts::FIXTURE_CORE_MODULE).unwrap_err();
+    assert!(matches!(err, RuntimeError::CoreModule { .. }), "{err}");
+    assert!(err.to_string().contains("not a component"), "{err}");
+    assert_passthrough_still_works();
+}
+
+#[test]
+fn compiled_code_is_reused_from_the_disk_cache() {
+    let config = RuntimeConfig {
+        cache_dir: Some(cache_dir()),
+        ..RuntimeConfig::default()
+    };
+    let bytes = std::fs::read(weir_artifacts::FIXTURE_PASSTHROUGH).unwrap();
+    // The first runtime compiles (or finds it cached by an earlier run) ...
+    Runtime::new(config.clone()).unwrap().load(&bytes).unwrap();
+    // ... so a second one, as after a restart, must find it on disk.
+    let restarted = Runtime::new(config).unwrap();
+    restarted.load(&bytes).unwrap();
+    let (hits, _misses) = restarted.cache_stats().unwrap();
+    assert!(hits >= 1, "no cache hit after a restart");
+}
+
+#[test]
+fn batches_are_isolated_per_instance() {
+    // Two instances of one plugin in one runtime do not share state or fate.
+    let plugin = load(weir_artifacts::FIXTURE_TRAP_AT).unwrap();
+    let mut a = plugin.instantiate("{}").unwrap();
+    let mut b = plugin.instantiate("{}").unwrap();
+    let poisoned = a
+        .process(&batch_of(&[r#"{"trap":true}"#.to_owned()]))
+        .unwrap();
+    assert_eq!(failure_kinds(&poisoned), vec![Some(FailureKind::Trap)]);
+    let fine = b.process(&batch_of(&[event(1)])).unwrap();
+    assert_eq!(fine.outcomes()[0].status, Status::Emitted);
+}
+
+#[test]
+fn endless_loop() {
+    let values: Vec<String> = (0..4).map(event).collect();
+    let result = run_hostile(weir_artifacts::FIXTURE_ENDLESS_LOOP, &values);
+    assert_eq!(failure_kinds(&result), vec![Some(FailureKind::CpuLimit); 4]);
+    let error = result.outcomes()[0].error.as_ref().unwrap();
+    assert!(
+        error
+            .to_string()
+            .starts_with("cpu limit exceeded: the call ran past its 200 ms budget"),
+        "{error}"
+    );
+    assert_passthrough_still_works();
+}
+
+#[test]
+fn failed_call_budget_bounds_the_cost_of_a_hopeless_batch() {
+    let runtime = Runtime::new(RuntimeConfig {
+        cpu_limit_ms: Some(20),
+        max_failed_calls_per_batch: 3,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let bytes = std::fs::read(weir_artifacts::FIXTURE_ENDLESS_LOOP).unwrap();
+    let mut instance = runtime.load(&bytes).unwrap().instantiate("{}").unwrap();
+    let values: Vec<String> = (0..64).map(event).collect();
+    let result = instance.process(&batch_of(&values)).unwrap();
+    // Whole batch, first half, first quarter: then the budget is spent.
+    assert_eq!(result.failed_calls(), 3);
+    assert_eq!(
+        failure_kinds(&result),
+        vec![Some(FailureKind::CpuLimit); 64]
+    );
+    let last = result.outcomes()[63].error.as_ref().unwrap();
+    assert!(
+        last.message
+            .contains("not isolated: gave up after 3 failed calls"),
+        "{last}"
+    );
+}
+
+#[test]
+fn memory_bomb() {
+    let values: Vec<String> = (0..2).map(event).collect();
+    let result = run_hostile(weir_artifacts::FIXTURE_MEMORY_BOMB, &values);
+    assert_eq!(
+        failure_kinds(&result),
+        vec![Some(FailureKind::MemoryLimit); 2]
+    );
+    let error = result.outcomes()[0].error.as_ref().unwrap();
+    assert!(
+        error.to_string().starts_with(
+            "memory limit exceeded: the guest tried to grow its memory past 33554432 bytes"
+        ),
+        "{error}"
+    );
+    assert_passthrough_still_works();
+}
+
+#[test]
+fn huge_output() {
+    let plugin = load(weir_artifacts::FIXTURE_HUGE_OUTPUT).unwrap();
+    let values: Vec<String> = (0..3).map(event).collect();
+
+    // 2 MiB per event against a 1 MiB output cap: each event alone is too much.
+    let mut over_cap = plugin.instantiate(r#"{"bytes": 2097152}"#).unwrap();
+    let result = over_cap.process(&batch_of(&values)).unwrap();
+    assert_eq!(
+        failure_kinds(&result),
+        vec![Some(FailureKind::OutputLimit); 3]
+    );
+    let error = result.outcomes()[0].error.as_ref().unwrap();
+    assert!(
+        error
+            .message
+            .contains("the limit is 1048576 bytes per batch"),
+        "{error}"
+    );
+
+    // 400 KiB per event: two fit, three do not. Splitting delivers all three.
+    let mut splittable = plugin.instantiate(r#"{"bytes": 409600}"#).unwrap();
+    let result = splittable.process(&batch_of(&values)).unwrap();
+    assert!(
+        result
+            .outcomes()
+            .iter()
+            .all(|o| o.status == Status::Emitted)
+    );
+    assert_eq!(result.output_bytes(), 3 * 409600);
+    assert_eq!(result.failed_calls(), 1);
+
+    // The default (64 MiB) cannot even be built inside a 32 MiB memory.
+    let mut default = plugin.instantiate("{}").unwrap();
+    let result = default.process(&batch_of(&values[..1])).unwrap();
+    assert_eq!(failure_kinds(&result), vec![Some(FailureKind::MemoryLimit)]);
+    assert_passthrough_still_works();
+}
+
+#[test]
+fn panic() {
+    let values: Vec<String> = (0..3).map(event).collect();
+    let result = run_hostile(weir_artifacts::FIXTURE_PANIC, &values);
+    assert_eq!(failure_kinds(&result), vec![Some(FailureKind::Trap); 3]);
+    let error = result.outcomes()[0].error.as_ref().unwrap();
+    // The guest's panic message, captured from its stderr, explains the trap.
+    assert!(
+        error
+            .message
+            .contains("the panic fixture panics on every event"),
+        "{error}"
+    );
+    assert_passthrough_still_works();
+}
+
+#[test]
+fn forbidden_import() {
+    let err = load(weir_artifacts::FIXTURE_FORBIDDEN_IMPORT).unwrap_err();
+    match &err {
+        RuntimeError::ForbiddenImport { import, .. } => {
+            assert!(import.starts_with("wasi:sockets/"), "{err}")
+        }
+        other => panic!("expected ForbiddenImport, got {other}"),
+    }
+    assert!(
+        err.to_string().contains("which plugins are not granted"),
+        "{err}"
+    );
+    assert_passthrough_still_works();
+}
+
+mod every_artifact_has_a_test {
+    #![allow(unused_imports)]
+    macro_rules! fixture_has_test {
+        ($name:ident) => {
+            use super::$name as _;
+        };
+    }
+    weir_artifacts::foreach_fixture!(fixture_has_test);
+}
