@@ -82,6 +82,61 @@ mod tests {
         }
     }
 
+    /// The top-level import and export names of a component.
+    fn interface(path: &str) -> (Vec<String>, Vec<String>) {
+        use wasmparser::{Parser, Payload};
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        let (mut imports, mut exports) = (Vec::new(), Vec::new());
+        let mut depth = 0usize;
+        for payload in Parser::new(0).parse_all(&bytes) {
+            match payload.unwrap_or_else(|e| panic!("parse {path}: {e}")) {
+                Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+                Payload::End(_) => depth = depth.saturating_sub(1),
+                Payload::ComponentImportSection(reader) if depth == 0 => {
+                    for import in reader {
+                        imports.push(import.unwrap().name.name.to_owned());
+                    }
+                }
+                Payload::ComponentExportSection(reader) if depth == 0 => {
+                    for export in reader {
+                        exports.push(export.unwrap().name.name.to_owned());
+                    }
+                }
+                _ => {}
+            }
+        }
+        (imports, exports)
+    }
+
+    #[test]
+    fn components_export_the_plugin_interface_of_their_version() {
+        for (name, path) in ALL.iter().filter(|(name, _)| *name != "core-module") {
+            let (_, exports) = interface(path);
+            let expected = if *name == "wrong-world" {
+                "weir:plugin/plugin@0.2.0"
+            } else {
+                "weir:plugin/plugin@0.1.0"
+            };
+            assert_eq!(exports, [expected], "{name}: {path}");
+        }
+    }
+
+    #[test]
+    fn only_forbidden_import_imports_sockets_or_filesystem() {
+        for (name, path) in ALL.iter().filter(|(name, _)| *name != "core-module") {
+            let (imports, _) = interface(path);
+            let sockets = imports.iter().any(|i| i.starts_with("wasi:sockets/tcp"));
+            let preopens = imports
+                .iter()
+                .any(|i| i.starts_with("wasi:filesystem/preopens"));
+            if *name == "forbidden-import" {
+                assert!(sockets && preopens, "{name} imports only {imports:?}");
+            } else {
+                assert!(!sockets, "{name} imports wasi:sockets: {imports:?}");
+            }
+        }
+    }
+
     #[test]
     fn foreach_fixture_names_every_fixture() {
         let mut named = Vec::new();

@@ -1,0 +1,412 @@
+//! The flat batch and output layouts of the WIT contract, as plain Rust types.
+//!
+//! The same types are used inside the component (converted from the generated
+//! bindings without copying the buffers) and natively by [`Harness`](crate::Harness).
+
+use std::ops::Range;
+
+use crate::Event;
+
+/// A Kafka record header.
+///
+/// ```
+/// let header = weir_sdk::Header { key: "trace-id".into(), value: b"abc".to_vec() };
+/// assert_eq!(header.key, "trace-id");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Header name.
+    pub key: String,
+    /// Header value bytes.
+    pub value: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct EventSpan {
+    pub(crate) value: Range<u32>,
+    pub(crate) key: Option<Range<u32>>,
+    pub(crate) headers: Range<u32>,
+    pub(crate) offset: i64,
+    pub(crate) timestamp_ms: Option<i64>,
+}
+
+/// A batch of events in the flat layout the host sends: every value in one
+/// buffer, every key in another, events as ranges into them. Build one to
+/// drive a plugin natively with [`Harness`](crate::Harness).
+///
+/// ```
+/// let mut batch = weir_sdk::Batch::new("5");
+/// batch.push(br#"{"age":31}"#).timestamp_ms(1_700_000_000_000).key(b"member-1");
+/// batch.push(br#"{"age":12}"#);
+/// assert_eq!(batch.len(), 2);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub(crate) scenario_id: String,
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) events: Vec<EventSpan>,
+    pub(crate) values: Vec<u8>,
+    pub(crate) keys: Vec<u8>,
+    pub(crate) headers: Vec<Header>,
+}
+
+impl Batch {
+    /// An empty batch routed to `scenario_id`, from topic `events`, partition 0.
+    ///
+    /// ```
+    /// assert!(weir_sdk::Batch::new("5").is_empty());
+    /// ```
+    pub fn new(scenario_id: &str) -> Self {
+        Self {
+            scenario_id: scenario_id.to_owned(),
+            topic: "events".to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// A batch with one event per non-blank line of `jsonl` (offsets 0, 1, …).
+    ///
+    /// ```
+    /// let batch = weir_sdk::Batch::from_lines("5", "{\"a\":1}\n\n{\"a\":2}\n");
+    /// assert_eq!(batch.len(), 2);
+    /// ```
+    pub fn from_lines(scenario_id: &str, jsonl: &str) -> Self {
+        let mut batch = Self::new(scenario_id);
+        for line in jsonl.lines().filter(|l| !l.trim().is_empty()) {
+            batch.push(line.as_bytes());
+        }
+        batch
+    }
+
+    /// Sets the source topic and partition of every event.
+    ///
+    /// ```
+    /// let batch = weir_sdk::Batch::new("5").source("clicks", 3);
+    /// # let _ = batch;
+    /// ```
+    pub fn source(mut self, topic: &str, partition: i32) -> Self {
+        self.topic = topic.to_owned();
+        self.partition = partition;
+        self
+    }
+
+    /// Appends an event with this value; its offset is its index in the batch.
+    /// Chain [`EventMut`] calls to give it a key, timestamp or headers.
+    ///
+    /// ```
+    /// let mut batch = weir_sdk::Batch::new("5");
+    /// batch.push(b"{}").offset(42).header("h", b"v");
+    /// ```
+    pub fn push(&mut self, value: &[u8]) -> EventMut<'_> {
+        let start = offset_u32(self.values.len());
+        self.values.extend_from_slice(value);
+        let headers = offset_u32(self.headers.len());
+        self.events.push(EventSpan {
+            value: start..offset_u32(self.values.len()),
+            key: None,
+            headers: headers..headers,
+            offset: self.events.len() as i64,
+            timestamp_ms: None,
+        });
+        EventMut { batch: self }
+    }
+
+    /// How many events the batch holds.
+    ///
+    /// ```
+    /// assert_eq!(weir_sdk::Batch::from_lines("5", "{}").len(), 1);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether the batch holds no events.
+    ///
+    /// ```
+    /// assert!(weir_sdk::Batch::new("5").is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Event `index` as the plugin will see it, or an error when its ranges do
+    /// not fit the batch's buffers (a host bug, reported rather than trapping).
+    pub(crate) fn event(&self, index: usize) -> Result<Event<'_>, String> {
+        let span = &self.events[index];
+        let value = slice(&self.values, &span.value, "value", "values")?;
+        let key = match &span.key {
+            Some(range) => Some(slice(&self.keys, range, "key", "keys")?),
+            None => None,
+        };
+        let headers = slice(&self.headers, &span.headers, "headers", "headers")?;
+        Ok(Event::from_parts(
+            value,
+            key,
+            headers,
+            span.offset,
+            span.timestamp_ms,
+            &self.scenario_id,
+            &self.topic,
+            self.partition,
+        ))
+    }
+}
+
+fn slice<'a, T>(
+    buffer: &'a [T],
+    range: &Range<u32>,
+    what: &str,
+    buffer_name: &str,
+) -> Result<&'a [T], String> {
+    buffer
+        .get(range.start as usize..range.end as usize)
+        .ok_or_else(|| {
+            format!(
+                "event {what} span {}..{} is outside batch.{buffer_name} (length {})",
+                range.start,
+                range.end,
+                buffer.len()
+            )
+        })
+}
+
+fn offset_u32(n: usize) -> u32 {
+    u32::try_from(n).expect("a batch buffer is limited to 4 GiB by the WIT contract")
+}
+
+/// The event just pushed onto a [`Batch`], to set its optional parts.
+///
+/// ```
+/// let mut batch = weir_sdk::Batch::new("5");
+/// batch.push(b"{}").key(b"k").timestamp_ms(0).offset(7).header("a", b"1");
+/// ```
+#[derive(Debug)]
+pub struct EventMut<'b> {
+    batch: &'b mut Batch,
+}
+
+impl EventMut<'_> {
+    fn last(&mut self) -> &mut EventSpan {
+        self.batch.events.last_mut().expect("pushed just before")
+    }
+
+    /// Sets the key.
+    ///
+    /// ```
+    /// weir_sdk::Batch::new("5").push(b"{}").key(b"member-1");
+    /// ```
+    pub fn key(mut self, key: &[u8]) -> Self {
+        let start = offset_u32(self.batch.keys.len());
+        self.batch.keys.extend_from_slice(key);
+        let end = offset_u32(self.batch.keys.len());
+        self.last().key = Some(start..end);
+        self
+    }
+
+    /// Sets the record timestamp, in milliseconds since the Unix epoch.
+    ///
+    /// ```
+    /// weir_sdk::Batch::new("5").push(b"{}").timestamp_ms(1_700_000_000_000);
+    /// ```
+    pub fn timestamp_ms(mut self, timestamp_ms: i64) -> Self {
+        self.last().timestamp_ms = Some(timestamp_ms);
+        self
+    }
+
+    /// Sets the source offset (by default the event's index in the batch).
+    ///
+    /// ```
+    /// weir_sdk::Batch::new("5").push(b"{}").offset(1234);
+    /// ```
+    pub fn offset(mut self, offset: i64) -> Self {
+        self.last().offset = offset;
+        self
+    }
+
+    /// Appends a header.
+    ///
+    /// ```
+    /// weir_sdk::Batch::new("5").push(b"{}").header("trace-id", b"abc");
+    /// ```
+    pub fn header(mut self, key: &str, value: &[u8]) -> Self {
+        self.batch.headers.push(Header {
+            key: key.to_owned(),
+            value: value.to_vec(),
+        });
+        let end = offset_u32(self.batch.headers.len());
+        self.last().headers.end = end;
+        self
+    }
+}
+
+/// What happened to one event.
+///
+/// ```
+/// assert_ne!(weir_sdk::Status::Emitted, weir_sdk::Status::Failed);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// The event produced no output.
+    Dropped,
+    /// The event produced one or more output records.
+    Emitted,
+    /// The plugin could not handle the event; the outcome's `error` says why.
+    Failed,
+}
+
+/// The answer for one input event, as the host receives it.
+///
+/// ```
+/// let out = weir_sdk::Output::default();
+/// assert!(out.outcomes().is_empty());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// What happened.
+    pub status: Status,
+    /// Whether the event matched (counted as a success for the scenario).
+    pub matched: bool,
+    /// How many output records the event produced.
+    pub records: u32,
+    /// Why the event failed; `None` unless `status` is [`Status::Failed`].
+    pub error: Option<String>,
+}
+
+/// The answer for a whole batch in the flat layout the host receives: one
+/// [`Outcome`] per event, every record in one buffer with end offsets.
+///
+/// ```
+/// let out = weir_sdk::Output::default();
+/// assert_eq!(out.record_count(), 0);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    pub(crate) outcomes: Vec<Outcome>,
+    pub(crate) records: Vec<u8>,
+    pub(crate) record_ends: Vec<u32>,
+}
+
+impl Output {
+    pub(crate) fn with_capacity(events: usize, bytes: usize) -> Self {
+        Self {
+            outcomes: Vec::with_capacity(events),
+            records: Vec::with_capacity(bytes),
+            record_ends: Vec::with_capacity(events),
+        }
+    }
+
+    /// One outcome per input event, in input order.
+    ///
+    /// ```
+    /// assert!(weir_sdk::Output::default().outcomes().is_empty());
+    /// ```
+    pub fn outcomes(&self) -> &[Outcome] {
+        &self.outcomes
+    }
+
+    /// How many output records there are in total.
+    ///
+    /// ```
+    /// assert_eq!(weir_sdk::Output::default().record_count(), 0);
+    /// ```
+    pub fn record_count(&self) -> usize {
+        self.record_ends.len()
+    }
+
+    /// Output record `index` (counted over the whole batch).
+    ///
+    /// ```
+    /// assert_eq!(weir_sdk::Output::default().record(0), None);
+    /// ```
+    pub fn record(&self, index: usize) -> Option<&[u8]> {
+        let end = *self.record_ends.get(index)? as usize;
+        let start = match index {
+            0 => 0,
+            _ => self.record_ends[index - 1] as usize,
+        };
+        self.records.get(start..end)
+    }
+
+    /// The output split per input event, for assertions in tests.
+    ///
+    /// ```
+    /// assert!(weir_sdk::Output::default().results().is_empty());
+    /// ```
+    pub fn results(&self) -> Vec<EventResult> {
+        let mut next = 0;
+        self.outcomes
+            .iter()
+            .map(|outcome| {
+                let records = (next..next + outcome.records as usize)
+                    .map(|i| self.record(i).unwrap_or_default().to_vec())
+                    .collect();
+                next += outcome.records as usize;
+                EventResult {
+                    status: outcome.status,
+                    matched: outcome.matched,
+                    records,
+                    error: outcome.error.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// What one input event produced, with its records copied out: the handy
+/// form for assertions in tests.
+///
+/// ```
+/// let result = weir_sdk::EventResult {
+///     status: weir_sdk::Status::Emitted,
+///     matched: true,
+///     records: vec![br#"{"a":1}"#.to_vec()],
+///     error: None,
+/// };
+/// assert_eq!(result.text(0), r#"{"a":1}"#);
+/// assert_eq!(result.json(0)["a"], 1);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventResult {
+    /// What happened.
+    pub status: Status,
+    /// Whether the event matched.
+    pub matched: bool,
+    /// The records it produced, in order.
+    pub records: Vec<Vec<u8>>,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+}
+
+impl EventResult {
+    /// Record `index` as UTF-8 text. Panics (this is for tests) when there is
+    /// no such record or it is not UTF-8.
+    ///
+    /// ```
+    /// # let result = weir_sdk::EventResult { status: weir_sdk::Status::Emitted,
+    /// #     matched: true, records: vec![b"x".to_vec()], error: None };
+    /// assert_eq!(result.text(0), "x");
+    /// ```
+    pub fn text(&self, index: usize) -> &str {
+        let record = self.records.get(index).unwrap_or_else(|| {
+            panic!(
+                "no record {index}: the event produced {} ({self:?})",
+                self.records.len()
+            )
+        });
+        std::str::from_utf8(record).expect("record is UTF-8")
+    }
+
+    /// Record `index` parsed as JSON. Panics (this is for tests) when there is
+    /// no such record or it is not JSON.
+    ///
+    /// ```
+    /// # let result = weir_sdk::EventResult { status: weir_sdk::Status::Emitted,
+    /// #     matched: true, records: vec![b"{\"a\":1}".to_vec()], error: None };
+    /// assert_eq!(result.json(0)["a"], 1);
+    /// ```
+    pub fn json(&self, index: usize) -> serde_json::Value {
+        let text = self.text(index);
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("record {text:?} is not JSON: {e}"))
+    }
+}
