@@ -9,7 +9,8 @@
 use std::sync::OnceLock;
 
 use weir::runtime::{
-    Batch, BatchResult, FailureKind, Plugin, Runtime, RuntimeConfig, RuntimeError, Status,
+    Batch, BatchResult, FailureKind, Plugin, PluginKind, Runtime, RuntimeConfig, RuntimeError,
+    Status,
 };
 
 /// One runtime for the whole test binary, like one process in production.
@@ -348,6 +349,95 @@ fn forbidden_import() {
     assert_passthrough_still_works();
 }
 
+/// Scenario 5: "adult male users who clicked buy after 9 o'clock".
+const SCENARIO_5: &str = r#"{
+  "scenario_id": 5,
+  "log_format": {"memberId": 1, "age": 1, "gender": 1, "h": 1, "e_n": 1, "url": 0},
+  "filters": [
+    {"left": "age", "operator": ">", "right": 20},
+    {"left": "gender", "operator": "==", "right": "MALE"},
+    {"left": "h", "operator": ">=", "right": 9}
+  ],
+  "logical_operator": "AND"
+}"#;
+
+#[test]
+fn scenario() {
+    let plugin = load(weir_artifacts::PLUGIN_SCENARIO).unwrap();
+    assert_eq!(plugin.info().name, "scenario");
+    assert_eq!(plugin.info().kind, PluginKind::Scenario);
+    let mut instance = plugin.instantiate(SCENARIO_5).unwrap();
+
+    let values = [
+        r#"{"memberId":7,"age":31,"gender":"MALE","h":10,"e_n":"구매하기","url":"/buy","timestamp":"2024-05-01T10:00:00Z"}"#,
+        r#"{"memberId":8,"age":31,"gender":"FEMALE","h":10,"e_n":"구매하기","url":"/buy","timestamp":"2024-05-01T10:00:00Z"}"#,
+        r#"{"memberId":9,"age":20,"gender":"MALE","h":23,"e_n":"구매하기","timestamp":"2024-05-02T23:00:00Z"}"#,
+        r#"{"memberId":10,"age":"45","gender":"MALE","h":9,"e_n":"장바구니","timestamp":"2024-05-03T09:00:00Z"}"#,
+        r#"{"memberId":11,"gender":"MALE","h":12,"timestamp":"2024-05-04T12:00:00Z"}"#,
+        "not json at all",
+    ];
+    let values: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
+    let result = instance.process(&batch_of(&values)).unwrap();
+    let matched: Vec<bool> = result.outcomes().iter().map(|o| o.matched).collect();
+    assert_eq!(matched, [true, false, false, true, false, false]);
+
+    let record = |i: usize| -> serde_json::Value {
+        serde_json::from_slice(&records(&result, i)[0]).unwrap()
+    };
+    let first = record(0);
+    assert_eq!(first["memberId"], 7);
+    assert_eq!(first["e_n"], "구매하기");
+    assert_eq!(first["success"], 1);
+    assert_eq!(first["scenario_id"], 5);
+    assert_eq!(first["date"], "2024-05-01");
+    assert!(first.get("url").is_none(), "url is dropped by log_format");
+    assert_eq!(
+        record(1)["success"],
+        0,
+        "unmatched events still emit a record"
+    );
+    assert_eq!(record(4)["age"], serde_json::Value::Null);
+
+    let bad = &result.outcomes()[5];
+    assert_eq!(bad.status, Status::Failed);
+    assert_eq!(bad.error.as_ref().unwrap().kind, FailureKind::Plugin);
+    assert_eq!(result.failed_calls(), 0);
+
+    let refused = plugin
+        .instantiate(r#"{"filters":[{"left":"age","operator":"=~","right":1}]}"#)
+        .unwrap_err();
+    assert!(
+        matches!(refused, RuntimeError::Configure { .. }),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("operator"), "{refused}");
+}
+
+#[test]
+fn access_log() {
+    let plugin = load(weir_artifacts::PLUGIN_ACCESS_LOG).unwrap();
+    assert_eq!(plugin.info().name, "access-log");
+    let mut instance = plugin.instantiate("{}").unwrap();
+    let values = vec![
+        r#"203.0.113.9 - - [10/Oct/2000:13:55:36 -0700] "GET /a.gif HTTP/1.0" 200 2326 "http://x/" "curl/8.0""#.to_owned(),
+        "garbage".to_owned(),
+        r#"{"level":"INFO","message":"started","ts":1700000000}"#.to_owned(),
+    ];
+    let result = instance.process(&batch_of(&values)).unwrap();
+    let access: serde_json::Value = serde_json::from_slice(&records(&result, 0)[0]).unwrap();
+    assert_eq!(access["ip_address"], "203.0.113.9");
+    assert_eq!(access["status_code"], 200);
+    assert_eq!(access["timestamp"], "2000-10-10T13:55:36-07:00");
+    assert_eq!(result.outcomes()[1].status, Status::Failed);
+    assert_eq!(
+        result.outcomes()[1].error.as_ref().unwrap().kind,
+        FailureKind::Plugin
+    );
+    let app: serde_json::Value = serde_json::from_slice(&records(&result, 2)[0]).unwrap();
+    assert_eq!(app["log_type"], "application");
+    assert_eq!(app["message"], "started");
+}
+
 mod every_artifact_has_a_test {
     #![allow(unused_imports)]
     macro_rules! fixture_has_test {
@@ -356,4 +446,5 @@ mod every_artifact_has_a_test {
         };
     }
     weir_artifacts::foreach_fixture!(fixture_has_test);
+    weir_artifacts::foreach_plugin!(fixture_has_test);
 }

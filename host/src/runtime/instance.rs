@@ -10,7 +10,7 @@ use super::batch::{Batch, BatchResult, EventError, FailureKind, check_output};
 use super::bindings::{self, WeirPlugin};
 use super::plugin::Plugin;
 use super::state::HostState;
-use super::{Runtime, RuntimeError};
+use super::{RuntimeError, RuntimeInner};
 
 /// A plugin instance configured for one scenario. Not shared between threads
 /// at once: give each worker its own.
@@ -39,12 +39,12 @@ pub(crate) struct Live {
 
 impl Live {
     /// Resets per-call state and sets the CPU budget for the next guest call.
-    pub(crate) fn arm(&mut self, runtime: &Runtime) {
+    pub(crate) fn arm(&mut self, runtime: &RuntimeInner) {
         self.store.data_mut().begin_call();
         if let Some(ticks) = runtime.deadline_ticks() {
             self.store.set_epoch_deadline(ticks);
         }
-        if let Some(fuel) = runtime.inner.config.fuel_per_call {
+        if let Some(fuel) = runtime.config.fuel_per_call {
             // Only fails when fuel is off in the engine, and it is on here.
             let _ = self.store.set_fuel(fuel);
         }
@@ -92,7 +92,7 @@ impl Instance {
         if batch.is_empty() {
             return Ok(result);
         }
-        let config = &self.plugin.inner.runtime.inner.config;
+        let config = &self.plugin.inner.runtime.config;
         let mut isolation = Isolation {
             budget: config.max_failed_calls_per_batch.max(1),
             last: None,
@@ -181,7 +181,7 @@ impl Instance {
             .call_process(&mut live.store, batch);
         live.store.data_mut().end_call();
 
-        let config = &runtime.inner.config;
+        let config = &runtime.config;
         match answer {
             Ok(output) => {
                 if let Some(reason) = check_output(&output, batch.events.len()) {
@@ -228,9 +228,9 @@ fn classify(
     error: &wasmtime::Error,
     memory_hit: bool,
     stderr: Option<String>,
-    runtime: &Runtime,
+    runtime: &RuntimeInner,
 ) -> EventError {
-    let config = &runtime.inner.config;
+    let config = &runtime.config;
     let with_stderr = |message: String| match &stderr {
         Some(tail) => format!("{message} (guest stderr: {tail})"),
         None => message,
@@ -258,7 +258,14 @@ fn classify(
                 config.memory_limit_bytes
             )),
         ),
-        Some(trap) => (FailureKind::Trap, with_stderr(trap.to_string())),
+        Some(trap) => (
+            FailureKind::Trap,
+            with_stderr(
+                trap.to_string()
+                    .trim_start_matches("wasm trap: ")
+                    .to_owned(),
+            ),
+        ),
         None => match error.downcast_ref::<wasmtime_wasi::I32Exit>() {
             Some(exit) => (
                 FailureKind::Trap,

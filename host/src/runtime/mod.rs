@@ -190,6 +190,10 @@ pub enum RuntimeError {
 #[derive(Clone)]
 pub struct Runtime {
     inner: Arc<RuntimeInner>,
+    /// Validated plugins by sha256 of their bytes. Kept apart from
+    /// `RuntimeInner`, which plugins point to, so that no cycle keeps the
+    /// engine (and its ticker thread) alive after the last user is gone.
+    plugins: Arc<Mutex<HashMap<[u8; 32], Plugin>>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -200,12 +204,10 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
-struct RuntimeInner {
+pub(crate) struct RuntimeInner {
     engine: Engine,
     linker: Linker<HostState>,
     config: RuntimeConfig,
-    /// Validated plugins by sha256 of their bytes.
-    plugins: Mutex<HashMap<[u8; 32], Plugin>>,
     /// Compiled-code cache, when on (kept for its hit/miss counters).
     cache: Option<Cache>,
 }
@@ -285,9 +287,9 @@ impl Runtime {
                 engine,
                 linker,
                 config,
-                plugins: Mutex::new(HashMap::new()),
                 cache,
             }),
+            plugins: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -303,7 +305,7 @@ impl Runtime {
         if let Some(plugin) = self.plugins().get(&sha256) {
             return Ok(plugin.clone());
         }
-        let plugin = Plugin::load(self.clone(), bytes, sha256)?;
+        let plugin = Plugin::load(self.inner.clone(), bytes, sha256)?;
         self.plugins().insert(sha256, plugin.clone());
         Ok(plugin)
     }
@@ -317,15 +319,16 @@ impl Runtime {
     }
 
     fn plugins(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Plugin>> {
-        self.inner
-            .plugins
+        self.plugins
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
 
+impl RuntimeInner {
     /// Epoch ticks to allow for one call, or `None` when there is no deadline.
     fn deadline_ticks(&self) -> Option<u64> {
-        let config = &self.inner.config;
+        let config = &self.config;
         // One extra tick: the current tick may be nearly over when the call starts.
         config
             .cpu_limit_ms

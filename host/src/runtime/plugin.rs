@@ -10,7 +10,7 @@ use wasmtime::component::Component;
 use super::bindings::{self, BindingsPre, PLUGIN_EXPORT, TYPES_IMPORT, WIT_VERSION};
 use super::instance::{Instance, Live};
 use super::state::HostState;
-use super::{Runtime, RuntimeError, short_hex};
+use super::{RuntimeError, RuntimeInner, short_hex};
 
 /// Import prefixes a plugin may use. They are linked to a deny-all WASI
 /// context; `wasi:sockets` and `wasi:http` are not among them.
@@ -76,7 +76,7 @@ pub struct Plugin {
 }
 
 pub(crate) struct PluginInner {
-    pub(crate) runtime: Runtime,
+    pub(crate) runtime: Arc<RuntimeInner>,
     pub(crate) info: PluginInfo,
     pub(crate) pre: BindingsPre<HostState>,
 }
@@ -91,7 +91,7 @@ impl std::fmt::Debug for Plugin {
 
 impl Plugin {
     pub(crate) fn load(
-        runtime: Runtime,
+        runtime: Arc<RuntimeInner>,
         bytes: &[u8],
         sha256: [u8; 32],
     ) -> Result<Self, RuntimeError> {
@@ -108,7 +108,7 @@ impl Plugin {
             _ => return Err(RuntimeError::NotWasm { sha256: short }),
         }
 
-        let engine = &runtime.inner.engine;
+        let engine = &runtime.engine;
         let component = Component::new(engine, bytes).map_err(|e| RuntimeError::Compile {
             sha256: short.clone(),
             reason: format!("{e:#}"),
@@ -163,7 +163,6 @@ impl Plugin {
             wit: WIT_VERSION,
         };
         let pre = runtime
-            .inner
             .linker
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
@@ -245,8 +244,8 @@ impl Plugin {
     }
 }
 
-pub(crate) fn new_store(runtime: &Runtime, plugin: &str, version: &str) -> Store<HostState> {
-    let config = &runtime.inner.config;
+pub(crate) fn new_store(runtime: &RuntimeInner, plugin: &str, version: &str) -> Store<HostState> {
+    let config = &runtime.config;
     // `Runtime::new` checked that the memory limit fits in usize.
     let memory_limit = usize::try_from(config.memory_limit_bytes).unwrap_or(usize::MAX);
     let state = HostState::new(
@@ -255,7 +254,7 @@ pub(crate) fn new_store(runtime: &Runtime, plugin: &str, version: &str) -> Store
         memory_limit,
         config.guest_log_bytes_per_call,
     );
-    let mut store = Store::new(&runtime.inner.engine, state);
+    let mut store = Store::new(&runtime.engine, state);
     store.limiter(|state| &mut state.limiter);
     // Instantiation runs the guest's start code: it needs a budget too.
     if let Some(ticks) = runtime.deadline_ticks() {
@@ -270,7 +269,7 @@ pub(crate) fn new_store(runtime: &Runtime, plugin: &str, version: &str) -> Store
 
 /// Instantiates the plugin without configuration and calls `describe`.
 fn describe(
-    runtime: &Runtime,
+    runtime: &RuntimeInner,
     pre: &BindingsPre<HostState>,
     short: &str,
 ) -> Result<bindings::Info, RuntimeError> {

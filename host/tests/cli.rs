@@ -1,0 +1,123 @@
+//! `weir plugin test` run as a process, the way people use it.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn weir_plugin_test(plugin: &str, config: &str, stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "plugin",
+            "test",
+            plugin,
+            "--config",
+            config,
+            "--batch-size",
+            "4",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start weir");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().expect("weir runs")
+}
+
+fn lines(output: &Output) -> Vec<Value> {
+    String::from_utf8(output.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}")))
+        .collect()
+}
+
+#[test]
+fn prints_one_line_per_event_then_a_summary() {
+    let input = "{\"a\":1}\n\n{\"trap\":true}\nnot json\r\n{\"b\":[2]}\n{\"c\":3}";
+    let output = weir_plugin_test(weir_artifacts::FIXTURE_TRAP_AT, "{}", input);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines = lines(&output);
+    assert_eq!(lines.len(), 6, "{lines:?}");
+
+    assert_eq!(lines[0]["offset"], 0);
+    assert_eq!(lines[0]["status"], "emitted");
+    assert_eq!(lines[0]["matched"], true);
+    assert_eq!(
+        lines[0]["records"][0]["a"], 1,
+        "valid JSON records are printed as JSON"
+    );
+    assert_eq!(lines[1]["status"], "failed");
+    assert!(
+        lines[1]["error"].as_str().unwrap().starts_with("trap: "),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(
+        lines[2]["records"][0], "not json",
+        "other records as strings"
+    );
+    assert_eq!(lines[3]["records"][0]["b"][0], 2);
+    assert_eq!(lines[4]["offset"], 4);
+
+    let summary = &lines[5]["summary"];
+    assert_eq!(summary["events"], 5);
+    assert_eq!(summary["emitted"], 4);
+    assert_eq!(summary["failed"], 1);
+    assert_eq!(summary["dropped"], 0);
+    assert_eq!(summary["plugin"], "trap-at");
+    assert!(summary["events_per_s"].is_number());
+}
+
+#[test]
+fn reads_the_config_from_a_file() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join("weir-cli-huge-output.json");
+    std::fs::write(&path, r#"{"bytes": 3}"#).unwrap();
+    let config = format!("@{}", path.display());
+    let output = weir_plugin_test(weir_artifacts::FIXTURE_HUGE_OUTPUT, &config, "{}\n");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(lines(&output)[0]["records"][0], "xxx");
+}
+
+#[test]
+fn fails_when_the_plugin_cannot_load() {
+    let output = weir_plugin_test(weir_artifacts::FIXTURE_CORE_MODULE, "{}", "{}\n");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not a component"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn fails_when_the_config_is_refused() {
+    let output = weir_plugin_test(weir_artifacts::FIXTURE_TRAP_AT, "[1,2]", "{}\n");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("trap-at@0.1.0: configuration refused"),
+        "{stderr}"
+    );
+
+    let output = weir_plugin_test(weir_artifacts::FIXTURE_TRAP_AT, "{oops", "{}\n");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("configuration is not valid JSON"),
+        "{stderr}"
+    );
+}
