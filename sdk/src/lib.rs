@@ -3,7 +3,6 @@
 //! ```
 //! use weir_sdk::{Error, Event, Filter, Plugin};
 //!
-//! /// Keeps the events of members older than `min_age`.
 //! struct Adults {
 //!     min_age: i64,
 //! }
@@ -17,8 +16,7 @@
 //!     const NAME: &'static str = "adults";
 //!     const VERSION: &'static str = "0.1.0";
 //!     const DESCRIPTION: &'static str = "Keeps events of members older than min_age.";
-//!     const CONFIG_SCHEMA: &'static str = r#"{"type":"object","required":["min_age"],
-//!         "properties":{"min_age":{"type":"integer"}}}"#;
+//!     const CONFIG_SCHEMA: &'static str = r#"{"type":"object","required":["min_age"]}"#;
 //!     type Config = Config;
 //!     fn new(config: Config) -> Result<Self, Error> {
 //!         Ok(Adults { min_age: config.min_age })
@@ -34,9 +32,24 @@
 //! weir_sdk::export!(Adults as filter);
 //! ```
 //!
-//! Build it with `cargo build --release --target wasm32-wasip2` (crate type
-//! `cdylib`) and upload the `.wasm`: it is a component of the world
-//! `weir:plugin/weir-plugin@0.1.0` (`wit/plugin.wit`).
+//! Build it with `cargo build --release --target wasm32-wasip2` and upload the
+//! `.wasm`: for that target a `cdylib` is already a component of the world
+//! `weir:plugin/weir-plugin@0.1.0` (`wit/plugin.wit`). The plugin's
+//! `Cargo.toml`:
+//!
+//! ```toml
+//! [lib]
+//! crate-type = ["cdylib", "rlib"] # rlib: also usable natively, in tests and benches
+//!
+//! [dependencies]
+//! weir-sdk = "0.1"
+//! serde = { version = "1", features = ["derive"] }
+//!
+//! [lints.rust]
+//! # `export!` expands wit-bindgen's ABI glue, which is unsafe code, under a
+//! # scoped `#[allow(unsafe_code)]`; `forbid` would reject that, `deny` does not.
+//! unsafe_code = "deny"
+//! ```
 //!
 //! # Kinds
 //!
@@ -117,6 +130,8 @@
 //! limits, belongs in a `testing` module behind a `testing` feature once the
 //! host runtime crate can be depended on; until then the host's integration
 //! tests load the built components (see the `weir-artifacts` crate).
+
+#![deny(missing_docs)]
 
 mod batch;
 mod error;
