@@ -8,7 +8,15 @@
 //!   `Runtime` per process; a `Plugin` per uploaded component; an `Instance`
 //!   per configured scenario and worker.
 //!
+//! - [`registry`]: the shared SQL state (SQLite, MariaDB or PostgreSQL):
+//!   plugin versions, scenarios, members, and the generation number replicas
+//!   poll to notice changes.
+//! - [`api`]: the HTTP control plane (axum) over the registry, with bearer
+//!   token roles and problem+json errors.
+//!
 //! The `weir` binary (`src/main.rs`, commands in `src/cli/`) is a thin layer
 //! over these modules.
 
+pub mod api;
+pub mod registry;
 pub mod runtime;

@@ -4,7 +4,9 @@
 //! started), or start the servers once with `tests/stack up`, then
 //! `eval "$(tests/stack env)" && cargo test -p weir-integration`.
 
+mod api;
 mod hdfs;
 mod kafka;
 mod redis;
+mod registry;
 mod sql;

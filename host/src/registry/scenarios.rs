@@ -1,0 +1,744 @@
+//! Scenarios: the JSON documents users write, checked against their plugin
+//! and stored as written.
+//!
+//! A scenario document is a JSON object. weir reads these fields itself:
+//!
+//! | field | type | meaning |
+//! |---|---|---|
+//! | `scenario_id` | string or non-negative integer | the id events carry (required) |
+//! | `title`, `manager` | string | for people |
+//! | `plugin` | `"name"` or `"name@version"` | the plugin that runs it; default [`DEFAULT_PLUGIN`], current version unless pinned |
+//! | `source` | array of topic names | topics whose events all belong to this scenario |
+//! | `output_topic` | topic name | default `weir.out.<scenario_id>` |
+//! | `enrich` | `{"by": "<event field>"}` | merge the member with that id into each event |
+//! | `enabled` | boolean | default `true` |
+//!
+//! Everything else (`log_format`, `filters`, `logical_operator`, …) belongs to
+//! the plugin. The plugin's configuration is the document without weir's
+//! routing fields ([`WEIR_SCENARIO_FIELDS`]): it is checked against the
+//! plugin's JSON Schema and then given to a fresh instance's `configure`. A
+//! scenario is stored only when all of that passes.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::plugins::PluginRef;
+use super::{FieldError, Registry, RegistryError, db, get, now_ms, rfc3339};
+
+/// The plugin a scenario runs when it names none: the shipped `scenario` plugin.
+pub const DEFAULT_PLUGIN: &str = "scenario";
+
+/// Fields of a scenario document that are weir's and not passed to the plugin.
+pub const WEIR_SCENARIO_FIELDS: &[&str] =
+    &["plugin", "source", "output_topic", "enrich", "enabled"];
+
+/// Most field errors reported for one document or import; the rest are counted.
+const MAX_ERRORS: usize = 50;
+
+/// Member enrichment of a scenario.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Enrich {
+    /// The event field holding the member id, e.g. `memberId`.
+    pub by: String,
+}
+
+/// weir's reading of a scenario document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScenarioSpec {
+    /// The scenario id, as text (an integer id `5` becomes `"5"`).
+    pub id: String,
+    /// The plugin that runs it.
+    pub plugin: PluginRef,
+    /// Topics bound to this scenario.
+    pub source: Vec<String>,
+    /// Where outputs go, when not the default.
+    pub output_topic: Option<String>,
+    /// Member enrichment, when asked for.
+    pub enrich: Option<Enrich>,
+    /// Whether the pipeline runs it.
+    pub enabled: bool,
+    /// The document as written.
+    pub document: Map<String, Value>,
+}
+
+impl ScenarioSpec {
+    /// Reads weir's fields of a document, reporting every problem at once.
+    pub fn parse(document: &Value) -> Result<Self, Vec<FieldError>> {
+        let Some(object) = document.as_object() else {
+            return Err(vec![FieldError::new(
+                "(document)",
+                format!(
+                    "expected a JSON object with at least `scenario_id`, got {}",
+                    json_type(document)
+                ),
+            )]);
+        };
+        let mut errors = Vec::new();
+
+        let id = match object.get("scenario_id") {
+            None => {
+                errors.push(FieldError::new(
+                    "scenario_id",
+                    "missing; every scenario needs an id (a string or a non-negative integer)",
+                ));
+                None
+            }
+            Some(Value::String(s)) if valid_id(s) => Some(s.clone()),
+            Some(Value::Number(n)) if n.as_u64().is_some() => Some(n.to_string()),
+            Some(other) => {
+                errors.push(FieldError::new(
+                    "scenario_id",
+                    format!(
+                        "got {}; expected a non-negative integer or a string of 1 to 128 letters, \
+                         digits, `.`, `_` or `-`",
+                        short(other)
+                    ),
+                ));
+                None
+            }
+        };
+        for field in ["title", "manager"] {
+            if let Some(value) = object.get(field).filter(|v| !v.is_string()) {
+                errors.push(FieldError::new(
+                    field,
+                    format!("got {}; expected a string", json_type(value)),
+                ));
+            }
+        }
+        let plugin = match object.get("plugin") {
+            None => Some(PluginRef {
+                name: DEFAULT_PLUGIN.to_owned(),
+                version: None,
+            }),
+            Some(Value::String(text)) => match PluginRef::parse(text) {
+                Ok(reference) => Some(reference),
+                Err(reason) => {
+                    errors.push(FieldError::new("plugin", reason));
+                    None
+                }
+            },
+            Some(other) => {
+                errors.push(FieldError::new(
+                    "plugin",
+                    format!(
+                        "got {}; expected a string `name` or `name@version`",
+                        json_type(other)
+                    ),
+                ));
+                None
+            }
+        };
+        let mut source = Vec::new();
+        match object.get("source") {
+            None => {}
+            Some(Value::Array(topics)) => {
+                for (i, topic) in topics.iter().enumerate() {
+                    match topic.as_str() {
+                        Some(t) if valid_topic(t) => source.push(t.to_owned()),
+                        _ => errors.push(FieldError::new(
+                            format!("source[{i}]"),
+                            format!("got {}; expected a Kafka topic name (1 to 249 letters, digits, `.`, `_` or `-`)", short(topic)),
+                        )),
+                    }
+                }
+            }
+            Some(other) => errors.push(FieldError::new(
+                "source",
+                format!(
+                    "got {}; expected an array of Kafka topic names, e.g. [\"events\"]",
+                    json_type(other)
+                ),
+            )),
+        }
+        let output_topic = match object.get("output_topic") {
+            None => None,
+            Some(Value::String(t)) if valid_topic(t) => Some(t.clone()),
+            Some(other) => {
+                errors.push(FieldError::new(
+                    "output_topic",
+                    format!(
+                        "got {}; expected a Kafka topic name (1 to 249 letters, digits, `.`, `_` or `-`)",
+                        short(other)
+                    ),
+                ));
+                None
+            }
+        };
+        let enrich = match object.get("enrich") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(fields)) => {
+                for key in fields.keys().filter(|k| *k != "by") {
+                    errors.push(FieldError::new(
+                        format!("enrich.{key}"),
+                        "unknown field; `enrich` accepts only `by`",
+                    ));
+                }
+                match fields.get("by") {
+                    Some(Value::String(by)) if !by.is_empty() => Some(Enrich { by: by.clone() }),
+                    other => {
+                        errors.push(FieldError::new(
+                            "enrich.by",
+                            format!(
+                                "got {}; expected the name of the event field holding the member id, e.g. \"memberId\"",
+                                other.map_or("nothing".to_owned(), short)
+                            ),
+                        ));
+                        None
+                    }
+                }
+            }
+            Some(other) => {
+                errors.push(FieldError::new(
+                    "enrich",
+                    format!(
+                        "got {}; expected an object such as {{\"by\": \"memberId\"}}",
+                        json_type(other)
+                    ),
+                ));
+                None
+            }
+        };
+        let enabled = match object.get("enabled") {
+            None => true,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                errors.push(FieldError::new(
+                    "enabled",
+                    format!("got {}; expected true or false", json_type(other)),
+                ));
+                true
+            }
+        };
+
+        match (id, plugin) {
+            (Some(id), Some(plugin)) if errors.is_empty() => Ok(Self {
+                id,
+                plugin,
+                source,
+                output_topic,
+                enrich,
+                enabled,
+                document: object.clone(),
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    /// The plugin's configuration: the document without weir's fields.
+    pub fn plugin_config(&self) -> Value {
+        let mut config = self.document.clone();
+        for field in WEIR_SCENARIO_FIELDS {
+            config.remove(*field);
+        }
+        Value::Object(config)
+    }
+
+    /// The output topic, defaulted to `weir.out.<scenario_id>`.
+    pub fn output_topic(&self) -> String {
+        self.output_topic
+            .clone()
+            .unwrap_or_else(|| format!("weir.out.{}", self.id))
+    }
+}
+
+/// A stored scenario.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scenario {
+    /// The scenario id.
+    pub scenario_id: String,
+    /// The plugin reference, `name` or `name@version`.
+    pub plugin: String,
+    /// Whether the pipeline runs it.
+    pub enabled: bool,
+    /// The document as written (with `enabled` set to false if a forced
+    /// plugin deletion disabled it).
+    pub document: Value,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// Last change, RFC 3339.
+    pub updated_at: String,
+    /// Who changed it last.
+    pub updated_by: String,
+}
+
+impl Scenario {
+    /// weir's reading of the stored document.
+    pub fn spec(&self) -> Result<ScenarioSpec, RegistryError> {
+        ScenarioSpec::parse(&self.document).map_err(|errors| RegistryError::InvalidScenario {
+            scenario: Some(self.scenario_id.clone()),
+            errors,
+        })
+    }
+}
+
+/// How [`Registry::put_scenario`] treats an existing scenario with the same id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Refuse with [`RegistryError::ScenarioExists`].
+    Create,
+    /// Replace it (or create it).
+    Upsert,
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn valid_topic(topic: &str) -> bool {
+    (1..=249).contains(&topic.len())
+        && topic != "."
+        && topic != ".."
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A value for a message: short ones verbatim, long ones by type.
+fn short(value: &Value) -> String {
+    let text = value.to_string();
+    if text.len() <= 40 {
+        text
+    } else {
+        json_type(value).to_owned()
+    }
+}
+
+/// `/filters/0/operator` → `filters[0].operator`.
+fn pointer_to_path(pointer: &str) -> String {
+    let mut path = String::new();
+    for segment in pointer.split('/').skip(1) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            path.push_str(&format!("[{segment}]"));
+        } else {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(&segment);
+        }
+    }
+    if path.is_empty() {
+        "(document)".to_owned()
+    } else {
+        path
+    }
+}
+
+/// Splits a plugin's `configure` message into a field and a reason when it
+/// starts with a field path (`filters[0].operator: ...`).
+fn configure_error(reason: &str) -> FieldError {
+    if let Some((head, rest)) = reason.split_once(": ") {
+        let looks_like_path = !head.is_empty()
+            && head
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']' | '-'));
+        if looks_like_path {
+            return FieldError::new(head, rest);
+        }
+    }
+    FieldError::new("(configuration)", reason)
+}
+
+fn cap(mut errors: Vec<FieldError>) -> Vec<FieldError> {
+    if errors.len() > MAX_ERRORS {
+        let more = errors.len() - MAX_ERRORS;
+        errors.truncate(MAX_ERRORS);
+        errors.push(FieldError::new(
+            "…",
+            format!("{more} more problems not shown"),
+        ));
+    }
+    errors
+}
+
+fn scenario_from_row(row: &sqlx::any::AnyRow) -> Result<Scenario, RegistryError> {
+    let what = "scenarios";
+    let id: String = get(row, "scenario_id", what)?;
+    let name: String = get(row, "plugin_name", what)?;
+    let version: Option<i64> = get(row, "plugin_version", what)?;
+    let document: String = get(row, "document", what)?;
+    Ok(Scenario {
+        plugin: PluginRef { name, version }.to_string(),
+        enabled: get::<i64>(row, "enabled", what)? != 0,
+        document: serde_json::from_str(&document).map_err(|e| RegistryError::Corrupt {
+            what: format!("scenarios.document of `{id}`"),
+            reason: e.to_string(),
+        })?,
+        created_at: rfc3339(get(row, "created_at", what)?),
+        updated_at: rfc3339(get(row, "updated_at", what)?),
+        updated_by: get(row, "updated_by", what)?,
+        scenario_id: id,
+    })
+}
+
+const SCENARIO_COLUMNS: &str = "scenario_id, plugin_name, plugin_version, enabled, document, created_at, updated_at, updated_by";
+
+impl Registry {
+    /// Checks a scenario document completely — weir's fields, the plugin it
+    /// names, the plugin's JSON Schema, the plugin's `configure` — and returns
+    /// weir's reading of it, or every problem found.
+    pub async fn check_scenario(&self, document: &Value) -> Result<ScenarioSpec, RegistryError> {
+        let invalid =
+            |scenario: Option<String>, errors: Vec<FieldError>| RegistryError::InvalidScenario {
+                scenario,
+                errors: cap(errors),
+            };
+        let spec = ScenarioSpec::parse(document).map_err(|errors| {
+            let id = document
+                .get("scenario_id")
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+            invalid(id, errors)
+        })?;
+        let id = Some(spec.id.clone());
+
+        let (version, bytes) = match self.plugin_component(&spec.plugin).await {
+            Ok(found) => found,
+            Err(RegistryError::PluginNotFound { name }) => {
+                let known: Vec<String> = self
+                    .list_plugins()
+                    .await?
+                    .into_iter()
+                    .map(|p| p.name)
+                    .collect();
+                let reason = if known.is_empty() {
+                    format!(
+                        "no plugin named `{name}`; no plugins are uploaded yet (upload one with \
+                         `weir plugin push`)"
+                    )
+                } else {
+                    format!(
+                        "no plugin named `{name}`; uploaded plugins: {}",
+                        known.join(", ")
+                    )
+                };
+                return Err(invalid(id, vec![FieldError::new("plugin", reason)]));
+            }
+            Err(RegistryError::VersionNotFound {
+                name,
+                version,
+                available,
+            }) => {
+                return Err(invalid(
+                    id,
+                    vec![FieldError::new(
+                        "plugin",
+                        format!(
+                            "plugin `{name}` has no version {version}; it has versions {available:?}"
+                        ),
+                    )],
+                ));
+            }
+            Err(other) => return Err(other),
+        };
+
+        let config = spec.plugin_config();
+        let validator = jsonschema::validator_for(&version.config_schema).map_err(|e| {
+            RegistryError::InvalidPluginSchema {
+                name: version.name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let schema_errors: Vec<FieldError> = validator
+            .iter_errors(&config)
+            .map(|e| FieldError::new(pointer_to_path(e.instance_path.as_str()), e.to_string()))
+            .collect();
+        if !schema_errors.is_empty() {
+            return Err(invalid(id, schema_errors));
+        }
+
+        let runtime = self.runtime.clone();
+        let config_text = config.to_string();
+        let configured = tokio::task::spawn_blocking(move || {
+            let plugin = runtime.load(&bytes)?;
+            plugin.instantiate(&config_text).map(drop)
+        })
+        .await
+        .map_err(|e| RegistryError::Task(e.to_string()))?;
+        match configured {
+            Ok(()) => Ok(spec),
+            Err(crate::runtime::RuntimeError::Configure { reason, .. }) => {
+                Err(invalid(id, vec![configure_error(&reason)]))
+            }
+            Err(crate::runtime::RuntimeError::ConfigJson { reason, .. }) => Err(invalid(
+                id,
+                vec![FieldError::new("(configuration)", reason)],
+            )),
+            Err(other) => Err(RegistryError::InvalidPlugin(other)),
+        }
+    }
+
+    /// Checks and stores a scenario. `path_id`, when given, must equal the
+    /// document's `scenario_id`. Returns the stored scenario and whether it
+    /// was created.
+    pub async fn put_scenario(
+        &self,
+        document: Value,
+        path_id: Option<&str>,
+        mode: PutMode,
+        updated_by: &str,
+    ) -> Result<(Scenario, bool), RegistryError> {
+        let spec = self.check_scenario(&document).await?;
+        if let Some(path_id) = path_id.filter(|p| *p != spec.id) {
+            return Err(RegistryError::InvalidScenario {
+                scenario: Some(spec.id.clone()),
+                errors: vec![FieldError::new(
+                    "scenario_id",
+                    format!(
+                        "`{}` differs from `{path_id}` in the URL; they must be the same",
+                        spec.id
+                    ),
+                )],
+            });
+        }
+
+        let mut tx = self.begin_write().await?;
+        // The plugin might have been deleted since the check.
+        let versions = self.versions_in(&mut tx, &spec.plugin.name).await?;
+        if let Some(v) = spec.plugin.version.filter(|v| !versions.contains(v)) {
+            return Err(RegistryError::VersionNotFound {
+                name: spec.plugin.name.clone(),
+                version: v,
+                available: versions,
+            });
+        }
+        let existing =
+            sqlx::query(self.sql("SELECT 1 AS present FROM scenarios WHERE scenario_id = ?"))
+                .bind(&spec.id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("reading a scenario"))?;
+        let now = now_ms();
+        let text = document.to_string();
+        let enabled = i64::from(spec.enabled);
+        if existing.is_some() {
+            if mode == PutMode::Create {
+                return Err(RegistryError::ScenarioExists { id: spec.id });
+            }
+            sqlx::query(self.sql(
+                "UPDATE scenarios SET plugin_name = ?, plugin_version = ?, enabled = ?, \
+                 document = ?, updated_at = ?, updated_by = ? WHERE scenario_id = ?",
+            ))
+            .bind(&spec.plugin.name)
+            .bind(spec.plugin.version)
+            .bind(enabled)
+            .bind(&text)
+            .bind(now)
+            .bind(updated_by)
+            .bind(&spec.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("updating a scenario"))?;
+        } else {
+            sqlx::query(self.sql(
+                "INSERT INTO scenarios (scenario_id, plugin_name, plugin_version, enabled, \
+                 document, created_at, updated_at, updated_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            ))
+            .bind(&spec.id)
+            .bind(&spec.plugin.name)
+            .bind(spec.plugin.version)
+            .bind(enabled)
+            .bind(&text)
+            .bind(now)
+            .bind(now)
+            .bind(updated_by)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("inserting a scenario"))?;
+        }
+        tx.commit().await.map_err(db("committing a scenario"))?;
+        tracing::info!(scenario = %spec.id, plugin = %spec.plugin, "scenario stored");
+        Ok((self.scenario(&spec.id).await?, existing.is_none()))
+    }
+
+    /// Every scenario, by id.
+    pub async fn list_scenarios(&self) -> Result<Vec<Scenario>, RegistryError> {
+        let rows = sqlx::query(self.sql(&format!(
+            "SELECT {SCENARIO_COLUMNS} FROM scenarios ORDER BY scenario_id"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing scenarios"))?;
+        rows.iter().map(scenario_from_row).collect()
+    }
+
+    /// One scenario.
+    pub async fn scenario(&self, id: &str) -> Result<Scenario, RegistryError> {
+        let row = sqlx::query(self.sql(&format!(
+            "SELECT {SCENARIO_COLUMNS} FROM scenarios WHERE scenario_id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a scenario"))?
+        .ok_or_else(|| RegistryError::ScenarioNotFound { id: id.to_owned() })?;
+        scenario_from_row(&row)
+    }
+
+    /// Deletes a scenario.
+    pub async fn delete_scenario(&self, id: &str) -> Result<(), RegistryError> {
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query(self.sql("DELETE FROM scenarios WHERE scenario_id = ?"))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting a scenario"))?;
+        if deleted.rows_affected() == 0 {
+            return Err(RegistryError::ScenarioNotFound { id: id.to_owned() });
+        }
+        tx.commit().await.map_err(db("committing a deletion"))?;
+        tracing::info!(scenario = %id, "scenario deleted");
+        Ok(())
+    }
+
+    /// Sets `enabled: false` on the given scenarios (column and document).
+    pub(super) async fn disable_scenarios_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        ids: &[String],
+    ) -> Result<(), RegistryError> {
+        for id in ids {
+            let row = sqlx::query(self.sql(&format!(
+                "SELECT {SCENARIO_COLUMNS} FROM scenarios WHERE scenario_id = ?"
+            )))
+            .bind(id)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(db("reading a scenario"))?;
+            let mut scenario = scenario_from_row(&row)?;
+            if let Some(object) = scenario.document.as_object_mut() {
+                object.insert("enabled".to_owned(), Value::Bool(false));
+            }
+            sqlx::query(self.sql(
+                "UPDATE scenarios SET enabled = 0, document = ?, updated_at = ? WHERE scenario_id = ?",
+            ))
+            .bind(scenario.document.to_string())
+            .bind(now_ms())
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(db("disabling a scenario"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn scenario5() -> Value {
+        json!({
+            "scenario_id": 5,
+            "title": "adult male users who clicked buy after 9 o'clock",
+            "manager": "kim",
+            "log_format": {"memberId": 1, "age": 1, "gender": 1, "h": 1},
+            "filters": [
+                {"left": "age", "operator": ">", "right": 20},
+                {"left": "gender", "operator": "==", "right": "MALE"},
+                {"left": "h", "operator": ">=", "right": 9}
+            ],
+            "logical_operator": "AND",
+            "source": ["tracking"],
+            "enrich": {"by": "memberId"}
+        })
+    }
+
+    #[test]
+    fn the_canonical_scenario_reads_with_defaults() {
+        let spec = ScenarioSpec::parse(&scenario5()).unwrap();
+        assert_eq!(spec.id, "5");
+        assert_eq!(spec.plugin.name, DEFAULT_PLUGIN);
+        assert_eq!(spec.plugin.version, None);
+        assert_eq!(spec.source, vec!["tracking"]);
+        assert_eq!(spec.output_topic(), "weir.out.5");
+        assert_eq!(
+            spec.enrich,
+            Some(Enrich {
+                by: "memberId".into()
+            })
+        );
+        assert!(spec.enabled);
+        let config = spec.plugin_config();
+        assert!(config.get("source").is_none() && config.get("enrich").is_none());
+        assert_eq!(config["filters"][0]["operator"], ">");
+        assert_eq!(config["scenario_id"], 5);
+    }
+
+    #[test]
+    fn every_problem_of_weirs_fields_is_listed() {
+        let errors = ScenarioSpec::parse(&json!({
+            "scenario_id": "no spaces allowed",
+            "title": 3,
+            "plugin": "Scenario@x",
+            "source": ["ok", ""],
+            "output_topic": 7,
+            "enrich": {"by": "", "cache": true},
+            "enabled": "yes"
+        }))
+        .unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "scenario_id",
+                "title",
+                "plugin",
+                "source[1]",
+                "output_topic",
+                "enrich.cache",
+                "enrich.by",
+                "enabled"
+            ]
+        );
+        assert!(
+            errors[0].reason.contains("non-negative integer"),
+            "{errors:?}"
+        );
+        assert!(errors[5].reason.contains("accepts only `by`"), "{errors:?}");
+    }
+
+    #[test]
+    fn not_an_object_and_missing_id_are_refused() {
+        let errors = ScenarioSpec::parse(&json!([1])).unwrap_err();
+        assert_eq!(errors[0].field, "(document)");
+        assert!(errors[0].reason.contains("an array"));
+        let errors = ScenarioSpec::parse(&json!({"title": "x"})).unwrap_err();
+        assert_eq!(errors[0].field, "scenario_id");
+        assert!(errors[0].reason.starts_with("missing"));
+    }
+
+    #[test]
+    fn schema_pointers_become_field_paths() {
+        assert_eq!(
+            pointer_to_path("/filters/0/operator"),
+            "filters[0].operator"
+        );
+        assert_eq!(pointer_to_path("/a~1b/c~0d"), "a/b.c~d");
+        assert_eq!(pointer_to_path(""), "(document)");
+    }
+
+    #[test]
+    fn configure_messages_that_start_with_a_path_name_the_field() {
+        let e = configure_error("filters[1].operator: unknown operator `=~`; use ==, !=");
+        assert_eq!(e.field, "filters[1].operator");
+        assert!(e.reason.starts_with("unknown operator"));
+        let e = configure_error("the configuration is empty: expected filters");
+        assert_eq!(e.field, "(configuration)");
+    }
+}

@@ -1,0 +1,142 @@
+//! The registry used directly (as the pipeline and `weir serve` use it), on
+//! SQLite, MariaDB and PostgreSQL: shipped plugins, concurrent writers,
+//! migrations on an existing database.
+
+use weir::registry::{MakeCurrent, PluginRef, Registry};
+
+use crate::api::{Db, TestDb, artifact, runtime, variant};
+
+async fn shipped_plugins_install_idempotently_and_keep_a_rollback(db: Db) {
+    let test_db = TestDb::create(db).await;
+    let registry = Registry::connect(&test_db.url, runtime()).await.unwrap();
+    let scenario = artifact(weir_artifacts::PLUGIN_SCENARIO);
+    let access_log = artifact(weir_artifacts::PLUGIN_ACCESS_LOG);
+    let shipped: [(&str, &[u8]); 2] = [("scenario", &scenario), ("access-log", &access_log)];
+
+    registry.install_shipped(&shipped).await.unwrap();
+    let generation = registry.generation().await.unwrap();
+    registry.install_shipped(&shipped).await.unwrap();
+    assert_eq!(
+        registry.generation().await.unwrap(),
+        generation,
+        "a second install changes nothing"
+    );
+    let names: Vec<String> = registry
+        .list_plugins()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["access-log", "scenario"]);
+
+    // An operator pushes a fix and rolls back to the shipped one; a restart
+    // (install again) keeps the operator's choice.
+    let fix = registry
+        .upload_plugin(
+            variant(&scenario, "fix"),
+            Some("scenario"),
+            "admin",
+            MakeCurrent::Always,
+        )
+        .await
+        .unwrap();
+    assert_eq!(fix.version.version, 2);
+    registry.rollback_plugin("scenario", 1).await.unwrap();
+    registry.install_shipped(&shipped).await.unwrap();
+    assert_eq!(
+        registry.plugin("scenario").await.unwrap().current_version,
+        1
+    );
+
+    // A new release ships new bytes: they become current.
+    let release: [(&str, &[u8]); 1] = [("scenario", &variant(&scenario, "release-2"))];
+    registry.install_shipped(&release).await.unwrap();
+    assert_eq!(
+        registry.plugin("scenario").await.unwrap().current_version,
+        3
+    );
+
+    let (info, bytes) = registry
+        .plugin_component(&PluginRef {
+            name: "scenario".into(),
+            version: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(info.version, 3);
+    assert_eq!(bytes, variant(&scenario, "release-2"));
+    registry.close().await;
+    test_db.drop_database().await;
+}
+
+async fn concurrent_uploads_get_distinct_consecutive_versions(db: Db) {
+    let test_db = TestDb::create(db).await;
+    let registry = Registry::connect(&test_db.url, runtime()).await.unwrap();
+    let base = artifact(weir_artifacts::FIXTURE_PASSTHROUGH);
+    let before = registry.generation().await.unwrap();
+    let uploads = (0..6).map(|i| {
+        let registry = registry.clone();
+        let bytes = variant(&base, &format!("c{i}"));
+        tokio::spawn(async move {
+            registry
+                .upload_plugin(bytes, None, "admin", MakeCurrent::Always)
+                .await
+                .map(|u| u.version.version)
+        })
+    });
+    let mut versions = Vec::new();
+    for upload in uploads {
+        versions.push(upload.await.unwrap().unwrap());
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(registry.generation().await.unwrap(), before + 6);
+    registry.close().await;
+    test_db.drop_database().await;
+}
+
+async fn reconnecting_keeps_the_data_and_migrations_run_once(db: Db) {
+    let test_db = TestDb::create(db).await;
+    let registry = Registry::connect(&test_db.url, runtime()).await.unwrap();
+    registry
+        .upload_plugin(
+            artifact(weir_artifacts::FIXTURE_PASSTHROUGH),
+            None,
+            "admin",
+            MakeCurrent::Always,
+        )
+        .await
+        .unwrap();
+    let generation = registry.generation().await.unwrap();
+    registry.close().await;
+
+    let again = Registry::connect(&test_db.url, runtime()).await.unwrap();
+    assert_eq!(again.generation().await.unwrap(), generation);
+    assert_eq!(again.list_plugins().await.unwrap().len(), 1);
+    again.close().await;
+    test_db.drop_database().await;
+}
+
+macro_rules! on_every_database {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case(super::Db::Sqlite).await })*
+        }
+        mod mariadb {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case(super::Db::MariaDb).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case(super::Db::Postgres).await })*
+        }
+    };
+}
+
+on_every_database!(
+    shipped_plugins_install_idempotently_and_keep_a_rollback,
+    concurrent_uploads_get_distinct_consecutive_versions,
+    reconnecting_keeps_the_data_and_migrations_run_once,
+);
