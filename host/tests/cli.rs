@@ -109,9 +109,15 @@ fn fails_when_the_config_is_refused() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("trap-at@0.1.0: configuration refused"),
+        stderr.contains("trap-at@0.1.0: configuration does not match the plugin's schema"),
         "{stderr}"
     );
+
+    let bad_regex = r#"{"filters":[{"left":"e_n","operator":"regex","right":"("}]}"#;
+    let output = weir_plugin_test(weir_artifacts::PLUGIN_SCENARIO, bad_regex, "{}\n");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("configuration refused"), "{stderr}");
 
     let output = weir_plugin_test(weir_artifacts::FIXTURE_TRAP_AT, "{oops", "{}\n");
     assert!(!output.status.success());

@@ -403,14 +403,27 @@ fn scenario() {
     assert_eq!(bad.error.as_ref().unwrap().kind, FailureKind::Plugin);
     assert_eq!(result.failed_calls(), 0);
 
+    // Refused by the host against the plugin's schema, naming the field ...
     let refused = plugin
         .instantiate(r#"{"filters":[{"left":"age","operator":"=~","right":1}]}"#)
+        .unwrap_err();
+    assert!(
+        matches!(refused, RuntimeError::ConfigSchema { .. }),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("/filters/0/operator"),
+        "{refused}"
+    );
+    // ... or by the plugin itself, for what a schema cannot say.
+    let refused = plugin
+        .instantiate(r#"{"filters":[{"left":"e_n","operator":"regex","right":"("}]}"#)
         .unwrap_err();
     assert!(
         matches!(refused, RuntimeError::Configure { .. }),
         "{refused}"
     );
-    assert!(refused.to_string().contains("operator"), "{refused}");
+    assert!(refused.to_string().contains("scenario@"), "{refused}");
 }
 
 #[test]

@@ -157,6 +157,18 @@ pub enum RuntimeError {
         /// The parser's message.
         reason: String,
     },
+    /// The configuration does not satisfy the plugin's JSON Schema.
+    #[error(
+        "plugin {plugin}@{version}: configuration does not match the plugin's schema: {violations}"
+    )]
+    ConfigSchema {
+        /// Plugin name.
+        plugin: String,
+        /// Plugin version.
+        version: String,
+        /// Up to five violations, each with its JSON pointer.
+        violations: String,
+    },
     /// The plugin refused the configuration, or trapped reading it.
     #[error("plugin {plugin}@{version}: configuration refused: {reason}")]
     Configure {

@@ -79,7 +79,12 @@ pub(crate) struct PluginInner {
     pub(crate) runtime: Arc<RuntimeInner>,
     pub(crate) info: PluginInfo,
     pub(crate) pre: BindingsPre<HostState>,
+    /// The plugin's configuration schema, compiled once.
+    schema: jsonschema::Validator,
 }
+
+/// At most this many schema violations are listed in one error.
+const MAX_SCHEMA_ERRORS: usize = 5;
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -170,7 +175,7 @@ impl Plugin {
 
         let hex: String = sha256.iter().map(|b| format!("{b:02x}")).collect();
         let raw = describe(&runtime, &pre, &short)?;
-        let info = check_info(raw, hex, &short)?;
+        let (info, schema) = check_info(raw, hex, &short)?;
         tracing::info!(
             plugin = %info.name,
             version = %info.version,
@@ -179,7 +184,12 @@ impl Plugin {
             "plugin loaded"
         );
         Ok(Self {
-            inner: Arc::new(PluginInner { runtime, info, pre }),
+            inner: Arc::new(PluginInner {
+                runtime,
+                info,
+                pre,
+                schema,
+            }),
         })
     }
 
@@ -189,14 +199,35 @@ impl Plugin {
     }
 
     /// Creates an instance and configures it with `config_json`. The
-    /// configuration must be JSON and the plugin must accept it.
+    /// configuration must be JSON (an empty string counts as `{}`), must
+    /// satisfy the plugin's JSON Schema, and the plugin must accept it.
     pub fn instantiate(&self, config_json: &str) -> Result<Instance, RuntimeError> {
         let info = &self.inner.info;
-        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(config_json) {
-            return Err(RuntimeError::ConfigJson {
+        let config = if config_json.trim().is_empty() {
+            serde_json::Value::Object(serde_json::Map::new())
+        } else {
+            serde_json::from_str(config_json).map_err(|e| RuntimeError::ConfigJson {
                 plugin: info.name.clone(),
                 version: info.version.clone(),
                 reason: e.to_string(),
+            })?
+        };
+        let violations: Vec<String> = self
+            .inner
+            .schema
+            .iter_errors(&config)
+            .take(MAX_SCHEMA_ERRORS)
+            .map(|e| {
+                let at = e.instance_path.to_string();
+                let at = if at.is_empty() { "/".to_owned() } else { at };
+                format!("at {at}: {e}")
+            })
+            .collect();
+        if !violations.is_empty() {
+            return Err(RuntimeError::ConfigSchema {
+                plugin: info.name.clone(),
+                version: info.version.clone(),
+                violations: violations.join("; "),
             });
         }
         Instance::new(self.clone(), config_json.to_owned())
@@ -295,7 +326,7 @@ fn check_info(
     raw: bindings::Info,
     sha256: String,
     short: &str,
-) -> Result<PluginInfo, RuntimeError> {
+) -> Result<(PluginInfo, jsonschema::Validator), RuntimeError> {
     let invalid = |field: &'static str, reason: String| RuntimeError::InvalidInfo {
         sha256: short.to_owned(),
         field,
@@ -325,8 +356,8 @@ fn check_info(
             "a description is one line of at most 1024 bytes".to_owned(),
         ));
     }
-    match serde_json::from_str::<serde_json::Value>(&raw.config_schema) {
-        Ok(serde_json::Value::Object(_) | serde_json::Value::Bool(_)) => {}
+    let schema = match serde_json::from_str::<serde_json::Value>(&raw.config_schema) {
+        Ok(schema @ (serde_json::Value::Object(_) | serde_json::Value::Bool(_))) => schema,
         Ok(other) => {
             return Err(invalid(
                 "config-schema",
@@ -334,8 +365,12 @@ fn check_info(
             ));
         }
         Err(e) => return Err(invalid("config-schema", format!("not JSON: {e}"))),
-    }
-    Ok(PluginInfo {
+    };
+    // Compiled without remote or file reference resolution: a schema that
+    // needs either is refused here rather than fetched.
+    let schema = jsonschema::validator_for(&schema)
+        .map_err(|e| invalid("config-schema", format!("not a usable JSON Schema: {e}")))?;
+    let info = PluginInfo {
         name: raw.name,
         version: raw.version,
         kind: match raw.kind {
@@ -348,7 +383,8 @@ fn check_info(
         description: raw.description,
         config_schema: raw.config_schema,
         sha256,
-    })
+    };
+    Ok((info, schema))
 }
 
 fn valid_name(name: &str) -> bool {
@@ -409,13 +445,15 @@ mod tests {
 
     #[test]
     fn garbage_from_describe_is_refused_with_the_field() {
-        let ok = check_info(
+        let (ok, schema) = check_info(
             raw("scenario", "0.1.0", r#"{"type":"object"}"#),
             "ab".into(),
             "ab",
         )
         .unwrap();
         assert_eq!(ok.kind, PluginKind::Scenario);
+        assert!(schema.is_valid(&serde_json::json!({})));
+        assert!(!schema.is_valid(&serde_json::json!([])));
 
         let err = check_info(raw("Bad Name", "0.1.0", "{}"), "ab".into(), "ab").unwrap_err();
         assert!(
@@ -437,5 +475,15 @@ mod tests {
         assert!(err.to_string().contains("config-schema: not JSON"), "{err}");
         let err = check_info(raw("ok", "0.1.0", "[1]"), "ab".into(), "ab").unwrap_err();
         assert!(err.to_string().contains("object or a boolean"), "{err}");
+        let err = check_info(
+            raw("ok", "0.1.0", r#"{"type":"colour"}"#),
+            "ab".into(),
+            "ab",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("not a usable JSON Schema"),
+            "{err}"
+        );
     }
 }
