@@ -289,7 +289,9 @@ pub trait Scenario: Plugin {
 }
 
 /// A configuration for plugins that take none: accepts `{}` (or an empty
-/// string) and refuses any key.
+/// string) and the scenario keys every configuration may carry
+/// ([`SCENARIO_KEYS`]: the host passes a scenario's document, less weir's own
+/// keys, as the configuration), and refuses any other key.
 ///
 /// ```
 /// # use weir_sdk::{Error, Event, Filter, NoConfig, Plugin, Harness};
@@ -301,11 +303,24 @@ pub trait Scenario: Plugin {
 /// # }
 /// # impl Filter for All { fn keep(&self, _: &Event<'_>) -> Result<bool, Error> { Ok(true) } }
 /// assert!(Harness::filter::<All>("").is_ok());
+/// assert!(Harness::filter::<All>(r#"{"scenario_id":7,"title":"t","manager":"m"}"#).is_ok());
 /// assert!(Harness::filter::<All>(r#"{"x":1}"#).is_err());
 /// ```
 #[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NoConfig {}
+pub struct NoConfig {
+    #[serde(default, rename = "scenario_id")]
+    _scenario_id: serde::de::IgnoredAny,
+    #[serde(default, rename = "title")]
+    _title: serde::de::IgnoredAny,
+    #[serde(default, rename = "manager")]
+    _manager: serde::de::IgnoredAny,
+}
+
+/// Keys of a scenario document that reach every plugin's configuration: the
+/// scenario's id and its descriptive `title` and `manager`. A plugin's
+/// configuration schema should allow them.
+pub const SCENARIO_KEYS: &[&str] = &["scenario_id", "title", "manager"];
 
 /// The shape of a plugin, as reported to the host.
 ///

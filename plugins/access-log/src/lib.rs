@@ -57,7 +57,7 @@ impl Plugin for AccessLog {
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
     const DESCRIPTION: &'static str =
         "Parses nginx/Apache access-log lines and JSON application logs into normalized fields.";
-    const CONFIG_SCHEMA: &'static str = r#"{"$schema":"https://json-schema.org/draft/2020-12/schema","type":"object","additionalProperties":false}"#;
+    const CONFIG_SCHEMA: &'static str = r#"{"$schema":"https://json-schema.org/draft/2020-12/schema","type":"object","properties":{"scenario_id":{"type":["string","integer"]},"title":{"type":"string"},"manager":{"type":"string"}},"additionalProperties":false}"#;
     type Config = NoConfig;
 
     fn new(_: NoConfig) -> Result<Self, Error> {
