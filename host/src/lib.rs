@@ -17,6 +17,8 @@
 //! The `weir` binary (`src/main.rs`, commands in `src/cli/`) is a thin layer
 //! over these modules.
 
+pub mod aggregate;
 pub mod api;
+pub mod pipeline;
 pub mod registry;
 pub mod runtime;

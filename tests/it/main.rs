@@ -5,8 +5,10 @@
 //! `eval "$(tests/stack env)" && cargo test -p weir-integration`.
 
 mod api;
+mod counters;
 mod hdfs;
 mod kafka;
+mod pipeline;
 mod redis;
 mod registry;
 mod sql;

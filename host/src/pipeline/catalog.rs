@@ -1,0 +1,186 @@
+//! The pipeline's view of the registry: enabled scenarios with their compiled
+//! plugins, and a member cache, rebuilt whenever the registry's generation changes.
+//!
+//! A background task polls the generation (every `poll` interval) and publishes a new
+//! [`Catalog`] on a watch channel; the pipeline picks it up between batches, so a new
+//! plugin version or a scenario edit never lands half-way through a batch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::{Registry, RegistryError};
+use crate::runtime::Plugin;
+
+/// One enabled scenario, ready to run.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Scenario id as text.
+    pub id: String,
+    /// The compiled plugin.
+    pub plugin: Plugin,
+    /// `name@registry-version` of the plugin, as stamped on outputs and counters.
+    pub plugin_label: String,
+    /// The plugin's own version string (from `describe`).
+    pub plugin_version: String,
+    /// The configuration handed to `configure`.
+    pub config: String,
+    /// Topics bound to the scenario.
+    pub sources: Vec<String>,
+    /// Where the scenario's outputs go.
+    pub output_topic: String,
+    /// The event field holding the member id, when the scenario is enriched.
+    pub enrich_by: Option<String>,
+}
+
+/// Every enabled scenario at one registry generation.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    /// The registry generation this catalog reflects.
+    pub generation: i64,
+    /// Enabled scenarios by id.
+    pub routes: BTreeMap<String, Arc<Route>>,
+    /// Scenario ids bound to each topic.
+    pub by_topic: HashMap<String, Vec<String>>,
+    /// Scenarios that could not be loaded, with the reason; their events go to the DLQ.
+    pub broken: BTreeMap<String, String>,
+    members: Mutex<HashMap<String, Option<Attributes>>>,
+}
+
+/// A member's attributes, shared between the cache and the events they enrich.
+pub type Attributes = Arc<Map<String, Value>>;
+
+impl Catalog {
+    /// Every topic some scenario is bound to.
+    pub fn topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.by_topic.keys().cloned().collect();
+        topics.sort();
+        topics
+    }
+
+    /// Reads the registry as it is now.
+    pub async fn load(registry: &Registry) -> Result<Self, RegistryError> {
+        let generation = registry.generation().await?;
+        let mut catalog = Catalog {
+            generation,
+            ..Catalog::default()
+        };
+        let mut compiled: HashMap<String, (Plugin, String)> = HashMap::new();
+        for scenario in registry.list_scenarios().await? {
+            if !scenario.enabled {
+                continue;
+            }
+            let spec = match scenario.spec() {
+                Ok(spec) => spec,
+                Err(err) => {
+                    catalog
+                        .broken
+                        .insert(scenario.scenario_id.clone(), err.to_string());
+                    continue;
+                }
+            };
+            let key = spec.plugin.to_string();
+            let loaded = match compiled.get(&key) {
+                Some(found) => Ok(found.clone()),
+                None => match registry.plugin_component(&spec.plugin).await {
+                    Ok((version, bytes)) => registry
+                        .runtime()
+                        .load(&bytes)
+                        .map(|plugin| (plugin, format!("{}@{}", spec.plugin.name, version.version)))
+                        .map_err(|e| e.to_string()),
+                    Err(err) => Err(err.to_string()),
+                },
+            };
+            match loaded {
+                Ok((plugin, label)) => {
+                    compiled.insert(key, (plugin.clone(), label.clone()));
+                    for topic in &spec.source {
+                        catalog
+                            .by_topic
+                            .entry(topic.clone())
+                            .or_default()
+                            .push(spec.id.clone());
+                    }
+                    let route = Route {
+                        id: spec.id.clone(),
+                        plugin_version: plugin.info().version.clone(),
+                        plugin,
+                        plugin_label: label,
+                        config: spec.plugin_config().to_string(),
+                        sources: spec.source.clone(),
+                        output_topic: spec.output_topic(),
+                        enrich_by: spec.enrich.as_ref().map(|e| e.by.clone()),
+                    };
+                    catalog.routes.insert(spec.id.clone(), Arc::new(route));
+                }
+                Err(reason) => {
+                    catalog.broken.insert(spec.id.clone(), reason);
+                }
+            }
+        }
+        Ok(catalog)
+    }
+
+    /// A member's attributes, from the cache or the registry. The cache lives as
+    /// long as this catalog: an import bumps the generation, which makes a new one.
+    pub async fn member(
+        &self,
+        registry: &Registry,
+        id: &str,
+    ) -> Result<Option<Attributes>, RegistryError> {
+        if let Some(hit) = self.members.lock().expect("member cache lock").get(id) {
+            return Ok(hit.clone());
+        }
+        let found = match registry.member(id).await {
+            Ok(member) => Some(Arc::new(member.attributes)),
+            Err(err) if err.is_user_error() => None,
+            Err(err) => return Err(err),
+        };
+        self.members
+            .lock()
+            .expect("member cache lock")
+            .insert(id.to_owned(), found.clone());
+        Ok(found)
+    }
+}
+
+/// Keeps `sender` up to date with the registry until `stop` is cancelled.
+pub async fn follow(
+    registry: Registry,
+    sender: watch::Sender<Arc<Catalog>>,
+    poll: Duration,
+    stop: CancellationToken,
+) {
+    let mut seen = sender.borrow().generation;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(poll) => {}
+        }
+        match registry.generation().await {
+            Ok(generation) if generation == seen => continue,
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "reading the registry generation failed; retrying");
+                continue;
+            }
+        }
+        match Catalog::load(&registry).await {
+            Ok(catalog) => {
+                seen = catalog.generation;
+                tracing::info!(
+                    generation = catalog.generation,
+                    scenarios = catalog.routes.len(),
+                    broken = catalog.broken.len(),
+                    "registry changed; the pipeline switches at its next batch"
+                );
+                sender.send_replace(Arc::new(catalog));
+            }
+            Err(err) => tracing::warn!(error = %err, "reloading the registry failed; retrying"),
+        }
+    }
+}

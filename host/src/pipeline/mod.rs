@@ -1,0 +1,897 @@
+//! The pipeline: Kafka in, scenario plugins, Kafka out, exactly once.
+//!
+//! One pipeline thread runs batch cycles:
+//!
+//! 1. **Gather**: poll the consumer until `batch_max_events` events or `batch_linger_ms`
+//!    passed. The consumer only fetches while the thread polls, so memory stays bounded
+//!    by the batch size plus librdkafka's prefetch queue, whatever the sinks do.
+//! 2. **Route**: an event with a `scenario_id` field goes to that scenario; one without
+//!    goes to every scenario bound to its topic (`source`). An id no enabled scenario has
+//!    goes to the dead-letter topic as `unknown_scenario`; an event no scenario takes, as
+//!    `unrouted` (or `malformed_json` when it is not a JSON object).
+//! 3. **Enrich**: for scenarios with `enrich`, member attributes (by the configured field,
+//!    from the registry, cached until the registry changes) are merged into the event;
+//!    the event's own fields win.
+//! 4. **Run**: each scenario's share of each partition batch goes through its plugin in
+//!    one call ([`crate::runtime`] isolates traps and limits to the events that caused them).
+//! 5. **Commit**, in one Kafka transaction: outputs go to the scenario's output topic
+//!    (keyed by member id, stamped with the plugin and its version in headers), failures
+//!    to the dead-letter topic with the reason; every [`sink::Sink`] makes the cycle
+//!    durable; then the consumed offsets are sent to the transaction and it commits.
+//!    If anything fails, the transaction aborts and the same events run again after a
+//!    backoff (consumption paused meanwhile), so nothing is lost and, for
+//!    `read_committed` readers and the fenced sinks, nothing is doubled.
+//!
+//! Registry changes (a new plugin version, a scenario edit) arrive as a new
+//! [`catalog::Catalog`] and are picked up between cycles, never inside one.
+
+pub mod catalog;
+pub mod route;
+pub mod sink;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::Registry;
+use crate::runtime::{Batch, EventInput, Instance, Status};
+use catalog::{Catalog, Route};
+use route::Fields;
+use sink::{EventMeta, PartitionBatch, ScenarioBatch, Sink};
+
+/// Header naming the scenario on outputs and dead letters.
+pub const HEADER_SCENARIO: &str = "weir-scenario";
+/// Header naming the plugin as `name@registry-version`.
+pub const HEADER_PLUGIN: &str = "weir-plugin";
+/// Header carrying the plugin's own version (from `describe`).
+pub const HEADER_PLUGIN_VERSION: &str = "weir-plugin-version";
+/// Header with the dead-letter reason code.
+pub const HEADER_REASON: &str = "weir-reason";
+/// Header with the dead-letter error message.
+pub const HEADER_ERROR: &str = "weir-error";
+/// Header with the source topic.
+pub const HEADER_SOURCE_TOPIC: &str = "weir-source-topic";
+/// Header with the source partition.
+pub const HEADER_SOURCE_PARTITION: &str = "weir-source-partition";
+/// Header with the source offset.
+pub const HEADER_SOURCE_OFFSET: &str = "weir-source-offset";
+
+/// How the pipeline consumes, batches and commits.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Kafka bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// Consumer group; replicas with the same group share the partitions.
+    pub group_id: String,
+    /// Topics consumed besides those scenarios name in `source` (events that carry a
+    /// `scenario_id` field arrive here).
+    pub topics: Vec<String>,
+    /// Where failed and unroutable events go.
+    pub dlq_topic: String,
+    /// Most events in one batch cycle.
+    pub batch_max_events: usize,
+    /// Longest wait for a batch to fill, milliseconds.
+    pub batch_linger_ms: u64,
+    /// Prefix of the transactional id; the process adds a unique suffix.
+    pub transactional_id_prefix: String,
+    /// Timeout of transaction calls (init, commit, abort), milliseconds.
+    pub transaction_timeout_ms: u64,
+    /// How often the registry generation is checked, milliseconds.
+    pub registry_poll_ms: u64,
+    /// First retry delay after a failed cycle, milliseconds; doubles up to 5 s.
+    pub retry_backoff_ms: u64,
+    /// Extra librdkafka settings for the consumer and producer (e.g. security).
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            brokers: String::new(),
+            group_id: "weir".into(),
+            topics: vec!["weir.events".into()],
+            dlq_topic: "weir.dlq".into(),
+            batch_max_events: 4096,
+            batch_linger_ms: 50,
+            transactional_id_prefix: "weir".into(),
+            transaction_timeout_ms: 30_000,
+            registry_poll_ms: 500,
+            retry_backoff_ms: 100,
+            kafka: BTreeMap::new(),
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Every problem with the configuration, at once.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.brokers.trim().is_empty() {
+            problems.push("pipeline.brokers: empty; give `host:port` of a Kafka broker".into());
+        }
+        if self.group_id.trim().is_empty() {
+            problems.push("pipeline.group_id: empty; give a consumer group name".into());
+        }
+        if self.dlq_topic.trim().is_empty() {
+            problems.push("pipeline.dlq_topic: empty; give a topic name such as `weir.dlq`".into());
+        }
+        if !(1..=1_000_000).contains(&self.batch_max_events) {
+            problems.push(format!(
+                "pipeline.batch_max_events: {} is out of range; use 1 to 1000000",
+                self.batch_max_events
+            ));
+        }
+        if self.transaction_timeout_ms < 1_000 {
+            problems.push("pipeline.transaction_timeout_ms: use at least 1000".into());
+        }
+        problems
+    }
+}
+
+/// Errors that stop the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The configuration cannot be used.
+    #[error("pipeline configuration: {}", .0.join("; "))]
+    Config(Vec<String>),
+    /// Kafka refused something the pipeline cannot retry (fenced producer, bad config).
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        /// What the pipeline was doing.
+        context: &'static str,
+        /// The client's error.
+        source: KafkaError,
+    },
+    /// The registry could not be read at start.
+    #[error("registry: {0}")]
+    Registry(#[from] crate::registry::RegistryError),
+}
+
+fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> PipelineError {
+    move |source| PipelineError::Kafka { context, source }
+}
+
+/// Counters of what the pipeline did, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Events consumed and handled (committed).
+    pub events: AtomicU64,
+    /// Output records produced (committed).
+    pub outputs: AtomicU64,
+    /// Events sent to the dead-letter topic (committed).
+    pub dead_letters: AtomicU64,
+    /// Dead letters by reason code.
+    pub dead_letters_by_reason: Mutex<BTreeMap<String, u64>>,
+    /// Batch cycles committed.
+    pub cycles: AtomicU64,
+    /// Batch cycles that failed and were retried.
+    pub failed_cycles: AtomicU64,
+    /// Registry generation in use.
+    pub generation: AtomicU64,
+}
+
+/// Remembers partitions revoked during a poll, so their gathered events are dropped.
+#[derive(Debug, Default)]
+struct Context {
+    revoked: Mutex<HashSet<(String, i32)>>,
+}
+
+impl ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let mut revoked = self.revoked.lock().expect("revoked lock");
+            for element in list.elements() {
+                revoked.insert((element.topic().to_owned(), element.partition()));
+            }
+            tracing::info!(partitions = list.count(), "partitions revoked");
+        }
+    }
+}
+
+/// One dead letter on its way out.
+struct DeadLetter<'a> {
+    message: &'a OwnedMessage,
+    scenario: Option<&'a Route>,
+    reason: &'a str,
+    error: String,
+}
+
+/// The running pipeline. Build it with [`Pipeline::new`], then call [`Pipeline::run`]
+/// on a thread of its own (it blocks).
+pub struct Pipeline {
+    config: PipelineConfig,
+    consumer: BaseConsumer<Context>,
+    producer: ThreadedProducer<DefaultProducerContext>,
+    registry: Registry,
+    catalog: watch::Receiver<Arc<Catalog>>,
+    current: Arc<Catalog>,
+    subscribed: Vec<String>,
+    instances: HashMap<String, (Arc<Route>, Instance)>,
+    sinks: Vec<Box<dyn Sink>>,
+    runtime: tokio::runtime::Handle,
+    stop: CancellationToken,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// Connects to Kafka and reads the registry. Call from within a tokio runtime
+    /// (the registry follower runs on it); `stop` ends [`Pipeline::run`] gracefully.
+    pub async fn new(
+        config: PipelineConfig,
+        registry: Registry,
+        sinks: Vec<Box<dyn Sink>>,
+        stop: CancellationToken,
+    ) -> Result<Self, PipelineError> {
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(PipelineError::Config(problems));
+        }
+        let mut common = ClientConfig::new();
+        common.set("bootstrap.servers", &config.brokers);
+        for (key, value) in &config.kafka {
+            common.set(key, value);
+        }
+        let consumer: BaseConsumer<Context> = common
+            .clone()
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "false")
+            .create_with_context(Context::default())
+            .map_err(kafka("creating the consumer"))?;
+        let transactional_id = format!(
+            "{}-{}-{}-{:016x}",
+            config.transactional_id_prefix,
+            config.group_id,
+            std::process::id(),
+            rand_suffix()
+        );
+        let producer: ThreadedProducer<DefaultProducerContext> = common
+            .clone()
+            .set("transactional.id", &transactional_id)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set(
+                "transaction.timeout.ms",
+                config.transaction_timeout_ms.to_string(),
+            )
+            .create()
+            .map_err(kafka("creating the producer"))?;
+        let timeout = Duration::from_millis(config.transaction_timeout_ms);
+        let init = {
+            let producer = producer.clone();
+            tokio::task::spawn_blocking(move || producer.init_transactions(timeout))
+        };
+        init.await
+            .expect("init_transactions thread")
+            .map_err(kafka("initialising transactions"))?;
+
+        let first = Arc::new(Catalog::load(&registry).await?);
+        let (sender, receiver) = watch::channel(first.clone());
+        tokio::spawn(catalog::follow(
+            registry.clone(),
+            sender,
+            Duration::from_millis(config.registry_poll_ms.max(10)),
+            stop.clone(),
+        ));
+        Ok(Self {
+            config,
+            consumer,
+            producer,
+            registry,
+            catalog: receiver,
+            current: first,
+            subscribed: Vec::new(),
+            instances: HashMap::new(),
+            sinks,
+            runtime: tokio::runtime::Handle::current(),
+            stop,
+            metrics: Arc::new(Metrics::default()),
+        })
+    }
+
+    /// The pipeline's counters, shared.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    fn topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.config.topics.clone();
+        topics.extend(self.current.topics());
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
+    fn subscribe(&mut self) -> Result<(), PipelineError> {
+        let topics = self.topics();
+        if topics != self.subscribed {
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            self.consumer
+                .subscribe(&names)
+                .map_err(kafka("subscribing"))?;
+            tracing::info!(topics = ?topics, "subscribed");
+            self.subscribed = topics;
+        }
+        Ok(())
+    }
+
+    /// Switches to the newest catalog, between cycles.
+    fn refresh(&mut self) -> Result<(), PipelineError> {
+        if self.catalog.has_changed().unwrap_or(false) {
+            self.current = self.catalog.borrow_and_update().clone();
+            self.metrics
+                .generation
+                .store(self.current.generation as u64, Ordering::Relaxed);
+            let routes = &self.current.routes;
+            self.instances.retain(|id, (route, _)| {
+                routes.get(id).is_some_and(|now| {
+                    now.plugin.info().sha256 == route.plugin.info().sha256
+                        && now.config == route.config
+                })
+            });
+            self.subscribe()?;
+        }
+        Ok(())
+    }
+
+    /// Runs batch cycles until the stop token is cancelled, then returns after the
+    /// cycle in flight committed. Blocks: run it on a thread of its own.
+    pub fn run(mut self) -> Result<Arc<Metrics>, PipelineError> {
+        self.subscribe()?;
+        let mut backoff = Duration::from_millis(self.config.retry_backoff_ms);
+        while !self.stop.is_cancelled() {
+            self.refresh()?;
+            let mut gathered = self.gather();
+            if gathered.is_empty() {
+                continue;
+            }
+            loop {
+                match self.cycle(&gathered) {
+                    Ok(()) => {
+                        backoff = Duration::from_millis(self.config.retry_backoff_ms);
+                        break;
+                    }
+                    Err(err) => {
+                        self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
+                        self.abort(&err)?;
+                        if self.stop.is_cancelled() {
+                            tracing::warn!(error = %err, "stopping with a cycle that could not commit; its events will be consumed again");
+                            self.consumer.unsubscribe();
+                            return Ok(self.metrics);
+                        }
+                        tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "batch cycle failed; retrying");
+                        self.wait_paused(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        gathered = self.keep_assigned(gathered);
+                        if gathered.is_empty() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.consumer.unsubscribe();
+        tracing::info!("pipeline stopped after committing its last cycle");
+        Ok(self.metrics)
+    }
+
+    /// Polls until the batch is full or the linger time passed.
+    fn gather(&mut self) -> Vec<OwnedMessage> {
+        let linger = Duration::from_millis(self.config.batch_linger_ms);
+        let started = Instant::now();
+        let mut messages = Vec::new();
+        while messages.len() < self.config.batch_max_events && !self.stop.is_cancelled() {
+            let left = linger.saturating_sub(started.elapsed());
+            if left.is_zero() && !messages.is_empty() {
+                break;
+            }
+            let wait = if messages.is_empty() {
+                Duration::from_millis(100)
+            } else {
+                left
+            };
+            match self.consumer.poll(wait) {
+                Some(Ok(message)) => messages.push(message.detach()),
+                Some(Err(err)) => tracing::warn!(error = %err, "consumer error"),
+                None if messages.is_empty() && started.elapsed() >= linger => break,
+                None => {}
+            }
+        }
+        self.keep_assigned(messages)
+    }
+
+    /// Drops gathered events of partitions revoked since they were fetched.
+    fn keep_assigned(&mut self, messages: Vec<OwnedMessage>) -> Vec<OwnedMessage> {
+        let revoked = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .revoked
+                .lock()
+                .expect("revoked lock"),
+        );
+        if revoked.is_empty() {
+            return messages;
+        }
+        messages
+            .into_iter()
+            .filter(|m| !revoked.contains(&(m.topic().to_owned(), m.partition())))
+            .collect()
+    }
+
+    /// Pauses consumption, keeps the group membership alive, and resumes.
+    fn wait_paused(&mut self, wait: Duration) {
+        let assignment = self.consumer.assignment().unwrap_or_default();
+        let _ = self.consumer.pause(&assignment);
+        let until = Instant::now() + wait;
+        while Instant::now() < until && !self.stop.is_cancelled() {
+            // Paused partitions deliver nothing; polling serves rebalances.
+            if let Some(Ok(message)) = self.consumer.poll(Duration::from_millis(50)) {
+                tracing::debug!(offset = message.offset(), "message delivered while paused");
+            }
+        }
+        let assignment = self.consumer.assignment().unwrap_or_default();
+        let _ = self.consumer.resume(&assignment);
+    }
+
+    fn abort(&mut self, err: &CycleError) -> Result<(), PipelineError> {
+        if let CycleError::Kafka { source, .. } = err
+            && let KafkaError::Transaction(txn) = source
+            && txn.is_fatal()
+        {
+            // Fenced by a newer instance with the same id, or a broken producer: only a
+            // restart helps. Nothing was committed, so nothing is lost.
+            return Err(PipelineError::Kafka {
+                context: "fatal transaction error",
+                source: source.clone(),
+            });
+        }
+        let timeout = Duration::from_millis(self.config.transaction_timeout_ms);
+        match self.producer.abort_transaction(timeout) {
+            Ok(()) => Ok(()),
+            // Nothing was begun, or the commit already failed and ended it.
+            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::State) => Ok(()),
+            Err(e) => Err(PipelineError::Kafka {
+                context: "aborting a transaction",
+                source: e,
+            }),
+        }
+    }
+
+    /// Routes, runs, produces, makes durable and commits one batch cycle.
+    fn cycle(&mut self, messages: &[OwnedMessage]) -> Result<(), CycleError> {
+        let catalog = self.current.clone();
+        let mut by_partition: BTreeMap<(&str, i32), Vec<&OwnedMessage>> = BTreeMap::new();
+        for message in messages {
+            by_partition
+                .entry((message.topic(), message.partition()))
+                .or_default()
+                .push(message);
+        }
+        let timeout = Duration::from_millis(self.config.transaction_timeout_ms);
+        self.producer
+            .begin_transaction()
+            .map_err(CycleError::kafka("beginning a transaction"))?;
+
+        let mut processed = Vec::with_capacity(by_partition.len());
+        let mut outputs = 0u64;
+        let mut dead = 0u64;
+        let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), batch) in &by_partition {
+            let (partition_batch, out, dead_letters) =
+                self.run_partition(&catalog, topic, *partition, batch)?;
+            outputs += out;
+            for letter in &dead_letters {
+                *reasons.entry(letter.reason.to_owned()).or_default() += 1;
+            }
+            dead += dead_letters.len() as u64;
+            for letter in dead_letters {
+                self.dead_letter(letter)?;
+            }
+            offsets
+                .add_partition_offset(
+                    topic,
+                    *partition,
+                    Offset::Offset(partition_batch.last_offset + 1),
+                )
+                .map_err(CycleError::kafka("listing offsets"))?;
+            processed.push(partition_batch);
+        }
+
+        for sink in &mut self.sinks {
+            sink.write(&processed).map_err(CycleError::Sink)?;
+        }
+        let group = self
+            .consumer
+            .group_metadata()
+            .ok_or(CycleError::NoGroupMetadata)?;
+        self.producer
+            .send_offsets_to_transaction(&offsets, &group, timeout)
+            .map_err(CycleError::kafka("sending offsets to the transaction"))?;
+        self.producer
+            .commit_transaction(timeout)
+            .map_err(CycleError::kafka("committing the transaction"))?;
+
+        self.metrics
+            .events
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        self.metrics.outputs.fetch_add(outputs, Ordering::Relaxed);
+        self.metrics.dead_letters.fetch_add(dead, Ordering::Relaxed);
+        self.metrics.cycles.fetch_add(1, Ordering::Relaxed);
+        if !reasons.is_empty() {
+            let mut by_reason = self
+                .metrics
+                .dead_letters_by_reason
+                .lock()
+                .expect("metrics lock");
+            for (reason, n) in reasons {
+                *by_reason.entry(reason).or_default() += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one partition's events through their scenarios and produces the outputs.
+    fn run_partition<'m>(
+        &mut self,
+        catalog: &'m Catalog,
+        topic: &str,
+        partition: i32,
+        messages: &[&'m OwnedMessage],
+    ) -> Result<(PartitionBatch, u64, Vec<DeadLetter<'m>>), CycleError> {
+        let mut dead = Vec::new();
+        // Per scenario: (index into messages, member id) in offset order.
+        let mut shares: BTreeMap<&'m str, Vec<(usize, Option<String>)>> = BTreeMap::new();
+        for (index, message) in messages.iter().enumerate() {
+            let value = message.payload().unwrap_or_default();
+            let fields = Fields::read(value);
+            let named = fields
+                .as_ref()
+                .ok()
+                .and_then(|f| f.text(route::SCENARIO_FIELD));
+            let targets: Vec<&'m Arc<Route>> = match named.as_deref() {
+                Some(id) => match catalog.routes.get(id) {
+                    Some(route) => vec![route],
+                    None => {
+                        let (reason, error) = match catalog.broken.get(id) {
+                            Some(why) => (
+                                "scenario_unavailable",
+                                format!("scenario {id} cannot run: {why}"),
+                            ),
+                            None => (
+                                "unknown_scenario",
+                                format!("no enabled scenario has id {id:?}"),
+                            ),
+                        };
+                        dead.push(DeadLetter {
+                            message,
+                            scenario: None,
+                            reason,
+                            error,
+                        });
+                        continue;
+                    }
+                },
+                None => catalog
+                    .by_topic
+                    .get(topic)
+                    .map(|ids| ids.iter().filter_map(|id| catalog.routes.get(id)).collect())
+                    .unwrap_or_default(),
+            };
+            if targets.is_empty() {
+                let (reason, error) = match &fields {
+                    Err(why) => ("malformed_json", why.clone()),
+                    Ok(_) => (
+                        "unrouted",
+                        format!(
+                            "no `{}` field and no scenario bound to topic {topic}",
+                            route::SCENARIO_FIELD
+                        ),
+                    ),
+                };
+                dead.push(DeadLetter {
+                    message,
+                    scenario: None,
+                    reason,
+                    error,
+                });
+                continue;
+            }
+            for route in targets {
+                let member_field = route.enrich_by.as_deref().unwrap_or(route::MEMBER_FIELD);
+                let member = fields
+                    .as_ref()
+                    .ok()
+                    .and_then(|f| f.text(member_field))
+                    .map(|m| m.into_owned());
+                shares
+                    .entry(route.id.as_str())
+                    .or_default()
+                    .push((index, member));
+            }
+        }
+
+        let mut scenarios = Vec::with_capacity(shares.len());
+        let mut outputs = 0u64;
+        for (id, share) in shares {
+            let route = catalog.routes[id].clone();
+            let mut batch = Batch::new(id, topic, partition);
+            let mut events = Vec::with_capacity(share.len());
+            let mut headers_buf: Vec<(String, Vec<u8>)> = Vec::new();
+            for (index, member) in &share {
+                let message = messages[*index];
+                let raw = message.payload().unwrap_or_default();
+                let enriched = match (&route.enrich_by, member) {
+                    (Some(_), Some(member)) => self.enriched(catalog, raw, member),
+                    _ => None,
+                };
+                headers_buf.clear();
+                if let Some(headers) = message.headers() {
+                    for header in headers.iter() {
+                        headers_buf.push((
+                            header.key.to_owned(),
+                            header.value.unwrap_or_default().to_vec(),
+                        ));
+                    }
+                }
+                let headers: Vec<(&str, &[u8])> = headers_buf
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_slice()))
+                    .collect();
+                let timestamp_ms = message.timestamp().to_millis();
+                batch
+                    .push_event(EventInput {
+                        offset: message.offset(),
+                        value: enriched.as_deref().unwrap_or(raw),
+                        key: message.key(),
+                        timestamp_ms,
+                        headers: &headers,
+                    })
+                    .map_err(|e| CycleError::Runtime(e.to_string()))?;
+                events.push(EventMeta {
+                    offset: message.offset(),
+                    timestamp_ms,
+                });
+            }
+
+            let result = match self
+                .instance(&route)
+                .and_then(|instance| instance.process(&batch))
+            {
+                Ok(result) => result,
+                Err(err) => {
+                    // The plugin could not run at all (instantiate or configure failed):
+                    // every event of the share is dead-lettered with the reason.
+                    tracing::warn!(scenario = id, plugin = %route.plugin_label, error = %err, "scenario batch failed");
+                    self.instances.remove(id);
+                    let mut failed = crate::runtime::BatchResult::default();
+                    let error = crate::runtime::EventError {
+                        kind: crate::runtime::FailureKind::Plugin,
+                        message: format!("plugin {} could not run: {err}", route.plugin_label),
+                    };
+                    failed.push_failed(&error, share.len());
+                    failed
+                }
+            };
+            for ((index, member), outcome) in share.iter().zip(result.outcomes()) {
+                let message = messages[*index];
+                match outcome.status {
+                    Status::Emitted => {
+                        for record in result.records(outcome) {
+                            self.send_output(&route, message, member.as_deref(), record)?;
+                            outputs += 1;
+                        }
+                    }
+                    Status::Failed => {
+                        let error = outcome.error.as_ref();
+                        dead.push(DeadLetter {
+                            message,
+                            scenario: Some(catalog.routes[id].as_ref()),
+                            reason: error.map_or("plugin_error", |e| reason_code(e.kind)),
+                            error: error.map_or_else(|| "failed".to_owned(), ToString::to_string),
+                        });
+                    }
+                    Status::Dropped => {}
+                }
+            }
+            scenarios.push(ScenarioBatch {
+                route,
+                events,
+                result,
+            });
+        }
+
+        let first_offset = messages.first().map_or(0, |m| m.offset());
+        let last_offset = messages.last().map_or(0, |m| m.offset());
+        Ok((
+            PartitionBatch {
+                topic: topic.to_owned(),
+                partition,
+                first_offset,
+                last_offset,
+                scenarios,
+            },
+            outputs,
+            dead,
+        ))
+    }
+
+    fn enriched(&self, catalog: &Catalog, raw: &[u8], member: &str) -> Option<Vec<u8>> {
+        let attributes = match self
+            .runtime
+            .block_on(catalog.member(&self.registry, member))
+        {
+            Ok(Some(attributes)) => attributes,
+            Ok(None) => return None,
+            Err(err) => {
+                tracing::warn!(member, error = %err, "member lookup failed; event not enriched");
+                return None;
+            }
+        };
+        route::enrich(raw, &attributes).ok()
+    }
+
+    fn instance(
+        &mut self,
+        route: &Arc<Route>,
+    ) -> Result<&mut Instance, crate::runtime::RuntimeError> {
+        if !self.instances.contains_key(&route.id) {
+            let instance = route.plugin.instantiate(&route.config)?;
+            self.instances
+                .insert(route.id.clone(), (route.clone(), instance));
+        }
+        Ok(&mut self.instances.get_mut(&route.id).expect("just inserted").1)
+    }
+
+    fn send(&self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), CycleError> {
+        let mut record = record;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((source, _)) => {
+                    return Err(CycleError::Kafka {
+                        context: "producing",
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    fn send_output(
+        &self,
+        route: &Route,
+        message: &OwnedMessage,
+        member: Option<&str>,
+        record: &[u8],
+    ) -> Result<(), CycleError> {
+        let headers = OwnedHeaders::new_with_capacity(5)
+            .insert(header(HEADER_SCENARIO, &route.id))
+            .insert(header(HEADER_PLUGIN, &route.plugin_label))
+            .insert(header(HEADER_PLUGIN_VERSION, &route.plugin_version))
+            .insert(header(HEADER_SOURCE_TOPIC, message.topic()))
+            .insert(header(
+                HEADER_SOURCE_OFFSET,
+                &format!("{}:{}", message.partition(), message.offset()),
+            ));
+        let mut out = BaseRecord::to(&route.output_topic)
+            .payload(record)
+            .headers(headers);
+        if let Some(member) = member {
+            out = out.key(member.as_bytes());
+        }
+        self.send(out)
+    }
+
+    fn dead_letter(&self, letter: DeadLetter<'_>) -> Result<(), CycleError> {
+        let message = letter.message;
+        let mut headers = OwnedHeaders::new_with_capacity(8)
+            .insert(header(HEADER_REASON, letter.reason))
+            .insert(header(HEADER_ERROR, &letter.error))
+            .insert(header(HEADER_SOURCE_TOPIC, message.topic()))
+            .insert(header(
+                HEADER_SOURCE_PARTITION,
+                &message.partition().to_string(),
+            ))
+            .insert(header(HEADER_SOURCE_OFFSET, &message.offset().to_string()));
+        if let Some(route) = letter.scenario {
+            headers = headers
+                .insert(header(HEADER_SCENARIO, &route.id))
+                .insert(header(HEADER_PLUGIN, &route.plugin_label))
+                .insert(header(HEADER_PLUGIN_VERSION, &route.plugin_version));
+        }
+        let mut out = BaseRecord::to(&self.config.dlq_topic)
+            .payload(message.payload().unwrap_or_default())
+            .headers(headers);
+        if let Some(key) = message.key() {
+            out = out.key(key);
+        }
+        self.send(out)
+    }
+}
+
+fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
+    Header {
+        key,
+        value: Some(value.as_bytes()),
+    }
+}
+
+/// The dead-letter reason code of a runtime failure.
+fn reason_code(kind: crate::runtime::FailureKind) -> &'static str {
+    use crate::runtime::FailureKind;
+    match kind {
+        FailureKind::Plugin => "plugin_error",
+        FailureKind::Trap => "plugin_trap",
+        FailureKind::CpuLimit => "cpu_limit",
+        FailureKind::MemoryLimit => "memory_limit",
+        FailureKind::OutputLimit => "output_limit",
+        FailureKind::InvalidOutput => "invalid_output",
+    }
+}
+
+/// A few random bits for the transactional id, so two processes never share one.
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    hasher.finish()
+}
+
+/// Why a batch cycle failed; the cycle is aborted and run again.
+#[derive(Debug, thiserror::Error)]
+enum CycleError {
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        context: &'static str,
+        source: KafkaError,
+    },
+    #[error(transparent)]
+    Sink(sink::SinkError),
+    #[error("runtime: {0}")]
+    Runtime(String),
+    #[error("the consumer has no group metadata yet")]
+    NoGroupMetadata,
+}
+
+impl CycleError {
+    fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> CycleError {
+        move |source| CycleError::Kafka { context, source }
+    }
+}

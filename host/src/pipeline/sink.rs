@@ -1,0 +1,133 @@
+//! The seam between the pipeline and what it makes durable besides Kafka: the Redis
+//! counters today, the Parquet archive next.
+//!
+//! Every batch cycle hands its processed partition batches to each [`Sink`] after the
+//! outputs were produced (inside the open Kafka transaction) and before the offsets
+//! are committed. A sink that fails makes the whole cycle abort and run again, so a
+//! sink sees the same events again after any failure or restart: it must be
+//! idempotent for them (the counters fence by offset, the archive names files by
+//! offset range).
+
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use super::catalog::Route;
+use crate::aggregate::{BatchTally, Counters, Tallied};
+use crate::runtime::{BatchResult, Status};
+
+/// One event of a scenario batch, as the sinks see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventMeta {
+    /// Source offset.
+    pub offset: i64,
+    /// Record timestamp, milliseconds since the Unix epoch, when the record has one.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// What one scenario's plugin did with its share of a partition batch.
+#[derive(Debug)]
+pub struct ScenarioBatch {
+    /// The scenario and its plugin, as they were for this batch.
+    pub route: Arc<Route>,
+    /// The events handed to the plugin, in offset order.
+    pub events: Vec<EventMeta>,
+    /// The plugin's answer, one outcome per event.
+    pub result: BatchResult,
+}
+
+/// One partition's share of a batch cycle.
+#[derive(Debug)]
+pub struct PartitionBatch {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// First offset of the batch.
+    pub first_offset: i64,
+    /// Last offset of the batch.
+    pub last_offset: i64,
+    /// Per scenario that had events in it.
+    pub scenarios: Vec<ScenarioBatch>,
+}
+
+/// Why a sink could not make a cycle durable.
+#[derive(Debug, thiserror::Error)]
+#[error("sink {sink}: {reason}")]
+pub struct SinkError {
+    /// Which sink.
+    pub sink: &'static str,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// Something that must be durable before offsets are committed.
+pub trait Sink: Send {
+    /// A short name for logs and metrics.
+    fn name(&self) -> &'static str;
+
+    /// Makes the cycle's batches durable. Called again with the same or overlapping
+    /// events after a failure or a restart, so it must count or store them once.
+    fn write(&mut self, batches: &[PartitionBatch]) -> Result<(), SinkError>;
+}
+
+/// The Redis counters as a sink.
+#[derive(Debug)]
+pub struct CountersSink {
+    counters: Counters,
+    runtime: tokio::runtime::Handle,
+}
+
+impl CountersSink {
+    /// A sink writing to `counters`, running its Redis calls on `runtime`.
+    pub fn new(counters: Counters, runtime: tokio::runtime::Handle) -> Self {
+        Self { counters, runtime }
+    }
+}
+
+/// The per-scenario tallies of a partition batch.
+pub fn tally(
+    batch: &PartitionBatch,
+    now_ms: i64,
+) -> Result<BatchTally, crate::aggregate::CountersError> {
+    let mut tally = BatchTally::new(&batch.topic, batch.partition);
+    for scenario in &batch.scenarios {
+        for (event, outcome) in scenario.events.iter().zip(scenario.result.outcomes()) {
+            let tallied = match outcome.status {
+                Status::Emitted => Tallied::Emitted,
+                Status::Dropped => Tallied::Dropped,
+                Status::Failed => Tallied::Failed,
+            };
+            tally.record(
+                &scenario.route.id,
+                &scenario.route.plugin_label,
+                event.offset,
+                event.timestamp_ms.unwrap_or(now_ms),
+                tallied,
+                outcome.matched,
+            )?;
+        }
+    }
+    Ok(tally)
+}
+
+impl Sink for CountersSink {
+    fn name(&self) -> &'static str {
+        "counters"
+    }
+
+    fn write(&mut self, batches: &[PartitionBatch]) -> Result<(), SinkError> {
+        let now = Utc::now();
+        let error = |reason: String| SinkError {
+            sink: "counters",
+            reason,
+        };
+        for batch in batches {
+            let tally = tally(batch, now.timestamp_millis()).map_err(|e| error(e.to_string()))?;
+            self.runtime
+                .block_on(self.counters.apply(&tally, now))
+                .map_err(|e| error(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
