@@ -623,7 +623,10 @@ async fn scenarios_are_checked_against_their_plugin(db: Db) {
     let answer = api.put_scenario("5", &unknown_operator).await;
     let detail = answer.problem(StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(answer.fields(), ["filters[1].operator"], "{detail}");
-    assert!(detail.contains("=~"), "{detail}");
+    assert!(
+        detail.contains("got \"=~\"") && detail.contains("\"contains\""),
+        "the accepted operators are listed: {detail}"
+    );
 
     let answer = api
         .put_scenario(

@@ -1,7 +1,9 @@
 //! Command-line interface: one module per command group. `anyhow` lives here
 //! and in `main.rs` only.
 
+mod client;
 mod plugin;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -23,12 +25,23 @@ pub(crate) enum Command {
     /// Work with plugins (WebAssembly components).
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Create, change and inspect scenarios on a weir server.
+    #[command(subcommand)]
+    Scenario(client::ScenarioCommand),
+    /// Import and inspect members (user attributes) on a weir server.
+    #[command(subcommand)]
+    Member(client::MemberCommand),
+    /// Run the service: the control plane API over the registry.
+    Serve(serve::ServeArgs),
 }
 
 impl Command {
     pub(crate) fn run(self) -> anyhow::Result<ExitCode> {
         match self {
             Command::Plugin(command) => command.run(),
+            Command::Scenario(command) => command.run(),
+            Command::Member(command) => command.run(),
+            Command::Serve(args) => args.run(),
         }
     }
 }

@@ -16,12 +16,15 @@ pub(crate) enum PluginCommand {
     /// Run a plugin over events from a file or stdin and print each outcome as
     /// one JSON line, then a summary line.
     Test(TestArgs),
+    #[command(flatten)]
+    Registry(super::client::PluginClientCommand),
 }
 
 impl PluginCommand {
     pub(crate) fn run(self) -> anyhow::Result<ExitCode> {
         match self {
             PluginCommand::Test(args) => test(args),
+            PluginCommand::Registry(command) => command.run(),
         }
     }
 }

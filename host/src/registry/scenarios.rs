@@ -338,6 +338,26 @@ fn pointer_to_path(pointer: &str) -> String {
     }
 }
 
+/// The schema validator's message, except that an enum lists every accepted value.
+fn schema_reason(error: &jsonschema::ValidationError<'_>) -> String {
+    match &error.kind {
+        jsonschema::error::ValidationErrorKind::Enum { options } => {
+            let accepted = options
+                .as_array()
+                .map(|values| {
+                    values
+                        .iter()
+                        .map(Value::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_else(|| options.to_string());
+            format!("got {}; expected one of {accepted}", short(&error.instance))
+        }
+        _ => error.to_string(),
+    }
+}
+
 /// Splits a plugin's `configure` message into a field and a reason when it
 /// starts with a field path (`filters[0].operator: ...`).
 fn configure_error(reason: &str) -> FieldError {
@@ -454,7 +474,7 @@ impl Registry {
         })?;
         let schema_errors: Vec<FieldError> = validator
             .iter_errors(&config)
-            .map(|e| FieldError::new(pointer_to_path(e.instance_path.as_str()), e.to_string()))
+            .map(|e| FieldError::new(pointer_to_path(e.instance_path.as_str()), schema_reason(&e)))
             .collect();
         if !schema_errors.is_empty() {
             return Err(invalid(id, schema_errors));

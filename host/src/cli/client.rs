@@ -1,0 +1,378 @@
+//! Client commands that talk to a running control plane over HTTP:
+//! `weir plugin push|list|rollback`, `weir scenario apply|list|get|delete`,
+//! `weir member import`. Output is a short human report, or the server's JSON
+//! with `--json`; a refused request prints the server's reason and every field
+//! error and exits with status 1.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+/// Where the control plane is and how to authenticate.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Server {
+    /// Base URL of the weir control plane.
+    #[arg(long, env = "WEIR_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Bearer token: the admin token for changes, the viewer token for reads.
+    #[arg(long, env = "WEIR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the server's JSON answer instead of a human summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `weir plugin` commands that use the server.
+#[derive(Debug, Subcommand)]
+pub(crate) enum PluginClientCommand {
+    /// Upload a plugin component (a new version, or the existing one for the same bytes).
+    Push {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// Registry name; default the name the plugin gives itself.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// List plugins with their current versions.
+    List {
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Make an earlier (or any stored) version current.
+    Rollback {
+        /// The plugin's registry name.
+        name: String,
+        /// The version to make current.
+        #[arg(long)]
+        to: i64,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+/// `weir scenario ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ScenarioCommand {
+    /// Create or replace a scenario from a JSON file (its `scenario_id` names it).
+    Apply {
+        /// The scenario JSON file (`-` for stdin).
+        #[arg(short, long)]
+        file: PathBuf,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// List scenarios.
+    List {
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Print one scenario's document.
+    Get {
+        /// The scenario id.
+        id: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Delete a scenario.
+    Delete {
+        /// The scenario id.
+        id: String,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+/// `weir member ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum MemberCommand {
+    /// Import members from JSON Lines or CSV; all or nothing.
+    Import {
+        /// The file; `.csv` is read as CSV, anything else as JSON Lines.
+        file: PathBuf,
+        /// The format, when the extension does not say.
+        #[arg(long, value_parser = ["csv", "ndjson"])]
+        format: Option<String>,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+impl PluginClientCommand {
+    pub(crate) fn run(self) -> anyhow::Result<ExitCode> {
+        match self {
+            PluginClientCommand::Push { file, name, server } => {
+                let bytes = read(&file)?;
+                let path = match &name {
+                    Some(name) => format!("/api/plugins?name={name}"),
+                    None => "/api/plugins".to_owned(),
+                };
+                let answer = server.call(Method::POST, &path, Some(("application/wasm", bytes)))?;
+                server.report(answer, |body| {
+                    let verb = if body["created"] == true {
+                        "stored"
+                    } else {
+                        "already stored"
+                    };
+                    format!(
+                        "{verb}: {} version {} ({} {}, sha256 {}), now current",
+                        text(&body["name"]),
+                        body["version"],
+                        text(&body["kind"]),
+                        text(&body["declared_version"]),
+                        short_sha(&body["sha256"]),
+                    )
+                })
+            }
+            PluginClientCommand::List { server } => {
+                let answer = server.call(Method::GET, "/api/plugins", None)?;
+                server.report(answer, |body| {
+                    let mut out = format!(
+                        "{:<24} {:>7} {:>6} {:<10} {:<12} {}",
+                        "NAME", "CURRENT", "LATEST", "KIND", "SHA256", "UPLOADED"
+                    );
+                    for p in body["plugins"].as_array().into_iter().flatten() {
+                        let current = &p["current"];
+                        out.push_str(&format!(
+                            "\n{:<24} {:>7} {:>6} {:<10} {:<12} {}",
+                            text(&p["name"]),
+                            text(&p["current_version"]),
+                            text(&p["latest_version"]),
+                            text(&current["kind"]),
+                            short_sha(&current["sha256"]),
+                            text(&current["uploaded_at"]),
+                        ));
+                    }
+                    out
+                })
+            }
+            PluginClientCommand::Rollback { name, to, server } => {
+                let body = serde_json::json!({ "to": to }).to_string().into_bytes();
+                let answer = server.call(
+                    Method::POST,
+                    &format!("/api/plugins/{name}/rollback"),
+                    Some(("application/json", body)),
+                )?;
+                server.report(answer, |body| {
+                    format!(
+                        "{} version {} is now current",
+                        text(&body["name"]),
+                        body["version"]
+                    )
+                })
+            }
+        }
+    }
+}
+
+impl ScenarioCommand {
+    pub(crate) fn run(self) -> anyhow::Result<ExitCode> {
+        match self {
+            ScenarioCommand::Apply { file, server } => {
+                let bytes = read(&file)?;
+                let document: Value = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("{} is not JSON", file.display()))?;
+                let id = match &document["scenario_id"] {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    _ => bail!(
+                        "{} has no `scenario_id` (a string or a number); it names the scenario",
+                        file.display()
+                    ),
+                };
+                let answer = server.call(
+                    Method::PUT,
+                    &format!("/api/scenarios/{id}"),
+                    Some(("application/json", bytes)),
+                )?;
+                let created = answer.0 == StatusCode::CREATED;
+                server.report(answer, |body| {
+                    format!(
+                        "scenario {} {} (plugin {}, {})",
+                        text(&body["scenario_id"]),
+                        if created { "created" } else { "updated" },
+                        text(&body["plugin"]),
+                        if body["enabled"] == true {
+                            "enabled"
+                        } else {
+                            "disabled"
+                        }
+                    )
+                })
+            }
+            ScenarioCommand::List { server } => {
+                let answer = server.call(Method::GET, "/api/scenarios", None)?;
+                server.report(answer, |body| {
+                    let mut out =
+                        format!("{:<16} {:<8} {:<20} {}", "ID", "ENABLED", "PLUGIN", "TITLE");
+                    for s in body["scenarios"].as_array().into_iter().flatten() {
+                        out.push_str(&format!(
+                            "\n{:<16} {:<8} {:<20} {}",
+                            text(&s["scenario_id"]),
+                            text(&s["enabled"]),
+                            text(&s["plugin"]),
+                            text(&s["document"]["title"]),
+                        ));
+                    }
+                    out
+                })
+            }
+            ScenarioCommand::Get { id, server } => {
+                let answer = server.call(Method::GET, &format!("/api/scenarios/{id}"), None)?;
+                server.report(answer, |body| {
+                    serde_json::to_string_pretty(&body["document"]).unwrap_or_default()
+                })
+            }
+            ScenarioCommand::Delete { id, server } => {
+                let answer = server.call(Method::DELETE, &format!("/api/scenarios/{id}"), None)?;
+                server.report(answer, |_| format!("scenario {id} deleted"))
+            }
+        }
+    }
+}
+
+impl MemberCommand {
+    pub(crate) fn run(self) -> anyhow::Result<ExitCode> {
+        let MemberCommand::Import {
+            file,
+            format,
+            server,
+        } = self;
+        let csv = match format.as_deref() {
+            Some(format) => format == "csv",
+            None => file
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("csv")),
+        };
+        let media = if csv {
+            "text/csv"
+        } else {
+            "application/x-ndjson"
+        };
+        let bytes = read(&file)?;
+        let answer = server.call(Method::POST, "/api/members", Some((media, bytes)))?;
+        server.report(answer, |body| {
+            format!("{} members imported", body["imported"])
+        })
+    }
+}
+
+/// A file's bytes, or stdin's for `-`.
+fn read(file: &Path) -> anyhow::Result<Vec<u8>> {
+    if file == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).context("reading stdin")?;
+        return Ok(bytes);
+    }
+    std::fs::read(file).with_context(|| format!("reading {}", file.display()))
+}
+
+/// Prints a line on stdout; a closed pipe (`weir ... | head`) is not an error.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+fn short_sha(value: &Value) -> String {
+    value
+        .as_str()
+        .map_or("-", |s| &s[..s.len().min(12)])
+        .to_owned()
+}
+
+impl Server {
+    /// Sends one request and returns the status and the JSON body (`null`
+    /// when the body is empty or not JSON).
+    fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let url = format!("{}{path}", self.server.trim_end_matches('/'));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the HTTP client")?;
+        runtime.block_on(async {
+            let client = reqwest::Client::builder()
+                .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .context("building the HTTP client")?;
+            let mut request = client.request(method, &url);
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            if let Some((media, bytes)) = body {
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, media)
+                    .body(bytes);
+            }
+            let response = request.send().await.with_context(|| {
+                format!(
+                    "cannot reach the weir server at {}; is `weir serve` running there? \
+                     (set --server or WEIR_SERVER)",
+                    self.server
+                )
+            })?;
+            let status = response.status();
+            let bytes = response
+                .bytes()
+                .await
+                .with_context(|| format!("reading the answer from {url}"))?;
+            Ok((
+                status,
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            ))
+        })
+    }
+
+    /// Prints an answer: the summary (or JSON) on success, the problem on failure.
+    fn report(
+        &self,
+        (status, body): (StatusCode, Value),
+        summary: impl FnOnce(&Value) -> String,
+    ) -> anyhow::Result<ExitCode> {
+        if status.is_success() {
+            if self.json {
+                print_out(&serde_json::to_string_pretty(&body)?)?;
+            } else {
+                print_out(&summary(&body))?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if self.json {
+            print_out(&serde_json::to_string_pretty(&body)?)?;
+        } else {
+            let detail = body["detail"]
+                .as_str()
+                .map_or_else(|| format!("the server answered {status}"), str::to_owned);
+            eprintln!("error: {detail}");
+            // One field error is already in the detail; several are listed.
+            let errors = body["errors"].as_array().filter(|e| e.len() > 1);
+            for error in errors.into_iter().flatten() {
+                eprintln!("  {}: {}", text(&error["field"]), text(&error["reason"]));
+            }
+            if status == StatusCode::UNAUTHORIZED {
+                eprintln!("hint: pass the token with --token or WEIR_TOKEN");
+            }
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}

@@ -1,0 +1,348 @@
+//! `weir serve`: runs the service in one process — today the control plane
+//! (registry + HTTP API); the pipeline joins it as another section of
+//! [`ServeConfig`] and another task under the same shutdown signal.
+//!
+//! Configuration comes from built-in defaults, then a TOML file (`--config`),
+//! then environment variables, then flags; the later wins. Unknown keys in
+//! the file are refused, and every other problem (addresses, URLs, tokens,
+//! limits) is collected and reported at once before anything starts.
+//! With no configuration at all it runs on embedded defaults: SQLite under
+//! the data directory, listening on 127.0.0.1:8080, and an admin token it
+//! generates and writes to `<data dir>/admin-token`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use serde::Deserialize;
+use weir::api::{ApiConfig, AppState, router};
+use weir::registry::{Backend, Registry, redact_url};
+use weir::runtime::{Runtime, RuntimeConfig};
+
+/// The service's configuration file (TOML).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServeConfig {
+    /// Address the HTTP API listens on (default `127.0.0.1:8080`; env `WEIR_LISTEN`).
+    pub(crate) listen: Option<String>,
+    /// Directory for the embedded defaults: the SQLite registry and the
+    /// generated admin token (default `$HOME/.local/share/weir`, else
+    /// `./weir-data`; env `WEIR_DATA_DIR`).
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Registry database URL: `sqlite://…`, `mysql://…` (MariaDB too) or
+    /// `postgres://…` (default SQLite at `<data_dir>/registry.db`; env `WEIR_DATABASE`).
+    pub(crate) database: Option<String>,
+    /// The HTTP API: tokens (env `WEIR_ADMIN_TOKEN`, `WEIR_VIEWER_TOKEN`) and
+    /// the upload limit (env `WEIR_UPLOAD_LIMIT_BYTES`).
+    #[serde(default)]
+    pub(crate) api: ApiConfig,
+    /// The plugin runtime's limits and compilation cache.
+    #[serde(default)]
+    pub(crate) runtime: RuntimeConfig,
+}
+
+/// `weir serve` flags.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// TOML configuration file (see `ServeConfig`).
+    #[arg(long, env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:8080.
+    #[arg(long, env = "WEIR_LISTEN")]
+    listen: Option<String>,
+    /// Data directory for the embedded defaults.
+    #[arg(long, env = "WEIR_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Registry database URL.
+    #[arg(long, env = "WEIR_DATABASE", hide_env_values = true)]
+    database: Option<String>,
+}
+
+/// The configuration after every layer and check.
+#[derive(Debug)]
+struct Resolved {
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    database: String,
+    api: ApiConfig,
+    runtime: RuntimeConfig,
+}
+
+impl ServeArgs {
+    pub(crate) fn run(self) -> anyhow::Result<ExitCode> {
+        let resolved = match self.resolve(&|name| std::env::var(name).ok()) {
+            Ok(resolved) => resolved,
+            Err(problems) => {
+                eprintln!(
+                    "error: the configuration has {} problem(s):",
+                    problems.len()
+                );
+                for problem in problems {
+                    eprintln!("  {problem}");
+                }
+                return Ok(ExitCode::from(2));
+            }
+        };
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(serve(resolved))?;
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Layers file, environment and flags; returns every problem found.
+    fn resolve(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Resolved, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut config = match &self.config {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => match toml::from_str::<ServeConfig>(&text) {
+                    Ok(config) => config,
+                    Err(e) => {
+                        problems.push(format!("{}: {}", path.display(), e.to_string().trim_end()));
+                        ServeConfig::default()
+                    }
+                },
+                Err(e) => {
+                    problems.push(format!("--config {}: {e}", path.display()));
+                    ServeConfig::default()
+                }
+            },
+            None => ServeConfig::default(),
+        };
+        if let Some(token) = env("WEIR_ADMIN_TOKEN") {
+            config.api.admin_token = Some(token);
+        }
+        if let Some(token) = env("WEIR_VIEWER_TOKEN") {
+            config.api.viewer_token = Some(token);
+        }
+        if let Some(limit) = env("WEIR_UPLOAD_LIMIT_BYTES") {
+            match limit.parse() {
+                Ok(limit) => config.api.upload_limit_bytes = limit,
+                Err(_) => problems.push(format!(
+                    "WEIR_UPLOAD_LIMIT_BYTES={limit}: expected a number of bytes, e.g. 33554432"
+                )),
+            }
+        }
+        // Flags (and their variables, which clap already read) win over the file.
+        let listen_text = self
+            .listen
+            .clone()
+            .or(config.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+        let listen = listen_text.parse::<SocketAddr>().map_err(|_| {
+            problems.push(format!(
+                "listen = {listen_text:?}: expected an IP address and port, e.g. 127.0.0.1:8080"
+            ))
+        });
+        let data_dir = self
+            .data_dir
+            .clone()
+            .or(config.data_dir)
+            .unwrap_or_else(|| default_data_dir(env));
+        let database = self
+            .database
+            .clone()
+            .or(config.database)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("registry.db").display()));
+        if Backend::from_url(&database).is_none() {
+            problems.push(format!(
+                "database = {:?}: expected sqlite://PATH, mysql://USER:PASS@HOST:PORT/DB or \
+                 postgres://USER:PASS@HOST:PORT/DB",
+                redact_url(&database)
+            ));
+        }
+        problems.extend(
+            config
+                .api
+                .problems()
+                .into_iter()
+                .map(|(field, reason)| format!("{field}: {reason}")),
+        );
+        match listen {
+            Ok(listen) if problems.is_empty() => Ok(Resolved {
+                listen,
+                data_dir,
+                database,
+                api: config.api,
+                runtime: config.runtime,
+            }),
+            _ => Err(problems),
+        }
+    }
+}
+
+fn default_data_dir(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    match env("HOME") {
+        Some(home) if !home.is_empty() => Path::new(&home).join(".local/share/weir"),
+        _ => PathBuf::from("weir-data"),
+    }
+}
+
+/// A fresh random token: 32 hex digits from the system's random source.
+fn generate_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?,
+        &mut bytes,
+    )
+    .context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes the generated admin token where only this user can read it.
+fn write_token(path: &Path, token: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{token}").with_context(|| format!("writing {}", path.display()))
+}
+
+async fn serve(mut config: Resolved) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    if config.api.admin_token.is_none() {
+        let path = config.data_dir.join("admin-token");
+        let token = match std::fs::read_to_string(&path) {
+            Ok(token) if token.trim().len() >= weir::api::MIN_TOKEN_LEN => token.trim().to_owned(),
+            _ => {
+                let token = generate_token()?;
+                write_token(&path, &token)?;
+                token
+            }
+        };
+        tracing::warn!(
+            path = %path.display(),
+            "no admin token configured (WEIR_ADMIN_TOKEN); using the generated one in this file"
+        );
+        config.api.admin_token = Some(token);
+    }
+
+    let runtime = Runtime::new(config.runtime).context("starting the plugin runtime")?;
+    let registry = Registry::connect(&config.database, runtime)
+        .await
+        .context("opening the registry")?;
+    let app = router(AppState::new(registry.clone(), &config.api));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    tracing::info!(
+        listen = %config.listen,
+        database = %redact_url(&config.database),
+        "weir control plane serving"
+    );
+    eprintln!("weir: serving the API on http://{}", config.listen);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    registry.close().await;
+    tracing::info!("weir stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; stop with Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown requested");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(config: Option<PathBuf>) -> ServeArgs {
+        ServeArgs {
+            config,
+            listen: None,
+            data_dir: None,
+            database: None,
+        }
+    }
+
+    #[test]
+    fn no_configuration_means_embedded_defaults() {
+        let env = |name: &str| (name == "HOME").then(|| "/home/ana".to_owned());
+        let resolved = args(None).resolve(&env).unwrap();
+        assert_eq!(resolved.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(resolved.data_dir, Path::new("/home/ana/.local/share/weir"));
+        assert_eq!(
+            resolved.database,
+            "sqlite:///home/ana/.local/share/weir/registry.db"
+        );
+        assert_eq!(resolved.api.upload_limit_bytes, 32 << 20);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let dir = std::env::temp_dir().join(format!("weir-serve-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("weir.toml");
+        std::fs::write(
+            &file,
+            "listen = \"localhost\"\ndatabase = \"redis://x\"\n[api]\nadmin_token = \"short\"\n",
+        )
+        .unwrap();
+        let env = |name: &str| (name == "WEIR_UPLOAD_LIMIT_BYTES").then(|| "lots".to_owned());
+        let problems = args(Some(file.clone())).resolve(&env).unwrap_err();
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(problems[0].starts_with("WEIR_UPLOAD_LIMIT_BYTES=lots"));
+        assert!(problems[1].contains("listen = \"localhost\""));
+        assert!(problems[2].contains("redis://x"));
+        assert!(problems[3].starts_with("api.admin_token"));
+
+        std::fs::write(&file, "[api]\nadmin_tokn = \"x\"\n").unwrap();
+        let problems = args(Some(file)).resolve(&|_| None).unwrap_err();
+        assert!(
+            problems[0].contains("unknown field `admin_tokn`"),
+            "{problems:?}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn flags_and_environment_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("weir-serve-layers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("weir.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\n[api]\nadmin_token = \"file-token-0123456789\"\n",
+        )
+        .unwrap();
+        let mut args = args(Some(file));
+        args.listen = Some("0.0.0.0:9100".into());
+        let env =
+            |name: &str| (name == "WEIR_ADMIN_TOKEN").then(|| "env-token-0123456789".to_owned());
+        let resolved = args.resolve(&env).unwrap();
+        assert_eq!(resolved.listen.to_string(), "0.0.0.0:9100");
+        assert_eq!(
+            resolved.api.admin_token.as_deref(),
+            Some("env-token-0123456789")
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
