@@ -40,7 +40,7 @@ fn stream(tag: &str, partitions: i32, per_partition: i64) -> Vec<Event> {
                 scenario: format!("{tag}-{}", n % 3),
                 time_ms: base + offset * 1_000,
                 tallied,
-                matched: n % 4 != 0,
+                matched: !n.is_multiple_of(4),
             });
         }
     }

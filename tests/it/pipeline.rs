@@ -192,13 +192,13 @@ fn event(scenario: &str, i: usize, with_attributes: bool) -> Value {
         "scenario_id": scenario,
         "memberId": format!("m{}", i % 50),
         "h": (i % 24) as i64,
-        "e_n": if i % 3 == 0 { "구매" } else { "조회" },
+        "e_n": if i.is_multiple_of(3) { "구매" } else { "조회" },
         "url": format!("/goods/{}", i % 100),
         "seq": i,
     });
     if with_attributes {
         value["age"] = json!(15 + (i % 30) as i64);
-        value["gender"] = json!(if i % 2 == 0 { "MALE" } else { "FEMALE" });
+        value["gender"] = json!(if i.is_multiple_of(2) { "MALE" } else { "FEMALE" });
     }
     value
 }
@@ -458,4 +458,298 @@ async fn every_event_is_accounted_for_exactly_once() {
             );
         }
     }
+}
+
+/// Source positions (`partition:offset`) of the outputs of `records`, by plugin label.
+fn outputs_by_source(records: &[ReadBack]) -> HashMap<String, Vec<String>> {
+    let mut by_source: HashMap<String, Vec<String>> = HashMap::new();
+    for record in records
+        .iter()
+        .filter(|r| !r.headers.contains_key("weir-reason"))
+    {
+        by_source
+            .entry(record.headers["weir-source-offset"].clone())
+            .or_default()
+            .push(record.headers["weir-plugin"].clone());
+    }
+    by_source
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_swap_under_load_takes_effect_between_batches() {
+    let brokers = Service::Kafka.addr();
+    let u = unique("swap");
+    let (events_topic, out, dlq) = (
+        format!("{u}-events"),
+        format!("{u}-out"),
+        format!("{u}-dlq"),
+    );
+    create_topics(&brokers, &[&events_topic, &out, &dlq]).await;
+    let registry = registry().await;
+    let scenario_bytes = std::fs::read(weir_artifacts::PLUGIN_SCENARIO).expect("artifact");
+    let passthrough_bytes = std::fs::read(weir_artifacts::FIXTURE_PASSTHROUGH).expect("artifact");
+    registry
+        .upload_plugin(scenario_bytes, Some("swap"), "test", MakeCurrent::IfNew)
+        .await
+        .expect("v1");
+    let id = format!("{u}-s");
+    registry
+        .put_scenario(
+            scenario_doc(&id, json!({"plugin": "swap", "output_topic": out})),
+            None,
+            PutMode::Create,
+            "test",
+        )
+        .await
+        .expect("scenario");
+
+    let group = unique("group");
+    let stop = CancellationToken::new();
+    let mut config = pipeline_config(&brokers, &group, &[&events_topic], &dlq);
+    config.batch_max_events = 500;
+    let pipeline = Pipeline::new(config, registry.clone(), Vec::new(), stop.clone())
+        .await
+        .expect("pipeline");
+    let metrics = pipeline.metrics();
+    let thread = std::thread::spawn(move || pipeline.run());
+
+    // Events flow in ten waves; the new version is uploaded after the fourth.
+    let total = 30_000usize;
+    for wave in 0..10 {
+        let events = (wave * 3_000..(wave + 1) * 3_000)
+            .map(|i| (None, serde_json::to_vec(&event(&id, i, true)).unwrap()))
+            .collect();
+        produce(&brokers, &events_topic, events).await;
+        if wave == 3 {
+            registry
+                .upload_plugin(
+                    passthrough_bytes.clone(),
+                    Some("swap"),
+                    "test",
+                    MakeCurrent::IfNew,
+                )
+                .await
+                .expect("v2");
+        }
+    }
+    let started = Instant::now();
+    while metrics.events.load(Ordering::Relaxed) < total as u64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "pipeline too slow or stuck"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("run");
+
+    let read = read_committed(&brokers, &[&out, &dlq], total);
+    let by_source = outputs_by_source(&read);
+    assert_eq!(by_source.len(), total, "every event has an output");
+    assert!(
+        by_source.values().all(|labels| labels.len() == 1),
+        "no event has two outputs"
+    );
+    // Per partition, in offset order, the version changes once and never back.
+    let mut per_partition: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
+    for (source, labels) in &by_source {
+        let (p, o) = source.split_once(':').expect("partition:offset");
+        per_partition
+            .entry(p.parse().unwrap())
+            .or_default()
+            .push((o.parse().unwrap(), labels[0].clone()));
+    }
+    let mut saw_both = false;
+    for (partition, mut outputs) in per_partition {
+        outputs.sort();
+        let switches = outputs.windows(2).filter(|w| w[0].1 != w[1].1).count();
+        assert!(
+            switches <= 1,
+            "partition {partition} went back and forth between versions"
+        );
+        let first = &outputs.first().unwrap().1;
+        let last = &outputs.last().unwrap().1;
+        assert_eq!(
+            first, "swap@1",
+            "partition {partition} starts on the first version"
+        );
+        saw_both |= last == "swap@2";
+    }
+    assert!(saw_both, "the second version took over");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_plugin_hurts_only_its_own_scenario() {
+    let brokers = Service::Kafka.addr();
+    let u = unique("hostile");
+    let (events_topic, out_good, out_bad, dlq) = (
+        format!("{u}-events"),
+        format!("{u}-good"),
+        format!("{u}-bad"),
+        format!("{u}-dlq"),
+    );
+    create_topics(&brokers, &[&events_topic, &out_good, &out_bad, &dlq]).await;
+    let registry = registry().await;
+    let endless = std::fs::read(weir_artifacts::FIXTURE_ENDLESS_LOOP).expect("artifact");
+    registry
+        .upload_plugin(endless, Some("endless-loop"), "test", MakeCurrent::IfNew)
+        .await
+        .expect("upload");
+    let (good, bad) = (format!("{u}-good"), format!("{u}-bad"));
+    registry
+        .put_scenario(
+            scenario_doc(&good, json!({"output_topic": out_good})),
+            None,
+            PutMode::Create,
+            "test",
+        )
+        .await
+        .expect("good scenario");
+    registry
+        .put_scenario(
+            json!({"scenario_id": bad, "plugin": "endless-loop", "output_topic": out_bad}),
+            None,
+            PutMode::Create,
+            "test",
+        )
+        .await
+        .expect("bad scenario");
+
+    // 19,999 events for the good scenario, 61 for the endless loop, interleaved.
+    let mut events = Vec::new();
+    let (mut good_count, mut good_matched) = (0u64, 0u64);
+    for i in 0..20_060 {
+        let scenario = if i % 334 == 0 { &bad } else { &good };
+        let value = event(scenario, i, true);
+        if scenario == &good {
+            good_count += 1;
+            good_matched += u64::from(matches(&value, &HashMap::new()));
+        }
+        events.push((None, serde_json::to_vec(&value).unwrap()));
+    }
+    let bad_count = events.len() as u64 - good_count;
+    produce(&brokers, &events_topic, events).await;
+
+    let group = unique("group");
+    let counters_config = CountersConfig {
+        url: Service::Redis.addr(),
+        key_prefix: "weirtest".into(),
+        ..CountersConfig::default()
+    };
+    let counters = Counters::connect(&counters_config, &group)
+        .await
+        .expect("counters");
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(CountersSink::new(
+        counters.clone(),
+        tokio::runtime::Handle::current(),
+    ))];
+    let metrics = run_until(
+        pipeline_config(&brokers, &group, &[&events_topic], &dlq),
+        &registry,
+        sinks,
+        20_060,
+    )
+    .await;
+
+    let read = read_committed(&brokers, &[&out_good, &out_bad, &dlq], 20_060);
+    let good_outputs = read
+        .iter()
+        .filter(|r| r.headers.get("weir-scenario") == Some(&good))
+        .count();
+    assert_eq!(
+        good_outputs as u64, good_count,
+        "the good scenario produced all its outputs"
+    );
+    let dead: Vec<&ReadBack> = read
+        .iter()
+        .filter(|r| r.headers.contains_key("weir-reason"))
+        .collect();
+    assert_eq!(
+        dead.len() as u64,
+        bad_count,
+        "every event of the hostile scenario was dead-lettered"
+    );
+    for letter in &dead {
+        assert_eq!(letter.headers["weir-scenario"], bad);
+        assert_eq!(letter.headers["weir-plugin"], "endless-loop@1");
+        let reason = letter.headers["weir-reason"].as_str();
+        assert!(
+            reason == "cpu_limit" || reason == "plugin_quarantined",
+            "{reason}"
+        );
+    }
+    let good_totals = counters.totals(&good).await.expect("totals");
+    assert_eq!(
+        (good_totals.total, good_totals.matched),
+        (good_count, good_matched)
+    );
+    assert_eq!(
+        counters.totals(&bad).await.expect("totals").errors,
+        bad_count
+    );
+    assert_eq!(metrics.dead_letters.load(Ordering::Relaxed), bad_count);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_commits_and_a_restart_resumes_there() {
+    let brokers = Service::Kafka.addr();
+    let u = unique("restart");
+    let (events_topic, out, dlq) = (
+        format!("{u}-events"),
+        format!("{u}-out"),
+        format!("{u}-dlq"),
+    );
+    create_topics(&brokers, &[&events_topic, &out, &dlq]).await;
+    let registry = registry().await;
+    let id = format!("{u}-s");
+    registry
+        .put_scenario(
+            scenario_doc(&id, json!({"output_topic": out})),
+            None,
+            PutMode::Create,
+            "test",
+        )
+        .await
+        .expect("scenario");
+    let total = 30_000u64;
+    let events = (0..total as usize)
+        .map(|i| (None, serde_json::to_vec(&event(&id, i, true)).unwrap()))
+        .collect();
+    produce(&brokers, &events_topic, events).await;
+
+    let group = unique("group");
+    let mut config = pipeline_config(&brokers, &group, &[&events_topic], &dlq);
+    config.batch_max_events = 1_000;
+    // The first process stops part-way; whatever it handled, it committed.
+    let first = run_until(config.clone(), &registry, Vec::new(), 10_000).await;
+    let handled = first.events.load(Ordering::Relaxed);
+    assert!(
+        handled >= 10_000 && handled < total,
+        "stopped part-way: {handled}"
+    );
+    let committed_before_restart = read_committed(&brokers, &[&out], handled as usize);
+    assert_eq!(
+        committed_before_restart.len() as u64,
+        handled,
+        "the first process committed all it handled"
+    );
+
+    // The second process handles exactly the rest.
+    let second = run_until(config, &registry, Vec::new(), total - handled).await;
+    assert_eq!(
+        second.events.load(Ordering::Relaxed),
+        total - handled,
+        "resumed at the committed offsets"
+    );
+    let read = read_committed(&brokers, &[&out, &dlq], total as usize);
+    let by_source = outputs_by_source(&read);
+    assert_eq!(by_source.len() as u64, total);
+    assert!(
+        by_source.values().all(|labels| labels.len() == 1),
+        "no event handled twice"
+    );
 }

@@ -45,7 +45,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::Registry;
-use crate::runtime::{Batch, EventInput, Instance, Status};
+use crate::runtime::{Batch, BatchResult, EventError, EventInput, FailureKind, Instance, Status};
 use catalog::{Catalog, Route};
 use route::Fields;
 use sink::{EventMeta, PartitionBatch, ScenarioBatch, Sink};
@@ -92,6 +92,11 @@ pub struct PipelineConfig {
     pub registry_poll_ms: u64,
     /// First retry delay after a failed cycle, milliseconds; doubles up to 5 s.
     pub retry_backoff_ms: u64,
+    /// How long a scenario whose plugin hit its CPU or memory limit in a batch is
+    /// set aside, seconds: its events go straight to the dead-letter topic (reason
+    /// `plugin_quarantined`) instead of costing every cycle the plugin's limits.
+    /// After that the plugin is tried again. 0 turns quarantine off.
+    pub quarantine_secs: u64,
     /// Extra librdkafka settings for the consumer and producer (e.g. security).
     pub kafka: BTreeMap<String, String>,
 }
@@ -109,6 +114,7 @@ impl Default for PipelineConfig {
             transaction_timeout_ms: 30_000,
             registry_poll_ms: 500,
             retry_backoff_ms: 100,
+            quarantine_secs: 30,
             kafka: BTreeMap::new(),
         }
     }
@@ -221,6 +227,8 @@ pub struct Pipeline {
     current: Arc<Catalog>,
     subscribed: Vec<String>,
     instances: HashMap<String, (Arc<Route>, Instance)>,
+    /// Scenarios set aside until a time, with the failure that caused it.
+    quarantine: HashMap<String, (Instant, String)>,
     sinks: Vec<Box<dyn Sink>>,
     runtime: tokio::runtime::Handle,
     stop: CancellationToken,
@@ -308,6 +316,7 @@ impl Pipeline {
             current: first,
             subscribed: Vec::new(),
             instances: HashMap::new(),
+            quarantine: HashMap::new(),
             sinks,
             runtime: tokio::runtime::Handle::current(),
             stop,
@@ -681,25 +690,7 @@ impl Pipeline {
                 });
             }
 
-            let result = match self
-                .instance(&route)
-                .and_then(|instance| instance.process(&batch))
-            {
-                Ok(result) => result,
-                Err(err) => {
-                    // The plugin could not run at all (instantiate or configure failed):
-                    // every event of the share is dead-lettered with the reason.
-                    tracing::warn!(scenario = id, plugin = %route.plugin_label, error = %err, "scenario batch failed");
-                    self.instances.remove(id);
-                    let mut failed = crate::runtime::BatchResult::default();
-                    let error = crate::runtime::EventError {
-                        kind: crate::runtime::FailureKind::Plugin,
-                        message: format!("plugin {} could not run: {err}", route.plugin_label),
-                    };
-                    failed.push_failed(&error, share.len());
-                    failed
-                }
-            };
+            let (result, quarantined) = self.run_scenario(&route, &batch);
             for ((index, member), outcome) in share.iter().zip(result.outcomes()) {
                 let message = messages[*index];
                 match outcome.status {
@@ -714,7 +705,11 @@ impl Pipeline {
                         dead.push(DeadLetter {
                             message,
                             scenario: Some(catalog.routes[id].as_ref()),
-                            reason: error.map_or("plugin_error", |e| reason_code(e.kind)),
+                            reason: if quarantined {
+                                "plugin_quarantined"
+                            } else {
+                                error.map_or("plugin_error", |e| reason_code(e.kind))
+                            },
                             error: error.map_or_else(|| "failed".to_owned(), ToString::to_string),
                         });
                     }
@@ -741,6 +736,68 @@ impl Pipeline {
             outputs,
             dead,
         ))
+    }
+
+    /// Runs one scenario's batch, unless the scenario is quarantined (then every
+    /// event fails with the reason, and the flag says so). An instance that cannot
+    /// be made fails every event with the reason.
+    fn run_scenario(&mut self, route: &Arc<Route>, batch: &Batch) -> (BatchResult, bool) {
+        let id = route.id.as_str();
+        let all_failed = |message: String| {
+            let mut failed = BatchResult::default();
+            failed.push_failed(
+                &EventError {
+                    kind: FailureKind::Plugin,
+                    message,
+                },
+                batch.len(),
+            );
+            failed
+        };
+        if let Some((until, why)) = self.quarantine.get(id) {
+            if Instant::now() < *until {
+                let message = format!("plugin {} is set aside after: {why}", route.plugin_label);
+                return (all_failed(message), true);
+            }
+            self.quarantine.remove(id);
+        }
+        let result = match self
+            .instance(route)
+            .and_then(|instance| instance.process(batch))
+        {
+            Ok(result) => result,
+            Err(err) => {
+                tracing::warn!(scenario = id, plugin = %route.plugin_label, error = %err, "scenario batch failed");
+                self.instances.remove(id);
+                return (
+                    all_failed(format!(
+                        "plugin {} could not run: {err}",
+                        route.plugin_label
+                    )),
+                    false,
+                );
+            }
+        };
+        let limit_hit = result.outcomes().iter().find_map(|o| {
+            o.error
+                .as_ref()
+                .filter(|e| matches!(e.kind, FailureKind::CpuLimit | FailureKind::MemoryLimit))
+        });
+        if let Some(error) = limit_hit
+            && self.config.quarantine_secs > 0
+        {
+            tracing::warn!(
+                scenario = id,
+                plugin = %route.plugin_label,
+                error = %error,
+                seconds = self.config.quarantine_secs,
+                "plugin hit a limit; its scenario is set aside"
+            );
+            let until = Instant::now() + Duration::from_secs(self.config.quarantine_secs);
+            self.quarantine
+                .insert(id.to_owned(), (until, error.to_string()));
+        }
+        (result, false)
     }
 
     fn enriched(&self, catalog: &Catalog, raw: &[u8], member: &str) -> Option<Vec<u8>> {
@@ -849,8 +906,7 @@ fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
 }
 
 /// The dead-letter reason code of a runtime failure.
-fn reason_code(kind: crate::runtime::FailureKind) -> &'static str {
-    use crate::runtime::FailureKind;
+fn reason_code(kind: FailureKind) -> &'static str {
     match kind {
         FailureKind::Plugin => "plugin_error",
         FailureKind::Trap => "plugin_trap",
