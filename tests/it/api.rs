@@ -22,7 +22,7 @@ const LIMIT: usize = 8 << 20;
 
 /// Which database a case runs against.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Db {
+pub(crate) enum Database {
     Sqlite,
     MariaDb,
     Postgres,
@@ -32,16 +32,16 @@ pub(crate) enum Db {
 /// test got that far (a failed test leaves it for inspection).
 pub(crate) struct TestDb {
     pub(crate) url: String,
-    kind: Db,
+    kind: Database,
     name: String,
     admin_url: String,
 }
 
 impl TestDb {
-    pub(crate) async fn create(kind: Db) -> Self {
+    pub(crate) async fn create(kind: Database) -> Self {
         let name = unique("weir_reg").replace('-', "_");
         match kind {
-            Db::Sqlite => {
+            Database::Sqlite => {
                 let path = std::env::temp_dir().join(format!("{name}.db"));
                 TestDb {
                     url: format!("sqlite://{}", path.display()),
@@ -50,8 +50,8 @@ impl TestDb {
                     admin_url: String::new(),
                 }
             }
-            Db::MariaDb | Db::Postgres => {
-                let service = if matches!(kind, Db::MariaDb) {
+            Database::MariaDb | Database::Postgres => {
+                let service = if matches!(kind, Database::MariaDb) {
                     Service::MariaDb
                 } else {
                     Service::Postgres
@@ -84,19 +84,19 @@ impl TestDb {
 
     pub(crate) async fn drop_database(self) {
         match self.kind {
-            Db::Sqlite => {
+            Database::Sqlite => {
                 let path = self.url.trim_start_matches("sqlite://");
                 for suffix in ["", "-wal", "-shm"] {
                     let _ = std::fs::remove_file(format!("{path}{suffix}"));
                 }
             }
-            Db::MariaDb | Db::Postgres => {
+            Database::MariaDb | Database::Postgres => {
                 let pool = AnyPoolOptions::new()
                     .max_connections(1)
                     .connect(&self.admin_url)
                     .await
                     .expect("reconnect to drop the test database");
-                let force = if matches!(self.kind, Db::Postgres) {
+                let force = if matches!(self.kind, Database::Postgres) {
                     " WITH (FORCE)"
                 } else {
                     ""
@@ -195,7 +195,7 @@ impl Answer {
 }
 
 impl Api {
-    async fn start(kind: Db) -> Self {
+    async fn start(kind: Database) -> Self {
         let db = TestDb::create(kind).await;
         let registry = Registry::connect(&db.url, runtime())
             .await
@@ -321,7 +321,7 @@ fn scenario5() -> Value {
     })
 }
 
-async fn upload_is_idempotent_and_versions_are_monotonic(db: Db) {
+async fn upload_is_idempotent_and_versions_are_monotonic(db: Database) {
     let api = Api::start(db).await;
     let passthrough = artifact(weir_artifacts::FIXTURE_PASSTHROUGH);
 
@@ -393,7 +393,7 @@ async fn upload_is_idempotent_and_versions_are_monotonic(db: Db) {
     api.finish().await;
 }
 
-async fn multipart_upload_takes_its_name_from_a_field(db: Db) {
+async fn multipart_upload_takes_its_name_from_a_field(db: Database) {
     let api = Api::start(db).await;
     let bytes = artifact(weir_artifacts::FIXTURE_PASSTHROUGH);
     let boundary = "weir-boundary-7f3a";
@@ -421,7 +421,7 @@ async fn multipart_upload_takes_its_name_from_a_field(db: Db) {
     api.finish().await;
 }
 
-async fn bad_uploads_are_refused_precisely_and_store_nothing(db: Db) {
+async fn bad_uploads_are_refused_precisely_and_store_nothing(db: Database) {
     let api = Api::start(db).await;
     api.upload(artifact(weir_artifacts::FIXTURE_PASSTHROUGH), None)
         .await;
@@ -521,7 +521,7 @@ async fn bad_uploads_are_refused_precisely_and_store_nothing(db: Db) {
     api.finish().await;
 }
 
-async fn rollback_makes_an_earlier_version_current(db: Db) {
+async fn rollback_makes_an_earlier_version_current(db: Database) {
     let api = Api::start(db).await;
     let bytes = artifact(weir_artifacts::FIXTURE_PASSTHROUGH);
     api.upload(bytes.clone(), None).await;
@@ -581,7 +581,7 @@ async fn rollback_makes_an_earlier_version_current(db: Db) {
     api.finish().await;
 }
 
-async fn scenarios_are_checked_against_their_plugin(db: Db) {
+async fn scenarios_are_checked_against_their_plugin(db: Database) {
     let api = Api::start(db).await;
     api.with_scenario_plugin().await;
 
@@ -724,7 +724,7 @@ async fn scenarios_are_checked_against_their_plugin(db: Db) {
     api.finish().await;
 }
 
-async fn plugin_deletion_is_refused_while_a_scenario_uses_it(db: Db) {
+async fn plugin_deletion_is_refused_while_a_scenario_uses_it(db: Database) {
     let api = Api::start(db).await;
     api.with_scenario_plugin().await;
     let second = api
@@ -802,7 +802,7 @@ async fn plugin_deletion_is_refused_while_a_scenario_uses_it(db: Db) {
     api.finish().await;
 }
 
-async fn members_import_all_or_nothing(db: Db) {
+async fn members_import_all_or_nothing(db: Database) {
     let api = Api::start(db).await;
     let ndjson = "{\"memberId\": \"m1\", \"age\": 31, \"gender\": \"MALE\"}\n\
                   {\"memberId\": \"m2\", \"age\": 19, \"gender\": \"FEMALE\", \"nick\": \"구매왕\"}\n";
@@ -876,7 +876,7 @@ fn concrete(path: &str) -> String {
         .replace("{id}", "5")
 }
 
-async fn every_route_checks_its_role(db: Db) {
+async fn every_route_checks_its_role(db: Database) {
     let api = Api::start(db).await;
     let before = api.snapshot().await;
     let mut writes = 0;
@@ -927,7 +927,7 @@ async fn every_route_checks_its_role(db: Db) {
     api.finish().await;
 }
 
-async fn generation_grows_with_every_write(db: Db) {
+async fn generation_grows_with_every_write(db: Database) {
     let api = Api::start(db).await;
     let mut last = api.generation().await;
     let mut expect_bump = |now: i64, what: &str| {
@@ -975,7 +975,7 @@ async fn generation_grows_with_every_write(db: Db) {
     api.finish().await;
 }
 
-async fn service_routes_answer(db: Db) {
+async fn service_routes_answer(db: Database) {
     let api = Api::start(db).await;
     let health = api.call(Method::GET, "/healthz", None, None).await;
     assert_eq!(health.status, StatusCode::OK);
@@ -1016,15 +1016,15 @@ macro_rules! on_every_database {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::Db::Sqlite).await })*
+            async fn $case() { super::$case(super::Database::Sqlite).await })*
         }
         mod mariadb {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::Db::MariaDb).await })*
+            async fn $case() { super::$case(super::Database::MariaDb).await })*
         }
         mod postgres {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::Db::Postgres).await })*
+            async fn $case() { super::$case(super::Database::Postgres).await })*
         }
     };
 }

@@ -4,9 +4,9 @@
 
 use weir::registry::{MakeCurrent, PluginRef, Registry};
 
-use crate::api::{Db, TestDb, artifact, runtime, variant};
+use crate::api::{Database, TestDb, artifact, runtime, variant};
 
-async fn shipped_plugins_install_idempotently_and_keep_a_rollback(db: Db) {
+async fn shipped_plugins_install_idempotently_and_keep_a_rollback(db: Database) {
     let test_db = TestDb::create(db).await;
     let registry = Registry::connect(&test_db.url, runtime()).await.unwrap();
     let scenario = artifact(weir_artifacts::PLUGIN_SCENARIO);
@@ -70,7 +70,7 @@ async fn shipped_plugins_install_idempotently_and_keep_a_rollback(db: Db) {
     test_db.drop_database().await;
 }
 
-async fn concurrent_uploads_get_distinct_consecutive_versions(db: Db) {
+async fn concurrent_uploads_get_distinct_consecutive_versions(db: Database) {
     let test_db = TestDb::create(db).await;
     let registry = Registry::connect(&test_db.url, runtime()).await.unwrap();
     let base = artifact(weir_artifacts::FIXTURE_PASSTHROUGH);
@@ -96,7 +96,7 @@ async fn concurrent_uploads_get_distinct_consecutive_versions(db: Db) {
     test_db.drop_database().await;
 }
 
-async fn reconnecting_keeps_the_data_and_migrations_run_once(db: Db) {
+async fn reconnecting_keeps_the_data_and_migrations_run_once(db: Database) {
     let test_db = TestDb::create(db).await;
     let registry = Registry::connect(&test_db.url, runtime()).await.unwrap();
     registry
@@ -122,15 +122,15 @@ macro_rules! on_every_database {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::Db::Sqlite).await })*
+            async fn $case() { super::$case(super::Database::Sqlite).await })*
         }
         mod mariadb {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::Db::MariaDb).await })*
+            async fn $case() { super::$case(super::Database::MariaDb).await })*
         }
         mod postgres {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::Db::Postgres).await })*
+            async fn $case() { super::$case(super::Database::Postgres).await })*
         }
     };
 }

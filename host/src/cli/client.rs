@@ -109,7 +109,7 @@ impl PluginClientCommand {
             PluginClientCommand::Push { file, name, server } => {
                 let bytes = read(&file)?;
                 let path = match &name {
-                    Some(name) => format!("/api/plugins?name={name}"),
+                    Some(name) => format!("/api/plugins?name={}", query_value(name)),
                     None => "/api/plugins".to_owned(),
                 };
                 let answer = server.call(Method::POST, &path, Some(("application/wasm", bytes)))?;
@@ -289,6 +289,19 @@ fn text(value: &Value) -> String {
     }
 }
 
+/// Percent-encodes a query parameter value.
+fn query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn short_sha(value: &Value) -> String {
     value
         .as_str()
@@ -374,5 +387,140 @@ impl Server {
             }
         }
         Ok(ExitCode::FAILURE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use weir::api::{ApiConfig, AppState, router};
+    use weir::registry::Registry;
+    use weir::runtime::{Runtime, RuntimeConfig};
+
+    use super::*;
+
+    const ADMIN: &str = "cli-admin-token-000001";
+
+    /// A control plane on 127.0.0.1 over a fresh SQLite registry, served by
+    /// its own thread until the returned sender is dropped.
+    fn start_server(dir: &Path) -> (String, mpsc::Sender<()>) {
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let url = format!("sqlite://{}", dir.join("registry.db").display());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                let runtime = Runtime::new(RuntimeConfig {
+                    max_instances: 4,
+                    ..RuntimeConfig::default()
+                })
+                .unwrap();
+                let registry = Registry::connect(&url, runtime).await.unwrap();
+                let config = ApiConfig {
+                    admin_token: Some(ADMIN.into()),
+                    ..ApiConfig::default()
+                };
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let stop = async move {
+                    let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+                };
+                axum::serve(listener, router(AppState::new(registry, &config)))
+                    .with_graceful_shutdown(stop)
+                    .await
+                    .unwrap();
+            });
+        });
+        let addr = addr_rx.recv().unwrap();
+        (format!("http://{addr}"), stop_tx)
+    }
+
+    #[test]
+    fn commands_drive_a_real_server() {
+        let dir = std::env::temp_dir().join(format!("weir-cli-client-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (url, _stop) = start_server(&dir);
+        let server = Server {
+            server: url.clone(),
+            token: Some(ADMIN.into()),
+            json: false,
+        };
+        let plugin = PathBuf::from(weir_artifacts::FIXTURE_PASSTHROUGH);
+
+        let push = || PluginClientCommand::Push {
+            file: plugin.clone(),
+            name: Some("relay".into()),
+            server: server.clone(),
+        };
+        assert_eq!(push().run().unwrap(), ExitCode::SUCCESS);
+        assert_eq!(push().run().unwrap(), ExitCode::SUCCESS, "idempotent");
+        let rollback = PluginClientCommand::Rollback {
+            name: "relay".into(),
+            to: 9,
+            server: server.clone(),
+        };
+        assert_eq!(rollback.run().unwrap(), ExitCode::FAILURE);
+
+        let scenario = dir.join("s.json");
+        std::fs::write(
+            &scenario,
+            r#"{"scenario_id": 5, "title": "t", "plugin": "relay", "source": ["tracking"]}"#,
+        )
+        .unwrap();
+        let apply = ScenarioCommand::Apply {
+            file: scenario,
+            server: server.clone(),
+        };
+        assert_eq!(apply.run().unwrap(), ExitCode::SUCCESS);
+
+        let members = dir.join("members.csv");
+        std::fs::write(&members, "memberId,age\nm1,31\nm2,19\n").unwrap();
+        let import = MemberCommand::Import {
+            file: members,
+            format: None,
+            server: server.clone(),
+        };
+        assert_eq!(import.run().unwrap(), ExitCode::SUCCESS);
+
+        let (status, plugins) = server.call(Method::GET, "/api/plugins", None).unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(plugins["plugins"][0]["name"], "relay");
+        assert_eq!(plugins["plugins"][0]["latest_version"], 1);
+        let (_, scenario) = server.call(Method::GET, "/api/scenarios/5", None).unwrap();
+        assert_eq!(scenario["plugin"], "relay");
+        let (_, member) = server.call(Method::GET, "/api/members/m2", None).unwrap();
+        assert_eq!(member["attributes"]["age"], 19);
+
+        let delete = ScenarioCommand::Delete {
+            id: "5".into(),
+            server: server.clone(),
+        };
+        assert_eq!(delete.run().unwrap(), ExitCode::SUCCESS);
+        let (status, _) = server.call(Method::GET, "/api/scenarios/5", None).unwrap();
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        let stranger = Server {
+            token: Some("wrong-token-000000000".into()),
+            ..server
+        };
+        let list = PluginClientCommand::List { server: stranger };
+        assert_eq!(list.run().unwrap(), ExitCode::FAILURE);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_unreachable_server_is_named_in_the_error() {
+        let server = Server {
+            server: "http://127.0.0.1:9".into(),
+            token: None,
+            json: false,
+        };
+        let error = server.call(Method::GET, "/api/plugins", None).unwrap_err();
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("http://127.0.0.1:9") && message.contains("WEIR_SERVER"),
+            "{message}"
+        );
     }
 }
