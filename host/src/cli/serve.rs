@@ -98,13 +98,7 @@ impl ServeArgs {
         let mut problems = Vec::new();
         let mut config = match &self.config {
             Some(path) => match std::fs::read_to_string(path) {
-                Ok(text) => match toml::from_str::<ServeConfig>(&text) {
-                    Ok(config) => config,
-                    Err(e) => {
-                        problems.push(format!("{}: {}", path.display(), e.to_string().trim_end()));
-                        ServeConfig::default()
-                    }
-                },
+                Ok(text) => parse_config(&text, &path.display().to_string(), &mut problems),
                 Err(e) => {
                     problems.push(format!("--config {}: {e}", path.display()));
                     ServeConfig::default()
@@ -171,6 +165,57 @@ impl ServeArgs {
             }),
             _ => Err(problems),
         }
+    }
+}
+
+/// Parses the TOML file, reporting every unknown key and wrongly typed value
+/// rather than the first: each offending key is noted, removed, and the rest
+/// parsed again.
+fn parse_config(text: &str, origin: &str, problems: &mut Vec<String>) -> ServeConfig {
+    let mut table: toml::Table = match text.parse() {
+        Ok(table) => table,
+        Err(e) => {
+            problems.push(format!("{origin}: {}", e.to_string().trim_end()));
+            return ServeConfig::default();
+        }
+    };
+    // Bounded: every round removes one key.
+    for _ in 0..64 {
+        let error = match serde_path_to_error::deserialize::<_, ServeConfig>(table.clone()) {
+            Ok(config) => return config,
+            Err(error) => error,
+        };
+        let message = error.inner().to_string();
+        let mut keys: Vec<String> = error
+            .path()
+            .iter()
+            .map(|segment| segment.to_string())
+            .filter(|s| !s.is_empty() && s != "?")
+            .collect();
+        if let Some(field) = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+            && keys.last().map(String::as_str) != Some(field)
+        {
+            keys.push(field.to_owned());
+        }
+        problems.push(format!("{origin}: {}: {message}", keys.join(".")));
+        if !remove_key(&mut table, &keys) {
+            break;
+        }
+    }
+    ServeConfig::default()
+}
+
+/// Removes `a.b.c` from a TOML table; false when it is not there.
+fn remove_key(table: &mut toml::Table, keys: &[String]) -> bool {
+    match keys {
+        [] => false,
+        [last] => table.remove(last).is_some(),
+        [first, rest @ ..] => match table.get_mut(first) {
+            Some(toml::Value::Table(inner)) => remove_key(inner, rest),
+            _ => false,
+        },
     }
 }
 
@@ -314,12 +359,21 @@ mod tests {
         assert!(problems[2].contains("redis://x"));
         assert!(problems[3].starts_with("api.admin_token"));
 
-        std::fs::write(&file, "[api]\nadmin_tokn = \"x\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "lisen = \"x\"\n[api]\nadmin_tokn = \"x\"\nupload_limit_bytes = \"big\"\n",
+        )
+        .unwrap();
         let problems = args(Some(file)).resolve(&|_| None).unwrap_err();
-        assert!(
-            problems[0].contains("unknown field `admin_tokn`"),
-            "{problems:?}"
-        );
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        let all = problems.join("\n");
+        for expected in [
+            "lisen: unknown field `lisen`",
+            "api.admin_tokn: unknown field `admin_tokn`",
+            "api.upload_limit_bytes: invalid type",
+        ] {
+            assert!(all.contains(expected), "{expected} in {all}");
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 
