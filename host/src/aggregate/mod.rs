@@ -44,6 +44,8 @@ use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
+mod memory;
+
 /// The script that applies one scenario's share of a batch; see the file for its contract.
 const FENCED_ADD: &str = include_str!("fenced_add.lua");
 
@@ -294,9 +296,9 @@ impl SuccessRatio {
     }
 }
 
-/// The counters of every scenario, in one Redis (or Redis Cluster) deployment.
+/// The counters in one Redis (or Redis Cluster) deployment.
 #[derive(Clone)]
-pub struct Counters {
+struct RedisCounters {
     url: String,
     prefix: String,
     retention_secs: u64,
@@ -306,9 +308,9 @@ pub struct Counters {
     conn: ConnectionManager,
 }
 
-impl std::fmt::Debug for Counters {
+impl std::fmt::Debug for RedisCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Counters")
+        f.debug_struct("RedisCounters")
             .field("url", &self.url)
             .field("prefix", &self.prefix)
             .field("group", &self.group)
@@ -316,7 +318,7 @@ impl std::fmt::Debug for Counters {
     }
 }
 
-impl Counters {
+impl RedisCounters {
     /// Connects to Redis. `group` is the Kafka consumer group whose offsets the
     /// fences follow: two groups reading the same topic count independently.
     pub async fn connect(config: &CountersConfig, group: &str) -> Result<Self, CountersError> {
@@ -357,11 +359,6 @@ impl Counters {
 
     fn minute_key(&self, scenario: &str, minute: i64) -> String {
         format!("{}:minute:{minute}", self.tag(scenario))
-    }
-
-    /// The key dashboards read the success ratio JSON from.
-    pub fn success_ratio_key(scenario: &str) -> String {
-        format!("scenario:{scenario}:success_ratio")
     }
 
     fn redis_error(&self, source: redis::RedisError) -> CountersError {
@@ -434,7 +431,7 @@ impl Counters {
             };
             let view = serde_json::to_string(&SuccessRatio::new(totals, now))
                 .expect("the success-ratio view always serialises");
-            views.set(Self::success_ratio_key(scenario), view).ignore();
+            views.set(success_ratio_key(scenario), view).ignore();
             applied.push(Applied {
                 scenario: scenario.clone(),
                 newly_counted: newly,
@@ -509,9 +506,7 @@ impl Counters {
         to_ms: i64,
         max_minutes: usize,
     ) -> Result<Vec<MinuteCounts>, CountersError> {
-        let first = from_ms.div_euclid(60_000) + i64::from(from_ms.rem_euclid(60_000) != 0);
-        let end = to_ms.div_euclid(60_000) + i64::from(to_ms.rem_euclid(60_000) != 0);
-        let minutes: Vec<i64> = (first..end).take(max_minutes).collect();
+        let minutes = minute_range(from_ms, to_ms, max_minutes);
         if minutes.is_empty() {
             return Ok(Vec::new());
         }
@@ -539,6 +534,106 @@ impl Counters {
             })
             .collect())
     }
+}
+
+/// The key dashboards read a scenario's success-ratio JSON from.
+pub fn success_ratio_key(scenario: &str) -> String {
+    format!("scenario:{scenario}:success_ratio")
+}
+
+/// The counters of every scenario: in Redis, or in this process for the embedded
+/// defaults (same fences and results, gone when the process ends).
+#[derive(Debug, Clone)]
+pub struct Counters {
+    store: Store,
+}
+
+#[derive(Debug, Clone)]
+enum Store {
+    Redis(RedisCounters),
+    Memory(memory::MemoryCounters),
+}
+
+impl Counters {
+    /// Connects to Redis. `group` is the Kafka consumer group whose offsets the
+    /// fences follow: two groups reading the same topic count independently.
+    pub async fn connect(config: &CountersConfig, group: &str) -> Result<Self, CountersError> {
+        Ok(Self {
+            store: Store::Redis(RedisCounters::connect(config, group).await?),
+        })
+    }
+
+    /// Counters kept in this process, for a first run without Redis.
+    pub fn in_memory(group: &str, bucket_retention_secs: u64) -> Self {
+        Self {
+            store: Store::Memory(memory::MemoryCounters::new(group, bucket_retention_secs)),
+        }
+    }
+
+    /// Where the counters live, for logs: a Redis URL or `memory`.
+    pub fn location(&self) -> String {
+        match &self.store {
+            Store::Redis(redis) => redis.url.clone(),
+            Store::Memory(_) => "memory".into(),
+        }
+    }
+
+    /// Applies a batch's counts exactly once, then refreshes the scenarios'
+    /// success-ratio view as of `now`. Safe to call again with the same or an
+    /// overlapping batch (after a failure, a crash or a rebalance): what was applied
+    /// before is not counted again.
+    pub async fn apply(
+        &self,
+        tally: &BatchTally,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Applied>, CountersError> {
+        match &self.store {
+            Store::Redis(redis) => redis.apply(tally, now).await,
+            Store::Memory(memory) => Ok(memory.apply(tally, now)),
+        }
+    }
+
+    /// A scenario's cumulative counts (zero when it has none yet).
+    pub async fn totals(&self, scenario: &str) -> Result<Totals, CountersError> {
+        match &self.store {
+            Store::Redis(redis) => redis.totals(scenario).await,
+            Store::Memory(memory) => Ok(memory.totals(scenario, "")),
+        }
+    }
+
+    /// A scenario's counts for one plugin version (`name@version`).
+    pub async fn version_totals(
+        &self,
+        scenario: &str,
+        plugin: &str,
+    ) -> Result<Totals, CountersError> {
+        match &self.store {
+            Store::Redis(redis) => redis.version_totals(scenario, plugin).await,
+            Store::Memory(memory) => Ok(memory.totals(scenario, &format!("v:{plugin}:"))),
+        }
+    }
+
+    /// The minute buckets of `scenario` whose start lies in `[from_ms, to_ms)`, oldest
+    /// first; minutes without events are left out. At most `max_minutes` minutes are read.
+    pub async fn minutes(
+        &self,
+        scenario: &str,
+        from_ms: i64,
+        to_ms: i64,
+        max_minutes: usize,
+    ) -> Result<Vec<MinuteCounts>, CountersError> {
+        match &self.store {
+            Store::Redis(redis) => redis.minutes(scenario, from_ms, to_ms, max_minutes).await,
+            Store::Memory(memory) => Ok(memory.minutes(scenario, from_ms, to_ms, max_minutes)),
+        }
+    }
+}
+
+/// The whole minutes whose start lies in `[from_ms, to_ms)`, at most `max`.
+fn minute_range(from_ms: i64, to_ms: i64, max: usize) -> Vec<i64> {
+    let first = from_ms.div_euclid(60_000) + i64::from(from_ms.rem_euclid(60_000) != 0);
+    let end = to_ms.div_euclid(60_000) + i64::from(to_ms.rem_euclid(60_000) != 0);
+    (first..end).take(max).collect()
 }
 
 #[cfg(test)]
