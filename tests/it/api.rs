@@ -148,6 +148,8 @@ struct Api {
     router: axum::Router,
     db: TestDb,
     registry: Registry,
+    /// The server's own OpenAPI document: every answer is checked against it.
+    openapi: Value,
 }
 
 /// An answer, body parsed as JSON when it is JSON.
@@ -205,11 +207,56 @@ impl Api {
             viewer_token: Some(VIEWER.into()),
             upload_limit_bytes: LIMIT,
         };
-        Self {
-            router: router(AppState::new(registry.clone(), &config)),
+        let router = router(AppState::new(registry.clone(), &config));
+        let mut api = Self {
+            router,
             db,
             registry,
+            openapi: Value::Null,
+        };
+        let document = api.call(Method::GET, "/api/openapi.json", None, None).await;
+        assert_eq!(document.status, StatusCode::OK);
+        api.openapi = document.body;
+        api
+    }
+
+    /// Checks a JSON answer against the schema the OpenAPI document gives for
+    /// its route and status: the route's success schema, or `Problem`.
+    fn conform(&self, method: &Method, path: &str, answer: &Answer) {
+        if self.openapi.is_null() {
+            return;
         }
+        let path = path.split('?').next().unwrap_or(path);
+        let name = if answer.status.is_success() {
+            let Some(route) = ROUTES
+                .iter()
+                .find(|r| r.method == *method && pattern_matches(r.path, path))
+            else {
+                panic!(
+                    "{method} {path} answered {} but is not in ROUTES",
+                    answer.status
+                );
+            };
+            match route.response_schema {
+                Some(name) => name,
+                None => return,
+            }
+        } else {
+            "Problem"
+        };
+        let mut schema = json!({ "$ref": format!("#/components/schemas/{name}") });
+        schema["components"] = self.openapi["components"].clone();
+        let validator = jsonschema::validator_for(&schema).expect("the document's schemas compile");
+        let errors: Vec<String> = validator
+            .iter_errors(&answer.body)
+            .map(|e| format!("{}: {e}", e.instance_path))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{method} {path} ({}) does not match schema {name}: {errors:#?}\n{:#}",
+            answer.status,
+            answer.body
+        );
     }
 
     async fn finish(self) {
@@ -224,7 +271,7 @@ impl Api {
         token: Option<&str>,
         body: Option<(&str, Vec<u8>)>,
     ) -> Answer {
-        let mut request = Request::builder().method(method).uri(path);
+        let mut request = Request::builder().method(method.clone()).uri(path);
         if let Some(token) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -243,12 +290,14 @@ impl Api {
             .unwrap()
             .to_vec();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Answer {
+        let answer = Answer {
             status,
             headers,
             body,
             bytes,
-        }
+        };
+        self.conform(&method, path, &answer);
+        answer
     }
 
     async fn get(&self, path: &str) -> Answer {
@@ -869,6 +918,17 @@ async fn members_import_all_or_nothing(db: Database) {
     api.finish().await;
 }
 
+/// Whether a concrete path fits a route pattern with `{param}` segments.
+fn pattern_matches(pattern: &str, path: &str) -> bool {
+    let pattern: Vec<&str> = pattern.split('/').collect();
+    let path: Vec<&str> = path.split('/').collect();
+    pattern.len() == path.len()
+        && pattern
+            .iter()
+            .zip(&path)
+            .all(|(p, s)| (p.starts_with('{') && !s.is_empty()) || p == s)
+}
+
 /// A concrete path for a route pattern.
 fn concrete(path: &str) -> String {
     path.replace("{name}", "scenario")
@@ -992,6 +1052,18 @@ async fn service_routes_answer(db: Database) {
             route.path
         );
     }
+
+    // The conformance check every call goes through does refuse a wrong body.
+    let wrong = Answer {
+        status: StatusCode::OK,
+        headers: HeaderMap::new(),
+        body: json!({"plugins": [{"name": "x", "current_version": "1"}]}),
+        bytes: Vec::new(),
+    };
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        api.conform(&Method::GET, "/api/plugins", &wrong)
+    }));
+    assert!(refused.is_err(), "a body that breaks PluginList is caught");
 
     let detail = api
         .get("/api/nothing-here")

@@ -202,6 +202,10 @@ pub struct Route {
     pub request: &'static [&'static str],
     /// Success status, its description and media type.
     pub success: (u16, &'static str, &'static str),
+    /// Schema (in the document's `components.schemas`) of a JSON request body.
+    pub body_schema: Option<&'static str>,
+    /// Schema (in the document's `components.schemas`) of a JSON success body.
+    pub response_schema: Option<&'static str>,
     /// Error statuses it can answer besides 401/403/500.
     pub errors: &'static [u16],
     handler: fn(MethodFilter) -> MethodRouter<AppState>,
@@ -230,6 +234,8 @@ pub static ROUTES: &[Route] = &[
         request: &[],
         success: (200, "the service and its registry answer", JSON),
         errors: &[],
+        body_schema: None,
+        response_schema: Some("Health"),
         handler: |m| on(m, health),
     },
     Route {
@@ -242,6 +248,8 @@ pub static ROUTES: &[Route] = &[
         request: &[],
         success: (200, "the document", JSON),
         errors: &[],
+        body_schema: None,
+        response_schema: None,
         handler: |m| on(m, openapi::serve),
     },
     Route {
@@ -254,6 +262,8 @@ pub static ROUTES: &[Route] = &[
         request: &[],
         success: (200, "`{\"generation\": n}`", JSON),
         errors: &[],
+        body_schema: None,
+        response_schema: Some("Generation"),
         handler: |m| on(m, generation),
     },
     Route {
@@ -266,6 +276,8 @@ pub static ROUTES: &[Route] = &[
         request: &[],
         success: (200, "`{\"plugins\": [...]}`", JSON),
         errors: &[],
+        body_schema: None,
+        response_schema: Some("PluginList"),
         handler: |m| on(m, plugins::list),
     },
     Route {
@@ -286,6 +298,8 @@ pub static ROUTES: &[Route] = &[
             JSON,
         ),
         errors: &[400, 413, 415, 422],
+        body_schema: None,
+        response_schema: Some("Upload"),
         handler: |m| on(m, plugins::upload),
     },
     Route {
@@ -298,6 +312,8 @@ pub static ROUTES: &[Route] = &[
         request: &[],
         success: (200, "the plugin", JSON),
         errors: &[404],
+        body_schema: None,
+        response_schema: Some("PluginDetail"),
         handler: |m| on(m, plugins::get),
     },
     Route {
@@ -314,6 +330,8 @@ pub static ROUTES: &[Route] = &[
             JSON,
         ),
         errors: &[404, 409],
+        body_schema: None,
+        response_schema: Some("Deleted"),
         handler: |m| on(m, plugins::delete),
     },
     Route {
@@ -326,6 +344,8 @@ pub static ROUTES: &[Route] = &[
         request: &[],
         success: (200, "the version", JSON),
         errors: &[400, 404],
+        body_schema: None,
+        response_schema: Some("PluginVersion"),
         handler: |m| on(m, plugins::get_version),
     },
     Route {
@@ -338,6 +358,8 @@ pub static ROUTES: &[Route] = &[
         request: &[],
         success: (200, "deleted", JSON),
         errors: &[400, 404, 409],
+        body_schema: None,
+        response_schema: Some("Deleted"),
         handler: |m| on(m, plugins::delete_version),
     },
     Route {
@@ -350,6 +372,8 @@ pub static ROUTES: &[Route] = &[
         request: &[],
         success: (200, "the component", WASM),
         errors: &[400, 404],
+        body_schema: None,
+        response_schema: None,
         handler: |m| on(m, plugins::download),
     },
     Route {
@@ -362,6 +386,8 @@ pub static ROUTES: &[Route] = &[
         request: &[JSON],
         success: (200, "the version now current", JSON),
         errors: &[400, 404, 415],
+        body_schema: Some("Rollback"),
+        response_schema: Some("PluginVersion"),
         handler: |m| on(m, plugins::rollback),
     },
     Route {
@@ -374,6 +400,8 @@ pub static ROUTES: &[Route] = &[
         request: &[],
         success: (200, "`{\"scenarios\": [...]}`", JSON),
         errors: &[],
+        body_schema: None,
+        response_schema: Some("ScenarioList"),
         handler: |m| on(m, scenarios::list),
     },
     Route {
@@ -386,6 +414,8 @@ pub static ROUTES: &[Route] = &[
         request: &[JSON],
         success: (201, "created", JSON),
         errors: &[400, 409, 413, 415, 422],
+        body_schema: Some("ScenarioDocument"),
+        response_schema: Some("Scenario"),
         handler: |m| on(m, scenarios::create),
     },
     Route {
@@ -398,6 +428,8 @@ pub static ROUTES: &[Route] = &[
         request: &[],
         success: (200, "the scenario", JSON),
         errors: &[404],
+        body_schema: None,
+        response_schema: Some("Scenario"),
         handler: |m| on(m, scenarios::get),
     },
     Route {
@@ -410,6 +442,8 @@ pub static ROUTES: &[Route] = &[
         request: &[JSON],
         success: (200, "replaced (201 when created)", JSON),
         errors: &[400, 413, 415, 422],
+        body_schema: Some("ScenarioDocument"),
+        response_schema: Some("Scenario"),
         handler: |m| on(m, scenarios::put),
     },
     Route {
@@ -422,6 +456,8 @@ pub static ROUTES: &[Route] = &[
         request: &[],
         success: (204, "deleted", ""),
         errors: &[404],
+        body_schema: None,
+        response_schema: None,
         handler: |m| on(m, scenarios::delete),
     },
     Route {
@@ -434,6 +470,8 @@ pub static ROUTES: &[Route] = &[
         request: &[NDJSON, CSV],
         success: (200, "`{\"imported\": n}`", JSON),
         errors: &[413, 415, 422],
+        body_schema: None,
+        response_schema: Some("Imported"),
         handler: |m| on(m, members::import),
     },
     Route {
@@ -446,6 +484,8 @@ pub static ROUTES: &[Route] = &[
         request: &[],
         success: (200, "the member", JSON),
         errors: &[404],
+        body_schema: None,
+        response_schema: Some("Member"),
         handler: |m| on(m, members::get),
     },
 ];

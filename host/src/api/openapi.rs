@@ -48,10 +48,13 @@ pub(super) fn document() -> Value {
 
         let (code, description, media) = route.success;
         let mut responses = Map::new();
-        let success = if media.is_empty() {
-            json!({"description": description})
-        } else {
-            json!({"description": description, "content": {media: {}}})
+        let success = match (media, route.response_schema) {
+            ("", _) => json!({"description": description}),
+            (media, Some(schema)) => json!({
+                "description": description,
+                "content": {media: {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}
+            }),
+            (media, None) => json!({"description": description, "content": {media: {}}}),
         };
         responses.insert(code.to_string(), success);
         let mut errors: Vec<u16> = route.errors.to_vec();
@@ -84,7 +87,15 @@ pub(super) fn document() -> Value {
             let content: Map<String, Value> = route
                 .request
                 .iter()
-                .map(|media| ((*media).to_owned(), json!({})))
+                .map(|media| {
+                    let schema = match route.body_schema {
+                        Some(name) if *media == "application/json" => {
+                            json!({"schema": {"$ref": format!("#/components/schemas/{name}")}})
+                        }
+                        _ => json!({}),
+                    };
+                    ((*media).to_owned(), schema)
+                })
                 .collect();
             operation["requestBody"] = json!({"required": true, "content": content});
         }
@@ -110,7 +121,107 @@ pub(super) fn document() -> Value {
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
+            "schemas": schemas(),
+        }
+    })
+}
+
+/// A closed object schema: these properties, all required unless listed in `optional`.
+fn object(properties: Value, optional: &[&str]) -> Value {
+    let required: Vec<&String> = properties
+        .as_object()
+        .map(|p| {
+            p.keys()
+                .filter(|k| !optional.contains(&k.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "type": "object",
+        "required": required,
+        "properties": properties,
+        "additionalProperties": false,
+    })
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+/// The bodies of the API, as the registry and handlers serialize them.
+fn schemas() -> Value {
+    let string = json!({"type": "string"});
+    let integer = json!({"type": "integer"});
+    let time = json!({"type": "string", "format": "date-time"});
+    let version_properties = json!({
+        "name": string,
+        "version": {"type": "integer", "minimum": 1, "description": "registry version, monotonic per name"},
+        "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "size_bytes": integer,
+        "kind": {"enum": ["filter", "map", "filter-map", "flat-map", "scenario"]},
+        "declared_name": {"type": "string", "description": "the name `describe` reports"},
+        "declared_version": {"type": "string", "description": "the version `describe` reports"},
+        "description": string,
+        "config_schema": {"description": "JSON Schema of the plugin's configuration"},
+        "uploaded_at": time,
+        "uploaded_by": string,
+        "current": {"type": "boolean"},
+    });
+    let mut upload_properties = version_properties.clone();
+    upload_properties["created"] =
+        json!({"type": "boolean", "description": "false when the bytes were already stored"});
+    json!({
+        "Health": object(json!({"status": {"const": "ok"}, "generation": integer}), &[]),
+        "Generation": object(json!({"generation": integer}), &[]),
+        "PluginVersion": object(version_properties, &[]),
+        "Upload": object(upload_properties, &[]),
+        "PluginSummary": object(json!({
+            "name": string,
+            "current_version": integer,
+            "latest_version": integer,
+            "current": schema_ref("PluginVersion"),
+        }), &[]),
+        "PluginList": object(json!({"plugins": {"type": "array", "items": schema_ref("PluginSummary")}}), &[]),
+        "PluginDetail": object(json!({
+            "name": string,
+            "current_version": integer,
+            "versions": {"type": "array", "items": schema_ref("PluginVersion")},
+        }), &[]),
+        "Deleted": object(json!({
+            "deleted": string,
+            "version": integer,
+            "disabled_scenarios": {"type": "array", "items": string},
+        }), &["version"]),
+        "Rollback": object(json!({"to": {"type": "integer", "minimum": 1}}), &[]),
+        "ScenarioDocument": {
+            "type": "object",
+            "description": "The scenario as users write it. weir reads the fields below; every \
+                other field (log_format, filters, logical_operator, ...) is the plugin's \
+                configuration, checked against the plugin's config schema.",
+            "required": ["scenario_id"],
+            "properties": {
+                "scenario_id": {"type": ["string", "integer"]},
+                "title": string,
+                "manager": string,
+                "plugin": {"type": "string", "description": "`name` or `name@version`; default `scenario`"},
+                "source": {"type": "array", "items": string, "description": "topics bound to this scenario"},
+                "output_topic": {"type": "string", "description": "default weir.out.<scenario_id>"},
+                "enrich": object(json!({"by": string}), &[]),
+                "enabled": {"type": "boolean"},
+            },
+        },
+        "Scenario": object(json!({
+            "scenario_id": string,
+            "plugin": string,
+            "enabled": {"type": "boolean"},
+            "document": schema_ref("ScenarioDocument"),
+            "created_at": time,
+            "updated_at": time,
+            "updated_by": string,
+        }), &[]),
+        "ScenarioList": object(json!({"scenarios": {"type": "array", "items": schema_ref("Scenario")}}), &[]),
+        "Imported": object(json!({"imported": integer}), &[]),
+        "Member": object(json!({"member_id": string, "attributes": {"type": "object"}}), &[]),
                 "Problem": {
                     "type": "object",
                     "required": ["type", "title", "status", "detail"],
@@ -128,9 +239,7 @@ pub(super) fn document() -> Value {
                             }
                         }
                     }
-                }
-            }
-        }
+                },
     })
 }
 
@@ -151,5 +260,27 @@ mod tests {
         assert!(upload["requestBody"]["content"]["application/wasm"].is_object());
         assert!(upload["responses"]["413"].is_object());
         assert!(upload["responses"]["403"].is_object());
+    }
+
+    #[test]
+    fn every_schema_a_route_names_exists_and_compiles() {
+        let doc = document();
+        for route in ROUTES {
+            for name in [route.body_schema, route.response_schema]
+                .into_iter()
+                .flatten()
+            {
+                assert!(
+                    doc["components"]["schemas"][name].is_object(),
+                    "{} {}: schema {name}",
+                    route.method,
+                    route.path
+                );
+                let mut schema = json!({"$ref": format!("#/components/schemas/{name}")});
+                schema["components"] = doc["components"].clone();
+                jsonschema::validator_for(&schema)
+                    .unwrap_or_else(|e| panic!("schema {name} does not compile: {e}"));
+            }
+        }
     }
 }
