@@ -132,13 +132,30 @@ pub(crate) fn artifact(path: &str) -> Vec<u8> {
 /// The same component with a custom section appended: a distinct, valid
 /// upload (a new sha256) that behaves exactly like the original.
 pub(crate) fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
+    padded(bytes, tag.as_bytes())
+}
+
+/// Like [`variant`], with `padding` as the custom section's content (any size).
+pub(crate) fn padded(bytes: &[u8], padding: &[u8]) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
     let name = b"weir-test";
-    let mut payload = vec![u8::try_from(name.len()).unwrap()];
+    let mut payload = Vec::with_capacity(padding.len() + 16);
+    leb128(name.len(), &mut payload);
     payload.extend_from_slice(name);
-    payload.extend_from_slice(tag.as_bytes());
+    payload.extend_from_slice(padding);
     let mut out = bytes.to_vec();
     out.push(0); // custom section id
-    out.push(u8::try_from(payload.len()).expect("short tag")); // LEB128, < 128
+    leb128(payload.len(), &mut out);
     out.extend_from_slice(&payload);
     out
 }

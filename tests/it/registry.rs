@@ -4,7 +4,7 @@
 
 use weir::registry::{MakeCurrent, PluginRef, Registry};
 
-use crate::api::{Database, TestDb, artifact, runtime, variant};
+use crate::api::{Database, TestDb, artifact, padded, runtime, variant};
 
 async fn shipped_plugins_install_idempotently_and_keep_a_rollback(db: Database) {
     let test_db = TestDb::create(db).await;
@@ -118,6 +118,32 @@ async fn reconnecting_keeps_the_data_and_migrations_run_once(db: Database) {
     test_db.drop_database().await;
 }
 
+async fn components_larger_than_a_packet_round_trip(db: Database) {
+    let test_db = TestDb::create(db).await;
+    let registry = Registry::connect(&test_db.url, runtime()).await.unwrap();
+    // 20 MiB: above MariaDB's default max_allowed_packet (16 MiB), below the
+    // default upload limit (32 MiB).
+    let padding: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
+    let big = padded(&artifact(weir_artifacts::FIXTURE_PASSTHROUGH), &padding);
+    let upload = registry
+        .upload_plugin(big.clone(), Some("big"), "admin", MakeCurrent::Always)
+        .await
+        .unwrap();
+    assert_eq!(upload.version.size_bytes, i64::try_from(big.len()).unwrap());
+    let (_, bytes) = registry
+        .plugin_component(&PluginRef {
+            name: "big".into(),
+            version: Some(1),
+        })
+        .await
+        .unwrap();
+    assert!(bytes == big, "the component comes back byte for byte");
+    registry.delete_plugin("big", false).await.unwrap();
+    assert!(registry.list_plugins().await.unwrap().is_empty());
+    registry.close().await;
+    test_db.drop_database().await;
+}
+
 macro_rules! on_every_database {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -139,4 +165,5 @@ on_every_database!(
     shipped_plugins_install_idempotently_and_keep_a_rollback,
     concurrent_uploads_get_distinct_consecutive_versions,
     reconnecting_keeps_the_data_and_migrations_run_once,
+    components_larger_than_a_packet_round_trip,
 );

@@ -8,6 +8,7 @@
 //! version of the name returns that version and makes it current again.
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use super::{Registry, RegistryError, db, get, now_ms, rfc3339};
 use crate::runtime::PluginInfo;
@@ -144,6 +145,9 @@ pub fn valid_plugin_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+/// Largest piece of component bytes stored in one row (see migration 0002).
+const CHUNK_BYTES: usize = 1 << 20;
+
 const VERSION_COLUMNS: &str = "v.name, v.version, v.sha256, v.size_bytes, v.kind, v.declared_name, \
      v.declared_version, v.description, v.config_schema, v.uploaded_at, v.uploaded_by, \
      p.current_version";
@@ -278,7 +282,7 @@ impl Registry {
         .bind(version)
         .bind(&info.sha256)
         .bind(size)
-        .bind(bytes)
+        .bind(Vec::<u8>::new())
         .bind(info.kind.as_str())
         .bind(&info.name)
         .bind(&info.version)
@@ -289,6 +293,20 @@ impl Registry {
         .execute(&mut *tx)
         .await
         .map_err(db("storing a plugin version"))?;
+        for (seq, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
+            sqlx::query(
+                self.sql(
+                    "INSERT INTO plugin_chunks (name, version, seq, bytes) VALUES (?, ?, ?, ?)",
+                ),
+            )
+            .bind(&name)
+            .bind(version)
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .bind(chunk.to_vec())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("storing a plugin component"))?;
+        }
         tx.commit().await.map_err(db("committing an upload"))?;
         tracing::info!(plugin = %name, version, sha256 = %info.sha256, "plugin version stored");
         Ok(Upload {
@@ -396,15 +414,45 @@ impl Registry {
                 version,
                 available,
             })?;
-        let row = sqlx::query(
-            self.sql("SELECT component FROM plugin_versions WHERE name = ? AND version = ?"),
+        let chunks = sqlx::query(
+            self.sql("SELECT bytes FROM plugin_chunks WHERE name = ? AND version = ? ORDER BY seq"),
         )
         .bind(&reference.name)
         .bind(version)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await
         .map_err(db("reading a plugin component"))?;
-        let bytes = get(&row, "component", "plugin_versions")?;
+        let bytes = if chunks.is_empty() {
+            // Stored before components were split into chunks.
+            let row = sqlx::query(
+                self.sql("SELECT component FROM plugin_versions WHERE name = ? AND version = ?"),
+            )
+            .bind(&reference.name)
+            .bind(version)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("reading a plugin component"))?;
+            get(&row, "component", "plugin_versions")?
+        } else {
+            let mut bytes = Vec::with_capacity(usize::try_from(info.size_bytes).unwrap_or(0));
+            for chunk in &chunks {
+                bytes.extend_from_slice(&get::<Vec<u8>>(chunk, "bytes", "plugin_chunks")?);
+            }
+            bytes
+        };
+        let sha256: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if sha256 != info.sha256 {
+            return Err(RegistryError::Corrupt {
+                what: format!("component of {}@{version}", reference.name),
+                reason: format!(
+                    "its sha256 is {sha256}, not the {} recorded at upload",
+                    info.sha256
+                ),
+            });
+        }
         Ok((info, bytes))
     }
 
@@ -500,6 +548,11 @@ impl Registry {
             });
         }
         self.disable_scenarios_in(tx, &users).await?;
+        sqlx::query(self.sql("DELETE FROM plugin_chunks WHERE name = ?"))
+            .bind(name)
+            .execute(&mut **tx)
+            .await
+            .map_err(db("deleting plugin components"))?;
         sqlx::query(self.sql("DELETE FROM plugin_versions WHERE name = ?"))
             .bind(name)
             .execute(&mut **tx)
@@ -560,6 +613,12 @@ impl Registry {
             });
         }
         self.disable_scenarios_in(&mut tx, &users).await?;
+        sqlx::query(self.sql("DELETE FROM plugin_chunks WHERE name = ? AND version = ?"))
+            .bind(name)
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("deleting a plugin component"))?;
         sqlx::query(self.sql("DELETE FROM plugin_versions WHERE name = ? AND version = ?"))
             .bind(name)
             .bind(version)
