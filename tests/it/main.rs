@@ -6,6 +6,7 @@
 
 mod api;
 mod counters;
+mod embedded;
 mod hdfs;
 mod kafka;
 mod pipeline;

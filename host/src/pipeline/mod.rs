@@ -26,6 +26,8 @@
 //! [`catalog::Catalog`] and are picked up between cycles, never inside one.
 
 pub mod catalog;
+pub mod demo;
+pub mod embedded;
 pub mod route;
 pub mod sink;
 
