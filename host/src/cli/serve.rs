@@ -285,14 +285,48 @@ async fn serve(mut config: Resolved) -> anyhow::Result<()> {
         "weir control plane serving"
     );
     eprintln!("weir: serving the API on http://{}", config.listen);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    // One stop signal for every task of the process; each drains within DRAIN.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut http = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let mut stopped = stopped;
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })
+            .into_future(),
+    );
+    let early = tokio::select! {
+        () = shutdown_signal() => None,
+        ended = &mut http => Some(ended),
+    };
+    let result = match early {
+        // The server ended on its own: that is an error worth reporting.
+        Some(ended) => ended
+            .context("the HTTP server task failed")?
+            .context("serving HTTP"),
+        None => {
+            let _ = stop.send(true);
+            match tokio::time::timeout(DRAIN, http).await {
+                Ok(ended) => ended
+                    .context("the HTTP server task failed")?
+                    .context("serving HTTP"),
+                Err(_) => {
+                    tracing::warn!(
+                        seconds = DRAIN.as_secs(),
+                        "requests still running after the drain timeout; stopping anyway"
+                    );
+                    Ok(())
+                }
+            }
+        }
+    };
     registry.close().await;
     tracing::info!("weir stopped");
-    Ok(())
+    result
 }
+
+/// How long in-flight requests may run after a stop signal.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
