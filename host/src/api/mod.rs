@@ -13,6 +13,8 @@
 //! the viewer token only reads. Tokens are compared as sha256 digests in
 //! constant time. No token or an unknown one → 401; a viewer token on a write
 //! → 403. Errors leave as problem+json (`problem.rs`).
+//!
+//! The user's view of the API, the registry and the CLI is `docs/control-plane.md`.
 
 mod extract;
 mod members;
