@@ -7,6 +7,7 @@
 mod api;
 mod counters;
 mod embedded;
+mod faults;
 mod hdfs;
 mod kafka;
 mod pipeline;

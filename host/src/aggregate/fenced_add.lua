@@ -10,6 +10,9 @@
 -- ARGV[5]   events in offset order, one token each: <delta><code><bucket>, where delta is
 --           the offset minus the previous event's (the first: minus ARGV[4]), code is
 --           E/e emitted, D/d dropped, F/f failed (upper case: matched), bucket indexes KEYS[2+n]
+-- ARGV[6]   now, unix milliseconds: kept as `since` when the counts hash is first written,
+--           so a Redis that lost its data (restart without persistence) shows when
+--           counting started again
 --
 -- Events at or below the fence were applied before (a replay after a crash or a
 -- rebalance, with the same or other batch boundaries) and are not counted again.
@@ -40,6 +43,7 @@ for delta, code, bucket in string.gmatch(ARGV[5], '(%d+)(%a)(%d+)') do
 end
 if total > 0 then
   local version = ARGV[2]
+  redis.call('HSETNX', KEYS[1], 'since', ARGV[6])
   redis.call('HINCRBY', KEYS[1], 'total', total)
   redis.call('HINCRBY', KEYS[1], version .. 'total', total)
   if matched > 0 then

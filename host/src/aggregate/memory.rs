@@ -21,6 +21,8 @@ struct State {
     minutes: HashMap<(String, i64), ([u64; 3], i64)>,
     /// Scenario → its success-ratio view.
     views: HashMap<String, SuccessRatio>,
+    /// Scenario → when counting began, unix milliseconds.
+    since: HashMap<String, i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +89,10 @@ impl MemoryCounters {
                 last = offset;
             }
             if added.total > 0 {
+                state
+                    .since
+                    .entry(scenario.clone())
+                    .or_insert(now.timestamp_millis());
                 let counts = state.counts.entry(scenario.clone()).or_default();
                 for prefix in [String::new(), format!("v:{}:", events.plugin)] {
                     for (field, n) in [
@@ -111,6 +117,15 @@ impl MemoryCounters {
             });
         }
         applied
+    }
+
+    pub(super) fn since(&self, scenario: &str) -> Option<i64> {
+        self.state
+            .lock()
+            .expect("counters lock")
+            .since
+            .get(scenario)
+            .copied()
     }
 
     pub(super) fn totals(&self, scenario: &str, prefix: &str) -> Totals {

@@ -34,6 +34,18 @@
 //! after every applied batch; it has no hash tag, so on Redis Cluster it may live on
 //! another node, which is why it is written after the script rather than by it.
 //!
+//! # Redis down, or restarted
+//!
+//! When Redis is unreachable or slow (bounded by a 10 s response timeout),
+//! `apply` fails, the pipeline aborts the cycle, pauses consumption and retries with
+//! backoff; nothing is committed meanwhile, so when Redis is back every event is
+//! counted once. A Redis with persistence (AOF, `appendfsync always` for no loss at
+//! all) restarted keeps every count exact. A Redis restarted *without* persistence
+//! comes back empty, fences included: weir does not guess what was lost, it counts
+//! every event handled from then on exactly once and marks the fresh start in the
+//! `since` field of the counts hash ([`Counters::counting_since`]), so a dashboard
+//! can show "counting since". The full history stays in the Parquet archive.
+//!
 //! Minute buckets are placed by the event's time (the caller's choice of timestamp,
 //! see [`BatchTally::record`]), so a replay lands in the same buckets.
 
@@ -338,7 +350,16 @@ impl RedisCounters {
             source,
         };
         let client = redis::Client::open(config.url.as_str()).map_err(redis_error)?;
-        let conn = ConnectionManager::new(client).await.map_err(redis_error)?;
+        // Bounded waits: a hung Redis fails the cycle (which is retried) instead of
+        // stalling the pipeline; reconnects happen behind the manager.
+        let manager = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(10)))
+            .set_number_of_retries(2)
+            .set_max_delay(std::time::Duration::from_secs(2));
+        let conn = ConnectionManager::new_with_config(client, manager)
+            .await
+            .map_err(redis_error)?;
         Ok(Self {
             url: config.url.clone(),
             prefix: config.key_prefix.clone(),
@@ -396,7 +417,8 @@ impl RedisCounters {
                 .arg(format!("v:{}:", events.plugin))
                 .arg(self.retention_secs)
                 .arg(events.first_offset)
-                .arg(&events.tokens);
+                .arg(&events.tokens)
+                .arg(now.timestamp_millis());
         }
         let mut conn = self.conn.clone();
         let replies: Vec<(u64, u64, u64, u64, u64)> = match pipe.query_async(&mut conn).await {
@@ -465,6 +487,16 @@ impl RedisCounters {
             errors: errors.unwrap_or(0),
             dropped: dropped.unwrap_or(0),
         })
+    }
+
+    async fn counting_since(&self, scenario: &str) -> Result<Option<i64>, CountersError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("HGET")
+            .arg(self.counts_key(scenario))
+            .arg("since")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))
     }
 
     /// A scenario's counts for one plugin version (`name@version`).
@@ -598,6 +630,16 @@ impl Counters {
         match &self.store {
             Store::Redis(redis) => redis.totals(scenario).await,
             Store::Memory(memory) => Ok(memory.totals(scenario, "")),
+        }
+    }
+
+    /// When the store began counting `scenario` (unix milliseconds), `None` before its
+    /// first event. A Redis restarted without persistence starts again from empty:
+    /// this moves to the time counting resumed, and the counts start from there.
+    pub async fn counting_since(&self, scenario: &str) -> Result<Option<i64>, CountersError> {
+        match &self.store {
+            Store::Redis(redis) => redis.counting_since(scenario).await,
+            Store::Memory(memory) => Ok(memory.since(scenario)),
         }
     }
 
