@@ -2,7 +2,7 @@
 //! SQLite, MariaDB and PostgreSQL: shipped plugins, concurrent writers,
 //! migrations on an existing database.
 
-use weir::registry::{MakeCurrent, PluginRef, Registry};
+use weir::registry::{MakeCurrent, PluginRef, PutMode, Registry};
 
 use crate::api::{Database, TestDb, artifact, padded, runtime, variant};
 
@@ -144,6 +144,47 @@ async fn components_larger_than_a_packet_round_trip(db: Database) {
     test_db.drop_database().await;
 }
 
+async fn a_second_replica_sees_every_write_through_the_generation(db: Database) {
+    let test_db = TestDb::create(db).await;
+    let writer = Registry::connect(&test_db.url, runtime()).await.unwrap();
+    let reader = Registry::connect(&test_db.url, runtime()).await.unwrap();
+    let seen = reader.generation().await.unwrap();
+    writer
+        .upload_plugin(
+            artifact(weir_artifacts::PLUGIN_SCENARIO),
+            None,
+            "admin",
+            MakeCurrent::Always,
+        )
+        .await
+        .unwrap();
+    let after_upload = reader.generation().await.unwrap();
+    assert!(after_upload > seen, "the reader notices the upload");
+    let document = serde_json::json!({
+        "scenario_id": "buy",
+        "filters": [{"left": "e_n", "operator": "==", "right": "구매"}],
+        "logical_operator": "AND"
+    });
+    writer
+        .put_scenario(document, None, PutMode::Create, "admin")
+        .await
+        .unwrap();
+    assert!(reader.generation().await.unwrap() > after_upload);
+    let scenarios = reader.list_scenarios().await.unwrap();
+    assert_eq!(scenarios.len(), 1);
+    let spec = scenarios[0].spec().unwrap();
+    assert_eq!(spec.plugin.name, "scenario");
+    assert_eq!(spec.output_topic(), "weir.out.buy");
+    assert_eq!(
+        spec.plugin_config()["filters"][0]["right"],
+        "구매",
+        "Korean text survives the round trip"
+    );
+    writer.close().await;
+    reader.close().await;
+    test_db.drop_database().await;
+}
+
 macro_rules! on_every_database {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -166,4 +207,5 @@ on_every_database!(
     concurrent_uploads_get_distinct_consecutive_versions,
     reconnecting_keeps_the_data_and_migrations_run_once,
     components_larger_than_a_packet_round_trip,
+    a_second_replica_sees_every_write_through_the_generation,
 );
