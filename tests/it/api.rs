@@ -743,6 +743,17 @@ async fn scenarios_are_checked_against_their_plugin(db: Database) {
         answer.body
     );
 
+    let mut misspelt = scenario5();
+    misspelt["filter"] = misspelt["filters"].take();
+    misspelt.as_object_mut().unwrap().remove("filters");
+    let answer = api.put_scenario("5", &misspelt).await;
+    let detail = answer.problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(answer.fields(), ["filter"], "{detail}");
+    assert!(
+        detail.contains("unknown field for plugin `scenario`") && detail.contains("filters"),
+        "{detail}"
+    );
+
     let answer = api.put_scenario("6", &scenario5()).await;
     answer.problem(StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(answer.fields(), ["scenario_id"]);

@@ -17,7 +17,10 @@
 //! the plugin. The plugin's configuration is the document without weir's
 //! routing fields ([`WEIR_SCENARIO_FIELDS`]): it is checked against the
 //! plugin's JSON Schema and then given to a fresh instance's `configure`. A
-//! scenario is stored only when all of that passes.
+//! scenario is stored only when all of that passes. Top-level keys the
+//! schema's `properties` do not name (besides `scenario_id`, `title` and
+//! `manager`) are refused too, so a misspelt key cannot be silently ignored by
+//! a lenient plugin; a schema opts out with `additionalProperties: true`.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -338,6 +341,50 @@ fn pointer_to_path(pointer: &str) -> String {
     }
 }
 
+/// Keys every scenario document may carry whatever its plugin.
+const SCENARIO_KEYS: [&str; 3] = ["scenario_id", "title", "manager"];
+
+/// Top-level keys of a plugin configuration that the plugin's schema does not
+/// name in `properties`. A misspelt key (`filter` for `filters`) would
+/// otherwise be ignored by a lenient plugin and change what the scenario
+/// matches without a word. Schemas without `properties`, or that allow other
+/// keys explicitly (`additionalProperties: true`, `patternProperties`), are
+/// not checked.
+fn unknown_keys(plugin: &str, schema: &Value, config: &Value) -> Vec<FieldError> {
+    let (Some(properties), Some(config)) = (
+        schema.get("properties").and_then(Value::as_object),
+        config.as_object(),
+    ) else {
+        return Vec::new();
+    };
+    if schema.get("additionalProperties") == Some(&Value::Bool(true))
+        || schema.get("patternProperties").is_some()
+    {
+        return Vec::new();
+    }
+    let mut accepted: Vec<&str> = WEIR_SCENARIO_FIELDS
+        .iter()
+        .copied()
+        .chain(SCENARIO_KEYS)
+        .chain(properties.keys().map(String::as_str))
+        .collect();
+    accepted.sort_unstable();
+    accepted.dedup();
+    config
+        .keys()
+        .filter(|key| !accepted.contains(&key.as_str()))
+        .map(|key| {
+            FieldError::new(
+                key.as_str(),
+                format!(
+                    "unknown field for plugin `{plugin}`; the fields it accepts are {}",
+                    accepted.join(", ")
+                ),
+            )
+        })
+        .collect()
+}
+
 /// The schema validator's message, except that an enum lists every accepted value.
 fn schema_reason(error: &jsonschema::ValidationError<'_>) -> String {
     match &error.kind {
@@ -472,10 +519,10 @@ impl Registry {
                 reason: e.to_string(),
             }
         })?;
-        let schema_errors: Vec<FieldError> = validator
-            .iter_errors(&config)
-            .map(|e| FieldError::new(pointer_to_path(e.instance_path.as_str()), schema_reason(&e)))
-            .collect();
+        let mut schema_errors = unknown_keys(&version.name, &version.config_schema, &config);
+        schema_errors.extend(validator.iter_errors(&config).map(|e| {
+            FieldError::new(pointer_to_path(e.instance_path.as_str()), schema_reason(&e))
+        }));
         if !schema_errors.is_empty() {
             return Err(invalid(id, schema_errors));
         }
@@ -741,6 +788,19 @@ mod tests {
         let errors = ScenarioSpec::parse(&json!({"title": "x"})).unwrap_err();
         assert_eq!(errors[0].field, "scenario_id");
         assert!(errors[0].reason.starts_with("missing"));
+    }
+
+    #[test]
+    fn keys_the_schema_does_not_name_are_unknown() {
+        let schema = json!({"type": "object", "properties": {"filters": {}, "log_format": {}}});
+        let config = json!({"scenario_id": 5, "title": "t", "filter": [], "filters": []});
+        let errors = unknown_keys("scenario", &schema, &config);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "filter");
+        assert!(errors[0].reason.contains("filters"), "{errors:?}");
+        let open = json!({"properties": {"a": {}}, "additionalProperties": true});
+        assert!(unknown_keys("p", &open, &config).is_empty());
+        assert!(unknown_keys("p", &json!({"type": "object"}), &config).is_empty());
     }
 
     #[test]
