@@ -399,7 +399,12 @@ pub struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     fn parse(value: &'a [u8]) -> Result<Self, Error> {
-        serde_json::from_slice::<Fields<'a>>(value).map_err(|e| {
+        // Validating UTF-8 once up front and parsing from `&str` is cheaper
+        // than `from_slice`, which checks every string as it goes and then
+        // every raw value again.
+        let text = std::str::from_utf8(value)
+            .map_err(|e| Error::new(format!("value is not valid JSON: not UTF-8 text: {e}")))?;
+        serde_json::from_str::<Fields<'a>>(text).map_err(|e| {
             if e.classify() == serde_json::error::Category::Data {
                 Error::new(format!("value is not a JSON object: {e}"))
             } else {
