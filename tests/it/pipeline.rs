@@ -198,7 +198,11 @@ fn event(scenario: &str, i: usize, with_attributes: bool) -> Value {
     });
     if with_attributes {
         value["age"] = json!(15 + (i % 30) as i64);
-        value["gender"] = json!(if i.is_multiple_of(2) { "MALE" } else { "FEMALE" });
+        value["gender"] = json!(if i.is_multiple_of(2) {
+            "MALE"
+        } else {
+            "FEMALE"
+        });
     }
     value
 }
@@ -513,7 +517,8 @@ async fn a_plugin_swap_under_load_takes_effect_between_batches() {
     let metrics = pipeline.metrics();
     let thread = std::thread::spawn(move || pipeline.run());
 
-    // Events flow in ten waves; the new version is uploaded after the fourth.
+    // Events flow in ten waves; the new version is uploaded once the first has
+    // handled some (swaps follow processing, not production).
     let total = 30_000usize;
     for wave in 0..10 {
         let events = (wave * 3_000..(wave + 1) * 3_000)
@@ -521,6 +526,14 @@ async fn a_plugin_swap_under_load_takes_effect_between_batches() {
             .collect();
         produce(&brokers, &events_topic, events).await;
         if wave == 3 {
+            let started = Instant::now();
+            while metrics.events.load(Ordering::Relaxed) < 6_000 {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "pipeline stuck"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             registry
                 .upload_plugin(
                     passthrough_bytes.clone(),
@@ -563,23 +576,30 @@ async fn a_plugin_swap_under_load_takes_effect_between_batches() {
             .or_default()
             .push((o.parse().unwrap(), labels[0].clone()));
     }
-    let mut saw_both = false;
+    let mut labels_seen = std::collections::BTreeSet::new();
     for (partition, mut outputs) in per_partition {
         outputs.sort();
-        let switches = outputs.windows(2).filter(|w| w[0].1 != w[1].1).count();
+        // In offset order a partition's outputs go from the first version to the
+        // second at most once, and never back.
+        let switches: Vec<_> = outputs.windows(2).filter(|w| w[0].1 != w[1].1).collect();
         assert!(
-            switches <= 1,
+            switches.len() <= 1,
             "partition {partition} went back and forth between versions"
         );
-        let first = &outputs.first().unwrap().1;
-        let last = &outputs.last().unwrap().1;
-        assert_eq!(
-            first, "swap@1",
-            "partition {partition} starts on the first version"
-        );
-        saw_both |= last == "swap@2";
+        if let Some(switch) = switches.first() {
+            assert_eq!(
+                (switch[0].1.as_str(), switch[1].1.as_str()),
+                ("swap@1", "swap@2"),
+                "partition {partition}"
+            );
+        }
+        labels_seen.extend(outputs.into_iter().map(|(_, label)| label));
     }
-    assert!(saw_both, "the second version took over");
+    assert_eq!(
+        labels_seen.into_iter().collect::<Vec<_>>(),
+        ["swap@1", "swap@2"],
+        "both versions ran"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -751,5 +771,99 @@ async fn a_graceful_stop_commits_and_a_restart_resumes_there() {
     assert!(
         by_source.values().all(|labels| labels.len() == 1),
         "no event handled twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_replica_joining_mid_stream_loses_and_doubles_nothing() {
+    let brokers = Service::Kafka.addr();
+    let u = unique("rebalance");
+    let (events_topic, out, dlq) = (
+        format!("{u}-events"),
+        format!("{u}-out"),
+        format!("{u}-dlq"),
+    );
+    create_topics(&brokers, &[&events_topic, &out, &dlq]).await;
+    let registry = registry().await;
+    let id = format!("{u}-s");
+    registry
+        .put_scenario(
+            scenario_doc(&id, json!({"output_topic": out})),
+            None,
+            PutMode::Create,
+            "test",
+        )
+        .await
+        .expect("scenario");
+    let group = unique("group");
+    let mut config = pipeline_config(&brokers, &group, &[&events_topic], &dlq);
+    config.batch_max_events = 500;
+
+    let wave = |from: usize| {
+        let brokers = brokers.clone();
+        let topic = events_topic.clone();
+        let id = id.clone();
+        async move {
+            let events = (from..from + 10_000)
+                .map(|i| (None, serde_json::to_vec(&event(&id, i, true)).unwrap()))
+                .collect();
+            produce(&brokers, &topic, events).await;
+        }
+    };
+
+    let stop = CancellationToken::new();
+    let first = Pipeline::new(config.clone(), registry.clone(), Vec::new(), stop.clone())
+        .await
+        .expect("first");
+    let first_metrics = first.metrics();
+    let first_thread = std::thread::spawn(move || first.run());
+    wave(0).await;
+    wave(10_000).await;
+    // The second replica joins while the first is busy: the group rebalances.
+    let second = Pipeline::new(config, registry.clone(), Vec::new(), stop.clone())
+        .await
+        .expect("second");
+    let second_metrics = second.metrics();
+    let second_thread = std::thread::spawn(move || second.run());
+    for from in [20_000, 30_000, 40_000, 50_000] {
+        wave(from).await;
+    }
+    let total = 60_000u64;
+    let started = Instant::now();
+    let handled = || {
+        first_metrics.events.load(Ordering::Relaxed) + second_metrics.events.load(Ordering::Relaxed)
+    };
+    while handled() < total {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "handled {} of {total}",
+            handled()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    for thread in [first_thread, second_thread] {
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("run");
+    }
+    assert!(
+        second_metrics.events.load(Ordering::Relaxed) > 0,
+        "the second replica took a share"
+    );
+
+    let read = read_committed(&brokers, &[&out, &dlq], total as usize);
+    let by_source = outputs_by_source(&read);
+    assert_eq!(by_source.len() as u64, total, "every event has an output");
+    assert!(
+        by_source.values().all(|labels| labels.len() == 1),
+        "no event has two outputs"
+    );
+    assert_eq!(
+        handled(),
+        total,
+        "the replicas' committed counts add up exactly"
     );
 }

@@ -397,9 +397,8 @@ impl Pipeline {
                             return Ok(self.metrics);
                         }
                         tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "batch cycle failed; retrying");
-                        self.wait_paused(backoff);
+                        self.wait_paused(backoff, &mut gathered);
                         backoff = (backoff * 2).min(Duration::from_secs(5));
-                        gathered = self.keep_assigned(gathered);
                         if gathered.is_empty() {
                             break;
                         }
@@ -427,18 +426,24 @@ impl Pipeline {
             } else {
                 left
             };
-            match self.consumer.poll(wait) {
-                Some(Ok(message)) => messages.push(message.detach()),
-                Some(Err(err)) => tracing::warn!(error = %err, "consumer error"),
-                None if messages.is_empty() && started.elapsed() >= linger => break,
-                None => {}
+            if !self.poll_into(wait, &mut messages)
+                && messages.is_empty()
+                && started.elapsed() >= linger
+            {
+                break;
             }
         }
-        self.keep_assigned(messages)
+        messages
     }
 
-    /// Drops gathered events of partitions revoked since they were fetched.
-    fn keep_assigned(&mut self, messages: Vec<OwnedMessage>) -> Vec<OwnedMessage> {
+    /// Polls once, appending what arrives to `messages`; false when nothing came.
+    ///
+    /// A rebalance runs inside `poll`. Events of a revoked partition gathered before
+    /// it are dropped (they are uncommitted: whoever owns the partition next reads
+    /// them again from the committed offset), but what arrives after it is kept, even
+    /// for the same partition assigned back: the consumer has already moved past it.
+    fn poll_into(&mut self, wait: Duration, messages: &mut Vec<OwnedMessage>) -> bool {
+        let polled = self.consumer.poll(wait);
         let revoked = std::mem::take(
             &mut *self
                 .consumer
@@ -447,25 +452,38 @@ impl Pipeline {
                 .lock()
                 .expect("revoked lock"),
         );
-        if revoked.is_empty() {
-            return messages;
+        if !revoked.is_empty() {
+            let before = messages.len();
+            messages.retain(|m| !revoked.contains(&(m.topic().to_owned(), m.partition())));
+            tracing::info!(
+                dropped = before - messages.len(),
+                "gathered events of revoked partitions dropped"
+            );
         }
-        messages
-            .into_iter()
-            .filter(|m| !revoked.contains(&(m.topic().to_owned(), m.partition())))
-            .collect()
+        match polled {
+            Some(Ok(message)) => {
+                messages.push(message.detach());
+                true
+            }
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, "consumer error");
+                false
+            }
+            None => false,
+        }
     }
 
-    /// Pauses consumption, keeps the group membership alive, and resumes.
-    fn wait_paused(&mut self, wait: Duration) {
-        let assignment = self.consumer.assignment().unwrap_or_default();
-        let _ = self.consumer.pause(&assignment);
+    /// Waits with consumption paused, serving rebalances; events of the kept batch
+    /// whose partitions are revoked meanwhile are dropped from it.
+    fn wait_paused(&mut self, wait: Duration, gathered: &mut Vec<OwnedMessage>) {
         let until = Instant::now() + wait;
         while Instant::now() < until && !self.stop.is_cancelled() {
-            // Paused partitions deliver nothing; polling serves rebalances.
-            if let Some(Ok(message)) = self.consumer.poll(Duration::from_millis(50)) {
-                tracing::debug!(offset = message.offset(), "message delivered while paused");
-            }
+            // Paused partitions deliver nothing; a partition assigned by a rebalance
+            // meanwhile is paused on the next turn, and anything it delivered first
+            // joins the batch rather than being skipped.
+            let assignment = self.consumer.assignment().unwrap_or_default();
+            let _ = self.consumer.pause(&assignment);
+            self.poll_into(Duration::from_millis(50), gathered);
         }
         let assignment = self.consumer.assignment().unwrap_or_default();
         let _ = self.consumer.resume(&assignment);
