@@ -34,7 +34,7 @@
 //! directory name in snake case. The host's test module for fixtures must
 //! invoke it with a macro that names a test function of that name:
 //!
-//! ```ignore
+//! ```text
 //! macro_rules! assert_fixture_has_test {
 //!     ($name:ident) => {
 //!         #[allow(unused_imports)]
