@@ -13,12 +13,15 @@
 //!   poll to notice changes.
 //! - [`api`]: the HTTP control plane (axum) over the registry, with bearer
 //!   token roles and problem+json errors.
+//! - [`archive`]: the exactly-once Parquet archive (HDFS or a local directory),
+//!   a pipeline sink that writes one file per scenario, hour and partition per cycle.
 //!
 //! The `weir` binary (`src/main.rs`, commands in `src/cli/`) is a thin layer
 //! over these modules.
 
 pub mod aggregate;
 pub mod api;
+pub mod archive;
 pub mod pipeline;
 pub mod registry;
 pub mod runtime;

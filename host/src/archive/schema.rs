@@ -1,0 +1,302 @@
+//! Output records → one Arrow record batch, with a schema typed from what the records hold.
+//!
+//! Fixed columns come first, in this order: `scenario_id` (utf8), `success` (int8, 1 when
+//! the event matched), `date` (utf8 `YYYY-MM-DD`: the record's own `date`, else the UTC
+//! day of `event_time`), `event_time` (timestamp ms, UTC), `topic` (utf8), `partition`
+//! (int32), `offset` (int64). Then every other top-level field of the records, in name
+//! order, typed by what the batch holds: all integers → int64, numbers → float64,
+//! booleans → bool, strings → utf8, anything mixed → utf8 (strings as they are, other
+//! values as JSON text); JSON `null` is a null. Last, `extra` (utf8, JSON object or null):
+//! fields with nested values (objects, arrays), fields whose names clash with the fixed
+//! columns, and a record that is not a JSON object (under `_record`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int8Array, Int32Array, Int64Array, StringArray,
+    TimestampMillisecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use serde_json::{Map, Value};
+
+/// One output record to archive.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Row<'a> {
+    /// Source offset of the event the record came from.
+    pub offset: i64,
+    /// Event time, milliseconds since the Unix epoch.
+    pub event_time_ms: i64,
+    /// Whether the event matched the scenario.
+    pub success: bool,
+    /// The record bytes as the plugin wrote them.
+    pub record: &'a [u8],
+}
+
+/// Names of the fixed columns, and of the fields the plugin writes that they replace.
+pub(crate) const FIXED: [&str; 7] = [
+    "scenario_id",
+    "success",
+    "date",
+    "event_time",
+    "topic",
+    "partition",
+    "offset",
+];
+const EXTRA: &str = "extra";
+
+/// What the values of one field were, merged over the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Null,
+    Int,
+    Float,
+    Bool,
+    Text,
+    Mixed,
+    Nested,
+}
+
+fn kind(value: &Value) -> Kind {
+    match value {
+        Value::Null => Kind::Null,
+        Value::Bool(_) => Kind::Bool,
+        Value::Number(n) if n.is_i64() => Kind::Int,
+        Value::Number(_) => Kind::Float,
+        Value::String(_) => Kind::Text,
+        Value::Array(_) | Value::Object(_) => Kind::Nested,
+    }
+}
+
+fn merge(a: Kind, b: Kind) -> Kind {
+    match (a, b) {
+        (Kind::Nested, _) | (_, Kind::Nested) => Kind::Nested,
+        (Kind::Null, k) | (k, Kind::Null) => k,
+        (a, b) if a == b => a,
+        (Kind::Int, Kind::Float) | (Kind::Float, Kind::Int) => Kind::Float,
+        _ => Kind::Mixed,
+    }
+}
+
+fn as_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn utc_date(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_default()
+}
+
+/// The rows of one scenario, topic and partition as a record batch.
+pub(crate) fn record_batch(
+    scenario_id: &str,
+    topic: &str,
+    partition: i32,
+    rows: &[Row<'_>],
+) -> Result<RecordBatch, ArrowError> {
+    let records: Vec<Map<String, Value>> = rows
+        .iter()
+        .map(|row| match serde_json::from_slice::<Value>(row.record) {
+            Ok(Value::Object(map)) => map,
+            Ok(other) => Map::from_iter([("_record".to_owned(), other)]),
+            Err(_) => Map::from_iter([(
+                "_record".to_owned(),
+                Value::String(String::from_utf8_lossy(row.record).into_owned()),
+            )]),
+        })
+        .collect();
+
+    let mut kinds: BTreeMap<&str, Kind> = BTreeMap::new();
+    for record in &records {
+        for (name, value) in record {
+            if FIXED.contains(&name.as_str()) || name == EXTRA || name == "_record" {
+                continue;
+            }
+            let merged = merge(
+                *kinds.get(name.as_str()).unwrap_or(&Kind::Null),
+                kind(value),
+            );
+            kinds.insert(name.as_str(), merged);
+        }
+    }
+    kinds.retain(|_, kind| *kind != Kind::Nested);
+
+    let mut fields = vec![
+        Field::new("scenario_id", DataType::Utf8, false),
+        Field::new("success", DataType::Int8, false),
+        Field::new("date", DataType::Utf8, false),
+        Field::new(
+            "event_time",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+    ];
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![scenario_id; rows.len()])),
+        Arc::new(Int8Array::from_iter_values(
+            rows.iter().map(|r| i8::from(r.success)),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter()
+                .zip(&records)
+                .map(|(row, record)| match record.get("date") {
+                    Some(Value::String(date)) => date.clone(),
+                    _ => utc_date(row.event_time_ms),
+                }),
+        )),
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.event_time_ms))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(StringArray::from(vec![topic; rows.len()])),
+        Arc::new(Int32Array::from(vec![partition; rows.len()])),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.offset))),
+    ];
+
+    for (&name, &kind) in &kinds {
+        let values = records.iter().map(|r| r.get(name).unwrap_or(&Value::Null));
+        let (data_type, column): (DataType, ArrayRef) = match kind {
+            Kind::Int => (
+                DataType::Int64,
+                Arc::new(values.map(Value::as_i64).collect::<Int64Array>()),
+            ),
+            Kind::Float => (
+                DataType::Float64,
+                Arc::new(values.map(Value::as_f64).collect::<Float64Array>()),
+            ),
+            Kind::Bool => (
+                DataType::Boolean,
+                Arc::new(values.map(Value::as_bool).collect::<BooleanArray>()),
+            ),
+            // A field that was null in every record still gets a (null) column, so its
+            // name is there for readers.
+            Kind::Null | Kind::Text | Kind::Mixed | Kind::Nested => (
+                DataType::Utf8,
+                Arc::new(values.map(as_text).collect::<StringArray>()),
+            ),
+        };
+        fields.push(Field::new(name, data_type, true));
+        columns.push(column);
+    }
+
+    let extra: StringArray = records
+        .iter()
+        .map(|record| {
+            let rest: Map<String, Value> = record
+                .iter()
+                .filter(|(name, _)| {
+                    let name = name.as_str();
+                    !kinds.contains_key(name) && !matches!(name, "success" | "scenario_id" | "date")
+                })
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect();
+            (!rest.is_empty()).then(|| Value::Object(rest).to_string())
+        })
+        .collect();
+    fields.push(Field::new(EXTRA, DataType::Utf8, true));
+    columns.push(Arc::new(extra));
+
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int64Type;
+
+    fn row(offset: i64, record: &str) -> Row<'_> {
+        Row {
+            offset,
+            event_time_ms: 1_764_151_200_000, // 2025-11-26T10:00:00Z
+            success: offset % 2 == 0,
+            record: record.as_bytes(),
+        }
+    }
+
+    #[test]
+    fn fields_are_typed_from_what_the_records_hold() {
+        let rows = [
+            row(
+                10,
+                r#"{"age":31,"score":1,"ok":true,"name":"a","mixed":1,"success":1,"scenario_id":5,"date":"2024-05-01"}"#,
+            ),
+            row(
+                11,
+                r#"{"age":null,"score":2.5,"ok":false,"name":"b","mixed":"x","tags":[1],"offset":9}"#,
+            ),
+        ];
+        let batch = record_batch("5", "t", 3, &rows).unwrap();
+        let schema = batch.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "scenario_id",
+                "success",
+                "date",
+                "event_time",
+                "topic",
+                "partition",
+                "offset",
+                "age",
+                "mixed",
+                "name",
+                "ok",
+                "score",
+                "extra"
+            ]
+        );
+        let type_of = |name: &str| schema.field_with_name(name).unwrap().data_type().clone();
+        assert_eq!(type_of("age"), DataType::Int64);
+        assert_eq!(type_of("score"), DataType::Float64);
+        assert_eq!(type_of("ok"), DataType::Boolean);
+        assert_eq!(type_of("mixed"), DataType::Utf8);
+        let column = |name: &str| batch.column_by_name(name).unwrap().clone();
+        let age = column("age");
+        assert_eq!(age.as_primitive::<Int64Type>().value(0), 31);
+        assert!(age.is_null(1));
+        let mixed = column("mixed");
+        assert_eq!(mixed.as_string::<i32>().value(0), "1");
+        assert_eq!(mixed.as_string::<i32>().value(1), "x");
+        let date = column("date");
+        assert_eq!(date.as_string::<i32>().value(0), "2024-05-01");
+        assert_eq!(date.as_string::<i32>().value(1), "2025-11-26");
+        let extra = column("extra");
+        assert!(extra.is_null(0));
+        assert_eq!(
+            extra.as_string::<i32>().value(1),
+            r#"{"offset":9,"tags":[1]}"#
+        );
+        let success = column("success");
+        assert_eq!(
+            success
+                .as_primitive::<arrow::datatypes::Int8Type>()
+                .values(),
+            &[1, 0]
+        );
+    }
+
+    #[test]
+    fn a_record_that_is_not_an_object_lands_in_extra() {
+        let rows = [row(1, "not json"), row(2, "[1,2]")];
+        let batch = record_batch("s", "t", 0, &rows).unwrap();
+        assert_eq!(batch.num_columns(), FIXED.len() + 1);
+        let extra = batch.column_by_name("extra").unwrap();
+        assert_eq!(
+            extra.as_string::<i32>().value(0),
+            r#"{"_record":"not json"}"#
+        );
+        assert_eq!(extra.as_string::<i32>().value(1), r#"{"_record":[1,2]}"#);
+    }
+}

@@ -1,0 +1,263 @@
+//! Where archive files go: a small seam with a local directory and HDFS behind it.
+//!
+//! A [`Store`] knows three things: make a file visible under its final name all at once
+//! ([`Store::put`]: write a temporary file, close it, rename it), list the files of a
+//! directory, delete a file. Paths are relative to the store's root and use `/`.
+//! An object store (S3) fits the same seam: `put` is a single PUT, which is atomic there.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hdfs_native::{Client, ClientBuilder, HdfsError, WriteOptions};
+
+use super::ArchiveError;
+
+/// A file system the archive writes to.
+pub trait Store: Send + std::fmt::Debug {
+    /// Writes `bytes` under the temporary path `tmp`, closes the file and renames it to
+    /// `path`, creating `path`'s directories. Returns `false` and removes the temporary
+    /// file when `path` already exists (the file there is left as it is).
+    fn put(&mut self, path: &str, tmp: &str, bytes: &[u8]) -> Result<bool, ArchiveError>;
+
+    /// Names (not paths) of the files directly in `dir`; empty when `dir` does not exist.
+    fn list(&mut self, dir: &str) -> Result<Vec<String>, ArchiveError>;
+
+    /// Deletes the file at `path`; a missing file is not an error.
+    fn delete(&mut self, path: &str) -> Result<(), ArchiveError>;
+
+    /// Where the store's root is, for logs.
+    fn root(&self) -> String;
+}
+
+fn store_error(op: &'static str, path: &str, reason: impl ToString) -> ArchiveError {
+    ArchiveError::Store {
+        op,
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// A directory on the local file system.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    /// A store rooted at `root`, which is created when missing.
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self, ArchiveError> {
+        let root = root.into();
+        std::fs::create_dir_all(&root)
+            .map_err(|e| store_error("create directory", &root.display().to_string(), e))?;
+        Ok(Self { root })
+    }
+
+    fn full(&self, path: &str) -> PathBuf {
+        self.root.join(path)
+    }
+}
+
+/// Makes a rename or a new file in `dir` survive a power cut.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl Store for LocalStore {
+    fn put(&mut self, path: &str, tmp: &str, bytes: &[u8]) -> Result<bool, ArchiveError> {
+        let (tmp_full, full) = (self.full(tmp), self.full(path));
+        let write = || -> std::io::Result<()> {
+            if let Some(parent) = tmp_full.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let mut file = std::fs::File::create(&tmp_full)?;
+            file.write_all(bytes)?;
+            file.sync_all()
+        };
+        write().map_err(|e| store_error("write", tmp, e))?;
+        if full.exists() {
+            std::fs::remove_file(&tmp_full).map_err(|e| store_error("delete", tmp, e))?;
+            return Ok(false);
+        }
+        let rename = || -> std::io::Result<()> {
+            let parent = full.parent().unwrap_or(&self.root);
+            std::fs::create_dir_all(parent)?;
+            std::fs::rename(&tmp_full, &full)?;
+            sync_dir(parent)
+        };
+        rename().map_err(|e| store_error("rename", path, e))?;
+        Ok(true)
+    }
+
+    fn list(&mut self, dir: &str) -> Result<Vec<String>, ArchiveError> {
+        let entries = match std::fs::read_dir(self.full(dir)) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(store_error("list", dir, e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| store_error("list", dir, e))?;
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(names)
+    }
+
+    fn delete(&mut self, path: &str) -> Result<(), ArchiveError> {
+        match std::fs::remove_file(self.full(path)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(store_error("delete", path, e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn root(&self) -> String {
+        self.root.display().to_string()
+    }
+}
+
+/// A directory on HDFS, through hdfs-native. Calls run on a tokio runtime, each bounded
+/// by a timeout so a stuck NameNode or DataNode fails the cycle instead of hanging it.
+pub struct HdfsStore {
+    client: Client,
+    url: String,
+    base: String,
+    runtime: tokio::runtime::Handle,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for HdfsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HdfsStore")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HdfsStore {
+    /// A store at `url` (`hdfs://host:port/path`), running its calls on `runtime`.
+    pub fn new(
+        url: &str,
+        runtime: tokio::runtime::Handle,
+        timeout: Duration,
+    ) -> Result<Self, ArchiveError> {
+        let rest = url.strip_prefix("hdfs://").ok_or_else(|| {
+            ArchiveError::Config(format!(
+                "archive.root: `{url}` is not an hdfs:// URL; give hdfs://host:port/path"
+            ))
+        })?;
+        let (authority, base) = rest.split_once('/').unwrap_or((rest, ""));
+        if authority.is_empty() {
+            return Err(ArchiveError::Config(format!(
+                "archive.root: `{url}` names no NameNode; give hdfs://host:port/path"
+            )));
+        }
+        // The client may start tasks of its own: build it inside the runtime.
+        let _entered = runtime.enter();
+        let client = ClientBuilder::new()
+            .with_url(format!("hdfs://{authority}"))
+            .build()
+            .map_err(|e| ArchiveError::Config(format!("archive.root: `{url}`: {e}")))?;
+        Ok(Self {
+            client,
+            url: url.to_owned(),
+            base: format!("/{}", base.trim_matches('/')),
+            runtime,
+            timeout,
+        })
+    }
+
+    fn full(&self, path: &str) -> String {
+        if self.base == "/" {
+            format!("/{path}")
+        } else {
+            format!("{}/{path}", self.base)
+        }
+    }
+
+    fn run<T>(
+        &self,
+        op: &'static str,
+        path: &str,
+        call: impl std::future::Future<Output = Result<T, HdfsError>>,
+    ) -> Result<T, ArchiveError> {
+        self.runtime
+            .block_on(async { tokio::time::timeout(self.timeout, call).await })
+            .map_err(|_| store_error(op, path, format!("no answer in {:?}", self.timeout)))?
+            .map_err(|e| store_error(op, path, e))
+    }
+}
+
+impl Store for HdfsStore {
+    fn put(&mut self, path: &str, tmp: &str, bytes: &[u8]) -> Result<bool, ArchiveError> {
+        let (tmp_full, full) = (self.full(tmp), self.full(path));
+        let client = &self.client;
+        let data = Bytes::copy_from_slice(bytes);
+        self.run("write", tmp, async {
+            let mut writer = client
+                .create(&tmp_full, WriteOptions::default().create_parent(true))
+                .await?;
+            writer.write_bytes(data).await?;
+            // Dropping a writer without `close` loses what it buffered.
+            writer.close().await
+        })?;
+        let renamed = self.run("rename", path, async {
+            match client.get_file_info(&full).await {
+                Ok(_) => return Ok(false),
+                Err(HdfsError::FileNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            if let Some((parent, _)) = full.rsplit_once('/') {
+                client.mkdirs(parent, 0o755, true).await?;
+            }
+            match client.rename(&tmp_full, &full, false).await {
+                Ok(()) => Ok(true),
+                Err(HdfsError::AlreadyExists(_)) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })?;
+        if !renamed {
+            self.delete(tmp)?;
+        }
+        Ok(renamed)
+    }
+
+    fn list(&mut self, dir: &str) -> Result<Vec<String>, ArchiveError> {
+        let full = self.full(dir);
+        let client = &self.client;
+        let listed = self.run("list", dir, async {
+            match client.list_status(&full, false).await {
+                Ok(statuses) => Ok(statuses),
+                Err(HdfsError::FileNotFound(_)) => Ok(Vec::new()),
+                Err(e) => Err(e),
+            }
+        })?;
+        Ok(listed
+            .into_iter()
+            .filter(|status| !status.isdir)
+            .map(|status| {
+                status
+                    .path
+                    .rsplit_once('/')
+                    .map_or(status.path.clone(), |(_, name)| name.to_owned())
+            })
+            .collect())
+    }
+
+    fn delete(&mut self, path: &str) -> Result<(), ArchiveError> {
+        let full = self.full(path);
+        let client = &self.client;
+        self.run("delete", path, async {
+            client.delete(&full, false).await.map(|_| ())
+        })
+    }
+
+    fn root(&self) -> String {
+        self.url.clone()
+    }
+}
