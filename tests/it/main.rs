@@ -5,6 +5,7 @@
 //! `eval "$(tests/stack env)" && cargo test -p weir-integration`.
 
 mod api;
+mod archive;
 mod counters;
 mod embedded;
 mod faults;

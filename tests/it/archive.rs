@@ -1,0 +1,688 @@
+//! The Parquet archive against real HDFS and a local directory, read back by pyarrow
+//! (`tests/archive_reader.py`), a reader that shares no code with weir: every row once,
+//! offsets contiguous per partition, replays and restarts adding no second copy, and
+//! temporary files never left behind nor visible under final names.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdfs_native::{Client, ClientBuilder, WriteOptions};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use weir::archive::{ArchiveConfig, ArchiveError, ArchiveSink, LocalStore, Store, TMP_DIR};
+use weir::pipeline::catalog::Route;
+use weir::pipeline::sink::{EventMeta, PartitionBatch, ScenarioBatch, Sink};
+use weir::pipeline::{Pipeline, PipelineConfig};
+use weir::registry::{MakeCurrent, PutMode, Registry};
+use weir::runtime::{Batch, EventInput, Instance, Runtime, RuntimeConfig};
+use weir_integration::{Service, unique};
+
+const HOUR_MS: i64 = 3_600_000;
+/// 2026-11-26T08:00:00Z.
+const BASE_MS: i64 = 1_795_680_000_000;
+
+/// What one archived row must be: its scenario, its `seq` field and its event time.
+type Expected = BTreeMap<(i32, i64), (String, i64, i64)>;
+
+fn log_format() -> Value {
+    json!({"memberId": 1, "age": 1, "gender": 1, "h": 1, "seq": 1})
+}
+
+fn filters() -> Value {
+    json!([{"left": "age", "operator": ">", "right": 20}])
+}
+
+fn event(scenario: &str, seq: i64) -> Value {
+    json!({
+        "scenario_id": scenario,
+        "memberId": format!("m{}", seq % 50),
+        "age": 15 + seq % 30,
+        "gender": if seq % 2 == 0 { "MALE" } else { "FEMALE" },
+        "h": seq % 24,
+        "seq": seq,
+        "url": format!("/goods/{}", seq % 100),
+    })
+}
+
+/// Runs `tests/archive_reader.py` on a local copy of an archive.
+fn read_back(root: &Path) -> Value {
+    let python = std::env::var("WEIR_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "WEIR_TEST_PYTHON is not set: install pyarrow with `tests/stack install` and load \
+             the variables with `eval \"$(tests/stack env)\"`, or run every test with `tests/run`"
+        )
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/archive_reader.py");
+    let output = std::process::Command::new(&python)
+        .arg(script)
+        .arg(root)
+        .output()
+        .unwrap_or_else(|e| panic!("running {python} {script}: {e}"));
+    assert!(
+        output.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("reader output is JSON")
+}
+
+/// Checks what pyarrow read against `expected`: every row once, in the right file and
+/// hour directory, files named by the offsets they hold, zstd with statistics.
+fn check(read: &Value, expected: &Expected, topic: &str) {
+    let mut seen: BTreeMap<(i32, i64), usize> = BTreeMap::new();
+    for file in read["files"].as_array().expect("files") {
+        let path = file["path"].as_str().unwrap();
+        assert_eq!(file["codecs"], json!(["ZSTD"]), "{path}");
+        assert_eq!(file["statistics"], json!(true), "{path}");
+        assert_eq!(file["columns"]["offset"], json!("int64"), "{path}");
+        assert_eq!(
+            file["columns"]["event_time"],
+            json!("timestamp[ms, tz=UTC]"),
+            "{path}"
+        );
+        assert!(
+            path.ends_with(".parquet"),
+            "only final files are visible: {path}"
+        );
+    }
+    let rows = read["rows"].as_array().expect("rows");
+    let mut offsets_by_file: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for row in rows {
+        let (partition, offset) = (
+            row["partition"].as_i64().unwrap() as i32,
+            row["offset"].as_i64().unwrap(),
+        );
+        *seen.entry((partition, offset)).or_default() += 1;
+        let (scenario, seq, time) = expected
+            .get(&(partition, offset))
+            .unwrap_or_else(|| panic!("row for an offset never archived: {row}"));
+        assert_eq!(
+            row["scenario_id"].as_str(),
+            Some(scenario.as_str()),
+            "{row}"
+        );
+        assert_eq!(row["seq"].as_i64(), Some(*seq), "{row}");
+        assert_eq!(row["event_time"].as_i64(), Some(*time), "{row}");
+        assert_eq!(row["topic"].as_str(), Some(topic), "{row}");
+        let age = 15 + seq % 30;
+        assert_eq!(row["success"].as_i64(), Some(i64::from(age > 20)), "{row}");
+        let file = row["file"].as_str().unwrap();
+        let hour = chrono::DateTime::from_timestamp_millis(*time)
+            .unwrap()
+            .format("year=%Y/month=%m/day=%d/hour=%H")
+            .to_string();
+        assert!(
+            file.starts_with(&format!(
+                "scenario_id={scenario}/{hour}/{topic}-{partition}-"
+            )),
+            "{row} is in the wrong file"
+        );
+        offsets_by_file.entry(file).or_default().push(offset);
+    }
+    for (file, offsets) in &offsets_by_file {
+        let name = file.rsplit('/').next().unwrap();
+        let (_, _, first, last) = weir::archive::parse_file_name(name).expect("file name");
+        assert_eq!(
+            (first, last),
+            (
+                *offsets.iter().min().unwrap(),
+                *offsets.iter().max().unwrap()
+            ),
+            "{file} is named by the offsets it holds"
+        );
+    }
+    let doubled: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        doubled.is_empty(),
+        "offsets archived twice: {:?}",
+        &doubled[..doubled.len().min(10)]
+    );
+    let missing: Vec<_> = expected.keys().filter(|k| !seen.contains_key(k)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} offsets missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(rows.len(), expected.len());
+    assert_eq!(read["dataset_rows"].as_u64(), Some(expected.len() as u64));
+}
+
+/// Copies the tree under `dir` on HDFS to a fresh local directory; returns it and the
+/// relative paths of every file found (temporary ones included).
+async fn copy_from_hdfs(client: &Client, dir: &str) -> (PathBuf, Vec<String>) {
+    let local = std::env::temp_dir().join(unique("weir-archive-copy"));
+    let mut paths = Vec::new();
+    for status in client.list_status(dir, true).await.expect("list archive") {
+        if status.isdir {
+            continue;
+        }
+        let relative = status.path.strip_prefix(&format!("{dir}/")).unwrap();
+        let mut reader = client.read(&status.path).await.expect("open");
+        let bytes = reader.read_bytes(reader.file_length()).await.expect("read");
+        let target = local.join(relative);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(&target, &bytes).unwrap();
+        paths.push(relative.to_owned());
+    }
+    (local, paths)
+}
+
+/// Scenarios run through the real `scenario` plugin, to build partition batches the
+/// way the pipeline does.
+struct Scenarios {
+    topic: String,
+    routes: Vec<(Arc<Route>, Instance)>,
+}
+
+impl Scenarios {
+    fn new(topic: &str, ids: &[&str]) -> Self {
+        let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
+        let bytes = std::fs::read(weir_artifacts::PLUGIN_SCENARIO).expect("plugin artifact");
+        let plugin = runtime.load(&bytes).expect("load the scenario plugin");
+        let routes = ids
+            .iter()
+            .map(|id| {
+                let config = json!({"scenario_id": id, "log_format": log_format(),
+                                    "filters": filters()})
+                .to_string();
+                let instance = plugin.instantiate(&config).expect("configure");
+                let route = Route {
+                    id: (*id).to_owned(),
+                    plugin_version: plugin.info().version.clone(),
+                    plugin: plugin.clone(),
+                    plugin_label: "scenario@1".into(),
+                    config,
+                    sources: Vec::new(),
+                    output_topic: "unused".into(),
+                    enrich_by: None,
+                };
+                (Arc::new(route), instance)
+            })
+            .collect();
+        Self {
+            topic: topic.to_owned(),
+            routes,
+        }
+    }
+
+    /// Offset `o` goes to scenario `o % n` with `seq = o`; its time is `time(o)`.
+    fn batch(&mut self, offsets: Range<i64>, time: impl Fn(i64) -> i64) -> PartitionBatch {
+        let n = self.routes.len() as i64;
+        let mut scenarios = Vec::new();
+        for (index, (route, instance)) in self.routes.iter_mut().enumerate() {
+            let mut batch = Batch::new(&route.id, &self.topic, 0);
+            let mut events = Vec::new();
+            for offset in offsets.clone().filter(|o| o % n == index as i64) {
+                let value = serde_json::to_vec(&event(&route.id, offset)).unwrap();
+                batch
+                    .push_event(EventInput {
+                        offset,
+                        value: &value,
+                        timestamp_ms: Some(time(offset)),
+                        ..EventInput::default()
+                    })
+                    .unwrap();
+                events.push(EventMeta {
+                    offset,
+                    timestamp_ms: Some(time(offset)),
+                });
+            }
+            let result = instance.process(&batch).expect("process");
+            scenarios.push(ScenarioBatch {
+                route: route.clone(),
+                events,
+                result,
+            });
+        }
+        PartitionBatch {
+            topic: self.topic.clone(),
+            partition: 0,
+            first_offset: offsets.start,
+            last_offset: offsets.end - 1,
+            scenarios,
+        }
+    }
+
+    fn expected(&self, offsets: Range<i64>, time: impl Fn(i64) -> i64) -> Expected {
+        let n = self.routes.len() as i64;
+        offsets
+            .map(|o| {
+                let id = self.routes[(o % n) as usize].0.id.clone();
+                ((0, o), (id, o, time(o)))
+            })
+            .collect()
+    }
+}
+
+/// Two hours, interleaved in runs of three offsets: most cycles span both.
+fn two_hours(offset: i64) -> i64 {
+    BASE_MS + ((offset / 3) % 2) * HOUR_MS + offset
+}
+
+fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn write(sink: &mut ArchiveSink, batch: PartitionBatch) {
+    sink.write(&[batch]).expect("archive write");
+}
+
+/// Replays with the same and other boundaries, restarts, and a crash that fell between
+/// the renames of one cycle's files: each offset stays archived once. Run against `root`.
+fn replay_adds_no_second_copy(
+    root: &str,
+    runtime: &tokio::runtime::Runtime,
+    scenarios: &mut Scenarios,
+    delete: &mut dyn FnMut(&str),
+) {
+    let config = ArchiveConfig {
+        root: root.to_owned(),
+        ..ArchiveConfig::default()
+    };
+    let mut sink = ArchiveSink::new(&config, runtime.handle().clone()).expect("sink");
+    write(&mut sink, scenarios.batch(0..100, two_hours));
+    write(&mut sink, scenarios.batch(100..200, two_hours));
+    let files = sink.stats().files;
+    assert_eq!(files, 8, "2 cycles x 2 scenarios x 2 hours");
+
+    // A retried cycle with other boundaries, then one that covers everything so far.
+    write(&mut sink, scenarios.batch(50..150, two_hours));
+    write(&mut sink, scenarios.batch(0..200, two_hours));
+    assert_eq!(sink.stats().files, files, "a replay writes nothing");
+    assert_eq!(sink.stats().skipped_rows, 300);
+    write(&mut sink, scenarios.batch(0..250, two_hours));
+    assert_eq!(sink.stats().rows, 250, "only 200..250 was new");
+    drop(sink);
+
+    // A restart: marks come back from the file names.
+    let mut sink = ArchiveSink::new(&config, runtime.handle().clone()).expect("sink");
+    write(&mut sink, scenarios.batch(150..300, two_hours));
+    assert_eq!(sink.stats().rows, 50);
+    assert_eq!(sink.stats().skipped_rows, 100);
+    drop(sink);
+
+    // A crash after some of a cycle's renames: the others are missing, the offset
+    // marks of the renamed ones are ahead. The replay fills exactly the gap.
+    let hour = chrono::DateTime::from_timestamp_millis(BASE_MS + HOUR_MS)
+        .unwrap()
+        .format("year=%Y/month=%m/day=%d/hour=%H");
+    let id = &scenarios.routes[1].0.id;
+    let topic = scenarios.topic.clone();
+    // Scenario 1 (odd offsets) in the second hour, cycle 250..300: offsets 251..=299.
+    delete(&format!(
+        "scenario_id={id}/{hour}/{topic}-0-251-299.parquet"
+    ));
+    let mut sink = ArchiveSink::new(&config, runtime.handle().clone()).expect("sink");
+    write(&mut sink, scenarios.batch(250..300, two_hours));
+    assert_eq!(
+        sink.stats().files,
+        1,
+        "only the missing file is written again"
+    );
+    assert_eq!(sink.stats().rows, 17);
+}
+
+#[test]
+fn replays_and_restarts_add_no_second_copy_on_hdfs() {
+    let url = Service::Hdfs.addr();
+    let runtime = tokio_runtime();
+    let dir = format!("/weir-archive/{}", unique("replay"));
+    let client = ClientBuilder::new()
+        .with_url(&url)
+        .build()
+        .expect("HDFS client");
+    let topic = unique("events");
+    let mut scenarios = Scenarios::new(&topic, &["a", "b"]);
+    replay_adds_no_second_copy(
+        &format!("{url}{dir}"),
+        &runtime,
+        &mut scenarios,
+        &mut |path| {
+            let deleted = runtime
+                .block_on(client.delete(&format!("{dir}/{path}"), false))
+                .expect("delete");
+            assert!(deleted, "{path} was there");
+        },
+    );
+    let (local, paths) = runtime.block_on(copy_from_hdfs(&client, &dir));
+    assert!(
+        paths.iter().all(|p| !p.starts_with(TMP_DIR)),
+        "no temporary files left: {paths:?}"
+    );
+    check(
+        &read_back(&local),
+        &scenarios.expected(0..300, two_hours),
+        &topic,
+    );
+    runtime
+        .block_on(client.delete(&dir, true))
+        .expect("clean up");
+}
+
+#[test]
+fn replays_and_restarts_add_no_second_copy_in_a_local_directory() {
+    let root = std::env::temp_dir().join(unique("weir-archive-local"));
+    let runtime = tokio_runtime();
+    let topic = unique("events");
+    let mut scenarios = Scenarios::new(&topic, &["a", "b"]);
+    replay_adds_no_second_copy(
+        root.to_str().unwrap(),
+        &runtime,
+        &mut scenarios,
+        &mut |path| std::fs::remove_file(root.join(path)).expect("delete"),
+    );
+    check(
+        &read_back(&root),
+        &scenarios.expected(0..300, two_hours),
+        &topic,
+    );
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn leftover_temporary_files_are_removed_at_start_on_hdfs() {
+    let url = Service::Hdfs.addr();
+    let runtime = tokio_runtime();
+    let dir = format!("/weir-archive/{}", unique("tmp"));
+    let client = ClientBuilder::new()
+        .with_url(&url)
+        .build()
+        .expect("HDFS client");
+    runtime.block_on(async {
+        for i in 0..3 {
+            let mut writer = client
+                .create(
+                    &format!("{dir}/{TMP_DIR}/crashed-{i}.parquet.tmp"),
+                    WriteOptions::default().create_parent(true),
+                )
+                .await
+                .expect("create");
+            writer
+                .write_bytes(Bytes::from_static(b"PAR1 half a file"))
+                .await
+                .expect("write");
+            if i < 2 {
+                writer.close().await.expect("close");
+            }
+            // The third is left open, as by a process killed while writing it.
+        }
+    });
+    let config = ArchiveConfig {
+        root: format!("{url}{dir}"),
+        ..ArchiveConfig::default()
+    };
+    let sink = ArchiveSink::new(&config, runtime.handle().clone()).expect("sink");
+    assert_eq!(sink.stats().removed_temporaries, 3);
+    let left = runtime
+        .block_on(client.list_status(&format!("{dir}/{TMP_DIR}"), false))
+        .expect("list");
+    assert!(left.is_empty(), "left: {left:?}");
+    runtime
+        .block_on(client.delete(&dir, true))
+        .expect("clean up");
+}
+
+/// A store whose `put` can be made to stop after the temporary file, as a process
+/// killed between write and rename would.
+#[derive(Debug)]
+struct CrashingStore {
+    inner: LocalStore,
+    root: PathBuf,
+    crash: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Store for CrashingStore {
+    fn put(&mut self, path: &str, tmp: &str, bytes: &[u8]) -> Result<bool, ArchiveError> {
+        if self.crash.load(Ordering::Relaxed) {
+            let tmp_path = self.root.join(tmp);
+            std::fs::create_dir_all(tmp_path.parent().unwrap()).unwrap();
+            std::fs::write(tmp_path, &bytes[..bytes.len() / 2]).unwrap();
+            return Err(ArchiveError::Store {
+                op: "rename",
+                path: path.to_owned(),
+                reason: "killed".into(),
+            });
+        }
+        self.inner.put(path, tmp, bytes)
+    }
+    fn list(&mut self, dir: &str) -> Result<Vec<String>, ArchiveError> {
+        self.inner.list(dir)
+    }
+    fn delete(&mut self, path: &str) -> Result<(), ArchiveError> {
+        self.inner.delete(path)
+    }
+    fn root(&self) -> String {
+        self.inner.root()
+    }
+}
+
+#[test]
+fn a_write_cut_before_its_rename_is_never_visible_and_is_redone() {
+    let root = std::env::temp_dir().join(unique("weir-archive-crash"));
+    let crash = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = || CrashingStore {
+        inner: LocalStore::new(&root).unwrap(),
+        root: root.clone(),
+        crash: crash.clone(),
+    };
+    let topic = unique("events");
+    let mut scenarios = Scenarios::new(&topic, &["a", "b"]);
+    let config = ArchiveConfig::default();
+    let mut sink = ArchiveSink::with_store(&config, Box::new(store())).unwrap();
+    write(&mut sink, scenarios.batch(0..100, two_hours));
+    crash.store(true, Ordering::Relaxed);
+    let failed = sink.write(&[scenarios.batch(100..200, two_hours)]);
+    assert!(
+        failed.is_err(),
+        "the cycle fails, so its offsets are not committed"
+    );
+    let read = read_back(&root);
+    assert_eq!(
+        read["rows"].as_array().unwrap().len(),
+        100,
+        "nothing partial"
+    );
+    assert_eq!(std::fs::read_dir(root.join(TMP_DIR)).unwrap().count(), 1);
+
+    crash.store(false, Ordering::Relaxed);
+    let mut sink = ArchiveSink::with_store(&config, Box::new(store())).unwrap();
+    assert_eq!(sink.stats().removed_temporaries, 1);
+    write(&mut sink, scenarios.batch(100..200, two_hours));
+    check(
+        &read_back(&root),
+        &scenarios.expected(0..200, two_hours),
+        &topic,
+    );
+    std::fs::remove_dir_all(&root).ok();
+}
+
+async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create topics")
+    {
+        result.expect("topic created");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_events_through_the_pipeline_are_archived_once_on_hdfs() {
+    let brokers = Service::Kafka.addr();
+    let hdfs = Service::Hdfs.addr();
+    let u = unique("arch");
+    let (events_topic, dlq, out) = (
+        format!("{u}-events"),
+        format!("{u}-dlq"),
+        format!("{u}-out"),
+    );
+    create_topics(&brokers, &[(&events_topic, 3), (&dlq, 1), (&out, 3)]).await;
+
+    let dir = std::env::temp_dir().join(unique("weir-archive-registry"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let registry = Registry::connect(
+        &format!("sqlite://{}", dir.join("registry.db").display()),
+        Runtime::new(RuntimeConfig::default()).expect("runtime"),
+    )
+    .await
+    .expect("registry");
+    let plugin = std::fs::read(weir_artifacts::PLUGIN_SCENARIO).expect("plugin artifact");
+    registry
+        .upload_plugin(plugin, Some("scenario"), "test", MakeCurrent::IfNew)
+        .await
+        .expect("upload");
+    let ids = [format!("{u}-a"), format!("{u}-b")];
+    for id in &ids {
+        let doc = json!({"scenario_id": id, "title": "adults", "manager": "test",
+                         "log_format": log_format(), "filters": filters(),
+                         "output_topic": out, "enabled": true});
+        registry
+            .put_scenario(doc, None, PutMode::Create, "test")
+            .await
+            .expect("scenario");
+    }
+
+    // 100,000 events over three hours of event time, keyed by member.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "10")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .expect("producer");
+    let sends = (0..100_000i64).map(|seq| {
+        let producer = producer.clone();
+        let topic = events_topic.clone();
+        let id = ids[(seq % 2) as usize].clone();
+        async move {
+            let value = serde_json::to_vec(&event(&id, seq)).unwrap();
+            let key = format!("m{}", seq % 50);
+            let time = BASE_MS + seq * 108;
+            let delivery = producer
+                .send(
+                    FutureRecord::to(&topic)
+                        .payload(&value)
+                        .key(&key)
+                        .timestamp(time),
+                    Duration::from_secs(60),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("produce");
+            ((delivery.partition, delivery.offset), (id, seq, time))
+        }
+    });
+    let expected: Expected = futures::future::join_all(sends).await.into_iter().collect();
+    for partition in 0..3 {
+        let offsets: Vec<i64> = expected
+            .keys()
+            .filter(|(p, _)| *p == partition)
+            .map(|(_, o)| *o)
+            .collect();
+        assert_eq!(
+            offsets,
+            (0..offsets.len() as i64).collect::<Vec<_>>(),
+            "partition {partition} holds contiguous offsets"
+        );
+    }
+
+    let root = format!("/weir-archive/{u}");
+    let config = ArchiveConfig {
+        root: format!("{hdfs}{root}"),
+        ..ArchiveConfig::default()
+    };
+    let handle = tokio::runtime::Handle::current();
+    let sink = tokio::task::spawn_blocking(move || ArchiveSink::new(&config, handle))
+        .await
+        .expect("join")
+        .expect("archive sink");
+
+    let stop = CancellationToken::new();
+    let pipeline = Pipeline::new(
+        PipelineConfig {
+            brokers: brokers.clone(),
+            group_id: u.clone(),
+            topics: vec![events_topic.clone()],
+            dlq_topic: dlq.clone(),
+            batch_max_events: 4096,
+            batch_linger_ms: 50,
+            registry_poll_ms: 100,
+            ..PipelineConfig::default()
+        },
+        registry.clone(),
+        vec![Box::new(sink)],
+        stop.clone(),
+    )
+    .await
+    .expect("pipeline");
+    let metrics = pipeline.metrics();
+    let thread = std::thread::spawn(move || pipeline.run());
+    let started = Instant::now();
+    while metrics.events.load(Ordering::Relaxed) < 100_000 {
+        assert!(
+            !thread.is_finished(),
+            "the pipeline stopped early: {:?}",
+            thread.join().map(|r| r.map(|_| ()))
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the pipeline handled {} of 100000 events in 300 s",
+            metrics.events.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .expect("join")
+        .expect("pipeline thread")
+        .expect("pipeline run");
+
+    let client = ClientBuilder::new()
+        .with_url(&hdfs)
+        .build()
+        .expect("HDFS client");
+    let (local, paths) = copy_from_hdfs(&client, &root).await;
+    assert!(
+        paths.iter().all(|p| !p.starts_with(TMP_DIR)),
+        "no temporary files left"
+    );
+    let hours: BTreeSet<&str> = paths
+        .iter()
+        .filter_map(|p| p.rsplit_once('/').map(|(dir, _)| dir))
+        .collect();
+    assert_eq!(
+        hours.len(),
+        2 * 3,
+        "two scenarios over three hours: {hours:?}"
+    );
+    let read = tokio::task::spawn_blocking(move || read_back(&local))
+        .await
+        .expect("join");
+    check(&read, &expected, &events_topic);
+    client.delete(&root, true).await.expect("clean up");
+}
