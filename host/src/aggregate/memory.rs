@@ -119,6 +119,15 @@ impl MemoryCounters {
         applied
     }
 
+    pub(super) fn fields(&self, scenario: &str) -> std::collections::BTreeMap<String, u64> {
+        let state = self.state.lock().expect("counters lock");
+        state
+            .counts
+            .get(scenario)
+            .map(|c| c.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
+    }
+
     pub(super) fn since(&self, scenario: &str) -> Option<i64> {
         self.state
             .lock()

@@ -489,6 +489,15 @@ impl RedisCounters {
         })
     }
 
+    async fn fields(&self, scenario: &str) -> Result<BTreeMap<String, u64>, CountersError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("HGETALL")
+            .arg(self.counts_key(scenario))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))
+    }
+
     async fn counting_since(&self, scenario: &str) -> Result<Option<i64>, CountersError> {
         let mut conn = self.conn.clone();
         redis::cmd("HGET")
@@ -633,6 +642,18 @@ impl Counters {
         }
     }
 
+    /// A scenario's counts per plugin version (`name@version` → counts).
+    pub async fn by_version(
+        &self,
+        scenario: &str,
+    ) -> Result<BTreeMap<String, Totals>, CountersError> {
+        let fields = match &self.store {
+            Store::Redis(redis) => redis.fields(scenario).await?,
+            Store::Memory(memory) => memory.fields(scenario),
+        };
+        Ok(versions_of(&fields))
+    }
+
     /// When the store began counting `scenario` (unix milliseconds), `None` before its
     /// first event. A Redis restarted without persistence starts again from empty:
     /// this moves to the time counting resumed, and the counts start from there.
@@ -669,6 +690,33 @@ impl Counters {
             Store::Memory(memory) => Ok(memory.minutes(scenario, from_ms, to_ms, max_minutes)),
         }
     }
+}
+
+/// Per-version counts out of a counts hash's `v:<plugin>:<field>` fields.
+fn versions_of(fields: &BTreeMap<String, u64>) -> BTreeMap<String, Totals> {
+    let mut versions: BTreeMap<String, Totals> = BTreeMap::new();
+    for (field, n) in fields {
+        let Some((plugin, which)) = field
+            .strip_prefix("v:")
+            .and_then(|rest| rest.rsplit_once(':'))
+        else {
+            continue;
+        };
+        let totals = versions.entry(plugin.to_owned()).or_insert(Totals {
+            total: 0,
+            matched: 0,
+            errors: 0,
+            dropped: 0,
+        });
+        match which {
+            "total" => totals.total = *n,
+            "matched" => totals.matched = *n,
+            "errors" => totals.errors = *n,
+            "dropped" => totals.dropped = *n,
+            _ => {}
+        }
+    }
+    versions
 }
 
 /// The whole minutes whose start lies in `[from_ms, to_ms)`, at most `max`.

@@ -22,6 +22,7 @@ mod openapi;
 mod plugins;
 mod problem;
 mod scenarios;
+mod stats;
 
 use std::sync::Arc;
 
@@ -157,6 +158,16 @@ pub struct AppState {
     registry: Registry,
     tokens: Arc<Tokens>,
     upload_limit: usize,
+    pipeline: Option<PipelineView>,
+}
+
+/// What the API reads of a running pipeline: its counters and its metrics.
+#[derive(Debug, Clone)]
+pub struct PipelineView {
+    /// The scenario counters the pipeline writes.
+    pub counters: crate::aggregate::Counters,
+    /// The pipeline's own counters.
+    pub metrics: Arc<crate::pipeline::Metrics>,
 }
 
 impl AppState {
@@ -170,7 +181,14 @@ impl AppState {
                 viewer: digest(&config.viewer_token),
             }),
             upload_limit: config.upload_limit_bytes,
+            pipeline: None,
         }
+    }
+
+    /// The same state, serving the counts and metrics of a running pipeline.
+    pub fn with_pipeline(mut self, pipeline: PipelineView) -> Self {
+        self.pipeline = Some(pipeline);
+        self
     }
 }
 
@@ -433,6 +451,45 @@ pub static ROUTES: &[Route] = &[
         body_schema: None,
         response_schema: Some("Scenario"),
         handler: |m| on(m, scenarios::get),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/scenarios/{id}/stats",
+        access: Access::Read,
+        operation: "getScenarioStats",
+        summary: "A scenario's counts (overall, per plugin version) and per-minute buckets",
+        query: &[
+            (
+                "from",
+                "string",
+                "start of the window, RFC 3339 or unix ms; default an hour before `to`",
+            ),
+            (
+                "to",
+                "string",
+                "end of the window (exclusive), RFC 3339 or unix ms; default now",
+            ),
+        ],
+        request: &[],
+        success: (200, "the counts", JSON),
+        errors: &[400, 404, 503],
+        body_schema: None,
+        response_schema: Some("ScenarioStats"),
+        handler: |m| on(m, stats::scenario),
+    },
+    Route {
+        method: Method::GET,
+        path: "/metrics",
+        access: Access::Read,
+        operation: "metrics",
+        summary: "The pipeline's metrics, Prometheus text format",
+        query: &[],
+        request: &[],
+        success: (200, "the metrics", "text/plain"),
+        errors: &[503],
+        body_schema: None,
+        response_schema: None,
+        handler: |m| on(m, stats::metrics),
     },
     Route {
         method: Method::PUT,

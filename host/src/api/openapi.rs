@@ -173,6 +173,21 @@ fn schemas() -> Value {
     json!({
         "Health": object(json!({"status": {"const": "ok"}, "generation": integer}), &[]),
         "Generation": object(json!({"generation": integer}), &[]),
+        "ScenarioStats": object(json!({
+            "scenario_id": string,
+            "counting_since": {"type": ["string", "null"], "format": "date-time",
+                "description": "when the counters started counting this scenario (a Redis restarted without persistence starts again)"},
+            "total": integer, "matched": integer, "errors": integer, "dropped": integer,
+            "success_ratio": {"type": "number"},
+            "versions": {"type": "array", "items": object(json!({
+                "plugin": string, "total": integer, "matched": integer, "errors": integer, "dropped": integer,
+            }), &[])},
+            "from": time, "to": time,
+            "minutes": {"type": "array", "items": object(json!({
+                "minute": time, "total": integer, "success": integer, "errors": integer,
+                "success_ratio": {"type": "number"},
+            }), &[])},
+        }), &[]),
         "PluginVersion": object(version_properties, &[]),
         "Upload": object(upload_properties, &[]),
         "PluginSummary": object(json!({

@@ -2,6 +2,7 @@
 //! and in `main.rs` only.
 
 mod client;
+mod pipeline;
 mod plugin;
 mod serve;
 
@@ -31,7 +32,7 @@ pub(crate) enum Command {
     /// Import and inspect members (user attributes) on a weir server.
     #[command(subcommand)]
     Member(client::MemberCommand),
-    /// Run the service: the control plane API over the registry.
+    /// Run the service: the pipeline and the control plane API.
     Serve(serve::ServeArgs),
 }
 

@@ -1,14 +1,15 @@
-//! `weir serve`: runs the service in one process — today the control plane
-//! (registry + HTTP API); the pipeline joins it as another section of
-//! [`ServeConfig`] and another task under the same shutdown signal.
+//! `weir serve`: runs the service in one process: the control plane (registry
+//! and HTTP API) and the pipeline (`cli/pipeline.rs`: Kafka, plugins, counters),
+//! under one shutdown signal. The shipped plugins are installed on start.
 //!
 //! Configuration comes from built-in defaults, then a TOML file (`--config`),
 //! then environment variables, then flags; the later wins. Unknown keys in
 //! the file are refused, and every other problem (addresses, URLs, tokens,
 //! limits) is collected and reported at once before anything starts.
 //! With no configuration at all it runs on embedded defaults: SQLite under
-//! the data directory, listening on 127.0.0.1:8080, and an admin token it
-//! generates and writes to `<data dir>/admin-token`.
+//! the data directory, listening on 127.0.0.1:8080, an admin token it
+//! generates and writes to `<data dir>/admin-token`, an in-process Kafka broker
+//! and in-memory counters. `--demo` adds scenario 5 and a feed of events.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,9 +18,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
-use weir::api::{ApiConfig, AppState, router};
+use tokio_util::sync::CancellationToken;
+use weir::api::{ApiConfig, AppState, PipelineView, router};
+use weir::pipeline::PipelineConfig;
 use weir::registry::{Backend, Registry, redact_url};
 use weir::runtime::{Runtime, RuntimeConfig};
+
+use super::pipeline::{CountersSection, PipelinePlan};
 
 /// The service's configuration file (TOML).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -41,6 +46,14 @@ pub(crate) struct ServeConfig {
     /// The plugin runtime's limits and compilation cache.
     #[serde(default)]
     pub(crate) runtime: RuntimeConfig,
+    /// The pipeline: `brokers` (env `WEIR_KAFKA`, flag `--kafka`; none means an
+    /// in-process broker), consumer group, topics, batching, dead-letter topic.
+    #[serde(default)]
+    pub(crate) pipeline: PipelineConfig,
+    /// The counters: `redis` (env `WEIR_REDIS`, flag `--redis`; none means in
+    /// memory), key prefix, bucket retention.
+    #[serde(default)]
+    pub(crate) counters: CountersSection,
 }
 
 /// `weir serve` flags.
@@ -58,6 +71,15 @@ pub(crate) struct ServeArgs {
     /// Registry database URL.
     #[arg(long, env = "WEIR_DATABASE", hide_env_values = true)]
     database: Option<String>,
+    /// Kafka bootstrap servers, host:port[,host:port]; none: an in-process broker.
+    #[arg(long, env = "WEIR_KAFKA")]
+    kafka: Option<String>,
+    /// Redis URL for the counters; none: counted in memory.
+    #[arg(long, env = "WEIR_REDIS", hide_env_values = true)]
+    redis: Option<String>,
+    /// Also create scenario 5 and feed it generated tracking events.
+    #[arg(long)]
+    demo: bool,
 }
 
 /// The configuration after every layer and check.
@@ -68,6 +90,7 @@ struct Resolved {
     database: String,
     api: ApiConfig,
     runtime: RuntimeConfig,
+    plan: PipelinePlan,
 }
 
 impl ServeArgs {
@@ -155,6 +178,20 @@ impl ServeArgs {
                 .into_iter()
                 .map(|(field, reason)| format!("{field}: {reason}")),
         );
+        let mut pipeline = config.pipeline;
+        if let Some(brokers) = self.kafka.clone() {
+            pipeline.brokers = brokers;
+        }
+        let mut counters = config.counters;
+        if let Some(redis) = self.redis.clone() {
+            counters.redis = Some(redis);
+        }
+        let plan = PipelinePlan {
+            pipeline,
+            counters,
+            demo: self.demo,
+        };
+        problems.extend(plan.problems());
         match listen {
             Ok(listen) if problems.is_empty() => Ok(Resolved {
                 listen,
@@ -162,6 +199,7 @@ impl ServeArgs {
                 database,
                 api: config.api,
                 runtime: config.runtime,
+                plan,
             }),
             _ => Err(problems),
         }
@@ -275,7 +313,19 @@ async fn serve(mut config: Resolved) -> anyhow::Result<()> {
     let registry = Registry::connect(&config.database, runtime)
         .await
         .context("opening the registry")?;
-    let app = router(AppState::new(registry.clone(), &config.api));
+    registry
+        .install_shipped(weir_artifacts::SHIPPED)
+        .await
+        .context("installing the shipped plugins")?;
+    let pipeline_stop = CancellationToken::new();
+    let pipeline = super::pipeline::start(config.plan, registry.clone(), pipeline_stop.clone())
+        .await
+        .context("starting the pipeline")?;
+    let view = PipelineView {
+        counters: pipeline.counters.clone(),
+        metrics: pipeline.metrics.clone(),
+    };
+    let app = router(AppState::new(registry.clone(), &config.api).with_pipeline(view));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -295,10 +345,22 @@ async fn serve(mut config: Resolved) -> anyhow::Result<()> {
             })
             .into_future(),
     );
+    let pipeline_ended = async {
+        while !pipeline.ended() {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    };
     let early = tokio::select! {
         () = shutdown_signal() => None,
         ended = &mut http => Some(ended),
+        () = pipeline_ended => {
+            tracing::error!("the pipeline stopped on its own; stopping the service");
+            None
+        }
     };
+    // Stop fetching; the batch in flight commits (or is left for the next process).
+    pipeline_stop.cancel();
+    let drained = pipeline.finish(DRAIN).await;
     let result = match early {
         // The server ended on its own: that is an error worth reporting.
         Some(ended) => ended
@@ -322,7 +384,7 @@ async fn serve(mut config: Resolved) -> anyhow::Result<()> {
     };
     registry.close().await;
     tracing::info!("weir stopped");
-    result
+    result.and(drained)
 }
 
 /// How long in-flight requests may run after a stop signal.
@@ -359,6 +421,9 @@ mod tests {
             listen: None,
             data_dir: None,
             database: None,
+            kafka: None,
+            redis: None,
+            demo: false,
         }
     }
 

@@ -302,6 +302,10 @@ impl Pipeline {
             .map_err(kafka("initialising transactions"))?;
 
         let first = Arc::new(Catalog::load(&registry).await?);
+        let metrics = Arc::new(Metrics::default());
+        metrics
+            .generation
+            .store(first.generation as u64, Ordering::Relaxed);
         let (sender, receiver) = watch::channel(first.clone());
         tokio::spawn(catalog::follow(
             registry.clone(),
@@ -322,7 +326,7 @@ impl Pipeline {
             sinks,
             runtime: tokio::runtime::Handle::current(),
             stop,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
         })
     }
 

@@ -1,0 +1,219 @@
+//! The pipeline part of `weir serve`: Kafka (or the embedded broker), the counters
+//! (Redis, or in memory), the pipeline thread, and the `--demo` feed, all under the
+//! service's stop signal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use weir::aggregate::{Counters, CountersConfig};
+use weir::pipeline::embedded::EmbeddedBroker;
+use weir::pipeline::sink::{CountersSink, Sink};
+use weir::pipeline::{Metrics, Pipeline, PipelineConfig, PipelineError, demo};
+use weir::registry::{PutMode, Registry};
+
+/// The `[counters]` section of the service's configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CountersSection {
+    /// Redis URL (env `WEIR_REDIS`, flag `--redis`); without one the counters are
+    /// kept in the process and lost when it stops.
+    pub(crate) redis: Option<String>,
+    /// Prefix of every counter key (default `weir`).
+    pub(crate) key_prefix: Option<String>,
+    /// How long per-minute buckets are kept, seconds (default 7 days).
+    pub(crate) bucket_retention_secs: Option<u64>,
+}
+
+/// What the service runs besides the API.
+#[derive(Debug, Clone)]
+pub(crate) struct PipelinePlan {
+    /// The pipeline's settings; empty `brokers` means the embedded broker.
+    pub(crate) pipeline: PipelineConfig,
+    /// Where the counters live.
+    pub(crate) counters: CountersSection,
+    /// Create scenario 5 and feed it generated events.
+    pub(crate) demo: bool,
+}
+
+impl PipelinePlan {
+    /// Every problem with the plan, at once.
+    pub(crate) fn problems(&self) -> Vec<String> {
+        let mut check = self.pipeline.clone();
+        if check.brokers.is_empty() {
+            // The embedded broker fills this in at start.
+            check.brokers = "embedded".into();
+        }
+        let mut problems = check.problems();
+        if let Some(url) = &self.counters.redis
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            problems.push(format!(
+                "counters.redis = {url:?}: expected redis://HOST:PORT[/DB]"
+            ));
+        }
+        if self.counters.bucket_retention_secs == Some(0) {
+            problems.push("counters.bucket_retention_secs: use at least 1".into());
+        }
+        problems
+    }
+}
+
+/// The running pipeline part of the service.
+pub(crate) struct Running {
+    thread: std::thread::JoinHandle<Result<Arc<Metrics>, PipelineError>>,
+    /// Shared with the API for `/metrics` and stats.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Shared with the API for stats.
+    pub(crate) counters: Counters,
+    _broker: Option<EmbeddedBroker>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").finish_non_exhaustive()
+    }
+}
+
+/// Starts the pipeline (and the demo, if asked) on `registry`; `stop` ends it.
+pub(crate) async fn start(
+    plan: PipelinePlan,
+    registry: Registry,
+    stop: CancellationToken,
+) -> anyhow::Result<Running> {
+    let mut config = plan.pipeline;
+    let broker = if config.brokers.is_empty() {
+        let mut topics: Vec<(&str, i32)> = config.topics.iter().map(|t| (t.as_str(), 3)).collect();
+        topics.push((config.dlq_topic.as_str(), 1));
+        let broker = EmbeddedBroker::start(&topics).context("starting the embedded broker")?;
+        config.brokers = broker.bootstrap_servers().to_owned();
+        eprintln!(
+            "weir: no Kafka configured (--kafka); using an in-process broker at {} (not durable)",
+            config.brokers
+        );
+        Some(broker)
+    } else {
+        None
+    };
+
+    let retention = plan.counters.bucket_retention_secs.unwrap_or(7 * 24 * 3600);
+    let counters = match &plan.counters.redis {
+        Some(url) => {
+            let counters_config = CountersConfig {
+                url: url.clone(),
+                key_prefix: plan
+                    .counters
+                    .key_prefix
+                    .clone()
+                    .unwrap_or_else(|| "weir".into()),
+                bucket_retention_secs: retention,
+            };
+            Counters::connect(&counters_config, &config.group_id)
+                .await
+                .with_context(|| format!("connecting the counters to {url}"))?
+        }
+        None => {
+            eprintln!("weir: no Redis configured (--redis); counting in memory (lost on exit)");
+            Counters::in_memory(&config.group_id, retention)
+        }
+    };
+
+    if plan.demo {
+        registry
+            .import_members(&demo::members())
+            .await
+            .context("importing the demo members")?;
+        registry
+            .put_scenario(demo::scenario(), None, PutMode::Upsert, "demo")
+            .await
+            .context("creating the demo scenario 5")?;
+        let topic = config
+            .topics
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "weir.events".into());
+        tokio::spawn(demo::feed(config.brokers.clone(), topic, 500, stop.clone()));
+        tokio::spawn(report(
+            counters.clone(),
+            demo::SCENARIO_ID.to_owned(),
+            stop.clone(),
+        ));
+    }
+
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(CountersSink::new(
+        counters.clone(),
+        tokio::runtime::Handle::current(),
+    ))];
+    let pipeline = Pipeline::new(config, registry, sinks, stop)
+        .await
+        .context("starting the pipeline")?;
+    let metrics = pipeline.metrics();
+    let thread = std::thread::Builder::new()
+        .name("weir-pipeline".into())
+        .spawn(move || pipeline.run())
+        .context("starting the pipeline thread")?;
+    Ok(Running {
+        thread,
+        metrics,
+        counters,
+        _broker: broker,
+    })
+}
+
+impl Running {
+    /// Waits for the pipeline thread after the stop signal, at most `drain`.
+    pub(crate) async fn finish(self, drain: Duration) -> anyhow::Result<()> {
+        let thread = self.thread;
+        let joined =
+            tokio::time::timeout(drain, tokio::task::spawn_blocking(move || thread.join())).await;
+        match joined {
+            Ok(Ok(Ok(Ok(metrics)))) => {
+                tracing::info!(
+                    events = metrics.events.load(std::sync::atomic::Ordering::Relaxed),
+                    "pipeline drained"
+                );
+                Ok(())
+            }
+            Ok(Ok(Ok(Err(error)))) => Err(error).context("the pipeline stopped with an error"),
+            Ok(Ok(Err(_))) | Ok(Err(_)) => anyhow::bail!("the pipeline thread panicked"),
+            Err(_) => anyhow::bail!(
+                "the pipeline did not finish its batch within {} s; its events will be read again",
+                drain.as_secs()
+            ),
+        }
+    }
+
+    /// Whether the pipeline thread ended on its own.
+    pub(crate) fn ended(&self) -> bool {
+        self.thread.is_finished()
+    }
+}
+
+/// Prints the demo scenario's live counts every few seconds.
+async fn report(counters: Counters, scenario: String, stop: CancellationToken) {
+    let mut last = u64::MAX;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        match counters.totals(&scenario).await {
+            Ok(totals) if totals.total != last => {
+                last = totals.total;
+                let ratio = if totals.total == 0 {
+                    0.0
+                } else {
+                    totals.matched as f64 / totals.total as f64
+                };
+                eprintln!(
+                    "weir: scenario {scenario}: {} events, {} matched (success ratio {ratio:.4}), {} dead-lettered",
+                    totals.total, totals.matched, totals.errors
+                );
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "reading the demo counts failed"),
+        }
+    }
+}
