@@ -467,25 +467,25 @@ impl RedisCounters {
         Ok(applied)
     }
 
-    /// A scenario's cumulative counts (zero when it has none yet).
-    pub async fn totals(&self, scenario: &str) -> Result<Totals, CountersError> {
+    /// The counts under `prefix` (`""` overall, `v:<plugin>:` per version).
+    async fn totals(&self, scenario: &str, prefix: &str) -> Result<Totals, CountersError> {
         let mut conn = self.conn.clone();
-        let (total, matched, errors, dropped): (
-            Option<u64>,
-            Option<u64>,
-            Option<u64>,
-            Option<u64>,
-        ) = redis::cmd("HMGET")
+        let fields: Vec<String> = ["total", "matched", "errors", "dropped"]
+            .iter()
+            .map(|f| format!("{prefix}{f}"))
+            .collect();
+        let values: Vec<Option<u64>> = redis::cmd("HMGET")
             .arg(self.counts_key(scenario))
-            .arg(&["total", "matched", "errors", "dropped"])
+            .arg(&fields)
             .query_async(&mut conn)
             .await
             .map_err(|e| self.redis_error(e))?;
+        let get = |i: usize| values.get(i).copied().flatten().unwrap_or(0);
         Ok(Totals {
-            total: total.unwrap_or(0),
-            matched: matched.unwrap_or(0),
-            errors: errors.unwrap_or(0),
-            dropped: dropped.unwrap_or(0),
+            total: get(0),
+            matched: get(1),
+            errors: get(2),
+            dropped: get(3),
         })
     }
 
@@ -506,36 +506,6 @@ impl RedisCounters {
             .query_async(&mut conn)
             .await
             .map_err(|e| self.redis_error(e))
-    }
-
-    /// A scenario's counts for one plugin version (`name@version`).
-    pub async fn version_totals(
-        &self,
-        scenario: &str,
-        plugin: &str,
-    ) -> Result<Totals, CountersError> {
-        let mut conn = self.conn.clone();
-        let fields: Vec<String> = ["total", "matched", "errors", "dropped"]
-            .iter()
-            .map(|f| format!("v:{plugin}:{f}"))
-            .collect();
-        let (total, matched, errors, dropped): (
-            Option<u64>,
-            Option<u64>,
-            Option<u64>,
-            Option<u64>,
-        ) = redis::cmd("HMGET")
-            .arg(self.counts_key(scenario))
-            .arg(&fields)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.redis_error(e))?;
-        Ok(Totals {
-            total: total.unwrap_or(0),
-            matched: matched.unwrap_or(0),
-            errors: errors.unwrap_or(0),
-            dropped: dropped.unwrap_or(0),
-        })
     }
 
     /// The minute buckets of `scenario` whose start lies in `[from_ms, to_ms)`, oldest
@@ -637,7 +607,7 @@ impl Counters {
     /// A scenario's cumulative counts (zero when it has none yet).
     pub async fn totals(&self, scenario: &str) -> Result<Totals, CountersError> {
         match &self.store {
-            Store::Redis(redis) => redis.totals(scenario).await,
+            Store::Redis(redis) => redis.totals(scenario, "").await,
             Store::Memory(memory) => Ok(memory.totals(scenario, "")),
         }
     }
@@ -671,7 +641,7 @@ impl Counters {
         plugin: &str,
     ) -> Result<Totals, CountersError> {
         match &self.store {
-            Store::Redis(redis) => redis.version_totals(scenario, plugin).await,
+            Store::Redis(redis) => redis.totals(scenario, &format!("v:{plugin}:")).await,
             Store::Memory(memory) => Ok(memory.totals(scenario, &format!("v:{plugin}:"))),
         }
     }
