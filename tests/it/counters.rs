@@ -134,6 +134,18 @@ async fn counts_equal_an_independent_count_and_replays_change_nothing() {
         want,
         "counts equal the independent count"
     );
+    for (scenario, totals) in &want {
+        let version = counters
+            .version_totals(scenario, "scenario@1")
+            .await
+            .expect("version");
+        assert_eq!(&version, totals);
+        let versions = counters.by_version(scenario).await.expect("versions");
+        assert_eq!(
+            versions.into_iter().collect::<Vec<_>>(),
+            [("scenario@1".to_owned(), *totals)]
+        );
+    }
 
     // The same batches again: every one is skipped by the fences.
     for batch in &all_batches {
