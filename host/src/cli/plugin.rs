@@ -90,7 +90,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout().lock();
     let mut out = BufWriter::new(stdout);
     let mut summary = Summary::default();
-    let mut batch = Batch::new(&args.scenario_id, "stdin", 0);
+    let mut batch = Batch::new(&args.scenario_id, "input", 0);
     let mut offset = 0i64;
     for line in input.split(b'\n') {
         let mut line = line.context("reading events")?;
