@@ -126,10 +126,9 @@
 //! # Ok::<(), weir_sdk::Error>(())
 //! ```
 //!
-//! A second layer, running the real `.wasm` through the host runtime with its
-//! limits, belongs in a `testing` module behind a `testing` feature once the
-//! host runtime crate can be depended on; until then the host's integration
-//! tests load the built components (see the `weir-artifacts` crate).
+//! A second layer runs the real `.wasm` through the host runtime with its
+//! sandbox and limits: the [`testing`] module, behind the `testing` feature
+//! (a dev-dependency feature: it brings in the whole host runtime).
 
 #![deny(missing_docs)]
 
@@ -137,6 +136,8 @@ mod batch;
 mod error;
 mod event;
 mod output;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use batch::{Batch, EventMut, EventResult, Header, Outcome, Output, Status};
 pub use error::Error;
