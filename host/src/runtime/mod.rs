@@ -68,6 +68,17 @@ pub use plugin::{Plugin, PluginInfo, PluginKind};
 
 use state::HostState;
 
+// Workers share plugins and move instances into blocking tasks.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    const fn send<T: Send>() {}
+    send_sync::<Runtime>();
+    send_sync::<Plugin>();
+    send::<Instance>();
+    send_sync::<Batch>();
+    send_sync::<BatchResult>();
+};
+
 /// Everything that can go wrong in the runtime. Per-event failures are not
 /// errors: they are [`Outcome`]s with [`Status::Failed`].
 #[derive(Debug, thiserror::Error)]
