@@ -1,9 +1,10 @@
 //! What one store holds on the host side: a deny-all WASI context, the memory
 //! limiter, and the guest's stdout/stderr forwarded to the log under a cap.
 //!
-//! Guest output cap: per call (one batch), each of stdout and stderr forwards at
-//! most `guest_log_bytes_per_call` bytes to `tracing`, one event per line, lines
-//! cut at [`MAX_LINE`] bytes. Anything beyond is dropped and counted; one warning
+//! Guest output is logged with target `weir::guest` (silence it with
+//! `RUST_LOG=weir::guest=warn`, say). Cap: per call (one batch), each of stdout
+//! and stderr forwards at most `guest_log_bytes_per_call` bytes to `tracing`,
+//! one event per line, lines cut at [`MAX_LINE`] bytes. Anything beyond is dropped and counted; one warning
 //! after the call says how much. Batches arrive at a bounded rate, so this bounds
 //! the log rate per instance as well as its size.
 
@@ -215,15 +216,19 @@ impl LogState {
         }
         let text = String::from_utf8_lossy(&self.line);
         tracing::info!(
+            target: "weir::guest",
             plugin = %self.plugin,
             version = %self.version,
             stream = self.stream,
             "{text}"
         );
-        if self.recent.len() == RECENT_LINES {
-            self.recent.remove(0);
+        // Rust's panic hint says nothing about the failure; keep it out of reasons.
+        if !text.starts_with("note: run with `RUST_BACKTRACE") {
+            if self.recent.len() == RECENT_LINES {
+                self.recent.remove(0);
+            }
+            self.recent.push(text.chars().take(256).collect());
         }
-        self.recent.push(text.chars().take(256).collect());
         self.line.clear();
     }
 }
