@@ -463,6 +463,13 @@ impl Store for CrashingStore {
         self.inner.list(dir)
     }
     fn delete(&mut self, path: &str) -> Result<(), ArchiveError> {
+        if self.crash.load(Ordering::Relaxed) {
+            return Err(ArchiveError::Store {
+                op: "delete",
+                path: path.to_owned(),
+                reason: "killed".into(),
+            });
+        }
         self.inner.delete(path)
     }
     fn root(&self) -> String {
@@ -496,11 +503,12 @@ fn a_write_cut_before_its_rename_is_never_visible_and_is_redone() {
         100,
         "nothing partial"
     );
-    assert_eq!(std::fs::read_dir(root.join(TMP_DIR)).unwrap().count(), 1);
+    // One temporary file per scenario and hour, none renamed.
+    assert_eq!(std::fs::read_dir(root.join(TMP_DIR)).unwrap().count(), 4);
 
     crash.store(false, Ordering::Relaxed);
     let mut sink = ArchiveSink::with_store(&config, Box::new(store())).unwrap();
-    assert_eq!(sink.stats().removed_temporaries, 1);
+    assert_eq!(sink.stats().removed_temporaries, 4);
     write(&mut sink, scenarios.batch(100..200, two_hours));
     check(
         &read_back(&root),
@@ -685,4 +693,154 @@ async fn a_hundred_thousand_events_through_the_pipeline_are_archived_once_on_hdf
         .expect("join");
     check(&read, &expected, &events_topic);
     client.delete(&root, true).await.expect("clean up");
+}
+
+/// A TCP proxy in front of the NameNode that can be cut and restored, on one port.
+struct CutProxy {
+    port: u16,
+    target: String,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl CutProxy {
+    async fn start(target: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut proxy = Self {
+            port: listener.local_addr().unwrap().port(),
+            target: target.to_owned(),
+            tasks: Arc::default(),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let (target, tasks) = (self.target.clone(), self.tasks.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                let copy = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tasks.lock().unwrap().push(copy);
+            }
+        });
+        self.tasks.lock().unwrap().push(accept);
+    }
+
+    /// Closes the listener and every connection through it.
+    fn cut(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("bind the same port again");
+        self.serve(listener);
+    }
+}
+
+#[test]
+fn hdfs_unreachable_fails_the_cycle_in_bounded_time_and_the_retry_completes_it() {
+    let url = Service::Hdfs.addr();
+    let namenode = url.trim_start_matches("hdfs://").trim_end_matches('/');
+    let runtime = tokio_runtime();
+    let mut proxy = runtime.block_on(CutProxy::start(namenode));
+    let dir = format!("/weir-archive/{}", unique("cut"));
+    let config = ArchiveConfig {
+        root: format!("hdfs://127.0.0.1:{}{dir}", proxy.port),
+        hdfs_timeout_secs: 5,
+        ..ArchiveConfig::default()
+    };
+    let topic = unique("events");
+    let mut scenarios = Scenarios::new(&topic, &["a", "b"]);
+    let mut sink = ArchiveSink::new(&config, runtime.handle().clone()).expect("sink");
+    write(&mut sink, scenarios.batch(0..100, two_hours));
+
+    proxy.cut();
+    let started = Instant::now();
+    let failed = sink.write(&[scenarios.batch(100..200, two_hours)]);
+    assert!(failed.is_err(), "the cycle fails while HDFS is unreachable");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "a failing cycle is bounded by the timeouts, took {:?}",
+        started.elapsed()
+    );
+
+    runtime.block_on(proxy.restore());
+    // The pipeline retries the same events, here with other boundaries.
+    let retried = Instant::now();
+    loop {
+        match sink.write(&[scenarios.batch(50..200, two_hours)]) {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(
+                    retried.elapsed() < Duration::from_secs(60),
+                    "still failing after HDFS came back: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+    write(&mut sink, scenarios.batch(200..300, two_hours));
+
+    let client = ClientBuilder::new()
+        .with_url(&url)
+        .build()
+        .expect("HDFS client");
+    let (local, paths) = runtime.block_on(copy_from_hdfs(&client, &dir));
+    assert!(
+        paths.iter().all(|p| !p.starts_with(TMP_DIR)),
+        "no temporary files left: {paths:?}"
+    );
+    check(
+        &read_back(&local),
+        &scenarios.expected(0..300, two_hours),
+        &topic,
+    );
+    runtime
+        .block_on(client.delete(&dir, true))
+        .expect("clean up");
+}
+
+#[test]
+fn a_partition_back_from_another_replica_is_not_archived_twice() {
+    let root = std::env::temp_dir().join(unique("weir-archive-replicas"));
+    let config = ArchiveConfig {
+        root: root.display().to_string(),
+        ..ArchiveConfig::default()
+    };
+    let runtime = tokio_runtime();
+    let clock = Arc::new(std::sync::atomic::AtomicI64::new(BASE_MS));
+    let sink = |clock: &Arc<std::sync::atomic::AtomicI64>| {
+        let clock = clock.clone();
+        ArchiveSink::new(&config, runtime.handle().clone())
+            .expect("sink")
+            .with_clock(move || clock.load(Ordering::Relaxed))
+    };
+    let topic = unique("events");
+    let mut scenarios = Scenarios::new(&topic, &["a", "b"]);
+    let (mut one, mut other) = (sink(&clock), sink(&clock));
+    write(&mut one, scenarios.batch(0..100, two_hours));
+    // The partition moves to the other replica, which archives 100..200 but dies before
+    // committing; it comes back to the first at offset 100, seconds later.
+    write(&mut other, scenarios.batch(100..200, two_hours));
+    clock.fetch_add(10_000, Ordering::Relaxed);
+    write(&mut one, scenarios.batch(100..150, two_hours));
+    assert_eq!(one.stats().files, 4, "nothing written again");
+    assert_eq!(one.stats().skipped_rows, 50);
+    write(&mut one, scenarios.batch(150..250, two_hours));
+    check(
+        &read_back(&root),
+        &scenarios.expected(0..250, two_hours),
+        &topic,
+    );
+    std::fs::remove_dir_all(&root).ok();
 }

@@ -29,10 +29,14 @@
 //! second copy: per (scenario, hour directory, topic, partition) the sink knows the
 //! highest archived offset and skips events at or below it. That mark is read from the
 //! final file names in the directory the first time the sink needs it, and read again
-//! whenever a partition's batches stop following one another (a restart, a retried
-//! cycle, a partition that moved between replicas). Keeping the mark per hour directory
-//! keeps it right when a crash fell between the renames of one cycle's files.
-//! On start the sink deletes whatever is left in `_tmp/`.
+//! whenever a partition's batches stop following one another closely (a restart, a
+//! retried cycle, a partition that moved between replicas, a pause of a second).
+//! Keeping the mark per hour directory keeps it right when a crash fell between the
+//! renames of one cycle's files. On start the sink deletes whatever is left in `_tmp/`.
+//!
+//! Cost: on HDFS most of a file's time is `close`, which waits until the NameNode has
+//! heard of the block from the DataNode (hundreds of milliseconds); the sink writes all
+//! files of a cycle at once (up to 16 in flight), so a cycle costs about one close.
 //!
 //! Limits, on purpose for this version: a record without a Kafka timestamp is placed by
 //! processing time, so a replay in another hour may archive it again; files are as large
@@ -53,13 +57,18 @@ use serde::Deserialize;
 use crate::pipeline::sink::{PartitionBatch, Sink, SinkError};
 use crate::runtime::Status;
 use schema::Row;
-pub use store::{HdfsStore, LocalStore, Store};
+pub use store::{HdfsStore, LocalStore, Store, StoreFile};
 
 /// Directory, under the root, of files being written.
 pub const TMP_DIR: &str = "_tmp";
 const HOUR_MS: i64 = 3_600_000;
 /// More cached offset marks than this and the cache starts over (it is re-read on demand).
 const MAX_MARKS: usize = 100_000;
+/// Cached marks of a partition not written for this long are read again: a partition
+/// that went to another replica and came back at the offset this sink stopped at may
+/// have files that replica wrote but did not commit. Moving a partition away and back
+/// takes two consumer-group rebalances, each much longer than this.
+const MARK_TTL_MS: i64 = 1_000;
 
 /// Parquet page compression.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -183,14 +192,23 @@ pub struct ArchiveStats {
 /// Key of an offset mark: scenario, hour directory, topic, partition.
 type MarkKey = (String, String, String, i32);
 
+/// A file of the current cycle, encoded, not yet stored.
+#[derive(Debug)]
+struct Pending {
+    file: StoreFile,
+    key: MarkKey,
+    last: i64,
+    rows: usize,
+}
+
 /// The archive as a pipeline sink. See the module doc for the layout and the protocol.
 pub struct ArchiveSink {
     store: Box<dyn Store>,
     properties: WriterProperties,
     /// Highest archived offset (`None`: nothing archived) per key, as far as known.
     marks: HashMap<MarkKey, Option<i64>>,
-    /// Last offset of the previous batch per (topic, partition).
-    last_offsets: HashMap<(String, i32), i64>,
+    /// Last offset of the previous batch per (topic, partition), and when it was written.
+    last_offsets: HashMap<(String, i32), (i64, i64)>,
     clock: Box<dyn Fn() -> i64 + Send>,
     tmp_prefix: String,
     tmp_counter: u64,
@@ -208,7 +226,8 @@ impl std::fmt::Debug for ArchiveSink {
 
 impl ArchiveSink {
     /// A sink for `config.root`, running HDFS calls on `runtime`. Deletes leftover
-    /// temporary files before returning.
+    /// temporary files before returning. Like [`Sink::write`], it blocks on `runtime`,
+    /// so call it off the runtime's threads (`spawn_blocking`, the pipeline thread).
     pub fn new(
         config: &ArchiveConfig,
         runtime: tokio::runtime::Handle,
@@ -303,15 +322,23 @@ impl ArchiveSink {
         Ok(mark)
     }
 
-    fn write_partition(&mut self, batch: &PartitionBatch) -> Result<(), ArchiveError> {
+    /// Encodes the partition batch's new rows into `files`, one per scenario and hour.
+    fn prepare(
+        &mut self,
+        batch: &PartitionBatch,
+        files: &mut Vec<Pending>,
+    ) -> Result<(), ArchiveError> {
         let tp = (batch.topic.clone(), batch.partition);
-        if self.last_offsets.get(&tp) != Some(&(batch.first_offset - 1)) {
-            // Not the continuation of what this sink wrote last: the directories may
-            // hold files this sink has not seen (or not noted). Read them again.
+        let now = (self.clock)();
+        let follows = self.last_offsets.get(&tp).is_some_and(|&(last, at)| {
+            last == batch.first_offset - 1 && now.saturating_sub(at) < MARK_TTL_MS
+        });
+        if !follows {
+            // Not the recent continuation of what this sink wrote last: the directories
+            // may hold files this sink has not seen (or not noted). Read them again.
             self.marks
                 .retain(|(_, _, t, p), _| !(t == &batch.topic && *p == batch.partition));
         }
-        let now = (self.clock)();
         for scenario in &batch.scenarios {
             let id = &scenario.route.id;
             let mut hours: BTreeMap<i64, Vec<Row<'_>>> = BTreeMap::new();
@@ -352,18 +379,46 @@ impl ArchiveSink {
                     "{TMP_DIR}/{}-{}.parquet.tmp",
                     self.tmp_prefix, self.tmp_counter
                 );
-                if self.store.put(&path, &tmp, &bytes)? {
-                    self.stats.files += 1;
-                    self.stats.rows += rows.len() as u64;
-                    self.stats.bytes += bytes.len() as u64;
-                } else {
-                    tracing::warn!(%path, "archive: file already there, kept the existing one");
-                }
-                self.marks.insert(key, Some(last));
+                files.push(Pending {
+                    file: StoreFile { path, tmp, bytes },
+                    key,
+                    last,
+                    rows: rows.len(),
+                });
             }
         }
-        self.last_offsets.insert(tp, batch.last_offset);
         Ok(())
+    }
+
+    /// Makes the prepared files visible, all at once where the store can, then notes
+    /// the new marks of those that made it.
+    fn put(&mut self, files: Vec<Pending>) -> Result<(), ArchiveError> {
+        let (stored, notes): (Vec<StoreFile>, Vec<_>) = files
+            .into_iter()
+            .map(|p| (p.file, (p.key, p.last, p.rows)))
+            .unzip();
+        let results = self.store.put_all(&stored);
+        let mut first_error = None;
+        for ((file, (key, last, rows)), result) in stored.iter().zip(notes).zip(results) {
+            match result {
+                Ok(true) => {
+                    self.stats.files += 1;
+                    self.stats.rows += rows as u64;
+                    self.stats.bytes += file.bytes.len() as u64;
+                    self.marks.insert(key, Some(last));
+                }
+                Ok(false) => {
+                    tracing::warn!(path = %file.path, "archive: file already there, kept the existing one");
+                    self.marks.insert(key, Some(last));
+                }
+                Err(e) => {
+                    // Best effort: what is left is removed at the next start anyway.
+                    let _ = self.store.delete(&file.tmp);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     fn encode(
@@ -397,19 +452,28 @@ impl Sink for ArchiveSink {
     }
 
     fn write(&mut self, batches: &[PartitionBatch]) -> Result<(), SinkError> {
+        let mut files = Vec::new();
+        let mut result = batches
+            .iter()
+            .try_for_each(|batch| self.prepare(batch, &mut files));
+        if result.is_ok() {
+            result = self.put(files);
+        }
+        let now = (self.clock)();
         for batch in batches {
-            if let Err(e) = self.write_partition(batch) {
-                // What this cycle renamed before the failure is not yet noted: forget
+            let tp = (batch.topic.clone(), batch.partition);
+            if result.is_ok() {
+                self.last_offsets.insert(tp, (batch.last_offset, now));
+            } else {
+                // What this cycle renamed before the failure may not be noted: forget
                 // the partition's marks so the retry reads them from the directory.
-                self.last_offsets
-                    .remove(&(batch.topic.clone(), batch.partition));
-                return Err(SinkError {
-                    sink: "archive",
-                    reason: e.to_string(),
-                });
+                self.last_offsets.remove(&tp);
             }
         }
-        Ok(())
+        result.map_err(|e| SinkError {
+            sink: "archive",
+            reason: e.to_string(),
+        })
     }
 }
 

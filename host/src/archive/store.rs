@@ -7,6 +7,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,12 +15,32 @@ use hdfs_native::{Client, ClientBuilder, HdfsError, WriteOptions};
 
 use super::ArchiveError;
 
+/// One file for [`Store::put_all`]: its final path, its temporary path, its content.
+#[derive(Debug, Clone)]
+pub struct StoreFile {
+    /// Final path, relative to the root.
+    pub path: String,
+    /// Temporary path, relative to the root.
+    pub tmp: String,
+    /// The whole file.
+    pub bytes: Vec<u8>,
+}
+
 /// A file system the archive writes to.
 pub trait Store: Send + std::fmt::Debug {
     /// Writes `bytes` under the temporary path `tmp`, closes the file and renames it to
     /// `path`, creating `path`'s directories. Returns `false` and removes the temporary
     /// file when `path` already exists (the file there is left as it is).
     fn put(&mut self, path: &str, tmp: &str, bytes: &[u8]) -> Result<bool, ArchiveError>;
+
+    /// [`Store::put`] for each file, concurrently where the store gains from it; one
+    /// result per file, in order.
+    fn put_all(&mut self, files: &[StoreFile]) -> Vec<Result<bool, ArchiveError>> {
+        files
+            .iter()
+            .map(|f| self.put(&f.path, &f.tmp, &f.bytes))
+            .collect()
+    }
 
     /// Names (not paths) of the files directly in `dir`; empty when `dir` does not exist.
     fn list(&mut self, dir: &str) -> Result<Vec<String>, ArchiveError>;
@@ -193,38 +214,91 @@ impl HdfsStore {
     }
 }
 
+/// Most files an [`HdfsStore`] writes at once.
+const HDFS_PARALLEL_PUTS: usize = 16;
+
+/// Write, close, rename; `Ok(false)` when `full` exists already (`tmp_full` is removed).
+async fn hdfs_put(
+    client: &Client,
+    tmp_full: &str,
+    full: &str,
+    data: Bytes,
+) -> Result<bool, (&'static str, HdfsError)> {
+    let mut writer = client
+        .create(tmp_full, WriteOptions::default().create_parent(true))
+        .await
+        .map_err(|e| ("write", e))?;
+    writer.write_bytes(data).await.map_err(|e| ("write", e))?;
+    // Dropping a writer without `close` loses what it buffered. `close` waits until
+    // the NameNode has heard of the block from the DataNode: most of the time of a put.
+    writer.close().await.map_err(|e| ("close", e))?;
+    let renamed = async {
+        match client.get_file_info(full).await {
+            Ok(_) => return Ok(false),
+            Err(HdfsError::FileNotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        if let Some((parent, _)) = full.rsplit_once('/') {
+            client.mkdirs(parent, 0o755, true).await?;
+        }
+        match client.rename(tmp_full, full, false).await {
+            Ok(()) => Ok(true),
+            Err(HdfsError::AlreadyExists(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+    .await
+    .map_err(|e| ("rename", e))?;
+    if !renamed {
+        client
+            .delete(tmp_full, false)
+            .await
+            .map_err(|e| ("delete", e))?;
+    }
+    Ok(renamed)
+}
+
 impl Store for HdfsStore {
     fn put(&mut self, path: &str, tmp: &str, bytes: &[u8]) -> Result<bool, ArchiveError> {
-        let (tmp_full, full) = (self.full(tmp), self.full(path));
-        let client = &self.client;
-        let data = Bytes::copy_from_slice(bytes);
-        self.run("write", tmp, async {
-            let mut writer = client
-                .create(&tmp_full, WriteOptions::default().create_parent(true))
-                .await?;
-            writer.write_bytes(data).await?;
-            // Dropping a writer without `close` loses what it buffered.
-            writer.close().await
-        })?;
-        let renamed = self.run("rename", path, async {
-            match client.get_file_info(&full).await {
-                Ok(_) => return Ok(false),
-                Err(HdfsError::FileNotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-            if let Some((parent, _)) = full.rsplit_once('/') {
-                client.mkdirs(parent, 0o755, true).await?;
-            }
-            match client.rename(&tmp_full, &full, false).await {
-                Ok(()) => Ok(true),
-                Err(HdfsError::AlreadyExists(_)) => Ok(false),
-                Err(e) => Err(e),
-            }
-        })?;
-        if !renamed {
-            self.delete(tmp)?;
-        }
-        Ok(renamed)
+        let file = StoreFile {
+            path: path.to_owned(),
+            tmp: tmp.to_owned(),
+            bytes: bytes.to_vec(),
+        };
+        self.put_all(std::slice::from_ref(&file))
+            .pop()
+            .unwrap_or(Ok(false))
+    }
+
+    fn put_all(&mut self, files: &[StoreFile]) -> Vec<Result<bool, ArchiveError>> {
+        let limit = Arc::new(tokio::sync::Semaphore::new(HDFS_PARALLEL_PUTS));
+        let timeout = self.timeout;
+        let tasks: Vec<_> = files
+            .iter()
+            .map(|file| {
+                let (client, limit) = (self.client.clone(), limit.clone());
+                let (tmp_full, full) = (self.full(&file.tmp), self.full(&file.path));
+                let data = Bytes::copy_from_slice(&file.bytes);
+                self.runtime.spawn(async move {
+                    let _permit = limit.acquire_owned().await;
+                    tokio::time::timeout(timeout, hdfs_put(&client, &tmp_full, &full, data)).await
+                })
+            })
+            .collect();
+        files
+            .iter()
+            .zip(tasks)
+            .map(|(file, task)| match self.runtime.block_on(task) {
+                Ok(Ok(Ok(renamed))) => Ok(renamed),
+                Ok(Ok(Err((op, e)))) => Err(store_error(op, &file.path, e)),
+                Ok(Err(_)) => Err(store_error(
+                    "put",
+                    &file.path,
+                    format!("no answer in {timeout:?}"),
+                )),
+                Err(e) => Err(store_error("put", &file.path, e)),
+            })
+            .collect()
     }
 
     fn list(&mut self, dir: &str) -> Result<Vec<String>, ArchiveError> {

@@ -1,0 +1,158 @@
+//! Archive throughput: realistic partition batches (tracking events run through the
+//! `scenario` plugin beforehand, not timed) written by the archive sink to a local
+//! directory, and to HDFS when `WEIR_TEST_HDFS` is set (`eval "$(tests/stack env)"`).
+//!
+//! One line per store, stable and parseable:
+//!
+//! ```text
+//! archive store=local events=.. batch=.. partitions=.. secs=.. events_per_s=.. parquet_mb_per_s=.. records_mb_per_s=.. files=.. parquet_bytes=..
+//! ```
+//!
+//! `records_mb_per_s` counts the JSON output records handed to the archive;
+//! `parquet_mb_per_s` the Parquet bytes written. `WEIR_BENCH_ARCHIVE_EVENTS` sets the number of events (default
+//! 200000), `WEIR_BENCH_ARCHIVE_PARTITIONS` how many partitions share a cycle of 4096
+//! events (default 4), as a pipeline consuming that many partitions would.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use weir::archive::{ArchiveConfig, ArchiveSink};
+use weir::pipeline::catalog::Route;
+use weir::pipeline::sink::{EventMeta, PartitionBatch, ScenarioBatch, Sink};
+use weir::runtime::{Batch, EventInput, Runtime, RuntimeConfig};
+use weir_benches::{SCENARIO_5, tracking_events};
+
+const BATCH: usize = 4096;
+
+/// Cycles of `BATCH` events, each spread over `partitions` partitions.
+fn cycles(events: usize, partitions: usize) -> (Vec<Vec<PartitionBatch>>, usize) {
+    let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
+    let bytes = std::fs::read(weir_artifacts::PLUGIN_SCENARIO).expect("plugin artifact");
+    let plugin = runtime.load(&bytes).expect("load");
+    let mut instance = plugin.instantiate(SCENARIO_5).expect("configure");
+    let route = Arc::new(Route {
+        id: "5".into(),
+        plugin_version: plugin.info().version.clone(),
+        plugin: plugin.clone(),
+        plugin_label: "scenario@1".into(),
+        config: SCENARIO_5.into(),
+        sources: Vec::new(),
+        output_topic: "unused".into(),
+        enrich_by: None,
+    });
+    let values = tracking_events(events, 42);
+    let start_ms = chrono::Utc::now().timestamp_millis();
+    let mut output_bytes = 0;
+    let mut out: Vec<Vec<PartitionBatch>> = Vec::new();
+    let per_partition = BATCH / partitions;
+    for (chunk_index, chunk) in values.chunks(per_partition).enumerate() {
+        let partition = (chunk_index % partitions) as i32;
+        let first = (chunk_index / partitions * per_partition) as i64;
+        let mut batch = Batch::new("5", "bench", partition);
+        let mut metas = Vec::new();
+        for (i, value) in chunk.iter().enumerate() {
+            let offset = first + i as i64;
+            // 10 ms apart: a run of 200,000 events spans about half an hour.
+            let timestamp_ms = Some(start_ms + offset * 10);
+            batch
+                .push_event(EventInput {
+                    offset,
+                    value,
+                    timestamp_ms,
+                    ..EventInput::default()
+                })
+                .expect("push");
+            metas.push(EventMeta {
+                offset,
+                timestamp_ms,
+            });
+        }
+        let result = instance.process(&batch).expect("process");
+        output_bytes += result.output_bytes();
+        if partition == 0 {
+            out.push(Vec::new());
+        }
+        out.last_mut().expect("a cycle").push(PartitionBatch {
+            topic: "bench".into(),
+            partition,
+            first_offset: first,
+            last_offset: first + chunk.len() as i64 - 1,
+            scenarios: vec![ScenarioBatch {
+                route: route.clone(),
+                events: metas,
+                result,
+            }],
+        });
+    }
+    (out, output_bytes)
+}
+
+fn run(
+    store: &str,
+    root: String,
+    cycles: &[Vec<PartitionBatch>],
+    events: usize,
+    record_bytes: usize,
+) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let config = ArchiveConfig {
+        root,
+        ..ArchiveConfig::default()
+    };
+    let mut sink = ArchiveSink::new(&config, runtime.handle().clone()).expect("archive sink");
+    let started = Instant::now();
+    for cycle in cycles {
+        sink.write(cycle).expect("write");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let stats = sink.stats();
+    println!(
+        "archive store={store} events={events} batch={BATCH} partitions={} secs={secs:.3} events_per_s={:.0} \
+         parquet_mb_per_s={:.2} records_mb_per_s={:.2} files={} parquet_bytes={}",
+        cycles.first().map_or(0, Vec::len),
+        events as f64 / secs,
+        stats.bytes as f64 / secs / 1e6,
+        record_bytes as f64 / secs / 1e6,
+        stats.files,
+        stats.bytes,
+    );
+}
+
+fn main() {
+    let events = std::env::var("WEIR_BENCH_ARCHIVE_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let partitions = std::env::var("WEIR_BENCH_ARCHIVE_PARTITIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let (cycles, record_bytes) = cycles(events, partitions);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let local = std::env::temp_dir().join(format!("weir-archive-bench-{nanos}"));
+    run(
+        "local",
+        local.display().to_string(),
+        &cycles,
+        events,
+        record_bytes,
+    );
+    std::fs::remove_dir_all(&local).ok();
+    match std::env::var("WEIR_TEST_HDFS") {
+        Ok(url) => run(
+            "hdfs",
+            format!("{}/weir-archive-bench/{nanos}", url.trim_end_matches('/')),
+            &cycles,
+            events,
+            record_bytes,
+        ),
+        Err(_) => println!("archive store=hdfs skipped=WEIR_TEST_HDFS-unset"),
+    }
+}
