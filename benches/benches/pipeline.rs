@@ -144,6 +144,11 @@ async fn main() {
         );
         std::process::exit(2);
     };
+    // RUST_LOG=weir::pipeline=debug shows each cycle's run / sinks / commit times.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let events: u64 = std::env::var("WEIR_BENCH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())

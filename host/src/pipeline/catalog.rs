@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::route;
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::Plugin;
 
@@ -48,6 +49,9 @@ pub struct Catalog {
     pub by_topic: HashMap<String, Vec<String>>,
     /// Scenarios that could not be loaded, with the reason; their events go to the DLQ.
     pub broken: BTreeMap<String, String>,
+    /// The event fields the host reads: `scenario_id`, `memberId` and every
+    /// scenario's enrichment field. Nothing else of an event is kept by the host.
+    pub event_fields: Vec<String>,
     members: Mutex<HashMap<String, Option<Attributes>>>,
 }
 
@@ -67,6 +71,10 @@ impl Catalog {
         let generation = registry.generation().await?;
         let mut catalog = Catalog {
             generation,
+            event_fields: vec![
+                route::SCENARIO_FIELD.to_owned(),
+                route::MEMBER_FIELD.to_owned(),
+            ],
             ..Catalog::default()
         };
         let mut compiled: HashMap<String, (Plugin, String)> = HashMap::new();
@@ -115,6 +123,11 @@ impl Catalog {
                         output_topic: spec.output_topic(),
                         enrich_by: spec.enrich.as_ref().map(|e| e.by.clone()),
                     };
+                    if let Some(by) = &route.enrich_by
+                        && !catalog.event_fields.contains(by)
+                    {
+                        catalog.event_fields.push(by.clone());
+                    }
                     catalog.routes.insert(spec.id.clone(), Arc::new(route));
                 }
                 Err(reason) => {

@@ -110,8 +110,8 @@ impl Default for PipelineConfig {
             group_id: "weir".into(),
             topics: vec!["weir.events".into()],
             dlq_topic: "weir.dlq".into(),
-            batch_max_events: 4096,
-            batch_linger_ms: 50,
+            batch_max_events: 16_384,
+            batch_linger_ms: 100,
             transactional_id_prefix: "weir".into(),
             transaction_timeout_ms: 30_000,
             registry_poll_ms: 500,
@@ -528,6 +528,7 @@ impl Pipeline {
                 .push(message);
         }
         let timeout = Duration::from_millis(self.config.transaction_timeout_ms);
+        let started = Instant::now();
         self.producer
             .begin_transaction()
             .map_err(CycleError::kafka("beginning a transaction"))?;
@@ -558,9 +559,11 @@ impl Pipeline {
             processed.push(partition_batch);
         }
 
+        let ran = started.elapsed();
         for sink in &mut self.sinks {
             sink.write(&processed).map_err(CycleError::Sink)?;
         }
+        let sunk = started.elapsed();
         let group = self
             .consumer
             .group_metadata()
@@ -571,6 +574,13 @@ impl Pipeline {
         self.producer
             .commit_transaction(timeout)
             .map_err(CycleError::kafka("committing the transaction"))?;
+        tracing::debug!(
+            events = messages.len(),
+            run_ms = ran.as_millis() as u64,
+            sinks_ms = (sunk - ran).as_millis() as u64,
+            commit_ms = (started.elapsed() - sunk).as_millis() as u64,
+            "cycle committed"
+        );
 
         self.metrics
             .events
@@ -602,9 +612,10 @@ impl Pipeline {
         let mut dead = Vec::new();
         // Per scenario: (index into messages, member id) in offset order.
         let mut shares: BTreeMap<&'m str, Vec<(usize, Option<String>)>> = BTreeMap::new();
+        let wanted: Vec<&str> = catalog.event_fields.iter().map(String::as_str).collect();
         for (index, message) in messages.iter().enumerate() {
             let value = message.payload().unwrap_or_default();
-            let fields = Fields::read(value);
+            let fields = Fields::read(value, &wanted);
             let named = fields
                 .as_ref()
                 .ok()

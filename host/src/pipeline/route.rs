@@ -2,7 +2,9 @@
 //! id) without building the whole JSON tree, and merging member attributes into it.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+
+use serde::Deserializer as _;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -13,29 +15,59 @@ pub const SCENARIO_FIELD: &str = "scenario_id";
 /// The default field that holds an event's member id (used as the output key).
 pub const MEMBER_FIELD: &str = "memberId";
 
-/// The top-level fields of one JSON object event, borrowed from its bytes.
+/// The top-level fields of one JSON object event that the host asked for,
+/// borrowed from its bytes. Other fields are skipped without being stored.
 #[derive(Debug)]
 pub struct Fields<'a> {
-    fields: HashMap<Cow<'a, str>, &'a RawValue>,
+    found: Vec<(Cow<'a, str>, &'a RawValue)>,
 }
 
 impl<'a> Fields<'a> {
-    /// Reads the top level of `value`; `Err` says why it is not a JSON object.
-    pub fn read(value: &'a [u8]) -> Result<Self, String> {
-        serde_json::from_slice::<HashMap<Cow<'a, str>, &'a RawValue>>(value)
-            .map(|fields| Self { fields })
-            .map_err(|e| format!("not a JSON object: {e}"))
+    /// Reads the top level of `value`, keeping only the fields named in `wanted`;
+    /// `Err` says why it is not a JSON object.
+    pub fn read(value: &'a [u8], wanted: &[&str]) -> Result<Self, String> {
+        let mut deserializer = serde_json::Deserializer::from_slice(value);
+        let found = deserializer
+            .deserialize_map(Picker { wanted })
+            .and_then(|found| deserializer.end().map(|()| found))
+            .map_err(|e| format!("not a JSON object: {e}"))?;
+        Ok(Self { found })
     }
 
     /// A field as text: strings unquoted, numbers and booleans as written;
-    /// `None` when absent or null, an object or an array.
+    /// `None` when absent or null, an object or an array (or not asked for).
     pub fn text(&self, name: &str) -> Option<Cow<'a, str>> {
-        let raw = self.fields.get(name)?.get();
+        let raw = self.found.iter().find(|(key, _)| key == name)?.1.get();
         match raw.as_bytes().first()? {
             b'"' => serde_json::from_str::<Cow<'a, str>>(raw).ok(),
             b'{' | b'[' | b'n' => None,
             _ => Some(Cow::Borrowed(raw)),
         }
+    }
+}
+
+/// Walks a JSON object, keeping the raw values of the wanted keys only.
+struct Picker<'w> {
+    wanted: &'w [&'w str],
+}
+
+impl<'de> Visitor<'de> for Picker<'_> {
+    type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = Vec::with_capacity(self.wanted.len());
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if self.wanted.contains(&key.as_ref()) {
+                found.push((key, map.next_value::<&'de RawValue>()?));
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -57,22 +89,32 @@ mod tests {
 
     #[test]
     fn scenario_and_member_ids_read_as_text() {
-        let fields =
-            Fields::read(br#"{"scenario_id":5,"memberId":"m-\u00e9","x":{"a":1},"n":null}"#)
-                .unwrap();
+        let wanted = ["scenario_id", "memberId", "x", "n", "missing"];
+        let fields = Fields::read(
+            br#"{"scenario_id":5,"memberId":"m-\u00e9","x":{"a":1},"n":null,"other":[1]}"#,
+            &wanted,
+        )
+        .unwrap();
         assert_eq!(fields.text("scenario_id").as_deref(), Some("5"));
         assert_eq!(fields.text("memberId").as_deref(), Some("m-é"));
         assert_eq!(fields.text("x"), None);
         assert_eq!(fields.text("n"), None);
         assert_eq!(fields.text("missing"), None);
-        let quoted = Fields::read(br#"{"scenario_id":"5"}"#).unwrap();
+        assert_eq!(fields.text("other"), None, "not asked for");
+        let quoted = Fields::read(br#"{"scenario_id":"5"}"#, &wanted).unwrap();
         assert_eq!(quoted.text("scenario_id").as_deref(), Some("5"));
     }
 
     #[test]
     fn non_objects_are_refused_with_a_reason() {
-        for bad in [&b"[1,2]"[..], b"\"text\"", b"{\"a\":", b"\xff"] {
-            let err = Fields::read(bad).unwrap_err();
+        for bad in [
+            &b"[1,2]"[..],
+            b"\"text\"",
+            b"{\"a\":",
+            b"\xff",
+            b"{} trailing",
+        ] {
+            let err = Fields::read(bad, &["a"]).unwrap_err();
             assert!(err.starts_with("not a JSON object"), "{err}");
         }
     }
