@@ -57,19 +57,23 @@ def main(root):
                 row = {n: columns[n][i] for n in columns}
                 row.update(file=relative, event_time=event_time[i], seq=seq[i])
                 rows.append(row)
-    # The same directory as a dataset, the way analysts open it: hive partitions, schemas
-    # unified by column name across files.
-    schemas = [pq.read_schema(os.path.join(root, f["path"])) for f in files]
+    # The same directory as a dataset, the way analysts open it: hive partitions with
+    # `scenario_id` declared a string (inferred, a numeric id would become int32 and
+    # clash with the files' utf8 column), schemas unified by column name across files,
+    # `_tmp/` skipped by pyarrow's default ignore prefixes.
     dataset_rows = 0
-    if schemas:
-        schema = pa.unify_schemas(schemas, promote_options="permissive")
+    if files:
         partitioning = ds.partitioning(
-            pa.schema([("year", pa.int32()), ("month", pa.int32()),
-                       ("day", pa.int32()), ("hour", pa.int32())]),
+            pa.schema([("scenario_id", pa.string()), ("year", pa.int32()),
+                       ("month", pa.int32()), ("day", pa.int32()), ("hour", pa.int32())]),
             flavor="hive")
+        schemas = [pq.read_schema(os.path.join(root, f["path"])) for f in files]
+        schema = pa.unify_schemas(schemas + [partitioning.schema],
+                                  promote_options="permissive")
         dataset = ds.dataset(root, format="parquet", schema=schema,
                              partitioning=partitioning)
-        dataset_rows = dataset.count_rows()
+        table = dataset.to_table(columns=["scenario_id", "hour", "offset"])
+        dataset_rows = table.num_rows
     json.dump({"files": files, "dataset_rows": dataset_rows, "rows": rows}, sys.stdout)
 
 

@@ -378,7 +378,8 @@ fn replays_and_restarts_add_no_second_copy_in_a_local_directory() {
     let root = std::env::temp_dir().join(unique("weir-archive-local"));
     let runtime = tokio_runtime();
     let topic = unique("events");
-    let mut scenarios = Scenarios::new(&topic, &["a", "b"]);
+    // Numeric ids, which readers that infer partition types would take for integers.
+    let mut scenarios = Scenarios::new(&topic, &["5", "7"]);
     replay_adds_no_second_copy(
         root.to_str().unwrap(),
         &runtime,

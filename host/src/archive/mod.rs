@@ -17,8 +17,14 @@
 //! per file from the records in it, so every file describes itself and files of one
 //! scenario may differ: a field appears when a plugin starts writing it, and a field
 //! typed int64 in one file may be utf8 in another when its values were mixed there.
-//! Readers merge by column name (`pyarrow.dataset(..., partitioning="hive")` with a
-//! unified schema, Spark's `mergeSchema`, DuckDB's `union_by_name`).
+//! Readers merge by column name (pyarrow: `pa.unify_schemas`; Spark: `mergeSchema`;
+//! DuckDB: `union_by_name`). `scenario_id` is both a directory key and a utf8 column, so
+//! readers must take the key as a string, not infer it (a numeric id would become an
+//! integer and clash): pyarrow `ds.partitioning(pa.schema([("scenario_id",
+//! pa.string()), ...]), flavor="hive")`, Spark
+//! `spark.sql.sources.partitionColumnTypeInference.enabled=false`, DuckDB
+//! `hive_types={'scenario_id': 'VARCHAR'}`. `tests/archive_reader.py` is a worked
+//! pyarrow example.
 //!
 //! # Exactly once
 //! [`ArchiveSink::write`] returns only when the cycle's files are durable: each is
