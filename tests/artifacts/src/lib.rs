@@ -20,6 +20,10 @@
 //! It reruns when anything under `wit/`, `sdk/`, `plugins/` or
 //! `tests/fixtures/` changes.
 //!
+//! [`SHIPPED`] carries the shipped plugins' bytes (`include_bytes!`), which is
+//! how the `weir` binary installs them on start: the host depends on this crate
+//! for that, not only its tests.
+//!
 //! For each crate it generates one constant holding the absolute path of its
 //! component: `PLUGIN_<DIR>` for `plugins/<dir>`, `FIXTURE_<DIR>` for
 //! `tests/fixtures/<dir>` (upper case, `-` becomes `_`), e.g.
