@@ -182,6 +182,15 @@ fn wrong_world() {
 }
 
 #[test]
+fn describe_trap() {
+    let err = load(weir_artifacts::FIXTURE_DESCRIBE_TRAP).unwrap_err();
+    assert!(matches!(err, RuntimeError::Describe { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("`describe` failed"), "{message}");
+    assert_passthrough_still_works();
+}
+
+#[test]
 fn core_module() {
     let err = load(weir_artifacts::FIXTURE_CORE_MODULE).unwrap_err();
     assert!(matches!(err, RuntimeError::CoreModule { .. }), "{err}");

@@ -530,6 +530,12 @@ async fn bad_uploads_are_refused_precisely_and_store_nothing(db: Database) {
         .problem(StatusCode::UNPROCESSABLE_ENTITY);
     assert!(detail.contains("not granted"), "{detail}");
 
+    let detail = api
+        .upload(artifact(weir_artifacts::FIXTURE_DESCRIBE_TRAP), None)
+        .await
+        .problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(detail.contains("`describe` failed"), "{detail}");
+
     let oversized = vec![0u8; LIMIT + 1];
     let detail = api
         .upload(oversized, None)
