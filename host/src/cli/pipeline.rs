@@ -9,6 +9,7 @@ use anyhow::Context;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use weir::aggregate::{Counters, CountersConfig};
+use weir::archive::{ArchiveConfig, ArchiveSink};
 use weir::pipeline::embedded::EmbeddedBroker;
 use weir::pipeline::sink::{CountersSink, Sink};
 use weir::pipeline::{Metrics, Pipeline, PipelineConfig, PipelineError, demo};
@@ -34,6 +35,8 @@ pub(crate) struct PipelinePlan {
     pub(crate) pipeline: PipelineConfig,
     /// Where the counters live.
     pub(crate) counters: CountersSection,
+    /// Where the Parquet archive goes.
+    pub(crate) archive: ArchiveConfig,
     /// Create scenario 5 and feed it generated events.
     pub(crate) demo: bool,
 }
@@ -57,6 +60,7 @@ impl PipelinePlan {
         if self.counters.bucket_retention_secs == Some(0) {
             problems.push("counters.bucket_retention_secs: use at least 1".into());
         }
+        problems.extend(self.archive.problems());
         problems
     }
 }
@@ -142,10 +146,24 @@ pub(crate) async fn start(
         ));
     }
 
-    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(CountersSink::new(
-        counters.clone(),
-        tokio::runtime::Handle::current(),
-    ))];
+    let archive = {
+        let config = plan.archive.clone();
+        let handle = tokio::runtime::Handle::current();
+        // Opening the archive lists and cleans its temporary directory (HDFS calls
+        // that block on the runtime): off the runtime's threads.
+        tokio::task::spawn_blocking(move || ArchiveSink::new(&config, handle))
+            .await
+            .context("opening the archive")?
+            .with_context(|| format!("opening the archive at {}", plan.archive.root))?
+    };
+    eprintln!("weir: archiving Parquet under {}", plan.archive.root);
+    let sinks: Vec<Box<dyn Sink>> = vec![
+        Box::new(CountersSink::new(
+            counters.clone(),
+            tokio::runtime::Handle::current(),
+        )),
+        Box::new(archive),
+    ];
     let pipeline = Pipeline::new(config, registry, sinks, stop)
         .await
         .context("starting the pipeline")?;

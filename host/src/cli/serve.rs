@@ -9,7 +9,8 @@
 //! With no configuration at all it runs on embedded defaults: SQLite under
 //! the data directory, listening on 127.0.0.1:8080, an admin token it
 //! generates and writes to `<data dir>/admin-token`, an in-process Kafka broker
-//! and in-memory counters. `--demo` adds scenario 5 and a feed of events.
+//! in-memory counters and a Parquet archive under the data directory. `--demo`
+//! adds scenario 5 and a feed of events.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use clap::Args;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use weir::api::{ApiConfig, AppState, PipelineView, router};
+use weir::archive::ArchiveConfig;
 use weir::pipeline::PipelineConfig;
 use weir::registry::{Backend, Registry, redact_url};
 use weir::runtime::{Runtime, RuntimeConfig};
@@ -54,6 +56,10 @@ pub(crate) struct ServeConfig {
     /// memory), key prefix, bucket retention.
     #[serde(default)]
     pub(crate) counters: CountersSection,
+    /// The Parquet archive: `root` (env `WEIR_ARCHIVE`, flag `--archive`;
+    /// `hdfs://host:port/path` or a directory, default `<data_dir>/archive`),
+    /// compression, row groups.
+    pub(crate) archive: Option<ArchiveConfig>,
 }
 
 /// `weir serve` flags.
@@ -77,6 +83,9 @@ pub(crate) struct ServeArgs {
     /// Redis URL for the counters; none: counted in memory.
     #[arg(long, env = "WEIR_REDIS", hide_env_values = true)]
     redis: Option<String>,
+    /// Where the Parquet archive goes: hdfs://host:port/path or a directory.
+    #[arg(long, env = "WEIR_ARCHIVE")]
+    archive: Option<String>,
     /// Also create scenario 5 and feed it generated tracking events.
     #[arg(long)]
     demo: bool,
@@ -186,9 +195,17 @@ impl ServeArgs {
         if let Some(redis) = self.redis.clone() {
             counters.redis = Some(redis);
         }
+        let mut archive = config.archive.unwrap_or_else(|| ArchiveConfig {
+            root: data_dir.join("archive").display().to_string(),
+            ..ArchiveConfig::default()
+        });
+        if let Some(root) = self.archive.clone() {
+            archive.root = root;
+        }
         let plan = PipelinePlan {
             pipeline,
             counters,
+            archive,
             demo: self.demo,
         };
         problems.extend(plan.problems());
@@ -423,6 +440,7 @@ mod tests {
             database: None,
             kafka: None,
             redis: None,
+            archive: None,
             demo: false,
         }
     }
