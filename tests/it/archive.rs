@@ -540,22 +540,28 @@ async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hundred_thousand_events_through_the_pipeline_are_archived_once_on_hdfs() {
-    let brokers = Service::Kafka.addr();
-    let hdfs = Service::Hdfs.addr();
-    let u = unique("arch");
+/// What [`pipeline_setup`] made: the registry, the topics, what to expect.
+struct PipelineSetup {
+    registry: Registry,
+    events_topic: String,
+    dlq: String,
+    expected: Expected,
+}
+
+/// Topics, a registry (SQLite) with two scenarios, and `events` events produced.
+async fn pipeline_setup(brokers: &str, u: &str, events: i64) -> PipelineSetup {
     let (events_topic, dlq, out) = (
         format!("{u}-events"),
         format!("{u}-dlq"),
         format!("{u}-out"),
     );
-    create_topics(&brokers, &[(&events_topic, 3), (&dlq, 1), (&out, 3)]).await;
+    create_topics(brokers, &[(&events_topic, 3), (&dlq, 1), (&out, 3)]).await;
 
     let dir = std::env::temp_dir().join(unique("weir-archive-registry"));
     std::fs::create_dir_all(&dir).expect("temp dir");
+    let registry_url = format!("sqlite://{}", dir.join("registry.db").display());
     let registry = Registry::connect(
-        &format!("sqlite://{}", dir.join("registry.db").display()),
+        &registry_url,
         Runtime::new(RuntimeConfig::default()).expect("runtime"),
     )
     .await
@@ -576,14 +582,14 @@ async fn a_hundred_thousand_events_through_the_pipeline_are_archived_once_on_hdf
             .expect("scenario");
     }
 
-    // 100,000 events over three hours of event time, keyed by member.
+    // 108 ms of event time apart (100,000 events span three hours), keyed by member.
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
+        .set("bootstrap.servers", brokers)
         .set("linger.ms", "10")
         .set("message.timeout.ms", "60000")
         .create()
         .expect("producer");
-    let sends = (0..100_000i64).map(|seq| {
+    let sends = (0..events).map(|seq| {
         let producer = producer.clone();
         let topic = events_topic.clone();
         let id = ids[(seq % 2) as usize].clone();
@@ -618,6 +624,27 @@ async fn a_hundred_thousand_events_through_the_pipeline_are_archived_once_on_hdf
             "partition {partition} holds contiguous offsets"
         );
     }
+
+    PipelineSetup {
+        registry,
+        events_topic,
+        dlq,
+        expected,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_events_through_the_pipeline_are_archived_once_on_hdfs() {
+    let brokers = Service::Kafka.addr();
+    let hdfs = Service::Hdfs.addr();
+    let u = unique("arch");
+    let PipelineSetup {
+        registry,
+        events_topic,
+        dlq,
+        expected,
+        ..
+    } = pipeline_setup(&brokers, &u, 100_000).await;
 
     let root = format!("/weir-archive/{u}");
     let config = ArchiveConfig {
