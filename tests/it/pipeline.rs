@@ -812,6 +812,8 @@ async fn a_second_replica_joining_mid_stream_loses_and_doubles_nothing() {
     };
 
     let stop = CancellationToken::new();
+    // Two replicas of one group need names of their own in the transactional id.
+    config.instance = Some("replica-1".into());
     let first = Pipeline::new(config.clone(), registry.clone(), Vec::new(), stop.clone())
         .await
         .expect("first");
@@ -820,6 +822,7 @@ async fn a_second_replica_joining_mid_stream_loses_and_doubles_nothing() {
     wave(0).await;
     wave(10_000).await;
     // The second replica joins while the first is busy: the group rebalances.
+    config.instance = Some("replica-2".into());
     let second = Pipeline::new(config, registry.clone(), Vec::new(), stop.clone())
         .await
         .expect("second");

@@ -86,8 +86,14 @@ pub struct PipelineConfig {
     pub batch_max_events: usize,
     /// Longest wait for a batch to fill, milliseconds.
     pub batch_linger_ms: u64,
-    /// Prefix of the transactional id; the process adds a unique suffix.
+    /// Prefix of the transactional id, which is `<prefix>-<group_id>-<instance>`.
     pub transactional_id_prefix: String,
+    /// This replica's name in the transactional id (default: the host name). It must
+    /// stay the same across restarts of a replica and differ between replicas of one
+    /// group: a restarted replica then fences its crashed predecessor and aborts its
+    /// open transaction at once, instead of leaving its partitions' committed offsets
+    /// unreadable until the transaction times out.
+    pub instance: Option<String>,
     /// Timeout of transaction calls (init, commit, abort), milliseconds.
     pub transaction_timeout_ms: u64,
     /// How often the registry generation is checked, milliseconds.
@@ -113,6 +119,7 @@ impl Default for PipelineConfig {
             batch_max_events: 16_384,
             batch_linger_ms: 100,
             transactional_id_prefix: "weir".into(),
+            instance: None,
             transaction_timeout_ms: 30_000,
             registry_poll_ms: 500,
             retry_backoff_ms: 100,
@@ -273,12 +280,10 @@ impl Pipeline {
             .set("enable.partition.eof", "false")
             .create_with_context(Context::default())
             .map_err(kafka("creating the consumer"))?;
+        let instance = config.instance.clone().unwrap_or_else(host_name);
         let transactional_id = format!(
-            "{}-{}-{}-{:016x}",
-            config.transactional_id_prefix,
-            config.group_id,
-            std::process::id(),
-            rand_suffix()
+            "{}-{}-{instance}",
+            config.transactional_id_prefix, config.group_id
         );
         let producer: ThreadedProducer<DefaultProducerContext> = common
             .clone()
@@ -952,17 +957,14 @@ fn reason_code(kind: FailureKind) -> &'static str {
     }
 }
 
-/// A few random bits for the transactional id, so two processes never share one.
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    hasher.finish()
+/// The machine's host name, the default replica name.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "weir".to_owned())
 }
 
 /// Why a batch cycle failed; the cycle is aborted and run again.
