@@ -464,6 +464,46 @@ async fn every_event_is_accounted_for_exactly_once() {
     }
 }
 
+/// Fresh topics, a registry and one scenario 5 writing to its own output topic.
+struct OneScenario {
+    brokers: String,
+    events_topic: String,
+    out: String,
+    dlq: String,
+    registry: Registry,
+    id: String,
+}
+
+async fn one_scenario(name: &str) -> OneScenario {
+    let brokers = Service::Kafka.addr();
+    let u = unique(name);
+    let (events_topic, out, dlq) = (
+        format!("{u}-events"),
+        format!("{u}-out"),
+        format!("{u}-dlq"),
+    );
+    create_topics(&brokers, &[&events_topic, &out, &dlq]).await;
+    let registry = registry().await;
+    let id = format!("{u}-s");
+    registry
+        .put_scenario(
+            scenario_doc(&id, json!({"output_topic": out})),
+            None,
+            PutMode::Create,
+            "test",
+        )
+        .await
+        .expect("scenario");
+    OneScenario {
+        brokers,
+        events_topic,
+        out,
+        dlq,
+        registry,
+        id,
+    }
+}
+
 /// Source positions (`partition:offset`) of the outputs of `records`, by plugin label.
 fn outputs_by_source(records: &[ReadBack]) -> HashMap<String, Vec<String>> {
     let mut by_source: HashMap<String, Vec<String>> = HashMap::new();
@@ -716,25 +756,14 @@ async fn a_hostile_plugin_hurts_only_its_own_scenario() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_commits_and_a_restart_resumes_there() {
-    let brokers = Service::Kafka.addr();
-    let u = unique("restart");
-    let (events_topic, out, dlq) = (
-        format!("{u}-events"),
-        format!("{u}-out"),
-        format!("{u}-dlq"),
-    );
-    create_topics(&brokers, &[&events_topic, &out, &dlq]).await;
-    let registry = registry().await;
-    let id = format!("{u}-s");
-    registry
-        .put_scenario(
-            scenario_doc(&id, json!({"output_topic": out})),
-            None,
-            PutMode::Create,
-            "test",
-        )
-        .await
-        .expect("scenario");
+    let OneScenario {
+        brokers,
+        events_topic,
+        out,
+        dlq,
+        registry,
+        id,
+    } = one_scenario("restart").await;
     let total = 30_000u64;
     let events = (0..total as usize)
         .map(|i| (None, serde_json::to_vec(&event(&id, i, true)).unwrap()))
@@ -776,25 +805,14 @@ async fn a_graceful_stop_commits_and_a_restart_resumes_there() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_replica_joining_mid_stream_loses_and_doubles_nothing() {
-    let brokers = Service::Kafka.addr();
-    let u = unique("rebalance");
-    let (events_topic, out, dlq) = (
-        format!("{u}-events"),
-        format!("{u}-out"),
-        format!("{u}-dlq"),
-    );
-    create_topics(&brokers, &[&events_topic, &out, &dlq]).await;
-    let registry = registry().await;
-    let id = format!("{u}-s");
-    registry
-        .put_scenario(
-            scenario_doc(&id, json!({"output_topic": out})),
-            None,
-            PutMode::Create,
-            "test",
-        )
-        .await
-        .expect("scenario");
+    let OneScenario {
+        brokers,
+        events_topic,
+        out,
+        dlq,
+        registry,
+        id,
+    } = one_scenario("rebalance").await;
     let group = unique("group");
     let mut config = pipeline_config(&brokers, &group, &[&events_topic], &dlq);
     config.batch_max_events = 500;
