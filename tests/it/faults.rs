@@ -99,7 +99,7 @@ impl Drop for PrivateRedis {
 
 /// Runs scenario events through the pipeline with counters on a private Redis that
 /// is killed after the first wave and restarted during the second. Returns the
-/// counters' totals, the restart time, and how many cycles failed.
+/// counters' totals, when Redis was killed, `since`, and how many cycles failed.
 async fn kill_and_restart_redis(persistent: bool) -> (u64, u64, i64, Option<i64>, u64) {
     let brokers = Service::Kafka.addr();
     let u = unique("fault");
@@ -198,6 +198,9 @@ async fn kill_and_restart_redis(persistent: bool) -> (u64, u64, i64, Option<i64>
 
     wave(0).await;
     wait_for(10_000).await;
+    // The pipeline is idle here (everything produced so far is counted), so the
+    // first counter write after this instant belongs to a batch that comes later.
+    let killed_at = chrono::Utc::now().timestamp_millis();
     redis.kill();
     wave(10_000).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -206,7 +209,6 @@ async fn kill_and_restart_redis(persistent: bool) -> (u64, u64, i64, Option<i64>
         10_000,
         "nothing commits while Redis is down"
     );
-    let restarted_at = chrono::Utc::now().timestamp_millis();
     redis.spawn();
     wave(20_000).await;
     wait_for(30_000).await;
@@ -222,7 +224,7 @@ async fn kill_and_restart_redis(persistent: bool) -> (u64, u64, i64, Option<i64>
     (
         totals.total,
         totals.matched,
-        restarted_at,
+        killed_at,
         since,
         metrics.failed_cycles.load(Ordering::Relaxed),
     )
@@ -230,7 +232,7 @@ async fn kill_and_restart_redis(persistent: bool) -> (u64, u64, i64, Option<i64>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_with_persistence_killed_and_restarted_keeps_counts_exact() {
-    let (total, matched, restarted_at, since, failed) = kill_and_restart_redis(true).await;
+    let (total, matched, killed_at, since, failed) = kill_and_restart_redis(true).await;
     assert!(failed > 0, "the outage was noticed and retried");
     assert_eq!(
         (total, matched),
@@ -238,20 +240,20 @@ async fn redis_with_persistence_killed_and_restarted_keeps_counts_exact() {
         "every event counted once across the outage"
     );
     assert!(
-        since.is_some_and(|s| s < restarted_at),
+        since.is_some_and(|s| s < killed_at),
         "counting did not start over: {since:?}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_counts_from_the_restart_and_says_so() {
-    let (total, matched, restarted_at, since, failed) = kill_and_restart_redis(false).await;
+    let (total, matched, killed_at, since, failed) = kill_and_restart_redis(false).await;
     assert!(failed > 0, "the outage was noticed and retried");
     // The first 10,000 were counted in the Redis that was lost; the 20,000 handled
     // after the restart (10,000 of them retried) are counted once.
     assert_eq!((total, matched), (20_000, 20_000));
     assert!(
-        since.is_some_and(|s| s >= restarted_at),
+        since.is_some_and(|s| s > killed_at),
         "`since` marks the fresh start: {since:?}"
     );
 }
