@@ -17,11 +17,10 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 use weir::archive::{ArchiveConfig, ArchiveError, ArchiveSink, LocalStore, Store, TMP_DIR};
+use weir::pipeline::PipelineConfig;
 use weir::pipeline::catalog::Route;
 use weir::pipeline::sink::{EventMeta, PartitionBatch, ScenarioBatch, Sink};
-use weir::pipeline::{Pipeline, PipelineConfig};
 use weir::registry::{MakeCurrent, PutMode, Registry};
 use weir::runtime::{Batch, EventInput, Instance, Runtime, RuntimeConfig};
 use weir_integration::{Service, unique};
@@ -657,46 +656,17 @@ async fn a_hundred_thousand_events_through_the_pipeline_are_archived_once_on_hdf
         .expect("join")
         .expect("archive sink");
 
-    let stop = CancellationToken::new();
-    let pipeline = Pipeline::new(
-        PipelineConfig {
-            brokers: brokers.clone(),
-            group_id: u.clone(),
-            topics: vec![events_topic.clone()],
-            dlq_topic: dlq.clone(),
-            batch_max_events: 4096,
-            batch_linger_ms: 50,
-            registry_poll_ms: 100,
-            ..PipelineConfig::default()
-        },
-        registry.clone(),
-        vec![Box::new(sink)],
-        stop.clone(),
-    )
-    .await
-    .expect("pipeline");
-    let metrics = pipeline.metrics();
-    let thread = std::thread::spawn(move || pipeline.run());
-    let started = Instant::now();
-    while metrics.events.load(Ordering::Relaxed) < 100_000 {
-        assert!(
-            !thread.is_finished(),
-            "the pipeline stopped early: {:?}",
-            thread.join().map(|r| r.map(|_| ()))
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "the pipeline handled {} of 100000 events in 300 s",
-            metrics.events.load(Ordering::Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    stop.cancel();
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .expect("join")
-        .expect("pipeline thread")
-        .expect("pipeline run");
+    let config = PipelineConfig {
+        brokers: brokers.clone(),
+        group_id: u.clone(),
+        topics: vec![events_topic.clone()],
+        dlq_topic: dlq.clone(),
+        batch_max_events: 4096,
+        batch_linger_ms: 50,
+        registry_poll_ms: 100,
+        ..PipelineConfig::default()
+    };
+    crate::pipeline::run_until(config, &registry, vec![Box::new(sink)], 100_000).await;
 
     let client = ClientBuilder::new()
         .with_url(&hdfs)

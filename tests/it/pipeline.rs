@@ -153,7 +153,7 @@ fn pipeline_config(brokers: &str, group: &str, topics: &[&str], dlq: &str) -> Pi
 }
 
 /// Runs a pipeline on its own thread until `metrics.events` reaches `events`.
-async fn run_until(
+pub(crate) async fn run_until(
     config: PipelineConfig,
     registry: &Registry,
     sinks: Vec<Box<dyn Sink>>,
