@@ -5,8 +5,12 @@
 //! One line per store, stable and parseable:
 //!
 //! ```text
-//! archive store=local events=.. batch=.. partitions=.. secs=.. events_per_s=.. parquet_mb_per_s=.. records_mb_per_s=.. files=.. parquet_bytes=..
+//! archive store=local files=rolling events=.. batch=.. partitions=.. secs=.. events_per_s=.. parquet_mb_per_s=.. records_mb_per_s=.. files=.. parquet_bytes=..
 //! ```
+//!
+//! Each store runs twice: `files=per-cycle` closes every file at the end of its cycle
+//! (`max_file_age_secs = 0`), `files=rolling` keeps files open across cycles (the
+//! defaults) and flushes at the end; the ratio of the two is the gain of rolling.
 //!
 //! `records_mb_per_s` counts the JSON output records handed to the archive;
 //! `parquet_mb_per_s` the Parquet bytes written. `WEIR_BENCH_ARCHIVE_EVENTS` sets the number of events (default
@@ -89,6 +93,7 @@ fn cycles(events: usize, partitions: usize) -> (Vec<Vec<PartitionBatch>>, usize)
 
 fn run(
     store: &str,
+    rolling: bool,
     root: String,
     cycles: &[Vec<PartitionBatch>],
     events: usize,
@@ -101,6 +106,7 @@ fn run(
         .expect("tokio runtime");
     let config = ArchiveConfig {
         root,
+        max_file_age_secs: if rolling { 300 } else { 0 },
         ..ArchiveConfig::default()
     };
     let mut sink = ArchiveSink::new(&config, runtime.handle().clone()).expect("archive sink");
@@ -108,11 +114,13 @@ fn run(
     for cycle in cycles {
         sink.write(cycle).expect("write");
     }
+    sink.flush().expect("flush");
     let secs = started.elapsed().as_secs_f64();
     let stats = sink.stats();
     println!(
-        "archive store={store} events={events} batch={BATCH} partitions={} secs={secs:.3} events_per_s={:.0} \
+        "archive store={store} files={} events={events} batch={BATCH} partitions={} secs={secs:.3} events_per_s={:.0} \
          parquet_mb_per_s={:.2} records_mb_per_s={:.2} files={} parquet_bytes={}",
+        if rolling { "rolling" } else { "per-cycle" },
         cycles.first().map_or(0, Vec::len),
         events as f64 / secs,
         stats.bytes as f64 / secs / 1e6,
@@ -136,23 +144,22 @@ fn main() {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    let local = std::env::temp_dir().join(format!("weir-archive-bench-{nanos}"));
-    run(
-        "local",
-        local.display().to_string(),
-        &cycles,
-        events,
-        record_bytes,
-    );
-    std::fs::remove_dir_all(&local).ok();
+    for rolling in [false, true] {
+        let local = std::env::temp_dir().join(format!("weir-archive-bench-{nanos}-{rolling}"));
+        let root = local.display().to_string();
+        run("local", rolling, root, &cycles, events, record_bytes);
+        std::fs::remove_dir_all(&local).ok();
+    }
     match std::env::var("WEIR_TEST_HDFS") {
-        Ok(url) => run(
-            "hdfs",
-            format!("{}/weir-archive-bench/{nanos}", url.trim_end_matches('/')),
-            &cycles,
-            events,
-            record_bytes,
-        ),
+        Ok(url) => {
+            for rolling in [false, true] {
+                let root = format!(
+                    "{}/weir-archive-bench/{nanos}-{rolling}",
+                    url.trim_end_matches('/')
+                );
+                run("hdfs", rolling, root, &cycles, events, record_bytes);
+            }
+        }
         Err(_) => println!("archive store=hdfs skipped=WEIR_TEST_HDFS-unset"),
     }
 }

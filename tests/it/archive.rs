@@ -290,6 +290,7 @@ fn replay_adds_no_second_copy(
 ) {
     let config = ArchiveConfig {
         root: root.to_owned(),
+        max_file_age_secs: 0,
         ..ArchiveConfig::default()
     };
     let mut sink = ArchiveSink::new(&config, runtime.handle().clone()).expect("sink");
@@ -488,7 +489,10 @@ fn a_write_cut_before_its_rename_is_never_visible_and_is_redone() {
     };
     let topic = unique("events");
     let mut scenarios = Scenarios::new(&topic, &["a", "b"]);
-    let config = ArchiveConfig::default();
+    let config = ArchiveConfig {
+        max_file_age_secs: 0,
+        ..ArchiveConfig::default()
+    };
     let mut sink = ArchiveSink::with_store(&config, Box::new(store())).unwrap();
     write(&mut sink, scenarios.batch(0..100, two_hours));
     crash.store(true, Ordering::Relaxed);
@@ -542,8 +546,10 @@ async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
 /// What [`pipeline_setup`] made: the registry, the topics, what to expect.
 struct PipelineSetup {
     registry: Registry,
+    registry_url: String,
     events_topic: String,
     dlq: String,
+    out: String,
     expected: Expected,
 }
 
@@ -626,8 +632,10 @@ async fn pipeline_setup(brokers: &str, u: &str, events: i64) -> PipelineSetup {
 
     PipelineSetup {
         registry,
+        registry_url,
         events_topic,
         dlq,
+        out,
         expected,
     }
 }
@@ -693,6 +701,441 @@ async fn a_hundred_thousand_events_through_the_pipeline_are_archived_once_on_hdf
     client.delete(&root, true).await.expect("clean up");
 }
 
+/// Files stay open across cycles and roll on age, idleness, the open-file limit and
+/// the memory limit, or at a flush; while open, they hold the partition's committed
+/// offset back (`pending_from`). Every row ends in exactly one file.
+#[test]
+fn open_files_roll_by_time_and_limits_and_hold_commits_back() {
+    let root = std::env::temp_dir().join(unique("weir-archive-rolling"));
+    let topic = unique("events");
+    let mut scenarios = Scenarios::new(&topic, &["a", "b"]);
+    let runtime = tokio_runtime();
+    let clock = Arc::new(std::sync::atomic::AtomicI64::new(BASE_MS));
+    let sink = |config: ArchiveConfig| {
+        let clock = clock.clone();
+        ArchiveSink::new(&config, runtime.handle().clone())
+            .expect("sink")
+            .with_clock(move || clock.load(Ordering::Relaxed))
+    };
+    let advance = |secs: i64| clock.fetch_add(secs * 1000, Ordering::Relaxed);
+    let one_hour = |offset: i64| BASE_MS + offset;
+    let config = ArchiveConfig {
+        root: root.display().to_string(),
+        max_file_age_secs: 90,
+        idle_secs: 60,
+        ..ArchiveConfig::default()
+    };
+    let mut archive = sink(config.clone());
+
+    write(&mut archive, scenarios.batch(0..100, one_hour));
+    assert_eq!(archive.stats().files, 0, "files stay open");
+    assert_eq!(archive.stats().open_files, 2, "one per scenario");
+    assert_eq!(archive.stats().held_rows, 100);
+    assert_eq!(archive.pending_from(&topic, 0), Some(0));
+    assert_eq!(archive.pending_from(&topic, 1), None, "another partition");
+    advance(30);
+    write(&mut archive, scenarios.batch(100..200, one_hour));
+    advance(59);
+    archive.tick().expect("tick");
+    assert_eq!(archive.stats().files, 0, "not idle for 60 s, not 90 s old");
+    advance(1);
+    archive.tick().expect("tick");
+    assert_eq!(archive.stats().files, 2, "90 s old: closed");
+    assert_eq!(archive.stats().rows, 200);
+    assert_eq!(archive.pending_from(&topic, 0), None, "nothing held");
+
+    write(&mut archive, scenarios.batch(200..300, one_hour));
+    assert_eq!(archive.pending_from(&topic, 0), Some(200));
+    advance(59);
+    archive.tick().expect("tick");
+    assert_eq!(archive.stats().files, 2);
+    advance(1);
+    archive.tick().expect("tick");
+    assert_eq!(archive.stats().files, 4, "idle for 60 s: closed");
+
+    write(&mut archive, scenarios.batch(300..400, one_hour));
+    archive.flush().expect("flush");
+    assert_eq!(archive.stats().files, 6, "a flush closes every file");
+    assert_eq!(archive.stats().open_files, 0);
+    drop(archive);
+
+    // One open file at most: the other scenario's closes at once.
+    let mut archive = sink(ArchiveConfig {
+        max_open_files: 1,
+        ..config.clone()
+    });
+    write(&mut archive, scenarios.batch(400..500, one_hour));
+    assert_eq!(archive.stats().files, 1);
+    assert_eq!(archive.stats().open_files, 1);
+    archive.flush().expect("flush");
+    // Memory: 1 MiB of held records is over the limit; the largest file closes.
+    let mut archive = sink(ArchiveConfig {
+        max_buffered_mb: 1,
+        ..config
+    });
+    write(&mut archive, scenarios.batch(500..12_000, one_hour));
+    let stats = archive.stats();
+    assert!(stats.files >= 1, "{stats:?}");
+    assert_eq!(stats.rows + stats.held_rows, 11_500, "{stats:?}");
+    archive.flush().expect("flush");
+
+    let read = read_back(&root);
+    check(&read, &scenarios.expected(0..12_000, one_hour), &topic);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The archive, except that it loses its open files when the pipeline stops, as a
+/// crash would.
+#[derive(Debug)]
+struct LosesOpenFiles(ArchiveSink);
+
+impl Sink for LosesOpenFiles {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn write(&mut self, batches: &[PartitionBatch]) -> Result<(), weir::pipeline::sink::SinkError> {
+        self.0.write(batches)
+    }
+    fn pending_from(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.0.pending_from(topic, partition)
+    }
+    fn tick(&mut self) -> Result<(), weir::pipeline::sink::SinkError> {
+        self.0.tick()
+    }
+    fn revoked(&mut self, partitions: &[(String, i32)]) {
+        self.0.revoked(partitions);
+    }
+}
+
+/// Committed offset and produced mark of each partition of `topic`, for `group`.
+fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<(i64, i64)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut list = rdkafka::TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition(topic, partition);
+    }
+    let list = consumer
+        .committed_offsets(list, Duration::from_secs(30))
+        .expect("committed offsets");
+    list.elements()
+        .iter()
+        .map(|e| {
+            let committed = match e.offset() {
+                rdkafka::Offset::Offset(o) => o,
+                other => panic!(
+                    "partition {} has no committed offset: {other:?}",
+                    e.partition()
+                ),
+            };
+            let produced = e
+                .metadata()
+                .strip_prefix(weir::pipeline::PRODUCED_METADATA)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no produced mark in {:?}", e.metadata()));
+            (committed, produced)
+        })
+        .collect()
+}
+
+/// Files stay open across cycles; while they do, the committed offset stays behind
+/// them. A crash loses the open files; the restarted pipeline consumes from the
+/// committed offset, replays to the archive only what was produced before (no output
+/// record twice), and the archive ends with every row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_with_open_files_replays_them_to_the_archive_only() {
+    let brokers = Service::Kafka.addr();
+    let u = unique("roll");
+    let total = 20_000i64;
+    let PipelineSetup {
+        registry,
+        events_topic,
+        dlq,
+        out,
+        expected,
+        ..
+    } = pipeline_setup(&brokers, &u, total).await;
+    let root = std::env::temp_dir().join(unique("weir-archive-roll"));
+    // Nothing closes by time; the open-file limit closes some files along the way.
+    let config = ArchiveConfig {
+        root: root.display().to_string(),
+        max_file_age_secs: 3_600,
+        idle_secs: 3_600,
+        max_open_files: 3,
+        ..ArchiveConfig::default()
+    };
+    let pipeline = PipelineConfig {
+        brokers: brokers.clone(),
+        group_id: u.clone(),
+        topics: vec![events_topic.clone()],
+        dlq_topic: dlq.clone(),
+        batch_max_events: 2_000,
+        batch_linger_ms: 50,
+        registry_poll_ms: 100,
+        ..PipelineConfig::default()
+    };
+    let open = |config: ArchiveConfig| async move {
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || ArchiveSink::new(&config, handle))
+            .await
+            .expect("join")
+            .expect("archive sink")
+    };
+
+    let sink = open(config.clone()).await;
+    let first = crate::pipeline::run_until(
+        pipeline.clone(),
+        &registry,
+        vec![Box::new(LosesOpenFiles(sink))],
+        total as u64,
+    )
+    .await;
+    assert_eq!(first.outputs.load(Ordering::Relaxed), total as u64);
+    let ends: Vec<i64> = (0..3)
+        .map(|p| expected.keys().filter(|(q, _)| *q == p).count() as i64)
+        .collect();
+    let positions = committed(&brokers, &u, &events_topic, 3);
+    let mut held = 0;
+    for ((committed, produced), end) in positions.iter().zip(&ends) {
+        assert_eq!(
+            *produced, *end,
+            "outputs are produced to the end: {positions:?}"
+        );
+        assert!(committed <= produced, "{positions:?}");
+        held += produced - committed;
+    }
+    assert!(
+        held > 0,
+        "open files hold the committed offsets back: {positions:?}"
+    );
+
+    // The restart: a plain archive sink on the same root.
+    let sink = open(config).await;
+    let second =
+        crate::pipeline::run_until(pipeline, &registry, vec![Box::new(sink)], held as u64).await;
+    assert_eq!(second.replayed.load(Ordering::Relaxed), held as u64);
+    assert_eq!(
+        second.outputs.load(Ordering::Relaxed),
+        0,
+        "nothing produced again"
+    );
+    assert_eq!(second.dead_letters.load(Ordering::Relaxed), 0);
+    let positions = committed(&brokers, &u, &events_topic, 3);
+    let want: Vec<(i64, i64)> = ends.iter().map(|&end| (end, end)).collect();
+    assert_eq!(positions, want, "everything committed after the stop");
+
+    let outputs = crate::pipeline::read_committed(&brokers, &[&out], total as usize);
+    assert_eq!(outputs.len(), total as usize, "each output once");
+    let local = root.clone();
+    let read = tokio::task::spawn_blocking(move || read_back(&local))
+        .await
+        .expect("join");
+    check(&read, &expected, &events_topic);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The `weir` binary `cargo test --workspace` built next to this test binary.
+fn weir_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("weir"))
+        .expect("target directory");
+    let built = std::fs::metadata(&binary)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: build it with `cargo build -p weir` (`cargo test --workspace` does)",
+                binary.display()
+            )
+        });
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../host/src");
+    let newest = newest_change(&sources);
+    assert!(
+        newest <= built,
+        "{} is older than {}: rebuild it with `cargo build -p weir` (`cargo test --workspace` does)",
+        binary.display(),
+        sources.display()
+    );
+    binary
+}
+
+/// The latest modification time of any file under `dir`.
+fn newest_change(dir: &Path) -> std::time::SystemTime {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).expect("read sources").flatten() {
+        let path = entry.path();
+        let time = if path.is_dir() {
+            newest_change(&path)
+        } else {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(newest)
+        };
+        newest = newest.max(time);
+    }
+    newest
+}
+
+/// `weir serve --config <config>`, its log in `log`.
+fn serve(config: &Path, log: &Path) -> std::process::Child {
+    let log = std::fs::File::create(log).expect("log file");
+    std::process::Command::new(weir_binary())
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .env_remove("WEIR_KAFKA")
+        .env_remove("WEIR_REDIS")
+        .env_remove("WEIR_DATABASE")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start weir serve")
+}
+
+/// `weir serve` killed with SIGKILL while archive files are open and being stored,
+/// then started again: every event is archived exactly once, no temporary file is
+/// left, and the output topic holds each output once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weir_serve_killed_while_files_are_open_restarts_exactly_once() {
+    let brokers = Service::Kafka.addr();
+    let hdfs = Service::Hdfs.addr();
+    let u = unique("kill");
+    let total = 30_000i64;
+    let PipelineSetup {
+        registry,
+        registry_url,
+        events_topic,
+        dlq,
+        out,
+        expected,
+    } = pipeline_setup(&brokers, &u, total).await;
+    drop(registry);
+    let data = std::env::temp_dir().join(unique("weir-kill"));
+    std::fs::create_dir_all(&data).expect("data dir");
+    let root = format!("/weir-archive/{u}");
+    let config = |archive: &str| {
+        format!(
+            "data_dir = {data:?}\ndatabase = {registry_url:?}\nlisten = \"127.0.0.1:0\"\n\
+             [pipeline]\nbrokers = {brokers:?}\ngroup_id = {u:?}\ntopics = [{events_topic:?}]\n\
+             dlq_topic = {dlq:?}\nbatch_max_events = 1000\nbatch_linger_ms = 20\n\
+             instance = \"kill-test\"\n\
+             [pipeline.kafka]\n\"session.timeout.ms\" = \"6000\"\n\
+             [archive]\nroot = \"{hdfs}{root}\"\n{archive}\n",
+            data = data.display().to_string(),
+        )
+    };
+    // Many files, each open for a while, two at a time: the kill finds files open,
+    // some being stored, some stored.
+    let first = data.join("first.toml");
+    std::fs::write(
+        &first,
+        config("max_file_age_secs = 3600\nidle_secs = 3600\nmax_open_files = 2"),
+    )
+    .unwrap();
+    let client = ClientBuilder::new()
+        .with_url(&hdfs)
+        .build()
+        .expect("HDFS client");
+    let mut child = serve(&first, &data.join("first.log"));
+    let started = Instant::now();
+    loop {
+        let stored = client
+            .list_status(&root, true)
+            .await
+            .map(|files| {
+                files
+                    .iter()
+                    .filter(|f| f.path.ends_with(".parquet"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if stored >= 10 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "weir serve exited; log: {}",
+            data.join("first.log").display()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "fewer than 10 files stored in 180 s; log: {}",
+            data.join("first.log").display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let positions = committed(&brokers, &u, &events_topic, 3);
+    let ends: Vec<i64> = (0..3)
+        .map(|p| expected.keys().filter(|(q, _)| *q == p).count() as i64)
+        .collect();
+    assert!(
+        positions.iter().zip(&ends).any(|((c, _), end)| c < end),
+        "killed before the end: {positions:?}"
+    );
+
+    // Restarted with files that close within seconds, until every offset is committed.
+    let second = data.join("second.toml");
+    std::fs::write(&second, config("max_file_age_secs = 2\nidle_secs = 1")).unwrap();
+    let mut child = serve(&second, &data.join("second.log"));
+    let want: Vec<(i64, i64)> = ends.iter().map(|&end| (end, end)).collect();
+    let started = Instant::now();
+    while committed(&brokers, &u, &events_topic, 3) != want {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "weir serve exited; log: {}",
+            data.join("second.log").display()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "not everything committed in 180 s: {:?}; log: {}",
+            committed(&brokers, &u, &events_topic, 3),
+            data.join("second.log").display()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "exit {status} after SIGTERM");
+    let log = std::fs::read_to_string(data.join("second.log")).unwrap_or_default();
+    assert!(
+        log.contains("replaying events to the sinks only")
+            || log.contains("removed leftover temporary files"),
+        "the restart found work left by the kill; log:\n{log}"
+    );
+
+    let (local, paths) = copy_from_hdfs(&client, &root).await;
+    assert!(
+        paths.iter().all(|p| !p.starts_with(TMP_DIR)),
+        "no temporary files left: {paths:?}"
+    );
+    let read = tokio::task::spawn_blocking(move || read_back(&local))
+        .await
+        .expect("join");
+    check(&read, &expected, &events_topic);
+    let outputs = crate::pipeline::read_committed(&brokers, &[&out, &dlq], total as usize);
+    assert_eq!(
+        outputs.len(),
+        total as usize,
+        "each output once, no dead letters"
+    );
+    client.delete(&root, true).await.expect("clean up");
+    let _ = std::fs::remove_dir_all(&data);
+}
+
 /// A TCP proxy in front of the NameNode that can be cut and restored, on one port.
 struct CutProxy {
     port: u16,
@@ -755,6 +1198,7 @@ fn hdfs_unreachable_fails_the_cycle_in_bounded_time_and_the_retry_completes_it()
     let config = ArchiveConfig {
         root: format!("hdfs://127.0.0.1:{}{dir}", proxy.port),
         hdfs_timeout_secs: 5,
+        max_file_age_secs: 0,
         ..ArchiveConfig::default()
     };
     let topic = unique("events");
@@ -813,6 +1257,7 @@ fn a_partition_back_from_another_replica_is_not_archived_twice() {
     let root = std::env::temp_dir().join(unique("weir-archive-replicas"));
     let config = ArchiveConfig {
         root: root.display().to_string(),
+        max_file_age_secs: 0,
         ..ArchiveConfig::default()
     };
     let runtime = tokio_runtime();

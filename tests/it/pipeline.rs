@@ -94,14 +94,14 @@ async fn registry() -> Registry {
 
 /// One record read back, with the headers the accounting needs.
 #[derive(Debug, Clone)]
-struct ReadBack {
+pub(crate) struct ReadBack {
     value: Vec<u8>,
-    headers: HashMap<String, String>,
+    pub(crate) headers: HashMap<String, String>,
 }
 
 /// Reads every committed record of `topics` from the start, until `want` arrived and
 /// nothing more came for a moment.
-fn read_committed(brokers: &str, topics: &[&str], want: usize) -> Vec<ReadBack> {
+pub(crate) fn read_committed(brokers: &str, topics: &[&str], want: usize) -> Vec<ReadBack> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique("reader"))

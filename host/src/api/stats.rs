@@ -152,6 +152,11 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         "Batch cycles aborted and retried (Kafka, Redis or archive trouble).",
         m.failed_cycles.load(Ordering::Relaxed),
     );
+    counter(
+        "weir_replayed_events_total",
+        "Events consumed again for the sinks only (outputs produced before a restart or rebalance).",
+        m.replayed.load(Ordering::Relaxed),
+    );
     let _ = writeln!(
         out,
         "# HELP weir_dead_letters_total Events sent to the dead-letter topic, by reason.\n\

@@ -3,8 +3,8 @@
 //!
 //! **In**: the pipeline hands each batch cycle to [`ArchiveSink`] through the
 //! [`Sink`] seam, after the outputs were produced and before the Kafka offsets are
-//! committed. **Out**: one Parquet file per (scenario, event-time hour, topic, partition)
-//! per cycle, visible only once complete, at
+//! committed. **Out**: Parquet files, one per (scenario, event-time hour, topic,
+//! partition) at a time, visible only once complete, at
 //!
 //! ```text
 //! {root}/scenario_id={id}/year=YYYY/month=MM/day=DD/hour=HH/{topic}-{partition}-{first}-{last}.parquet
@@ -26,28 +26,45 @@
 //! `hive_types={'scenario_id': 'VARCHAR'}`. `tests/archive_reader.py` is a worked
 //! pyarrow example.
 //!
+//! # Rolling
+//! A file stays open across cycles and closes when it holds `max_file_mb` of Parquet,
+//! `max_file_age_secs` after it opened, or `idle_secs` after its last row (a quiet
+//! partition, an hour that has passed): the pipeline asks between cycles and while no
+//! events arrive, so a quiet partition's file closes on time. At most
+//! `max_open_files` are open and they hold at most `max_buffered_mb` in memory; past
+//! either, the least recently written or the largest closes early. Rows are held
+//! until a row group is full, then encoded (zstd by default), so memory per open file
+//! is its compressed row groups plus one group of records. `max_file_age_secs = 0`
+//! closes every file at the end of its cycle instead.
+//!
 //! # Exactly once
-//! [`ArchiveSink::write`] returns only when the cycle's files are durable: each is
-//! encoded in memory, written to `{root}/_tmp/` (which readers skip: a leading `_`),
-//! closed, and renamed to its final name. The pipeline commits offsets only after that,
-//! so nothing committed is missing from the archive. Replays (a failed cycle, a restart
-//! from the last committed offsets, possibly with other batch boundaries) must not add a
-//! second copy: per (scenario, hour directory, topic, partition) the sink knows the
-//! highest archived offset and skips events at or below it. That mark is read from the
-//! final file names in the directory the first time the sink needs it, and read again
-//! whenever a partition's batches stop following one another closely (a restart, a
-//! retried cycle, a partition that moved between replicas, a pause of a second).
-//! Keeping the mark per hour directory keeps it right when a crash fell between the
-//! renames of one cycle's files. On start the sink deletes whatever is left in `_tmp/`.
+//! A closing file is encoded in memory, written to `{root}/_tmp/` (which readers skip:
+//! a leading `_`), closed, and renamed to its final name. Rows in open files are not
+//! durable: [`Sink::pending_from`] gives the pipeline the first offset of a partition
+//! still held, and the pipeline commits no offset past it (while it goes on producing
+//! outputs and committing how far it produced them). After a crash, a restart or a
+//! rebalance, the partition is consumed again from there and its events replayed to
+//! the sinks only; the archive takes the rows it lacks. Replays (a failed cycle, a
+//! restart, possibly with other batch boundaries) must not add a second copy: per
+//! (scenario, hour directory, topic, partition) the sink knows the highest offset
+//! archived (or held in an open file) and skips events at or below it. That mark is
+//! read from the final file names in the directory the first time the sink needs it,
+//! and read again whenever a partition's batches stop following one another closely
+//! (a restart, a retried cycle, a partition that moved between replicas, a pause of a
+//! second). Keeping the mark per hour directory keeps it right when a crash fell
+//! between the renames of files closed together. On start the sink deletes whatever
+//! is left in `_tmp/`; a file that failed to store is kept and stored again first.
 //!
 //! Cost: on HDFS most of a file's time is `close`, which waits until the NameNode has
-//! heard of the block from the DataNode (hundreds of milliseconds); the sink writes all
-//! files of a cycle at once (up to 16 in flight), so a cycle costs about one close.
+//! heard of the block from the DataNode (hundreds of milliseconds); files that close
+//! together are written at once (up to 16 in flight), and with rolling that cost is
+//! paid per file, not per cycle.
 //!
 //! Limits, on purpose for this version: a record without a Kafka timestamp is placed by
-//! processing time, so a replay in another hour may archive it again; files are as large
-//! as one cycle's share of a partition (keep `pipeline.batch_max_events` large); merging
-//! small files into larger ones (compaction) is left to a later job.
+//! processing time, so a replay in another hour may archive it again; the Kafka
+//! consumer group's committed offset trails by up to `max_file_age_secs` (its lag
+//! metric shows it), and a restart replays that much to the plugins; merging small
+//! files into larger ones (compaction) is left to a later job.
 
 pub mod schema;
 pub mod store;
@@ -62,7 +79,7 @@ use serde::Deserialize;
 
 use crate::pipeline::sink::{PartitionBatch, Sink, SinkError};
 use crate::runtime::Status;
-use schema::Row;
+use schema::{Kinds, Row};
 pub use store::{HdfsStore, LocalStore, Store, StoreFile};
 
 /// Directory, under the root, of files being written.
@@ -96,10 +113,24 @@ pub struct ArchiveConfig {
     pub compression: Codec,
     /// zstd level, 1 (fast) to 22 (small).
     pub zstd_level: i32,
-    /// Most rows in one row group; a file of one cycle normally has a single group.
+    /// Most rows in one row group. Rows are held in memory until a group is full
+    /// (or holds 16 MiB of records) or the file closes, then encoded.
     pub max_row_group_rows: usize,
     /// Longest wait for one HDFS call, seconds; past it the cycle fails and is retried.
     pub hdfs_timeout_secs: u64,
+    /// A file closes once it holds this many MiB of Parquet.
+    pub max_file_mb: u64,
+    /// A file closes this many seconds after it opened. `0`: every file closes at the
+    /// end of the cycle that opened it (rows visible within a cycle, many small files).
+    pub max_file_age_secs: u64,
+    /// A file closes when no row joined it for this many seconds (its partition went
+    /// quiet, or its hour has passed). Checked by a timer, also when no events arrive.
+    pub idle_secs: u64,
+    /// Most files open at once; one more closes the least recently written.
+    pub max_open_files: usize,
+    /// Most MiB the open files may hold in memory (encoded row groups and rows waiting
+    /// for the next one); over it, the largest closes.
+    pub max_buffered_mb: u64,
 }
 
 impl Default for ArchiveConfig {
@@ -110,6 +141,11 @@ impl Default for ArchiveConfig {
             zstd_level: 3,
             max_row_group_rows: 128 * 1024,
             hdfs_timeout_secs: 60,
+            max_file_mb: 128,
+            max_file_age_secs: 300,
+            idle_secs: 60,
+            max_open_files: 64,
+            max_buffered_mb: 512,
         }
     }
 }
@@ -133,6 +169,16 @@ impl ArchiveConfig {
         }
         if self.hdfs_timeout_secs == 0 {
             problems.push("archive.hdfs_timeout_secs: use at least 1".to_owned());
+        }
+        for (name, value) in [
+            ("max_file_mb", self.max_file_mb),
+            ("idle_secs", self.idle_secs),
+            ("max_open_files", self.max_open_files as u64),
+            ("max_buffered_mb", self.max_buffered_mb),
+        ] {
+            if value == 0 {
+                problems.push(format!("archive.{name}: use at least 1"));
+            }
         }
         problems
     }
@@ -193,24 +239,108 @@ pub struct ArchiveStats {
     pub skipped_rows: u64,
     /// Leftover temporary files deleted at start.
     pub removed_temporaries: u64,
+    /// Files open now.
+    pub open_files: u64,
+    /// Rows in the open files, not yet visible.
+    pub held_rows: u64,
 }
 
-/// Key of an offset mark: scenario, hour directory, topic, partition.
+/// Key of an open file and of an offset mark: scenario, hour directory, topic, partition.
 type MarkKey = (String, String, String, i32);
 
-/// A file of the current cycle, encoded, not yet stored.
+/// Rows held for the next row group are encoded once they hold this many bytes.
+const ROW_GROUP_BYTES: usize = 16 << 20;
+
+/// A row held in memory until its row group is encoded.
 #[derive(Debug)]
-struct Pending {
-    file: StoreFile,
-    key: MarkKey,
+struct Held {
+    offset: i64,
+    event_time_ms: i64,
+    success: bool,
+    record: Vec<u8>,
+}
+
+/// The encoded row groups of an open file.
+struct Encoded {
+    writer: ArrowWriter<Vec<u8>>,
+    columns: Kinds,
+    first: i64,
     last: i64,
     rows: usize,
+}
+
+/// A file being filled: encoded row groups, then rows waiting for the next one.
+struct OpenFile {
+    encoded: Option<Encoded>,
+    held: Vec<Held>,
+    held_bytes: usize,
+    opened_ms: i64,
+    written_ms: i64,
+}
+
+impl OpenFile {
+    fn first(&self) -> Option<i64> {
+        self.encoded
+            .as_ref()
+            .map(|e| e.first)
+            .or_else(|| self.held.first().map(|h| h.offset))
+    }
+
+    fn last(&self) -> Option<i64> {
+        self.held
+            .last()
+            .map(|h| h.offset)
+            .or_else(|| self.encoded.as_ref().map(|e| e.last))
+    }
+
+    /// Parquet bytes so far (the held rows are not counted until encoded).
+    fn size(&self) -> usize {
+        self.encoded.as_ref().map_or(0, |e| {
+            e.writer.bytes_written() + e.writer.in_progress_size()
+        })
+    }
+
+    /// Bytes of memory the file holds.
+    fn memory(&self) -> usize {
+        self.held_bytes
+            + self
+                .encoded
+                .as_ref()
+                .map_or(0, |e| e.writer.bytes_written() + e.writer.memory_size())
+    }
+}
+
+/// A complete file on its way to the store (again, after a failed attempt).
+#[derive(Debug)]
+struct Closed {
+    file: StoreFile,
+    key: MarkKey,
+    first: i64,
+    last: i64,
+    rows: usize,
+}
+
+/// When files roll; see [`ArchiveConfig`].
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    per_cycle: bool,
+    file_bytes: usize,
+    age_ms: i64,
+    idle_ms: i64,
+    open_files: usize,
+    buffered_bytes: usize,
+    row_group_rows: usize,
 }
 
 /// The archive as a pipeline sink. See the module doc for the layout and the protocol.
 pub struct ArchiveSink {
     store: Box<dyn Store>,
     properties: WriterProperties,
+    limits: Limits,
+    /// Files being filled.
+    files: BTreeMap<MarkKey, OpenFile>,
+    /// Complete files not yet stored (a store failure; retried first at every call).
+    closed: Vec<Closed>,
     /// Highest archived offset (`None`: nothing archived) per key, as far as known.
     marks: HashMap<MarkKey, Option<i64>>,
     /// Last offset of the previous batch per (topic, partition), and when it was written.
@@ -225,6 +355,7 @@ impl std::fmt::Debug for ArchiveSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ArchiveSink")
             .field("store", &self.store)
+            .field("open_files", &self.files.len())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -258,13 +389,30 @@ impl ArchiveSink {
 
     /// A sink writing to `store` (any [`Store`]). Deletes leftover temporary files.
     pub fn with_store(config: &ArchiveConfig, store: Box<dyn Store>) -> Result<Self, ArchiveError> {
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(ArchiveError::Config(problems.join("; ")));
+        }
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();
+        let mib = |n: u64| usize::try_from(n.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         let mut sink = Self {
             store,
             properties: config.writer_properties()?,
+            limits: Limits {
+                per_cycle: config.max_file_age_secs == 0,
+                file_bytes: mib(config.max_file_mb),
+                age_ms: ms(config.max_file_age_secs),
+                idle_ms: ms(config.idle_secs),
+                open_files: config.max_open_files,
+                buffered_bytes: mib(config.max_buffered_mb),
+                row_group_rows: config.max_row_group_rows,
+            },
+            files: BTreeMap::new(),
+            closed: Vec::new(),
             marks: HashMap::new(),
             last_offsets: HashMap::new(),
             clock: Box::new(|| chrono::Utc::now().timestamp_millis()),
@@ -277,7 +425,7 @@ impl ArchiveSink {
     }
 
     /// Uses `clock` (milliseconds since the epoch) as the processing time of records
-    /// without a timestamp.
+    /// without a timestamp, and for the age and idleness of open files.
     pub fn with_clock(mut self, clock: impl Fn() -> i64 + Send + 'static) -> Self {
         self.clock = Box::new(clock);
         self
@@ -285,7 +433,15 @@ impl ArchiveSink {
 
     /// What the sink did so far.
     pub fn stats(&self) -> ArchiveStats {
-        self.stats
+        ArchiveStats {
+            open_files: self.files.len() as u64,
+            held_rows: self
+                .files
+                .values()
+                .map(|f| (f.held.len() + f.encoded.as_ref().map_or(0, |e| e.rows)) as u64)
+                .sum(),
+            ..self.stats
+        }
     }
 
     /// Deletes every file in `_tmp/`: writes a crashed process left unfinished. With
@@ -328,12 +484,24 @@ impl ArchiveSink {
         Ok(mark)
     }
 
-    /// Encodes the partition batch's new rows into `files`, one per scenario and hour.
-    fn prepare(
-        &mut self,
-        batch: &PartitionBatch,
-        files: &mut Vec<Pending>,
-    ) -> Result<(), ArchiveError> {
+    /// The highest offset archived or held for `key`.
+    fn have(&mut self, key: &MarkKey) -> Result<Option<i64>, ArchiveError> {
+        // What this sink holds is newer than anything in the directory.
+        let held = self
+            .files
+            .get(key)
+            .and_then(OpenFile::last)
+            .into_iter()
+            .chain(self.closed.iter().filter(|c| &c.key == key).map(|c| c.last))
+            .max();
+        match held {
+            Some(last) => Ok(Some(last)),
+            None => self.mark(key),
+        }
+    }
+
+    /// Adds the partition batch's new rows to the open files, one per scenario and hour.
+    fn take(&mut self, batch: &PartitionBatch) -> Result<(), ArchiveError> {
         let tp = (batch.topic.clone(), batch.partition);
         let now = (self.clock)();
         let follows = self.last_offsets.get(&tp).is_some_and(|&(last, at)| {
@@ -347,7 +515,7 @@ impl ArchiveSink {
         }
         for scenario in &batch.scenarios {
             let id = &scenario.route.id;
-            let mut hours: BTreeMap<i64, Vec<Row<'_>>> = BTreeMap::new();
+            let mut hours: BTreeMap<i64, Vec<Held>> = BTreeMap::new();
             for (event, outcome) in scenario.events.iter().zip(scenario.result.outcomes()) {
                 if outcome.status != Status::Emitted {
                     continue;
@@ -355,71 +523,232 @@ impl ArchiveSink {
                 let time = event.timestamp_ms.unwrap_or(now);
                 let rows = hours.entry(time.div_euclid(HOUR_MS)).or_default();
                 for record in scenario.result.records(outcome) {
-                    rows.push(Row {
+                    rows.push(Held {
                         offset: event.offset,
                         event_time_ms: time,
                         success: outcome.matched,
-                        record,
+                        record: record.to_vec(),
                     });
                 }
             }
             for (hour, mut rows) in hours {
-                let dir = hour_dir(id, hour);
-                let key = (id.clone(), dir, batch.topic.clone(), batch.partition);
-                if let Some(mark) = self.mark(&key)? {
+                let key = (
+                    id.clone(),
+                    hour_dir(id, hour),
+                    batch.topic.clone(),
+                    batch.partition,
+                );
+                if let Some(have) = self.have(&key)? {
                     let before = rows.len();
-                    rows.retain(|row| row.offset > mark);
+                    rows.retain(|row| row.offset > have);
                     self.stats.skipped_rows += (before - rows.len()) as u64;
                 }
-                let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+                if rows.is_empty() {
                     continue;
-                };
-                let (first, last) = (first.offset, last.offset);
-                let bytes = self.encode(id, &batch.topic, batch.partition, &rows)?;
-                let path = format!(
-                    "{}/{}-{}-{first}-{last}.parquet",
-                    key.1, batch.topic, batch.partition
-                );
-                self.tmp_counter += 1;
-                let tmp = format!(
-                    "{TMP_DIR}/{}-{}.parquet.tmp",
-                    self.tmp_prefix, self.tmp_counter
-                );
-                files.push(Pending {
-                    file: StoreFile { path, tmp, bytes },
-                    key,
-                    last,
-                    rows: rows.len(),
+                }
+                let file = self.files.entry(key.clone()).or_insert_with(|| OpenFile {
+                    encoded: None,
+                    held: Vec::new(),
+                    held_bytes: 0,
+                    opened_ms: now,
+                    written_ms: now,
                 });
+                file.written_ms = now;
+                file.held_bytes += rows.iter().map(|r| r.record.len() + 48).sum::<usize>();
+                file.held.extend(rows);
+                if file.held.len() >= self.limits.row_group_rows
+                    || file.held_bytes >= ROW_GROUP_BYTES
+                {
+                    self.encode(&key)?;
+                }
             }
         }
         Ok(())
     }
 
-    /// Makes the prepared files visible, all at once where the store can, then notes
-    /// the new marks of those that made it.
-    fn put(&mut self, files: Vec<Pending>) -> Result<(), ArchiveError> {
-        let (stored, notes): (Vec<StoreFile>, Vec<_>) = files
+    /// Encodes the rows held by the open file at `key` as a row group. Rows that do not
+    /// fit the file's columns close it first and start the next file.
+    fn encode(&mut self, key: &MarkKey) -> Result<(), ArchiveError> {
+        let Some(file) = self.files.get_mut(key) else {
+            return Ok(());
+        };
+        if file.held.is_empty() {
+            return Ok(());
+        }
+        let held = std::mem::take(&mut file.held);
+        file.held_bytes = 0;
+        let (scenario, _, topic, partition) = key;
+        let encode_error = |reason: String| ArchiveError::Encode {
+            scenario: scenario.clone(),
+            reason,
+        };
+        let rows: Vec<Row<'_>> = held
+            .iter()
+            .map(|h| Row {
+                offset: h.offset,
+                event_time_ms: h.event_time_ms,
+                success: h.success,
+                record: &h.record,
+            })
+            .collect();
+        let records = schema::parse(&rows);
+        let observed = schema::observe(&records);
+        let columns = match &file.encoded {
+            Some(encoded) if schema::fit(&encoded.columns, &observed) => None,
+            Some(encoded) => Some(schema::widen(&encoded.columns, &observed)),
+            None => Some(schema::columns(observed)),
+        };
+        if let Some(columns) = columns {
+            if let Some(done) = file.encoded.take() {
+                let closed = self.finish(key, done)?;
+                self.closed.push(closed);
+            }
+            let batch = schema::build(scenario, topic, *partition, &[], &[], &columns)
+                .map_err(|e| encode_error(e.to_string()))?;
+            let writer =
+                ArrowWriter::try_new(Vec::new(), batch.schema(), Some(self.properties.clone()))
+                    .map_err(|e| encode_error(e.to_string()))?;
+            let file = self.files.get_mut(key).expect("open file");
+            file.encoded = Some(Encoded {
+                writer,
+                columns,
+                first: rows[0].offset,
+                last: rows[0].offset,
+                rows: 0,
+            });
+        }
+        let file = self.files.get_mut(key).expect("open file");
+        let encoded = file.encoded.as_mut().expect("encoded");
+        let batch = schema::build(
+            scenario,
+            topic,
+            *partition,
+            &rows,
+            &records,
+            &encoded.columns,
+        )
+        .map_err(|e| encode_error(e.to_string()))?;
+        encoded
+            .writer
+            .write(&batch)
+            .and_then(|()| encoded.writer.flush())
+            .map_err(|e| encode_error(e.to_string()))?;
+        encoded.last = rows[rows.len() - 1].offset;
+        encoded.rows += rows.len();
+        Ok(())
+    }
+
+    /// Ends an encoded file: the Parquet footer, its final and temporary names.
+    fn finish(&mut self, key: &MarkKey, encoded: Encoded) -> Result<Closed, ArchiveError> {
+        let (scenario, dir, topic, partition) = key;
+        let bytes = encoded
+            .writer
+            .into_inner()
+            .map_err(|e| ArchiveError::Encode {
+                scenario: scenario.clone(),
+                reason: e.to_string(),
+            })?;
+        self.tmp_counter += 1;
+        let (first, last) = (encoded.first, encoded.last);
+        Ok(Closed {
+            file: StoreFile {
+                path: format!("{dir}/{topic}-{partition}-{first}-{last}.parquet"),
+                tmp: format!(
+                    "{TMP_DIR}/{}-{}.parquet.tmp",
+                    self.tmp_prefix, self.tmp_counter
+                ),
+                bytes,
+            },
+            key: key.clone(),
+            first,
+            last,
+            rows: encoded.rows,
+        })
+    }
+
+    /// Closes the open file at `key`: its held rows are encoded and it waits to be stored.
+    fn close(&mut self, key: &MarkKey) -> Result<(), ArchiveError> {
+        self.encode(key)?;
+        if let Some(encoded) = self.files.remove(key).and_then(|f| f.encoded) {
+            let closed = self.finish(key, encoded)?;
+            self.closed.push(closed);
+        }
+        Ok(())
+    }
+
+    /// Closes the files `due` says must roll.
+    fn close_where(&mut self, due: impl Fn(&OpenFile) -> bool) -> Result<(), ArchiveError> {
+        let keys: Vec<MarkKey> = self
+            .files
+            .iter()
+            .filter(|(_, file)| due(file))
+            .map(|(key, _)| key.clone())
+            .collect();
+        keys.iter().try_for_each(|key| self.close(key))
+    }
+
+    /// Rolls files over the size limit, then the least recently written beyond the
+    /// open-file limit, then the largest while over the memory limit.
+    fn enforce_limits(&mut self) -> Result<(), ArchiveError> {
+        let limits = self.limits;
+        self.close_where(|file| file.size() >= limits.file_bytes)?;
+        while self.files.len() > limits.open_files {
+            let oldest = self
+                .files
+                .iter()
+                .min_by_key(|(_, file)| file.written_ms)
+                .map(|(key, _)| key.clone())
+                .expect("a file");
+            self.close(&oldest)?;
+        }
+        while self.files.values().map(OpenFile::memory).sum::<usize>() > limits.buffered_bytes {
+            let largest = self
+                .files
+                .iter()
+                .max_by_key(|(_, file)| file.memory())
+                .map(|(key, _)| key.clone())
+                .expect("a file");
+            self.close(&largest)?;
+        }
+        Ok(())
+    }
+
+    /// Stores the closed files, all at once where the store can, then notes the new
+    /// marks of those that made it. Those that failed stay for the next call.
+    fn put_closed(&mut self) -> Result<(), ArchiveError> {
+        if self.closed.is_empty() {
+            return Ok(());
+        }
+        let (files, notes): (Vec<StoreFile>, Vec<_>) = std::mem::take(&mut self.closed)
             .into_iter()
-            .map(|p| (p.file, (p.key, p.last, p.rows)))
+            .map(|c| (c.file, (c.key, c.first, c.last, c.rows)))
             .unzip();
-        let results = self.store.put_all(&stored);
+        let results = self.store.put_all(&files);
         let mut first_error = None;
-        for ((file, (key, last, rows)), result) in stored.iter().zip(notes).zip(results) {
+        for ((file, (key, first, last, rows)), result) in files.into_iter().zip(notes).zip(results)
+        {
             match result {
-                Ok(true) => {
-                    self.stats.files += 1;
-                    self.stats.rows += rows as u64;
-                    self.stats.bytes += file.bytes.len() as u64;
-                    self.marks.insert(key, Some(last));
-                }
-                Ok(false) => {
-                    tracing::warn!(path = %file.path, "archive: file already there, kept the existing one");
-                    self.marks.insert(key, Some(last));
+                Ok(stored) => {
+                    if stored {
+                        self.stats.files += 1;
+                        self.stats.rows += rows as u64;
+                        self.stats.bytes += file.bytes.len() as u64;
+                    } else {
+                        tracing::warn!(path = %file.path, "archive: file already there, kept the existing one");
+                    }
+                    let mark = self.marks.entry(key).or_insert(None);
+                    *mark = (*mark).max(Some(last));
                 }
                 Err(e) => {
                     // Best effort: what is left is removed at the next start anyway.
                     let _ = self.store.delete(&file.tmp);
+                    self.closed.push(Closed {
+                        file,
+                        key,
+                        first,
+                        last,
+                        rows,
+                    });
                     first_error.get_or_insert(e);
                 }
             }
@@ -427,28 +756,11 @@ impl ArchiveSink {
         first_error.map_or(Ok(()), Err)
     }
 
-    fn encode(
-        &self,
-        scenario: &str,
-        topic: &str,
-        partition: i32,
-        rows: &[Row<'_>],
-    ) -> Result<Vec<u8>, ArchiveError> {
-        let encode_error = |reason: String| ArchiveError::Encode {
-            scenario: scenario.to_owned(),
-            reason,
-        };
-        let batch = schema::record_batch(scenario, topic, partition, rows)
-            .map_err(|e| encode_error(e.to_string()))?;
-        let mut out = Vec::with_capacity(rows.len() * 64);
-        let mut writer =
-            ArrowWriter::try_new(&mut out, batch.schema(), Some(self.properties.clone()))
-                .map_err(|e| encode_error(e.to_string()))?;
-        writer
-            .write(&batch)
-            .map_err(|e| encode_error(e.to_string()))?;
-        writer.close().map_err(|e| encode_error(e.to_string()))?;
-        Ok(out)
+    fn sink_error(e: ArchiveError) -> SinkError {
+        SinkError {
+            sink: "archive",
+            reason: e.to_string(),
+        }
     }
 }
 
@@ -458,12 +770,19 @@ impl Sink for ArchiveSink {
     }
 
     fn write(&mut self, batches: &[PartitionBatch]) -> Result<(), SinkError> {
-        let mut files = Vec::new();
-        let mut result = batches
-            .iter()
-            .try_for_each(|batch| self.prepare(batch, &mut files));
+        let mut result = self.put_closed();
         if result.is_ok() {
-            result = self.put(files);
+            result = batches.iter().try_for_each(|batch| self.take(batch));
+        }
+        if result.is_ok() {
+            result = if self.limits.per_cycle {
+                self.close_where(|_| true)
+            } else {
+                self.enforce_limits()
+            };
+        }
+        if result.is_ok() {
+            result = self.put_closed();
         }
         let now = (self.clock)();
         for batch in batches {
@@ -476,10 +795,54 @@ impl Sink for ArchiveSink {
                 self.last_offsets.remove(&tp);
             }
         }
-        result.map_err(|e| SinkError {
-            sink: "archive",
-            reason: e.to_string(),
+        result.map_err(Self::sink_error)
+    }
+
+    fn pending_from(&self, topic: &str, partition: i32) -> Option<i64> {
+        let ours = |key: &MarkKey| key.2 == topic && key.3 == partition;
+        self.files
+            .iter()
+            .filter(|(key, _)| ours(key))
+            .filter_map(|(_, file)| file.first())
+            .chain(self.closed.iter().filter(|c| ours(&c.key)).map(|c| c.first))
+            .min()
+    }
+
+    fn tick(&mut self) -> Result<(), SinkError> {
+        let now = (self.clock)();
+        let limits = self.limits;
+        self.close_where(|file| {
+            now.saturating_sub(file.opened_ms) >= limits.age_ms
+                || now.saturating_sub(file.written_ms) >= limits.idle_ms
         })
+        .and_then(|()| self.put_closed())
+        .map_err(Self::sink_error)
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.close_where(|_| true)
+            .and_then(|()| self.put_closed())
+            .map_err(Self::sink_error)
+    }
+
+    fn revoked(&mut self, partitions: &[(String, i32)]) {
+        let gone = |key: &MarkKey| partitions.iter().any(|(t, p)| &key.2 == t && key.3 == *p);
+        let before = self.files.len();
+        self.files.retain(|key, _| !gone(key));
+        for c in self.closed.iter().filter(|c| gone(&c.key)) {
+            let _ = self.store.delete(&c.file.tmp);
+        }
+        self.closed.retain(|c| !gone(&c.key));
+        self.marks.retain(|key, _| !gone(key));
+        for tp in partitions {
+            self.last_offsets.remove(tp);
+        }
+        if before != self.files.len() {
+            tracing::info!(
+                dropped_files = before - self.files.len(),
+                "archive: open files of revoked partitions dropped; their next owner writes them"
+            );
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Output records → one Arrow record batch, with a schema typed from what the records hold.
+//! Output records → Arrow record batches, with a schema typed from what the records hold.
 //!
 //! Fixed columns come first, in this order: `scenario_id` (utf8), `success` (int8, 1 when
 //! the event matched), `date` (utf8 `YYYY-MM-DD`: the record's own `date`, else the UTC
@@ -9,6 +9,13 @@
 //! values as JSON text); JSON `null` is a null. Last, `extra` (utf8, JSON object or null):
 //! fields with nested values (objects, arrays), fields whose names clash with the fixed
 //! columns, and a record that is not a JSON object (under `_record`).
+//!
+//! A file is written in several record batches (row groups) with the schema of its
+//! first one; later rows [`fit`] it when each of their fields has a column that takes
+//! its values (an int64 column takes integers, float64 numbers, a utf8 column anything
+//! but nested values, and every column nulls) or no column and only null or nested
+//! values (those go to `extra`). Rows that do not fit start a new file whose schema is
+//! the old one [`widen`]ed by theirs, so a scenario's schema settles after a few files.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,7 +56,7 @@ const EXTRA: &str = "extra";
 
 /// What the values of one field were, merged over the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Null,
     Int,
     Float,
@@ -94,15 +101,12 @@ fn utc_date(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// The rows of one scenario, topic and partition as a record batch.
-pub(crate) fn record_batch(
-    scenario_id: &str,
-    topic: &str,
-    partition: i32,
-    rows: &[Row<'_>],
-) -> Result<RecordBatch, ArrowError> {
-    let records: Vec<Map<String, Value>> = rows
-        .iter()
+/// The typed columns of a file besides the fixed ones: field name → kind.
+pub(crate) type Kinds = BTreeMap<String, Kind>;
+
+/// The records of the rows as JSON objects (anything else under `_record`).
+pub(crate) fn parse(rows: &[Row<'_>]) -> Vec<Map<String, Value>> {
+    rows.iter()
         .map(|row| match serde_json::from_slice::<Value>(row.record) {
             Ok(Value::Object(map)) => map,
             Ok(other) => Map::from_iter([("_record".to_owned(), other)]),
@@ -111,10 +115,13 @@ pub(crate) fn record_batch(
                 Value::String(String::from_utf8_lossy(row.record).into_owned()),
             )]),
         })
-        .collect();
+        .collect()
+}
 
-    let mut kinds: BTreeMap<&str, Kind> = BTreeMap::new();
-    for record in &records {
+/// The kind of every field the records hold, nested ones included.
+pub(crate) fn observe(records: &[Map<String, Value>]) -> Kinds {
+    let mut kinds = Kinds::new();
+    for record in records {
         for (name, value) in record {
             if FIXED.contains(&name.as_str()) || name == EXTRA || name == "_record" {
                 continue;
@@ -123,11 +130,71 @@ pub(crate) fn record_batch(
                 *kinds.get(name.as_str()).unwrap_or(&Kind::Null),
                 kind(value),
             );
-            kinds.insert(name.as_str(), merged);
+            kinds.insert(name.clone(), merged);
         }
     }
-    kinds.retain(|_, kind| *kind != Kind::Nested);
+    kinds
+}
 
+/// The columns for what was observed: nested fields go to `extra`.
+pub(crate) fn columns(mut observed: Kinds) -> Kinds {
+    observed.retain(|_, kind| *kind != Kind::Nested);
+    observed
+}
+
+/// Whether records with the `observed` kinds can be written under a file's `columns`.
+pub(crate) fn fit(columns: &Kinds, observed: &Kinds) -> bool {
+    observed
+        .iter()
+        .all(|(name, &seen)| match columns.get(name) {
+            None => matches!(seen, Kind::Null | Kind::Nested),
+            Some(&column) => match (column, seen) {
+                (_, Kind::Null) => true,
+                (_, Kind::Nested) => false,
+                (Kind::Int, seen) => seen == Kind::Int,
+                (Kind::Float, seen) => matches!(seen, Kind::Int | Kind::Float),
+                (Kind::Bool, seen) => seen == Kind::Bool,
+                // A column of nulls so far: text joins it, a typed value gets a new file.
+                (Kind::Null, seen) => seen == Kind::Text,
+                (Kind::Text | Kind::Mixed | Kind::Nested, _) => true,
+            },
+        })
+}
+
+/// The columns of a new file for records that did not [`fit`] the old `columns`.
+pub(crate) fn widen(columns: &Kinds, observed: &Kinds) -> Kinds {
+    let mut widened = columns.clone();
+    for (name, &seen) in observed {
+        let before = widened.get(name).copied().unwrap_or(Kind::Null);
+        widened.insert(name.clone(), merge(before, seen));
+    }
+    self::columns(widened)
+}
+
+/// The rows of one scenario, topic and partition as a record batch with the columns
+/// their records call for.
+#[cfg(test)]
+pub(crate) fn record_batch(
+    scenario_id: &str,
+    topic: &str,
+    partition: i32,
+    rows: &[Row<'_>],
+) -> Result<RecordBatch, ArrowError> {
+    let records = parse(rows);
+    let kinds = columns(observe(&records));
+    build(scenario_id, topic, partition, rows, &records, &kinds)
+}
+
+/// The rows with their parsed `records` as a record batch with the given `kinds` of
+/// columns (fields without a column go to `extra`).
+pub(crate) fn build(
+    scenario_id: &str,
+    topic: &str,
+    partition: i32,
+    rows: &[Row<'_>],
+    records: &[Map<String, Value>],
+    kinds: &Kinds,
+) -> Result<RecordBatch, ArrowError> {
     let mut fields = vec![
         Field::new("scenario_id", DataType::Utf8, false),
         Field::new("success", DataType::Int8, false),
@@ -146,14 +213,12 @@ pub(crate) fn record_batch(
         Arc::new(Int8Array::from_iter_values(
             rows.iter().map(|r| i8::from(r.success)),
         )),
-        Arc::new(StringArray::from_iter_values(
-            rows.iter()
-                .zip(&records)
-                .map(|(row, record)| match record.get("date") {
-                    Some(Value::String(date)) => date.clone(),
-                    _ => utc_date(row.event_time_ms),
-                }),
-        )),
+        Arc::new(StringArray::from_iter_values(rows.iter().zip(records).map(
+            |(row, record)| match record.get("date") {
+                Some(Value::String(date)) => date.clone(),
+                _ => utc_date(row.event_time_ms),
+            },
+        ))),
         Arc::new(
             TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.event_time_ms))
                 .with_timezone("UTC"),
@@ -163,7 +228,7 @@ pub(crate) fn record_batch(
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.offset))),
     ];
 
-    for (&name, &kind) in &kinds {
+    for (name, &kind) in kinds {
         let values = records.iter().map(|r| r.get(name).unwrap_or(&Value::Null));
         let (data_type, column): (DataType, ArrayRef) = match kind {
             Kind::Int => (
@@ -284,6 +349,75 @@ mod tests {
                 .as_primitive::<arrow::datatypes::Int8Type>()
                 .values(),
             &[1, 0]
+        );
+    }
+
+    fn kinds(pairs: &[(&str, Kind)]) -> Kinds {
+        pairs.iter().map(|(n, k)| ((*n).to_owned(), *k)).collect()
+    }
+
+    #[test]
+    fn later_rows_fit_a_file_when_its_columns_take_their_values() {
+        let file = kinds(&[
+            ("n", Kind::Int),
+            ("x", Kind::Float),
+            ("s", Kind::Text),
+            ("m", Kind::Mixed),
+            ("z", Kind::Null),
+        ]);
+        let fits = |pairs: &[(&str, Kind)]| fit(&file, &kinds(pairs));
+        assert!(fits(&[
+            ("n", Kind::Int),
+            ("x", Kind::Int),
+            ("s", Kind::Text)
+        ]));
+        assert!(fits(&[
+            ("n", Kind::Null),
+            ("m", Kind::Bool),
+            ("z", Kind::Text)
+        ]));
+        assert!(
+            fits(&[("new", Kind::Null), ("deep", Kind::Nested)]),
+            "to extra"
+        );
+        assert!(!fits(&[("n", Kind::Float)]), "a float in an int64 column");
+        assert!(!fits(&[("s", Kind::Nested)]), "nested values go to extra");
+        assert!(
+            !fits(&[("z", Kind::Int)]),
+            "a typed value for a column of nulls"
+        );
+        assert!(!fits(&[("new", Kind::Int)]), "a new field");
+
+        let widened = widen(&file, &kinds(&[("n", Kind::Float), ("new", Kind::Bool)]));
+        assert_eq!(widened["n"], Kind::Float);
+        assert_eq!(widened["new"], Kind::Bool);
+        assert_eq!(widened["s"], Kind::Text);
+        let widened = widen(&file, &kinds(&[("s", Kind::Nested)]));
+        assert!(
+            !widened.contains_key("s"),
+            "a nested field leaves the columns"
+        );
+    }
+
+    #[test]
+    fn rows_built_under_a_files_columns_keep_its_types() {
+        let rows = [row(1, r#"{"n":2,"extra_field":true}"#)];
+        let records = parse(&rows);
+        let columns = kinds(&[("n", Kind::Float), ("s", Kind::Text)]);
+        let batch = build("5", "t", 0, &rows, &records, &columns).unwrap();
+        let schema = batch.schema();
+        assert_eq!(
+            schema.field_with_name("n").unwrap().data_type(),
+            &DataType::Float64
+        );
+        assert!(batch.column_by_name("s").unwrap().is_null(0));
+        assert_eq!(
+            batch
+                .column_by_name("extra")
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            r#"{"extra_field":true}"#
         );
     }
 

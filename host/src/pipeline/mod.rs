@@ -22,6 +22,18 @@
 //!    backoff (consumption paused meanwhile), so nothing is lost and, for
 //!    `read_committed` readers and the fenced sinks, nothing is doubled.
 //!
+//! A sink may hold events for a while before they are durable (the archive keeps a
+//! file open for minutes). Then the offset committed for a partition stops at the
+//! first event a sink still holds, and the commit carries, as offset metadata
+//! (`weir:produced=<offset>`), how far the outputs were produced. A consumer that
+//! takes the partition over (a restart, a rebalance) starts at the committed offset
+//! and replays the events below the produced mark to the sinks only: plugins run
+//! again, but no output or dead letter is produced twice, and each sink skips what it
+//! already has. Between cycles, and when no events arrive, the sinks are asked to make
+//! durable what is due by time, and the offsets that then may advance are committed in
+//! a transaction of their own. On stop, the sinks flush everything and the last
+//! offsets are committed.
+//!
 //! Registry changes (a new plugin version, a scenario edit) arrive as a new
 //! [`catalog::Catalog`] and are picked up between cycles, never inside one.
 
@@ -51,6 +63,9 @@ use crate::runtime::{Batch, BatchResult, EventError, EventInput, FailureKind, In
 use catalog::{Catalog, Route};
 use route::Fields;
 use sink::{EventMeta, PartitionBatch, ScenarioBatch, Sink};
+
+/// Prefix of the committed-offset metadata that says how far outputs were produced.
+pub const PRODUCED_METADATA: &str = "weir:produced=";
 
 /// Header naming the scenario on outputs and dead letters.
 pub const HEADER_SCENARIO: &str = "weir-scenario";
@@ -193,6 +208,9 @@ pub struct Metrics {
     pub cycles: AtomicU64,
     /// Batch cycles that failed and were retried.
     pub failed_cycles: AtomicU64,
+    /// Events consumed again for the sinks only: their outputs were produced before a
+    /// restart or rebalance, but a sink had not made them durable yet.
+    pub replayed: AtomicU64,
     /// Registry generation in use.
     pub generation: AtomicU64,
 }
@@ -217,6 +235,15 @@ impl ConsumerContext for Context {
     }
 }
 
+/// Where a partition stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    /// Outputs and dead letters were produced for every offset below this.
+    produced: i64,
+    /// The committed offset, when there is one.
+    committed: Option<i64>,
+}
+
 /// One dead letter on its way out.
 struct DeadLetter<'a> {
     message: &'a OwnedMessage,
@@ -239,6 +266,9 @@ pub struct Pipeline {
     /// Scenarios set aside until a time, with the failure that caused it.
     quarantine: HashMap<String, (Instant, String)>,
     sinks: Vec<Box<dyn Sink>>,
+    /// Per assigned partition that has been seen in a cycle: how far it is produced
+    /// and committed.
+    positions: HashMap<(String, i32), Position>,
     runtime: tokio::runtime::Handle,
     stop: CancellationToken,
     metrics: Arc<Metrics>,
@@ -329,6 +359,7 @@ impl Pipeline {
             instances: HashMap::new(),
             quarantine: HashMap::new(),
             sinks,
+            positions: HashMap::new(),
             runtime: tokio::runtime::Handle::current(),
             stop,
             metrics,
@@ -389,6 +420,7 @@ impl Pipeline {
             self.refresh()?;
             let mut gathered = self.gather();
             if gathered.is_empty() {
+                self.idle();
                 continue;
             }
             loop {
@@ -402,6 +434,7 @@ impl Pipeline {
                         self.abort(&err)?;
                         if self.stop.is_cancelled() {
                             tracing::warn!(error = %err, "stopping with a cycle that could not commit; its events will be consumed again");
+                            self.finish();
                             self.consumer.unsubscribe();
                             return Ok(self.metrics);
                         }
@@ -415,9 +448,152 @@ impl Pipeline {
                 }
             }
         }
+        self.finish();
         self.consumer.unsubscribe();
         tracing::info!("pipeline stopped after committing its last cycle");
         Ok(self.metrics)
+    }
+
+    /// No events came: lets the sinks make durable what is due by time, and commits
+    /// what that allows. A failure is retried at the next turn; nothing is lost.
+    fn idle(&mut self) {
+        for sink in &mut self.sinks {
+            if let Err(err) = sink.tick() {
+                tracing::warn!(error = %err, "sink could not make held events durable; retrying");
+                return;
+            }
+        }
+        if let Err(err) = self.commit_positions(&[]) {
+            tracing::warn!(error = %err, "committing offsets failed; retrying");
+            let _ = self.abort(&err);
+        }
+    }
+
+    /// Stopping: the sinks make everything durable and the offsets are committed.
+    fn finish(&mut self) {
+        for sink in &mut self.sinks {
+            if let Err(err) = sink.flush() {
+                tracing::warn!(error = %err, "sink could not flush at stop; its events will be consumed again");
+                return;
+            }
+        }
+        if let Err(err) = self.commit_positions(&[]) {
+            tracing::warn!(error = %err, "committing the last offsets failed; their events will be consumed again");
+            let _ = self.abort(&err);
+        }
+    }
+
+    /// Learns where the given partitions stand from their committed offsets, for those
+    /// not known yet (newly assigned).
+    fn learn_positions(&mut self, partitions: &[(&str, i32)]) -> Result<(), CycleError> {
+        let mut missing = TopicPartitionList::new();
+        for &(topic, partition) in partitions {
+            if !self.positions.contains_key(&(topic.to_owned(), partition)) {
+                missing.add_partition(topic, partition);
+            }
+        }
+        if missing.count() == 0 {
+            return Ok(());
+        }
+        let timeout = Duration::from_millis(self.config.transaction_timeout_ms);
+        let committed = self
+            .consumer
+            .committed_offsets(missing, timeout)
+            .map_err(CycleError::kafka("reading committed offsets"))?;
+        for element in committed.elements() {
+            let committed = match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            };
+            let produced = element
+                .metadata()
+                .strip_prefix(PRODUCED_METADATA)
+                .and_then(|n| n.parse::<i64>().ok())
+                .or(committed)
+                .unwrap_or(0);
+            if committed.is_some_and(|c| produced > c) {
+                tracing::info!(
+                    topic = element.topic(),
+                    partition = element.partition(),
+                    from = committed,
+                    until = produced,
+                    "replaying events to the sinks only: their outputs were produced before"
+                );
+            }
+            self.positions.insert(
+                (element.topic().to_owned(), element.partition()),
+                Position {
+                    produced,
+                    committed,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The offset each partition may commit: below the first event a sink still holds,
+    /// and at most the produced mark, which is raised to `last + 1` for the partitions
+    /// of the cycle (`done`). Sends those that changed to the open transaction, or to a
+    /// transaction of its own when `done` is empty, and notes them once committed.
+    fn commit_positions(&mut self, done: &[(String, i32, i64)]) -> Result<(), CycleError> {
+        let mut offsets = TopicPartitionList::new();
+        let mut updates = Vec::new();
+        for (tp, position) in &self.positions {
+            let last = done
+                .iter()
+                .find(|(t, p, _)| t == &tp.0 && *p == tp.1)
+                .map(|&(_, _, last)| last);
+            let produced = last.map_or(position.produced, |l| position.produced.max(l + 1));
+            let held = self
+                .sinks
+                .iter()
+                .filter_map(|sink| sink.pending_from(&tp.0, tp.1))
+                .min();
+            let commit = held.map_or(produced, |h| h.min(produced));
+            if last.is_none() && position.committed == Some(commit) {
+                continue;
+            }
+            let mut element = offsets.add_partition(&tp.0, tp.1);
+            element
+                .set_offset(Offset::Offset(commit))
+                .map_err(CycleError::kafka("listing offsets"))?;
+            element.set_metadata(format!("{PRODUCED_METADATA}{produced}"));
+            updates.push((
+                tp.clone(),
+                Position {
+                    produced,
+                    committed: Some(commit),
+                },
+            ));
+        }
+        if offsets.count() == 0 {
+            return Ok(());
+        }
+        let timeout = Duration::from_millis(self.config.transaction_timeout_ms);
+        let own = done.is_empty();
+        if own {
+            self.producer
+                .begin_transaction()
+                .map_err(CycleError::kafka("beginning a transaction"))?;
+        }
+        let group = self
+            .consumer
+            .group_metadata()
+            .ok_or(CycleError::NoGroupMetadata)?;
+        self.producer
+            .send_offsets_to_transaction(&offsets, &group, timeout)
+            .map_err(CycleError::kafka("sending offsets to the transaction"))?;
+        self.producer
+            .commit_transaction(timeout)
+            .map_err(CycleError::kafka("committing the transaction"))?;
+        if own {
+            tracing::debug!(
+                partitions = updates.len(),
+                "offsets committed after sinks made held events durable"
+            );
+        }
+        self.positions.extend(updates);
+        Ok(())
     }
 
     /// Polls until the batch is full or the linger time passed.
@@ -468,6 +644,13 @@ impl Pipeline {
                 dropped = before - messages.len(),
                 "gathered events of revoked partitions dropped"
             );
+            let revoked: Vec<(String, i32)> = revoked.into_iter().collect();
+            for tp in &revoked {
+                self.positions.remove(tp);
+            }
+            for sink in &mut self.sinks {
+                sink.revoked(&revoked);
+            }
         }
         match polled {
             Some(Ok(message)) => {
@@ -532,8 +715,9 @@ impl Pipeline {
                 .or_default()
                 .push(message);
         }
-        let timeout = Duration::from_millis(self.config.transaction_timeout_ms);
         let started = Instant::now();
+        let partitions: Vec<(&str, i32)> = by_partition.keys().copied().collect();
+        self.learn_positions(&partitions)?;
         self.producer
             .begin_transaction()
             .map_err(CycleError::kafka("beginning a transaction"))?;
@@ -541,11 +725,14 @@ impl Pipeline {
         let mut processed = Vec::with_capacity(by_partition.len());
         let mut outputs = 0u64;
         let mut dead = 0u64;
+        let mut replayed = 0u64;
         let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
-        let mut offsets = TopicPartitionList::new();
+        let mut done = Vec::with_capacity(by_partition.len());
         for ((topic, partition), batch) in &by_partition {
+            let produced = self.positions[&((*topic).to_owned(), *partition)].produced;
+            replayed += batch.iter().filter(|m| m.offset() < produced).count() as u64;
             let (partition_batch, out, dead_letters) =
-                self.run_partition(&catalog, topic, *partition, batch)?;
+                self.run_partition(&catalog, topic, *partition, batch, produced)?;
             outputs += out;
             for letter in &dead_letters {
                 *reasons.entry(letter.reason.to_owned()).or_default() += 1;
@@ -554,31 +741,17 @@ impl Pipeline {
             for letter in dead_letters {
                 self.dead_letter(letter)?;
             }
-            offsets
-                .add_partition_offset(
-                    topic,
-                    *partition,
-                    Offset::Offset(partition_batch.last_offset + 1),
-                )
-                .map_err(CycleError::kafka("listing offsets"))?;
+            done.push(((*topic).to_owned(), *partition, partition_batch.last_offset));
             processed.push(partition_batch);
         }
 
         let ran = started.elapsed();
         for sink in &mut self.sinks {
             sink.write(&processed).map_err(CycleError::Sink)?;
+            sink.tick().map_err(CycleError::Sink)?;
         }
         let sunk = started.elapsed();
-        let group = self
-            .consumer
-            .group_metadata()
-            .ok_or(CycleError::NoGroupMetadata)?;
-        self.producer
-            .send_offsets_to_transaction(&offsets, &group, timeout)
-            .map_err(CycleError::kafka("sending offsets to the transaction"))?;
-        self.producer
-            .commit_transaction(timeout)
-            .map_err(CycleError::kafka("committing the transaction"))?;
+        self.commit_positions(&done)?;
         tracing::debug!(
             events = messages.len(),
             run_ms = ran.as_millis() as u64,
@@ -592,6 +765,7 @@ impl Pipeline {
             .fetch_add(messages.len() as u64, Ordering::Relaxed);
         self.metrics.outputs.fetch_add(outputs, Ordering::Relaxed);
         self.metrics.dead_letters.fetch_add(dead, Ordering::Relaxed);
+        self.metrics.replayed.fetch_add(replayed, Ordering::Relaxed);
         self.metrics.cycles.fetch_add(1, Ordering::Relaxed);
         if !reasons.is_empty() {
             let mut by_reason = self
@@ -606,13 +780,15 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Runs one partition's events through their scenarios and produces the outputs.
+    /// Runs one partition's events through their scenarios and produces the outputs,
+    /// except for events below `produced` (a replay for the sinks: produced before).
     fn run_partition<'m>(
         &mut self,
         catalog: &'m Catalog,
         topic: &str,
         partition: i32,
         messages: &[&'m OwnedMessage],
+        produced: i64,
     ) -> Result<(PartitionBatch, u64, Vec<DeadLetter<'m>>), CycleError> {
         let mut dead = Vec::new();
         // Per scenario: (index into messages, member id) in offset order.
@@ -733,6 +909,9 @@ impl Pipeline {
             let (result, quarantined) = self.run_scenario(&route, &batch);
             for ((index, member), outcome) in share.iter().zip(result.outcomes()) {
                 let message = messages[*index];
+                if message.offset() < produced {
+                    continue;
+                }
                 match outcome.status {
                     Status::Emitted => {
                         for record in result.records(outcome) {
@@ -763,6 +942,7 @@ impl Pipeline {
             });
         }
 
+        dead.retain(|letter| letter.message.offset() >= produced);
         let first_offset = messages.first().map_or(0, |m| m.offset());
         let last_offset = messages.last().map_or(0, |m| m.offset());
         Ok((

@@ -6,7 +6,7 @@
 //! are committed. A sink that fails makes the whole cycle abort and run again, so a
 //! sink sees the same events again after any failure or restart: it must be
 //! idempotent for them (the counters fence by offset, the archive names files by
-//! offset range).
+//! offset range and knows the last offset of each file it holds open).
 
 use std::sync::Arc;
 
@@ -62,13 +62,41 @@ pub struct SinkError {
 }
 
 /// Something that must be durable before offsets are committed.
+///
+/// A sink either makes each cycle durable in [`Sink::write`] (the counters), or holds
+/// some of it for a while (the archive keeps files open across cycles) and says so
+/// through [`Sink::pending_from`]: the pipeline then commits a partition's offset no
+/// further than the first event the sink still holds, and after a restart consumes
+/// from there again. Events it already produced outputs for are replayed to the
+/// sinks only, so every sink must skip what it already has.
 pub trait Sink: Send {
     /// A short name for logs and metrics.
     fn name(&self) -> &'static str;
 
-    /// Makes the cycle's batches durable. Called again with the same or overlapping
-    /// events after a failure or a restart, so it must count or store them once.
+    /// Takes the cycle's batches. Called again with the same or overlapping events
+    /// after a failure or a restart, so it must count or store them once.
     fn write(&mut self, batches: &[PartitionBatch]) -> Result<(), SinkError>;
+
+    /// The lowest offset of `topic`/`partition` the sink took but has not made durable
+    /// yet; `None` when everything it took is durable.
+    fn pending_from(&self, _topic: &str, _partition: i32) -> Option<i64> {
+        None
+    }
+
+    /// Called between cycles, also when no events arrive (about every
+    /// `pipeline.batch_linger_ms`): make durable what is due by time.
+    fn tick(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// Makes everything taken durable now: the pipeline is stopping.
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// The pipeline lost these partitions to a rebalance: forget what is held for them.
+    /// It was not committed, so their next owner consumes it again.
+    fn revoked(&mut self, _partitions: &[(String, i32)]) {}
 }
 
 /// The Redis counters as a sink.
