@@ -1136,6 +1136,169 @@ async fn weir_serve_killed_while_files_are_open_restarts_exactly_once() {
     let _ = std::fs::remove_dir_all(&data);
 }
 
+/// A NameNode and DataNode of this test's own, started by `tests/stack` in a scratch
+/// directory on shifted ports, so restarting its DataNode leaves the shared one alone.
+struct PrivateHdfs {
+    stack: String,
+    dir: PathBuf,
+    offset: u16,
+}
+
+impl PrivateHdfs {
+    fn start() -> Self {
+        let stack = std::env::var("WEIR_TEST_STACK").unwrap_or_else(|_| {
+            panic!(
+                "WEIR_TEST_STACK is not set: load the test environment with \
+                 `eval \"$(tests/stack env)\"`, or run every test with `tests/run`"
+            )
+        });
+        // A port offset whose NameNode port is free now.
+        let offset = (700..1000)
+            .step_by(10)
+            .find(|offset| std::net::TcpListener::bind(("127.0.0.1", 19000 + offset)).is_ok())
+            .expect("a free port range");
+        let hdfs = Self {
+            stack,
+            dir: std::env::temp_dir().join(unique("weir-hdfs")),
+            offset,
+        };
+        hdfs.stack(&["up", "namenode", "datanode"]);
+        hdfs
+    }
+
+    fn stack(&self, args: &[&str]) {
+        let status = std::process::Command::new(&self.stack)
+            .args(args)
+            .env("WEIR_STACK_DIR", &self.dir)
+            .env("WEIR_STACK_PORT_OFFSET", self.offset.to_string())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run tests/stack");
+        assert!(
+            status.success(),
+            "tests/stack {args:?} failed (logs under {})",
+            self.dir.display()
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("hdfs://127.0.0.1:{}", 19000 + self.offset)
+    }
+}
+
+impl Drop for PrivateHdfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.stack)
+            .args(["down", "datanode", "namenode"])
+            .env("WEIR_STACK_DIR", &self.dir)
+            .env("WEIR_STACK_PORT_OFFSET", self.offset.to_string())
+            .stdout(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The DataNode stops mid-stream: the pipeline fails its cycles, keeps consumption
+/// paused and commits nothing past the files it could not store; when the DataNode is
+/// back it catches up, and the archive holds every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datanode_restarted_mid_stream_loses_nothing_and_doubles_nothing() {
+    let brokers = Service::Kafka.addr();
+    let hdfs = tokio::task::spawn_blocking(PrivateHdfs::start)
+        .await
+        .expect("join");
+    let u = unique("dn");
+    let total = 40_000i64;
+    let PipelineSetup {
+        registry,
+        events_topic,
+        dlq,
+        expected,
+        ..
+    } = pipeline_setup(&brokers, &u, total).await;
+    let root = format!("/weir-archive/{u}");
+    let config = ArchiveConfig {
+        root: format!("{}{root}", hdfs.url()),
+        max_file_age_secs: 1,
+        idle_secs: 1,
+        hdfs_timeout_secs: 5,
+        ..ArchiveConfig::default()
+    };
+    let handle = tokio::runtime::Handle::current();
+    let sink = tokio::task::spawn_blocking(move || ArchiveSink::new(&config, handle))
+        .await
+        .expect("join")
+        .expect("archive sink");
+    let config = PipelineConfig {
+        brokers: brokers.clone(),
+        group_id: u.clone(),
+        topics: vec![events_topic.clone()],
+        dlq_topic: dlq.clone(),
+        batch_max_events: 500,
+        batch_linger_ms: 20,
+        registry_poll_ms: 100,
+        ..PipelineConfig::default()
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let pipeline =
+        weir::pipeline::Pipeline::new(config, registry, vec![Box::new(sink)], stop.clone())
+            .await
+            .expect("pipeline");
+    let metrics = pipeline.metrics();
+    let thread = std::thread::spawn(move || pipeline.run());
+    let wait_for = |what: &'static str, done: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !done() {
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "{what} did not happen within 180 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let events = || metrics.events.load(Ordering::Relaxed);
+    let failed = || metrics.failed_cycles.load(Ordering::Relaxed);
+    tokio::task::block_in_place(|| {
+        wait_for("5,000 events", &|| events() >= 5_000);
+        hdfs.stack(&["down", "datanode"]);
+        let stopped_at = events();
+        wait_for("a failed cycle", &|| failed() >= 1);
+        let during = events();
+        eprintln!("DataNode stopped after {stopped_at} events; first failure after {during}");
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            events() <= during + 500,
+            "consumption is paused while files cannot be stored: {during} then {}",
+            events()
+        );
+        hdfs.stack(&["up", "datanode"]);
+        wait_for("every event", &|| events() >= total as u64);
+    });
+    stop.cancel();
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .expect("join")
+        .expect("pipeline thread")
+        .expect("pipeline run");
+
+    let client = ClientBuilder::new()
+        .with_url(hdfs.url())
+        .build()
+        .expect("HDFS client");
+    let (local, paths) = copy_from_hdfs(&client, &root).await;
+    assert!(
+        paths.iter().all(|p| !p.starts_with(TMP_DIR)),
+        "no temporary files left"
+    );
+    let read = tokio::task::spawn_blocking(move || read_back(&local))
+        .await
+        .expect("join");
+    check(&read, &expected, &events_topic);
+    tokio::task::spawn_blocking(move || drop(hdfs))
+        .await
+        .expect("join");
+}
+
 /// A TCP proxy in front of the NameNode that can be cut and restored, on one port.
 struct CutProxy {
     port: u16,

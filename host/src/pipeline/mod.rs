@@ -206,7 +206,8 @@ pub struct Metrics {
     pub dead_letters_by_reason: Mutex<BTreeMap<String, u64>>,
     /// Batch cycles committed.
     pub cycles: AtomicU64,
-    /// Batch cycles that failed and were retried.
+    /// Batch cycles that failed and were retried, and turns without events whose
+    /// sinks or offset commit failed.
     pub failed_cycles: AtomicU64,
     /// Events consumed again for the sinks only: their outputs were produced before a
     /// restart or rebalance, but a sink had not made them durable yet.
@@ -459,11 +460,13 @@ impl Pipeline {
     fn idle(&mut self) {
         for sink in &mut self.sinks {
             if let Err(err) = sink.tick() {
+                self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %err, "sink could not make held events durable; retrying");
                 return;
             }
         }
         if let Err(err) = self.commit_positions(&[]) {
+            self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %err, "committing offsets failed; retrying");
             let _ = self.abort(&err);
         }
