@@ -913,17 +913,38 @@ async fn a_crash_with_open_files_replays_them_to_the_archive_only() {
         "open files hold the committed offsets back: {positions:?}"
     );
 
-    // The restart: a plain archive sink on the same root.
+    // A restart stopped during the replay (small batches, stop after the first):
+    // its stop closes the files and commits how far it replayed, not further.
+    let sink = open(config.clone()).await;
+    let small = PipelineConfig {
+        batch_max_events: 300,
+        ..pipeline.clone()
+    };
+    let second = crate::pipeline::run_until(small, &registry, vec![Box::new(sink)], 1).await;
+    let replayed = second.replayed.load(Ordering::Relaxed);
+    eprintln!("replayed {replayed} of {held} before the stop");
+    // Then a restart that runs the replay to the end.
     let sink = open(config).await;
-    let second =
-        crate::pipeline::run_until(pipeline, &registry, vec![Box::new(sink)], held as u64).await;
-    assert_eq!(second.replayed.load(Ordering::Relaxed), held as u64);
+    let third = crate::pipeline::run_until(
+        pipeline,
+        &registry,
+        vec![Box::new(sink)],
+        held as u64 - replayed,
+    )
+    .await;
     assert_eq!(
-        second.outputs.load(Ordering::Relaxed),
-        0,
-        "nothing produced again"
+        replayed + third.replayed.load(Ordering::Relaxed),
+        held as u64,
+        "the replay went on where the stopped one ended"
     );
-    assert_eq!(second.dead_letters.load(Ordering::Relaxed), 0);
+    for metrics in [&second, &third] {
+        assert_eq!(
+            metrics.outputs.load(Ordering::Relaxed),
+            0,
+            "nothing produced again"
+        );
+        assert_eq!(metrics.dead_letters.load(Ordering::Relaxed), 0);
+    }
     let positions = committed(&brokers, &u, &events_topic, 3);
     let want: Vec<(i64, i64)> = ends.iter().map(|&end| (end, end)).collect();
     assert_eq!(positions, want, "everything committed after the stop");

@@ -108,6 +108,7 @@ pub enum Codec {
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveConfig {
     /// `hdfs://host:port/path` for HDFS, else a local directory (created when missing).
+    /// `weir serve` uses `<data_dir>/archive` when it is empty.
     pub root: String,
     /// Page compression: `zstd` or `none`.
     pub compression: Codec,
@@ -136,7 +137,7 @@ pub struct ArchiveConfig {
 impl Default for ArchiveConfig {
     fn default() -> Self {
         Self {
-            root: "weir-archive".into(),
+            root: String::new(),
             compression: Codec::Zstd,
             zstd_level: 3,
             max_row_group_rows: 128 * 1024,
@@ -341,6 +342,8 @@ pub struct ArchiveSink {
     files: BTreeMap<MarkKey, OpenFile>,
     /// Complete files not yet stored (a store failure; retried first at every call).
     closed: Vec<Closed>,
+    /// Partitions whose rows from an offset on were lost to an encoding failure.
+    broken: HashMap<(String, i32), i64>,
     /// Highest archived offset (`None`: nothing archived) per key, as far as known.
     marks: HashMap<MarkKey, Option<i64>>,
     /// Last offset of the previous batch per (topic, partition), and when it was written.
@@ -387,9 +390,14 @@ impl ArchiveSink {
         Self::with_store(config, store)
     }
 
-    /// A sink writing to `store` (any [`Store`]). Deletes leftover temporary files.
+    /// A sink writing to `store` (any [`Store`]; `config.root` is not used). Deletes
+    /// leftover temporary files.
     pub fn with_store(config: &ArchiveConfig, store: Box<dyn Store>) -> Result<Self, ArchiveError> {
-        let problems = config.problems();
+        let problems: Vec<String> = config
+            .problems()
+            .into_iter()
+            .filter(|p| !p.starts_with("archive.root"))
+            .collect();
         if !problems.is_empty() {
             return Err(ArchiveError::Config(problems.join("; ")));
         }
@@ -413,6 +421,7 @@ impl ArchiveSink {
             },
             files: BTreeMap::new(),
             closed: Vec::new(),
+            broken: HashMap::new(),
             marks: HashMap::new(),
             last_offsets: HashMap::new(),
             clock: Box::new(|| chrono::Utc::now().timestamp_millis()),
@@ -503,6 +512,16 @@ impl ArchiveSink {
     /// Adds the partition batch's new rows to the open files, one per scenario and hour.
     fn take(&mut self, batch: &PartitionBatch) -> Result<(), ArchiveError> {
         let tp = (batch.topic.clone(), batch.partition);
+        if let Some(from) = self.broken.get(&tp) {
+            return Err(ArchiveError::Encode {
+                scenario: String::new(),
+                reason: format!(
+                    "rows of {} partition {} from offset {from} were lost to an earlier \
+                     encoding failure; restart to consume them again",
+                    batch.topic, batch.partition
+                ),
+            });
+        }
         let now = (self.clock)();
         let follows = self.last_offsets.get(&tp).is_some_and(|&(last, at)| {
             last == batch.first_offset - 1 && now.saturating_sub(at) < MARK_TTL_MS
@@ -568,7 +587,29 @@ impl ArchiveSink {
 
     /// Encodes the rows held by the open file at `key` as a row group. Rows that do not
     /// fit the file's columns close it first and start the next file.
+    ///
+    /// A failure may have taken rows with it: the partition is then broken. Its commits
+    /// stay before the file's first row, and it takes no more rows, so a restart (or the
+    /// partition's next owner) replays from there.
     fn encode(&mut self, key: &MarkKey) -> Result<(), ArchiveError> {
+        let first = self.files.get(key).and_then(OpenFile::first);
+        let result = self.encode_rows(key);
+        if let (Err(err), Some(first)) = (&result, first) {
+            tracing::error!(
+                topic = %key.2,
+                partition = key.3,
+                from = first,
+                error = %err,
+                "archive: rows could not be encoded; the partition's commits stop here until a restart replays it"
+            );
+            self.files.remove(key);
+            let from = self.broken.entry((key.2.clone(), key.3)).or_insert(first);
+            *from = (*from).min(first);
+        }
+        result
+    }
+
+    fn encode_rows(&mut self, key: &MarkKey) -> Result<(), ArchiveError> {
         let Some(file) = self.files.get_mut(key) else {
             return Ok(());
         };
@@ -714,44 +755,65 @@ impl ArchiveSink {
     }
 
     /// Stores the closed files, all at once where the store can, then notes the new
-    /// marks of those that made it. Those that failed stay for the next call.
+    /// marks of those that made it. Those that failed stay for the next call. Files of
+    /// one key go in offset order, one per wave, and none after a failure: a later
+    /// file visible without an earlier one would raise the key's mark over rows that
+    /// are not archived.
     fn put_closed(&mut self) -> Result<(), ArchiveError> {
-        if self.closed.is_empty() {
-            return Ok(());
-        }
-        let (files, notes): (Vec<StoreFile>, Vec<_>) = std::mem::take(&mut self.closed)
-            .into_iter()
-            .map(|c| (c.file, (c.key, c.first, c.last, c.rows)))
-            .unzip();
-        let results = self.store.put_all(&files);
+        let mut waiting = std::mem::take(&mut self.closed);
+        waiting.sort_by(|a, b| (&a.key, a.first).cmp(&(&b.key, b.first)));
         let mut first_error = None;
-        for ((file, (key, first, last, rows)), result) in files.into_iter().zip(notes).zip(results)
-        {
-            match result {
-                Ok(stored) => {
-                    if stored {
-                        self.stats.files += 1;
-                        self.stats.rows += rows as u64;
-                        self.stats.bytes += file.bytes.len() as u64;
-                    } else {
-                        tracing::warn!(path = %file.path, "archive: file already there, kept the existing one");
-                    }
-                    let mark = self.marks.entry(key).or_insert(None);
-                    *mark = (*mark).max(Some(last));
-                }
-                Err(e) => {
-                    // Best effort: what is left is removed at the next start anyway.
-                    let _ = self.store.delete(&file.tmp);
-                    self.closed.push(Closed {
-                        file,
-                        key,
-                        first,
-                        last,
-                        rows,
-                    });
-                    first_error.get_or_insert(e);
+        while !waiting.is_empty() {
+            let (mut wave, mut later) = (Vec::<Closed>::new(), Vec::<Closed>::new());
+            for closed in waiting {
+                let same_key = |other: Option<&Closed>| other.is_some_and(|o| o.key == closed.key);
+                if same_key(wave.last()) || same_key(later.last()) {
+                    later.push(closed);
+                } else {
+                    wave.push(closed);
                 }
             }
+            let (files, notes): (Vec<StoreFile>, Vec<_>) = wave
+                .into_iter()
+                .map(|c| (c.file, (c.key, c.first, c.last, c.rows)))
+                .unzip();
+            let results = self.store.put_all(&files);
+            let mut failed_keys = Vec::new();
+            for ((file, (key, first, last, rows)), result) in
+                files.into_iter().zip(notes).zip(results)
+            {
+                match result {
+                    Ok(stored) => {
+                        if stored {
+                            self.stats.files += 1;
+                            self.stats.rows += rows as u64;
+                            self.stats.bytes += file.bytes.len() as u64;
+                        } else {
+                            tracing::warn!(path = %file.path, "archive: file already there, kept the existing one");
+                        }
+                        let mark = self.marks.entry(key).or_insert(None);
+                        *mark = (*mark).max(Some(last));
+                    }
+                    Err(e) => {
+                        // Best effort: what is left is removed at the next start anyway.
+                        let _ = self.store.delete(&file.tmp);
+                        failed_keys.push(key.clone());
+                        self.closed.push(Closed {
+                            file,
+                            key,
+                            first,
+                            last,
+                            rows,
+                        });
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            let (blocked, rest): (Vec<Closed>, Vec<Closed>) = later
+                .into_iter()
+                .partition(|c| failed_keys.contains(&c.key));
+            self.closed.extend(blocked);
+            waiting = rest;
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -805,6 +867,7 @@ impl Sink for ArchiveSink {
             .filter(|(key, _)| ours(key))
             .filter_map(|(_, file)| file.first())
             .chain(self.closed.iter().filter(|c| ours(&c.key)).map(|c| c.first))
+            .chain(self.broken.get(&(topic.to_owned(), partition)).copied())
             .min()
     }
 
@@ -836,6 +899,7 @@ impl Sink for ArchiveSink {
         self.marks.retain(|key, _| !gone(key));
         for tp in partitions {
             self.last_offsets.remove(tp);
+            self.broken.remove(tp);
         }
         if before != self.files.len() {
             tracing::info!(
@@ -884,6 +948,90 @@ pub fn parse_file_name(name: &str) -> Option<(String, i32, i64, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A store that refuses the paths it is told to and remembers what it stored.
+    #[derive(Debug, Default, Clone)]
+    struct Picky {
+        refuse: Arc<Mutex<Vec<String>>>,
+        stored: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Store for Picky {
+        fn put(&mut self, path: &str, _tmp: &str, _bytes: &[u8]) -> Result<bool, ArchiveError> {
+            if self.refuse.lock().unwrap().iter().any(|r| r == path) {
+                return Err(ArchiveError::Store {
+                    op: "put",
+                    path: path.to_owned(),
+                    reason: "refused".into(),
+                });
+            }
+            self.stored.lock().unwrap().push(path.to_owned());
+            Ok(true)
+        }
+        fn list(&mut self, _dir: &str) -> Result<Vec<String>, ArchiveError> {
+            Ok(Vec::new())
+        }
+        fn delete(&mut self, _path: &str) -> Result<(), ArchiveError> {
+            Ok(())
+        }
+        fn root(&self) -> String {
+            "picky".into()
+        }
+    }
+
+    fn closed(scenario: &str, first: i64, last: i64) -> Closed {
+        let key = (scenario.to_owned(), "dir".to_owned(), "t".to_owned(), 0);
+        Closed {
+            file: StoreFile {
+                path: format!("{scenario}/t-0-{first}-{last}.parquet"),
+                tmp: format!("_tmp/{scenario}-{first}"),
+                bytes: Vec::new(),
+            },
+            key,
+            first,
+            last,
+            rows: 1,
+        }
+    }
+
+    #[test]
+    fn a_later_file_of_a_key_waits_for_the_earlier_one() {
+        let store = Picky::default();
+        let mut sink = ArchiveSink::with_store(&ArchiveConfig::default(), Box::new(store.clone()))
+            .expect("sink");
+        store
+            .refuse
+            .lock()
+            .unwrap()
+            .push("a/t-0-0-9.parquet".into());
+        sink.closed = vec![closed("a", 10, 19), closed("b", 0, 9), closed("a", 0, 9)];
+        assert!(sink.put_closed().is_err());
+        assert_eq!(
+            *store.stored.lock().unwrap(),
+            ["b/t-0-0-9.parquet"],
+            "a's second file is not stored before its first"
+        );
+        assert_eq!(
+            sink.pending_from("t", 0),
+            Some(0),
+            "a's rows still hold commits"
+        );
+        assert_eq!(sink.closed.len(), 2);
+
+        store.refuse.lock().unwrap().clear();
+        sink.put_closed().expect("stored");
+        assert_eq!(
+            *store.stored.lock().unwrap(),
+            [
+                "b/t-0-0-9.parquet",
+                "a/t-0-0-9.parquet",
+                "a/t-0-10-19.parquet"
+            ],
+            "in offset order, one per wave"
+        );
+        assert_eq!(sink.pending_from("t", 0), None);
+    }
 
     #[test]
     fn file_names_round_trip_with_dashes_in_topics() {

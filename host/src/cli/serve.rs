@@ -195,12 +195,12 @@ impl ServeArgs {
         if let Some(redis) = self.redis.clone() {
             counters.redis = Some(redis);
         }
-        let mut archive = config.archive.unwrap_or_else(|| ArchiveConfig {
-            root: data_dir.join("archive").display().to_string(),
-            ..ArchiveConfig::default()
-        });
+        let mut archive = config.archive.unwrap_or_default();
         if let Some(root) = self.archive.clone() {
             archive.root = root;
+        }
+        if archive.root.is_empty() {
+            archive.root = data_dir.join("archive").display().to_string();
         }
         let plan = PipelinePlan {
             pipeline,

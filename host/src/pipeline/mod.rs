@@ -241,6 +241,8 @@ impl ConsumerContext for Context {
 struct Position {
     /// Outputs and dead letters were produced for every offset below this.
     produced: i64,
+    /// Every offset below this was handed to the sinks (known once a cycle ran).
+    handed: Option<i64>,
     /// The committed offset, when there is one.
     committed: Option<i64>,
 }
@@ -421,7 +423,7 @@ impl Pipeline {
             self.refresh()?;
             let mut gathered = self.gather();
             if gathered.is_empty() {
-                self.idle();
+                self.idle()?;
                 continue;
             }
             loop {
@@ -457,19 +459,21 @@ impl Pipeline {
 
     /// No events came: lets the sinks make durable what is due by time, and commits
     /// what that allows. A failure is retried at the next turn; nothing is lost.
-    fn idle(&mut self) {
+    /// A fatal Kafka error (this producer was fenced) stops the pipeline.
+    fn idle(&mut self) -> Result<(), PipelineError> {
         for sink in &mut self.sinks {
             if let Err(err) = sink.tick() {
                 self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %err, "sink could not make held events durable; retrying");
-                return;
+                return Ok(());
             }
         }
         if let Err(err) = self.commit_positions(&[]) {
             self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %err, "committing offsets failed; retrying");
-            let _ = self.abort(&err);
+            self.abort(&err)?;
         }
+        Ok(())
     }
 
     /// Stopping: the sinks make everything durable and the offsets are committed.
@@ -482,7 +486,9 @@ impl Pipeline {
         }
         if let Err(err) = self.commit_positions(&[]) {
             tracing::warn!(error = %err, "committing the last offsets failed; their events will be consumed again");
-            let _ = self.abort(&err);
+            if let Err(fatal) = self.abort(&err) {
+                tracing::warn!(error = %fatal, "stopping without a usable producer");
+            }
         }
     }
 
@@ -504,6 +510,9 @@ impl Pipeline {
             .committed_offsets(missing, timeout)
             .map_err(CycleError::kafka("reading committed offsets"))?;
         for element in committed.elements() {
+            element
+                .error()
+                .map_err(CycleError::kafka("reading a committed offset"))?;
             let committed = match element.offset() {
                 Offset::Offset(offset) => Some(offset),
                 _ => None,
@@ -527,6 +536,7 @@ impl Pipeline {
                 (element.topic().to_owned(), element.partition()),
                 Position {
                     produced,
+                    handed: None,
                     committed,
                 },
             );
@@ -534,10 +544,12 @@ impl Pipeline {
         Ok(())
     }
 
-    /// The offset each partition may commit: below the first event a sink still holds,
-    /// and at most the produced mark, which is raised to `last + 1` for the partitions
-    /// of the cycle (`done`). Sends those that changed to the open transaction, or to a
-    /// transaction of its own when `done` is empty, and notes them once committed.
+    /// The offset each partition may commit: no further than what was handed to the
+    /// sinks (a replay may still be below the produced mark) and below the first event
+    /// a sink still holds. The partitions of the cycle (`done`: topic, partition, last
+    /// offset) advance what was handed and produced. Sends what changed to the open
+    /// transaction and commits it, or, when `done` is empty, to a transaction of its
+    /// own; notes the new positions once committed.
     fn commit_positions(&mut self, done: &[(String, i32, i64)]) -> Result<(), CycleError> {
         let mut offsets = TopicPartitionList::new();
         let mut updates = Vec::new();
@@ -546,13 +558,16 @@ impl Pipeline {
                 .iter()
                 .find(|(t, p, _)| t == &tp.0 && *p == tp.1)
                 .map(|&(_, _, last)| last);
-            let produced = last.map_or(position.produced, |l| position.produced.max(l + 1));
+            let Some(handed) = last.map(|l| l + 1).or(position.handed) else {
+                continue; // assigned, but no cycle has run on it yet
+            };
+            let produced = position.produced.max(handed);
             let held = self
                 .sinks
                 .iter()
                 .filter_map(|sink| sink.pending_from(&tp.0, tp.1))
                 .min();
-            let commit = held.map_or(produced, |h| h.min(produced));
+            let commit = held.map_or(handed, |h| h.min(handed));
             if last.is_none() && position.committed == Some(commit) {
                 continue;
             }
@@ -565,27 +580,30 @@ impl Pipeline {
                 tp.clone(),
                 Position {
                     produced,
+                    handed: Some(handed),
                     committed: Some(commit),
                 },
             ));
         }
-        if offsets.count() == 0 {
+        let own = done.is_empty();
+        if own && offsets.count() == 0 {
             return Ok(());
         }
         let timeout = Duration::from_millis(self.config.transaction_timeout_ms);
-        let own = done.is_empty();
         if own {
             self.producer
                 .begin_transaction()
                 .map_err(CycleError::kafka("beginning a transaction"))?;
         }
-        let group = self
-            .consumer
-            .group_metadata()
-            .ok_or(CycleError::NoGroupMetadata)?;
-        self.producer
-            .send_offsets_to_transaction(&offsets, &group, timeout)
-            .map_err(CycleError::kafka("sending offsets to the transaction"))?;
+        if offsets.count() > 0 {
+            let group = self
+                .consumer
+                .group_metadata()
+                .ok_or(CycleError::NoGroupMetadata)?;
+            self.producer
+                .send_offsets_to_transaction(&offsets, &group, timeout)
+                .map_err(CycleError::kafka("sending offsets to the transaction"))?;
+        }
         self.producer
             .commit_transaction(timeout)
             .map_err(CycleError::kafka("committing the transaction"))?;
@@ -732,7 +750,11 @@ impl Pipeline {
         let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
         let mut done = Vec::with_capacity(by_partition.len());
         for ((topic, partition), batch) in &by_partition {
-            let produced = self.positions[&((*topic).to_owned(), *partition)].produced;
+            let produced = self
+                .positions
+                .get(&((*topic).to_owned(), *partition))
+                .map(|p| p.produced)
+                .ok_or(CycleError::NoPosition)?;
             replayed += batch.iter().filter(|m| m.offset() < produced).count() as u64;
             let (partition_batch, out, dead_letters) =
                 self.run_partition(&catalog, topic, *partition, batch, produced)?;
@@ -1164,6 +1186,8 @@ enum CycleError {
     Runtime(String),
     #[error("the consumer has no group metadata yet")]
     NoGroupMetadata,
+    #[error("the committed offset of a partition could not be read")]
+    NoPosition,
 }
 
 impl CycleError {
