@@ -846,10 +846,20 @@ async fn a_second_replica_joining_mid_stream_loses_and_doubles_nothing() {
         .expect("second");
     let second_metrics = second.metrics();
     let second_thread = std::thread::spawn(move || second.run());
-    for from in [20_000, 30_000, 40_000, 50_000] {
-        wave(from).await;
+    // Waves go on until the second replica has taken a share (and two more after).
+    let mut total = 20_000u64;
+    let mut after_share = 0;
+    while after_share < 2 {
+        assert!(
+            total < 400_000,
+            "the second replica took no share of {total} events"
+        );
+        wave(total as usize).await;
+        total += 10_000;
+        if second_metrics.events.load(Ordering::Relaxed) > 0 {
+            after_share += 1;
+        }
     }
-    let total = 60_000u64;
     let started = Instant::now();
     let handled = || {
         first_metrics.events.load(Ordering::Relaxed) + second_metrics.events.load(Ordering::Relaxed)

@@ -595,6 +595,7 @@ impl Pipeline {
                 .begin_transaction()
                 .map_err(CycleError::kafka("beginning a transaction"))?;
         }
+        let started = Instant::now();
         if offsets.count() > 0 {
             let group = self
                 .consumer
@@ -604,9 +605,16 @@ impl Pipeline {
                 .send_offsets_to_transaction(&offsets, &group, timeout)
                 .map_err(CycleError::kafka("sending offsets to the transaction"))?;
         }
+        let sent = started.elapsed();
+        self.await_deliveries(timeout)?;
         self.producer
             .commit_transaction(timeout)
             .map_err(CycleError::kafka("committing the transaction"))?;
+        tracing::trace!(
+            offsets_ms = sent.as_millis() as u64,
+            commit_ms = (started.elapsed() - sent).as_millis() as u64,
+            "transaction committed"
+        );
         if own {
             tracing::debug!(
                 partitions = updates.len(),
@@ -1070,6 +1078,24 @@ impl Pipeline {
                 .insert(route.id.clone(), (route.clone(), instance));
         }
         Ok(&mut self.instances.get_mut(&route.id).expect("just inserted").1)
+    }
+
+    /// Waits until every record sent is delivered. The client's own wait before a
+    /// commit polls for delivery reports in steps of up to 100 ms, which the producer's
+    /// polling thread has usually taken already: waiting here first, in 1 ms steps, saves
+    /// those 100 ms on every commit (docs/pipeline.md, Throughput).
+    fn await_deliveries(&self, timeout: Duration) -> Result<(), CycleError> {
+        let started = Instant::now();
+        while self.producer.in_flight_count() > 0 {
+            if started.elapsed() >= timeout {
+                return Err(CycleError::Kafka {
+                    context: "waiting for deliveries",
+                    source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
     }
 
     fn send(&self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), CycleError> {
