@@ -3,7 +3,8 @@
 //!
 //! Needs a broker: start one with `tests/stack up kafka`, then
 //! `eval "$(tests/stack env)" && cargo bench -p weir-benches --bench pipeline`.
-//! `WEIR_BENCH_EVENTS` (default 500000) sets the throughput run's size.
+//! `WEIR_BENCH_EVENTS` (default 500000) sets the throughput run's size,
+//! `WEIR_BENCH_BATCH` the pipeline's `batch_max_events` (default: the pipeline's).
 //!
 //! Two phases, each printed as one parseable line:
 //! - `pipeline-throughput events=N seconds=S events_per_s=R`: N events produced
@@ -155,13 +156,23 @@ async fn main() {
         .unwrap_or(500_000);
     let tag = format!("bench-{}-{}", std::process::id(), now_ms());
     let (registry, input, output, dlq) = setup(&brokers, &tag).await;
-    let config = PipelineConfig {
+    let mut config = PipelineConfig {
         brokers: brokers.clone(),
         group_id: format!("{tag}-group"),
         topics: vec![input.clone()],
         dlq_topic: dlq,
         ..PipelineConfig::default()
     };
+    if let Some(batch) = std::env::var("WEIR_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.batch_max_events = batch;
+    }
+    println!(
+        "pipeline-config batch_max_events={}",
+        config.batch_max_events
+    );
 
     // Throughput: everything produced first, then drained.
     let producer = new_producer(&brokers);
