@@ -640,6 +640,56 @@ async fn pipeline_setup(brokers: &str, u: &str, events: i64) -> PipelineSetup {
     }
 }
 
+/// An archive sink for `config`, made off the runtime's threads (it blocks on HDFS).
+async fn archive_sink(config: ArchiveConfig) -> ArchiveSink {
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || ArchiveSink::new(&config, handle))
+        .await
+        .expect("join")
+        .expect("archive sink")
+}
+
+/// The pipeline of [`pipeline_setup`]'s topics in group `group`, with small batches.
+fn archive_pipeline(
+    brokers: &str,
+    group: &str,
+    setup: (&str, &str),
+    batch_max_events: usize,
+    batch_linger_ms: u64,
+) -> PipelineConfig {
+    let (events_topic, dlq) = setup;
+    PipelineConfig {
+        brokers: brokers.to_owned(),
+        group_id: group.to_owned(),
+        topics: vec![events_topic.to_owned()],
+        dlq_topic: dlq.to_owned(),
+        batch_max_events,
+        batch_linger_ms,
+        registry_poll_ms: 100,
+        ..PipelineConfig::default()
+    }
+}
+
+/// Reads the archive under `root` on HDFS back with pyarrow and checks it against
+/// `expected`: no temporary file left, every row once. Returns the relative paths.
+async fn check_hdfs_archive(
+    client: &Client,
+    root: &str,
+    expected: &Expected,
+    topic: &str,
+) -> Vec<String> {
+    let (local, paths) = copy_from_hdfs(client, root).await;
+    assert!(
+        paths.iter().all(|p| !p.starts_with(TMP_DIR)),
+        "no temporary files left: {paths:?}"
+    );
+    let read = tokio::task::spawn_blocking(move || read_back(&local))
+        .await
+        .expect("join");
+    check(&read, expected, topic);
+    paths
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_events_through_the_pipeline_are_archived_once_on_hdfs() {
     let brokers = Service::Kafka.addr();
@@ -654,37 +704,19 @@ async fn a_hundred_thousand_events_through_the_pipeline_are_archived_once_on_hdf
     } = pipeline_setup(&brokers, &u, 100_000).await;
 
     let root = format!("/weir-archive/{u}");
-    let config = ArchiveConfig {
+    let sink = archive_sink(ArchiveConfig {
         root: format!("{hdfs}{root}"),
         ..ArchiveConfig::default()
-    };
-    let handle = tokio::runtime::Handle::current();
-    let sink = tokio::task::spawn_blocking(move || ArchiveSink::new(&config, handle))
-        .await
-        .expect("join")
-        .expect("archive sink");
-
-    let config = PipelineConfig {
-        brokers: brokers.clone(),
-        group_id: u.clone(),
-        topics: vec![events_topic.clone()],
-        dlq_topic: dlq.clone(),
-        batch_max_events: 4096,
-        batch_linger_ms: 50,
-        registry_poll_ms: 100,
-        ..PipelineConfig::default()
-    };
+    })
+    .await;
+    let config = archive_pipeline(&brokers, &u, (&events_topic, &dlq), 4096, 50);
     crate::pipeline::run_until(config, &registry, vec![Box::new(sink)], 100_000).await;
 
     let client = ClientBuilder::new()
         .with_url(&hdfs)
         .build()
         .expect("HDFS client");
-    let (local, paths) = copy_from_hdfs(&client, &root).await;
-    assert!(
-        paths.iter().all(|p| !p.starts_with(TMP_DIR)),
-        "no temporary files left"
-    );
+    let paths = check_hdfs_archive(&client, &root, &expected, &events_topic).await;
     let hours: BTreeSet<&str> = paths
         .iter()
         .filter_map(|p| p.rsplit_once('/').map(|(dir, _)| dir))
@@ -694,10 +726,6 @@ async fn a_hundred_thousand_events_through_the_pipeline_are_archived_once_on_hdf
         2 * 3,
         "two scenarios over three hours: {hours:?}"
     );
-    let read = tokio::task::spawn_blocking(move || read_back(&local))
-        .await
-        .expect("join");
-    check(&read, &expected, &events_topic);
     client.delete(&root, true).await.expect("clean up");
 }
 
@@ -868,25 +896,9 @@ async fn a_crash_with_open_files_replays_them_to_the_archive_only() {
         max_open_files: 3,
         ..ArchiveConfig::default()
     };
-    let pipeline = PipelineConfig {
-        brokers: brokers.clone(),
-        group_id: u.clone(),
-        topics: vec![events_topic.clone()],
-        dlq_topic: dlq.clone(),
-        batch_max_events: 2_000,
-        batch_linger_ms: 50,
-        registry_poll_ms: 100,
-        ..PipelineConfig::default()
-    };
-    let open = |config: ArchiveConfig| async move {
-        let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || ArchiveSink::new(&config, handle))
-            .await
-            .expect("join")
-            .expect("archive sink")
-    };
+    let pipeline = archive_pipeline(&brokers, &u, (&events_topic, &dlq), 2_000, 50);
 
-    let sink = open(config.clone()).await;
+    let sink = archive_sink(config.clone()).await;
     let first = crate::pipeline::run_until(
         pipeline.clone(),
         &registry,
@@ -915,7 +927,7 @@ async fn a_crash_with_open_files_replays_them_to_the_archive_only() {
 
     // A restart stopped during the replay (small batches, stop after the first):
     // its stop closes the files and commits how far it replayed, not further.
-    let sink = open(config.clone()).await;
+    let sink = archive_sink(config.clone()).await;
     let small = PipelineConfig {
         batch_max_events: 300,
         ..pipeline.clone()
@@ -924,7 +936,7 @@ async fn a_crash_with_open_files_replays_them_to_the_archive_only() {
     let replayed = second.replayed.load(Ordering::Relaxed);
     eprintln!("replayed {replayed} of {held} before the stop");
     // Then a restart that runs the replay to the end.
-    let sink = open(config).await;
+    let sink = archive_sink(config).await;
     let third = crate::pipeline::run_until(
         pipeline,
         &registry,
@@ -1138,15 +1150,7 @@ async fn weir_serve_killed_while_files_are_open_restarts_exactly_once() {
         "the restart found work left by the kill; log:\n{log}"
     );
 
-    let (local, paths) = copy_from_hdfs(&client, &root).await;
-    assert!(
-        paths.iter().all(|p| !p.starts_with(TMP_DIR)),
-        "no temporary files left: {paths:?}"
-    );
-    let read = tokio::task::spawn_blocking(move || read_back(&local))
-        .await
-        .expect("join");
-    check(&read, &expected, &events_topic);
+    check_hdfs_archive(&client, &root, &expected, &events_topic).await;
     let outputs = crate::pipeline::read_committed(&brokers, &[&out, &dlq], total as usize);
     assert_eq!(
         outputs.len(),
@@ -1238,28 +1242,15 @@ async fn a_datanode_restarted_mid_stream_loses_nothing_and_doubles_nothing() {
         ..
     } = pipeline_setup(&brokers, &u, total).await;
     let root = format!("/weir-archive/{u}");
-    let config = ArchiveConfig {
+    let sink = archive_sink(ArchiveConfig {
         root: format!("{}{root}", hdfs.url()),
         max_file_age_secs: 1,
         idle_secs: 1,
         hdfs_timeout_secs: 5,
         ..ArchiveConfig::default()
-    };
-    let handle = tokio::runtime::Handle::current();
-    let sink = tokio::task::spawn_blocking(move || ArchiveSink::new(&config, handle))
-        .await
-        .expect("join")
-        .expect("archive sink");
-    let config = PipelineConfig {
-        brokers: brokers.clone(),
-        group_id: u.clone(),
-        topics: vec![events_topic.clone()],
-        dlq_topic: dlq.clone(),
-        batch_max_events: 500,
-        batch_linger_ms: 20,
-        registry_poll_ms: 100,
-        ..PipelineConfig::default()
-    };
+    })
+    .await;
+    let config = archive_pipeline(&brokers, &u, (&events_topic, &dlq), 500, 20);
     let stop = tokio_util::sync::CancellationToken::new();
     let pipeline =
         weir::pipeline::Pipeline::new(config, registry, vec![Box::new(sink)], stop.clone())
@@ -1306,15 +1297,7 @@ async fn a_datanode_restarted_mid_stream_loses_nothing_and_doubles_nothing() {
         .with_url(hdfs.url())
         .build()
         .expect("HDFS client");
-    let (local, paths) = copy_from_hdfs(&client, &root).await;
-    assert!(
-        paths.iter().all(|p| !p.starts_with(TMP_DIR)),
-        "no temporary files left"
-    );
-    let read = tokio::task::spawn_blocking(move || read_back(&local))
-        .await
-        .expect("join");
-    check(&read, &expected, &events_topic);
+    check_hdfs_archive(&client, &root, &expected, &events_topic).await;
     tokio::task::spawn_blocking(move || drop(hdfs))
         .await
         .expect("join");
