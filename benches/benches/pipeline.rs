@@ -4,7 +4,8 @@
 //! Needs a broker: start one with `tests/stack up kafka`, then
 //! `eval "$(tests/stack env)" && cargo bench -p weir-benches --bench pipeline`.
 //! `WEIR_BENCH_EVENTS` (default 500000) sets the throughput run's size,
-//! `WEIR_BENCH_BATCH` the pipeline's `batch_max_events` (default: the pipeline's).
+//! `WEIR_BENCH_BATCH` the pipeline's `batch_max_events` (default: the pipeline's),
+//! `WEIR_BENCH_KAFKA=key=value,...` extra librdkafka settings for the pipeline.
 //!
 //! Two phases, each printed as one parseable line:
 //! - `pipeline-throughput events=N seconds=S events_per_s=R`: N events produced
@@ -169,9 +170,16 @@ async fn main() {
     {
         config.batch_max_events = batch;
     }
+    // `WEIR_BENCH_KAFKA=key=value,key=value`: extra client settings to compare.
+    if let Ok(settings) = std::env::var("WEIR_BENCH_KAFKA") {
+        for pair in settings.split(',').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').expect("WEIR_BENCH_KAFKA: key=value");
+            config.kafka.insert(key.to_owned(), value.to_owned());
+        }
+    }
     println!(
-        "pipeline-config batch_max_events={}",
-        config.batch_max_events
+        "pipeline-config batch_max_events={} kafka={:?}",
+        config.batch_max_events, config.kafka
     );
 
     // Throughput: everything produced first, then drained.
