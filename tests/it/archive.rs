@@ -358,16 +358,12 @@ fn replays_and_restarts_add_no_second_copy_on_hdfs() {
             assert!(deleted, "{path} was there");
         },
     );
-    let (local, paths) = runtime.block_on(copy_from_hdfs(&client, &dir));
-    assert!(
-        paths.iter().all(|p| !p.starts_with(TMP_DIR)),
-        "no temporary files left: {paths:?}"
-    );
-    check(
-        &read_back(&local),
+    runtime.block_on(check_hdfs_archive(
+        &client,
+        &dir,
         &scenarios.expected(0..300, two_hours),
         &topic,
-    );
+    ));
     runtime
         .block_on(client.delete(&dir, true))
         .expect("clean up");
@@ -1404,16 +1400,12 @@ fn hdfs_unreachable_fails_the_cycle_in_bounded_time_and_the_retry_completes_it()
         .with_url(&url)
         .build()
         .expect("HDFS client");
-    let (local, paths) = runtime.block_on(copy_from_hdfs(&client, &dir));
-    assert!(
-        paths.iter().all(|p| !p.starts_with(TMP_DIR)),
-        "no temporary files left: {paths:?}"
-    );
-    check(
-        &read_back(&local),
+    runtime.block_on(check_hdfs_archive(
+        &client,
+        &dir,
         &scenarios.expected(0..300, two_hours),
         &topic,
-    );
+    ));
     runtime
         .block_on(client.delete(&dir, true))
         .expect("clean up");
