@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdfs_native::{Client, ClientBuilder, WriteOptions};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
@@ -518,27 +516,6 @@ fn a_write_cut_before_its_rename_is_never_visible_and_is_redone() {
     std::fs::remove_dir_all(&root).ok();
 }
 
-async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
-        .collect();
-    for result in admin
-        .create_topics(
-            &new,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .expect("create topics")
-    {
-        result.expect("topic created");
-    }
-}
-
 /// What [`pipeline_setup`] made: the registry, the topics, what to expect.
 struct PipelineSetup {
     registry: Registry,
@@ -556,7 +533,8 @@ async fn pipeline_setup(brokers: &str, u: &str, events: i64) -> PipelineSetup {
         format!("{u}-dlq"),
         format!("{u}-out"),
     );
-    create_topics(brokers, &[(&events_topic, 3), (&dlq, 1), (&out, 3)]).await;
+    // Three partitions each (the events topic's three are what the tests count on).
+    crate::pipeline::create_topics(brokers, &[&events_topic, &dlq, &out]).await;
 
     let dir = std::env::temp_dir().join(unique("weir-archive-registry"));
     std::fs::create_dir_all(&dir).expect("temp dir");

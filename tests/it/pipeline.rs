@@ -24,7 +24,8 @@ use weir_integration::{Service, unique};
 
 const PARTITIONS: i32 = 3;
 
-async fn create_topics(brokers: &str, topics: &[&str]) {
+/// Creates `topics` with [`PARTITIONS`] partitions each.
+pub(crate) async fn create_topics(brokers: &str, topics: &[&str]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
