@@ -225,6 +225,19 @@ pub enum ArchiveError {
         /// The Arrow or Parquet error.
         reason: String,
     },
+    /// A partition lost held rows to an earlier encoding failure and takes no more.
+    #[error(
+        "archive: rows of {topic} partition {partition} from offset {from} were lost to an \
+         earlier encoding failure; restart to consume them again"
+    )]
+    Broken {
+        /// Source topic.
+        topic: String,
+        /// Source partition.
+        partition: i32,
+        /// First offset whose rows may be lost.
+        from: i64,
+    },
 }
 
 /// What the sink did since it was built.
@@ -513,13 +526,10 @@ impl ArchiveSink {
     fn take(&mut self, batch: &PartitionBatch) -> Result<(), ArchiveError> {
         let tp = (batch.topic.clone(), batch.partition);
         if let Some(from) = self.broken.get(&tp) {
-            return Err(ArchiveError::Encode {
-                scenario: String::new(),
-                reason: format!(
-                    "rows of {} partition {} from offset {from} were lost to an earlier \
-                     encoding failure; restart to consume them again",
-                    batch.topic, batch.partition
-                ),
+            return Err(ArchiveError::Broken {
+                topic: batch.topic.clone(),
+                partition: batch.partition,
+                from: *from,
             });
         }
         let now = (self.clock)();
