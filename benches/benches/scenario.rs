@@ -24,10 +24,27 @@ fn main() {
     let events = tracking_events(EVENTS, 42);
     let wasm = std::fs::read(weir_artifacts::PLUGIN_SCENARIO).expect("scenario plugin built");
 
-    let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
+    // WEIR_BENCH_PROFILE=1: only run the wasm side at batch 256 for 10 s, with
+    // a perf map, under `perf record`.
+    let profile = std::env::var_os("WEIR_BENCH_PROFILE").is_some();
+    let runtime = Runtime::new(RuntimeConfig {
+        perf_map: profile,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
     let mut instance = configured(&runtime, &wasm);
     let native = native::Scenario::new(SCENARIO_5);
     check_same_answers(&mut instance, &native, &events);
+    if profile {
+        let batches = batches(&events, 256);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            for batch in &batches {
+                black_box(instance.process(batch).expect("process"));
+            }
+        }
+        return;
+    }
 
     let mut criterion = Criterion::default()
         .configure_from_args()

@@ -7,26 +7,34 @@
 //!
 //! # Figures (`scenario`, limits on: epoch deadline, 64 MiB memory cap, output cap)
 //!
-//! Release build on a 2-core machine shared with other builds (load 4-5), so
-//! expect ±20 % between runs:
+//! Release build on a 2-core machine shared with other work; two runs of the
+//! bench's own summary, back to back (both sides built with the same release
+//! profile: no LTO, 16 codegen units):
 //!
 //! | batch | wasm ns/event | native ns/event | wasm/native | wasm events/s |
 //! |---|---|---|---|---|
-//! | 1 | 2865 | 735 | 3.90 | 349k |
-//! | 64 | 1692 | 626 | 2.70 | 591k |
-//! | 256 | 1590 | 628 | 2.53 | 629k |
-//! | 1024 | 1533 | 644 | 2.38 | 652k |
+//! | 1 | 2372-2400 | 475-478 | 4.99-5.02 | 417k-422k |
+//! | 64 | 1068-1110 | 434-435 | 2.46-2.55 | 901k-936k |
+//! | 256 | 1017 | 433-436 | 2.33-2.35 | 983k |
+//! | 1024 | 1010-1019 | 430-434 | 2.33-2.37 | 981k-990k |
 //!
-//! Without any limit the wasm side runs 1270-1300 ns/event at batch 256
-//! (about 2.05x native): most of the gap is the guest code itself, not the
-//! boundary (the flat batch layout costs under 0.1 us/event). Getting to 1.3x
-//! would take, roughly in order of effect: building guests with
-//! `+simd128` (native `memchr`/JSON scanning uses SSE2/AVX2, the wasm build
-//! falls back to scalar loops), fat LTO, `codegen-units = 1` and `opt-level =
-//! 3`; a bump allocator in the guest reset after each batch instead of
-//! dlmalloc; and a cheaper interruption than epoch checks at every loop back
-//! edge (about 25-40 % here), e.g. a larger tick with the check only at
-//! function entries, which wasmtime 48 does not offer.
+//! Without any limit the wasm side runs 749-760 ns/event at batch 256 (1.75x
+//! native); the epoch deadline adds 38-40 %, fuel 43 %, both 75 %.
+//!
+//! Where the rest goes (`perf` with `WEIR_BENCH_PROFILE=1`, which runs only
+//! the wasm side and writes a perf map): about 12 % of the wasm time is the
+//! host lowering and lifting the batch (the per-event `event` and `outcome`
+//! records are converted field by field; a columnar layout of primitive
+//! lists would make them plain copies), the rest is guest code, in which the
+//! JSON split and field lookups dominate. Getting to 1.3x would take: no
+//! per-iteration epoch check (wasmtime's MMU-based interruption, proposed
+//! upstream, measured there at about 3 % instead of 14 %; not in wasmtime 48,
+//! and wasmtime 49 needs a newer Rust), the columnar batch, and fewer, wider
+//! loops in the guest (`simd128` scanning, which the precompiled wasm
+//! standard library does not use). Fat LTO is not a way there: it makes the
+//! native build about 10 % faster and the wasm build no faster (1098 against
+//! 1005 ns/event; ratio 2.8 with both built that way), so shipped components
+//! and the bench keep the same release profile on both sides.
 
 /// The scenario every benchmark evaluates: scenario 5, "adult male users who
 /// clicked buy after 9 o'clock" (`age > 20 AND gender == MALE AND h >= 9`),

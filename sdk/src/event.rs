@@ -8,6 +8,8 @@ use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::scan;
+
 use crate::Error;
 use crate::batch::Header;
 
@@ -232,6 +234,7 @@ impl<'a> Event<'a> {
     /// assert!(weir_sdk::Event::new(b"{\"a\":").fields().is_err());
     /// # Ok::<(), weir_sdk::Error>(())
     /// ```
+    #[inline]
     pub fn fields(&self) -> Result<&Fields<'a>, Error> {
         self.fields
             .get_or_init(|| Fields::parse(self.value))
@@ -246,7 +249,8 @@ impl<'a> Event<'a> {
     /// assert_eq!(event.raw("a")?.map(|raw| raw.get()), Some("[1, 2]"));
     /// # Ok::<(), weir_sdk::Error>(())
     /// ```
-    pub fn raw(&self, name: &str) -> Result<Option<&'a RawValue>, Error> {
+    #[inline]
+    pub fn raw(&self, name: &str) -> Result<Option<RawJson<'a>>, Error> {
         Ok(self.fields()?.get(name))
     }
 
@@ -351,7 +355,7 @@ fn without_position(e: &serde_json::Error) -> String {
     }
 }
 
-fn field_error(name: &str, raw: &RawValue, problem: &str) -> Error {
+fn field_error(name: &str, raw: RawJson<'_>, problem: &str) -> Error {
     let text = raw.get();
     let shown: String = text.chars().take(40).collect();
     let ellipsis = if shown.len() < text.len() { "…" } else { "" };
@@ -364,20 +368,67 @@ fn field_error(name: &str, raw: &RawValue, problem: &str) -> Error {
 /// `None` when `raw` is not a string.
 ///
 /// ```
-/// use serde_json::value::RawValue;
-/// let raw: &RawValue = serde_json::from_str(r#""MALE""#)?;
-/// assert_eq!(weir_sdk::string_value(raw).as_deref(), Some("MALE"));
-/// let raw: &RawValue = serde_json::from_str("20")?;
-/// assert_eq!(weir_sdk::string_value(raw), None);
-/// # Ok::<(), serde_json::Error>(())
+/// let event = weir_sdk::Event::new(br#"{"g":"MALE","n":20}"#);
+/// let raw = |name| event.raw(name).unwrap().unwrap();
+/// assert_eq!(weir_sdk::string_value(raw("g")).as_deref(), Some("MALE"));
+/// assert_eq!(weir_sdk::string_value(raw("n")), None);
 /// ```
-pub fn string_value(raw: &RawValue) -> Option<Cow<'_, str>> {
+pub fn string_value(raw: RawJson<'_>) -> Option<Cow<'_, str>> {
     let text = raw.get();
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
     if !inner.contains('\\') {
         return Some(Cow::Borrowed(inner));
     }
     serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+}
+
+/// The raw text of one JSON value from an event, exactly as it appears there
+/// (whitespace inside it included). Obtained from [`Event::raw`] and
+/// [`Fields`]; the text is known to be valid JSON, so it can be copied into an
+/// output record as it is ([`ObjectWriter::raw`](crate::ObjectWriter::raw)).
+///
+/// ```
+/// let event = weir_sdk::Event::new(br#"{"a":[1, 2],"b":"x"}"#);
+/// let a = event.raw("a")?.unwrap();
+/// assert_eq!(a.get(), "[1, 2]");
+/// assert_eq!(a.to_string(), "[1, 2]");
+/// assert!(event.raw("b")?.unwrap().is_string());
+/// # Ok::<(), weir_sdk::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RawJson<'a> {
+    text: &'a str,
+}
+
+impl<'a> RawJson<'a> {
+    /// The JSON text.
+    #[inline]
+    pub fn get(self) -> &'a str {
+        self.text
+    }
+
+    /// Whether the value is a JSON string.
+    pub fn is_string(self) -> bool {
+        self.text.starts_with('"')
+    }
+
+    /// Whether the value is JSON `null`.
+    pub fn is_null(self) -> bool {
+        self.text == "null"
+    }
+}
+
+impl fmt::Display for RawJson<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text)
+    }
+}
+
+impl<'a> From<&'a RawValue> for RawJson<'a> {
+    /// serde_json's raw value, which it has checked to be valid JSON.
+    fn from(raw: &'a RawValue) -> Self {
+        RawJson { text: raw.get() }
+    }
 }
 
 /// The top-level fields of a JSON object, as `name → raw JSON text`, in the
@@ -394,7 +445,7 @@ pub fn string_value(raw: &RawValue) -> Option<Cow<'_, str>> {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Fields<'a> {
-    entries: Vec<(Cow<'a, str>, &'a RawValue)>,
+    entries: Vec<(Cow<'a, str>, RawJson<'a>)>,
 }
 
 impl<'a> Fields<'a> {
@@ -404,13 +455,21 @@ impl<'a> Fields<'a> {
         // every raw value again.
         let text = std::str::from_utf8(value)
             .map_err(|e| Error::new(format!("value is not valid JSON: not UTF-8 text: {e}")))?;
-        serde_json::from_str::<Fields<'a>>(text).map_err(|e| {
-            if e.classify() == serde_json::error::Category::Data {
-                Error::new(format!("value is not a JSON object: {e}"))
-            } else {
-                Error::new(format!("value is not valid JSON: {e}"))
-            }
-        })
+        let entries = match scan::split_object(text) {
+            Some(fields) => fields,
+            None => serde_fields(text).map_err(|e| {
+                if e.classify() == serde_json::error::Category::Data {
+                    Error::new(format!("value is not a JSON object: {e}"))
+                } else {
+                    Error::new(format!("value is not valid JSON: {e}"))
+                }
+            })?,
+        };
+        let entries = entries
+            .into_iter()
+            .map(|(name, text)| (name, RawJson { text }))
+            .collect();
+        Ok(Fields { entries })
     }
 
     /// The raw JSON text of field `name`, if present.
@@ -420,11 +479,11 @@ impl<'a> Fields<'a> {
     /// assert_eq!(event.fields()?.get("a").map(|r| r.get()), Some("\"x\""));
     /// # Ok::<(), weir_sdk::Error>(())
     /// ```
-    pub fn get(&self, name: &str) -> Option<&'a RawValue> {
+    pub fn get(&self, name: &str) -> Option<RawJson<'a>> {
         self.entries
             .iter()
             .rev()
-            .find(|(key, _)| key == name)
+            .find(|(key, _)| same_name(key.as_bytes(), name.as_bytes()))
             .map(|(_, raw)| *raw)
     }
 
@@ -435,7 +494,7 @@ impl<'a> Fields<'a> {
     /// assert_eq!(event.fields()?.iter().next().map(|(n, r)| (n, r.get())), Some(("a", "1")));
     /// # Ok::<(), weir_sdk::Error>(())
     /// ```
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &'a RawValue)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, RawJson<'a>)> + '_ {
         self.entries.iter().map(|(key, raw)| (key.as_ref(), *raw))
     }
 
@@ -460,20 +519,50 @@ impl<'a> Fields<'a> {
     }
 }
 
-impl<'de> Deserialize<'de> for Fields<'de> {
+/// The top-level fields of `text` as serde_json reads them: the slow path for
+/// what [`scan::split_object`] leaves alone, and the source of error messages.
+pub(crate) fn serde_fields(text: &str) -> Result<Vec<(Cow<'_, str>, &str)>, serde_json::Error> {
+    serde_json::from_str::<SerdeFields<'_>>(text).map(|fields| fields.0)
+}
+
+struct SerdeFields<'a>(Vec<(Cow<'a, str>, &'a str)>);
+
+/// `a == b` for short names, eight bytes at a time: a `memcmp` call per
+/// candidate is most of a lookup's cost, and in a WebAssembly guest `memcmp`
+/// is a byte loop.
+#[inline]
+fn same_name(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut a_words = a.chunks_exact(8);
+    let mut b_words = b.chunks_exact(8);
+    let word = |chunk: &[u8]| chunk.try_into().map(u64::from_ne_bytes).unwrap_or(0);
+    a_words
+        .by_ref()
+        .zip(b_words.by_ref())
+        .all(|(x, y)| word(x) == word(y))
+        && a_words
+            .remainder()
+            .iter()
+            .zip(b_words.remainder())
+            .all(|(x, y)| x == y)
+}
+
+impl<'de> Deserialize<'de> for SerdeFields<'de> {
     fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct FieldsVisitor;
         impl<'de> Visitor<'de> for FieldsVisitor {
-            type Value = Fields<'de>;
+            type Value = SerdeFields<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(16));
                 while let Some((Key(key), raw)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
-                    entries.push((key, raw));
+                    entries.push((key, raw.get()));
                 }
-                Ok(Fields { entries })
+                Ok(SerdeFields(entries))
             }
         }
         deserializer.deserialize_map(FieldsVisitor)

@@ -3,9 +3,9 @@
 use std::io;
 
 use serde::Serialize;
-use serde_json::value::RawValue;
 
 use crate::Error;
+use crate::RawJson;
 use crate::batch::Output;
 
 /// The one output record a [`Map`](crate::Map), [`FilterMap`](crate::FilterMap)
@@ -54,6 +54,7 @@ impl<'o> Record<'o> {
     /// out.push(b"abc");
     /// assert_eq!(out.as_bytes(), b"abc");
     /// ```
+    #[inline]
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
@@ -66,6 +67,7 @@ impl<'o> Record<'o> {
     /// out.push_str("구매");
     /// assert_eq!(out.as_bytes(), "구매".as_bytes());
     /// ```
+    #[inline]
     pub fn push_str(&mut self, text: &str) {
         self.buf.extend_from_slice(text.as_bytes());
     }
@@ -174,12 +176,12 @@ impl ObjectWriter<'_> {
     /// ```
     /// # let mut buf = Vec::new();
     /// # let mut out = weir_sdk::Record::for_tests(&mut buf);
-    /// let raw: &serde_json::value::RawValue = serde_json::from_str("[1, 2]")?;
-    /// out.object().raw("a", raw);
+    /// let event = weir_sdk::Event::new(br#"{"a":[1, 2]}"#);
+    /// out.object().raw("a", event.raw("a")?.unwrap());
     /// assert_eq!(out.as_bytes(), br#"{"a":[1, 2]}"#);
-    /// # Ok::<(), serde_json::Error>(())
+    /// # Ok::<(), weir_sdk::Error>(())
     /// ```
-    pub fn raw(&mut self, name: &str, value: &RawValue) -> &mut Self {
+    pub fn raw(&mut self, name: &str, value: RawJson<'_>) -> &mut Self {
         self.key(name);
         self.buf.extend_from_slice(value.get().as_bytes());
         self

@@ -43,6 +43,9 @@ pub struct RuntimeConfig {
     /// Bytes of guest stdout and of guest stderr forwarded to the log per call;
     /// the rest is counted and reported in one warning.
     pub guest_log_bytes_per_call: usize,
+    /// Write `/tmp/perf-<pid>.map` as plugins are compiled, so that Linux
+    /// `perf` names guest functions in its profiles. For profiling only.
+    pub perf_map: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -57,6 +60,7 @@ impl Default for RuntimeConfig {
             output_limit_bytes: 16 << 20,
             max_failed_calls_per_batch: 16,
             guest_log_bytes_per_call: 4096,
+            perf_map: false,
         }
     }
 }

@@ -30,10 +30,12 @@
 //!
 //! CPU limit choice: epoch interruption, on by default (`cpu_limit_ms`, 500 ms
 //! per call, 10 ms ticks). Measured with `cargo bench -p weir-benches` on the
-//! `scenario` plugin, batch 256, release build on a busy 2-core machine: no
-//! limits 1.27-1.30 us/event, epoch +24-39 %, fuel +41-54 %, both +50-78 %.
-//! Epoch costs less than fuel and bounds wall time, which is what protects the
+//! `scenario` plugin, batch 256, release build on a shared 2-core machine: no
+//! limits 749-760 ns/event, epoch +38-40 %, fuel +43 %, both +75 %. Epoch
+//! costs less than fuel and bounds wall time, which is what protects the
 //! pipeline; fuel stays available (`fuel_per_call`) for deterministic budgets.
+//! Either check runs at every loop back-edge and function entry of the guest,
+//! so its share shrinks as guest code does more per iteration.
 //!
 //! Compilation: the `scenario` component (1.6 MB) takes about 1.2 s to compile
 //! (release host, 2 threads); with `cache_dir` set, a restarted process loads
@@ -285,6 +287,9 @@ impl Runtime {
             .epoch_interruption(config.cpu_limit_ms.is_some())
             .consume_fuel(config.fuel_per_call.is_some())
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if config.perf_map {
+            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
 
         let cache = match &config.cache_dir {
             Some(dir) => {

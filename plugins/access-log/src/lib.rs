@@ -44,7 +44,7 @@
 //! field is `null`, except `message`: a JSON object without `message` or `msg`
 //! is not an application log and fails.
 
-use weir_sdk::{Error, Event, Map, NoConfig, ObjectWriter, Plugin, Record};
+use weir_sdk::{Error, Event, Map, NoConfig, ObjectWriter, Plugin, RawJson, Record};
 
 /// The plugin. Build it through the host or with [`weir_sdk::Harness::map`].
 ///
@@ -345,7 +345,7 @@ fn iso_timestamp(text: &str) -> Option<String> {
 
 /// Normalizes a JSON application-log line.
 fn application(event: &Event<'_>, out: &mut Record<'_>) -> Result<(), Error> {
-    let first = |names: &[&str]| -> Result<Option<&serde_json::value::RawValue>, Error> {
+    let first = |names: &[&str]| -> Result<Option<RawJson<'_>>, Error> {
         for name in names {
             if let Some(raw) = event.raw(name)?
                 && raw.get() != "null"

@@ -51,7 +51,7 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use weir_sdk::{Error, Event, Plugin, Record, Scenario, string_value};
+use weir_sdk::{Error, Event, Plugin, RawJson, Record, Scenario, string_value};
 
 /// The scenario JSON, as the control plane stores it. Keys other than these
 /// (`title`, `manager`, `plugin`, `source`, `output_topic`, `enrich`,
@@ -247,11 +247,11 @@ enum FieldValue<'a> {
     Str(Cow<'a, str>),
     Bool(bool),
     Null,
-    Complex(&'a RawValue),
+    Complex(RawJson<'a>),
 }
 
 impl<'a> FieldValue<'a> {
-    fn new(raw: &'a RawValue) -> FieldValue<'a> {
+    fn new(raw: RawJson<'a>) -> FieldValue<'a> {
         let text = raw.get();
         match text.as_bytes().first() {
             Some(b'"') => string_value(raw).map_or(FieldValue::Complex(raw), FieldValue::Str),
@@ -447,7 +447,7 @@ impl Condition {
                     serde_json::from_str::<Vec<&RawValue>>(raw.get()).is_ok_and(|items| {
                         items
                             .iter()
-                            .any(|item| FieldValue::new(item).equals(operand))
+                            .any(|&item| FieldValue::new(item.into()).equals(operand))
                     })
                 }
                 _ => false,
@@ -480,9 +480,12 @@ const RESERVED: [&str; 3] = ["success", "scenario_id", "date"];
 /// ```
 #[derive(Debug)]
 pub struct ScenarioPlugin {
-    /// `scenario_id` as JSON text, or `None` to use the batch's.
-    scenario_id_json: Option<String>,
-    /// Kept fields with their pre-rendered `"name":` prefix; `None`: keep all.
+    /// With `scenario_id` configured, the output's last fields up to the date,
+    /// pre-rendered for an unmatched and a matched event:
+    /// `"success":0,"scenario_id":"5","date":`. `None`: use the batch's id.
+    tails: Option<[Vec<u8>; 2]>,
+    /// Kept fields with their pre-rendered prefix, `{"name":` for the first
+    /// and `,"name":` for the others; `None`: keep all.
     keep: Option<Vec<(String, Vec<u8>)>>,
     conditions: Vec<Condition>,
     any: bool,
@@ -525,15 +528,22 @@ impl Plugin for ScenarioPlugin {
             format
                 .kept()
                 .filter(|name| !RESERVED.contains(name))
-                .map(|name| {
-                    let mut prefix = serde_json::to_vec(name).expect("a string serializes");
+                .enumerate()
+                .map(|(i, name)| {
+                    let mut prefix = vec![if i == 0 { b'{' } else { b',' }];
+                    serde_json::to_writer(&mut prefix, name).expect("a string serializes");
                     prefix.push(b':');
                     (name.to_owned(), prefix)
                 })
                 .collect()
         });
+        let tails = scenario_id_json.map(|id| {
+            [0, 1].map(|success| {
+                format!("\"success\":{success},\"scenario_id\":{id},\"date\":").into_bytes()
+            })
+        });
         Ok(ScenarioPlugin {
-            scenario_id_json,
+            tails,
             keep,
             conditions,
             any,
@@ -566,57 +576,55 @@ impl Scenario for ScenarioPlugin {
         let fields = event.fields()?;
         let matched = self.matches(event)?;
 
-        out.push(b"{");
-        let mut first = true;
-        let mut comma = |out: &mut Record<'_>| {
-            if !std::mem::take(&mut first) {
-                out.push(b",");
-            }
-        };
+        let mut empty = true;
         match &self.keep {
             Some(keep) => {
                 for (name, prefix) in keep {
-                    comma(out);
                     out.push(prefix);
                     match fields.get(name) {
                         Some(raw) => out.push(raw.get().as_bytes()),
                         None => out.push(b"null"),
                     }
                 }
+                empty = keep.is_empty();
             }
             None => {
                 for (name, raw) in fields.iter() {
                     if RESERVED.contains(&name) {
                         continue;
                     }
-                    comma(out);
+                    out.push(if std::mem::take(&mut empty) {
+                        b"{"
+                    } else {
+                        b","
+                    });
                     out.json(name)?;
                     out.push(b":");
                     out.push(raw.get().as_bytes());
                 }
             }
         }
-        comma(out);
-        out.push(if matched {
-            b"\"success\":1"
-        } else {
-            b"\"success\":0"
-        });
-        out.push(b",\"scenario_id\":");
-        match &self.scenario_id_json {
-            Some(json) => out.push(json.as_bytes()),
-            None => out.json(event.scenario_id())?,
+        out.push(if empty { b"{" } else { b"," });
+        match &self.tails {
+            Some(tails) => out.push(&tails[usize::from(matched)]),
+            None => {
+                out.push(if matched {
+                    b"\"success\":1,\"scenario_id\":"
+                } else {
+                    b"\"success\":0,\"scenario_id\":"
+                });
+                out.json(event.scenario_id())?;
+                out.push(b",\"date\":");
+            }
         }
-        out.push(b",\"date\":");
         match event_date(event)? {
             Some(date) => {
-                out.push(b"\"");
-                out.push(&date);
-                out.push(b"\"");
+                let mut end = *b"\"YYYY-MM-DD\"}";
+                end[1..11].copy_from_slice(&date);
+                out.push(&end);
             }
-            None => out.push(b"null"),
+            None => out.push(b"null}"),
         }
-        out.push(b"}");
         Ok(matched)
     }
 }
