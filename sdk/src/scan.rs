@@ -85,9 +85,14 @@ impl Scanner<'_> {
         found
     }
 
+    #[inline(always)]
     fn whitespace(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.at) {
+        // Compact JSON has none: test once before looping.
+        if let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.at) {
             self.at += 1;
+            while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.at) {
+                self.at += 1;
+            }
         }
     }
 
@@ -196,6 +201,7 @@ impl Scanner<'_> {
     /// The rest of a string whose opening quote was just read: its contents'
     /// range and whether it holds escapes. Only the escapes `\" \\ \/ \b \f
     /// \n \r \t` are accepted here; `\u` and control characters give `None`.
+    #[inline(always)]
     fn string(&mut self) -> Option<(usize, usize, bool)> {
         let start = self.at;
         let mut escaped = false;
@@ -217,6 +223,7 @@ impl Scanner<'_> {
 /// a control character (below 0x20), or `None` when there is none. Eight bytes
 /// per step; the lowest flagged byte of a word is exact (the borrows of the
 /// zero-byte trick only ever flag bytes above a true hit).
+#[inline(always)]
 fn special(bytes: &[u8], from: usize) -> Option<usize> {
     let mut at = from;
     while let Some(chunk) = bytes.get(at..at + 8) {
