@@ -24,197 +24,182 @@ const HIGHS: u64 = 0x8080_8080_8080_8080;
 
 /// Top-level fields of `text` in document order, or `None` when the text
 /// must be read by serde_json (see the module documentation).
+///
+/// The scanning functions take the text and a position and return the
+/// position after what they read: the position stays in a register, where a
+/// scanner struct shared with the (recursive, not inlined) value reader would
+/// live in the guest's linear memory and be stored at every step.
 pub(crate) fn split_object(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
-    let mut scan = Scanner {
-        bytes: text.as_bytes(),
-        at: 0,
-    };
-    scan.whitespace();
-    scan.eat(b'{')?;
+    let b = text.as_bytes();
+    let mut at = expect(b, whitespace(b, 0), b'{')?;
     let mut fields = Vec::with_capacity(16);
-    scan.whitespace();
-    if !scan.eat_if(b'}') {
+    at = whitespace(b, at);
+    if b.get(at) == Some(&b'}') {
+        at += 1;
+    } else {
         loop {
-            scan.eat(b'"')?;
-            let (start, end, escaped) = scan.string()?;
+            at = expect(b, at, b'"')?;
+            let (end, after, escaped) = string(b, at)?;
             if escaped {
                 return None;
             }
-            scan.whitespace();
-            scan.eat(b':')?;
-            scan.whitespace();
-            let value_start = scan.at;
-            scan.value(0)?;
-            // Both ranges start and end at ASCII bytes (quotes, brackets,
-            // digits, letters), so they are char boundaries of `text`.
-            fields.push((
-                Cow::Borrowed(text.get(start..end)?),
-                text.get(value_start..scan.at)?,
-            ));
-            scan.whitespace();
-            match scan.next()? {
-                b',' => scan.whitespace(),
-                b'}' => break,
+            // Names and values start and end at ASCII bytes (quotes,
+            // brackets, digits, letters), so these are char boundaries.
+            let name = text.get(at..end)?;
+            at = expect(b, whitespace(b, after), b':')?;
+            at = whitespace(b, at);
+            let value_end = value(b, at, 0)?;
+            fields.push((Cow::Borrowed(name), text.get(at..value_end)?));
+            at = whitespace(b, value_end);
+            match *b.get(at)? {
+                b',' => at = whitespace(b, at + 1),
+                b'}' => {
+                    at += 1;
+                    break;
+                }
                 _ => return None,
             }
         }
     }
-    scan.whitespace();
-    (scan.at == scan.bytes.len()).then_some(fields)
+    (whitespace(b, at) == b.len()).then_some(fields)
 }
 
-struct Scanner<'a> {
-    bytes: &'a [u8],
-    at: usize,
+/// The position after `byte`, which must be at `at`.
+#[inline(always)]
+fn expect(b: &[u8], at: usize, byte: u8) -> Option<usize> {
+    (b.get(at) == Some(&byte)).then_some(at + 1)
 }
 
-impl Scanner<'_> {
-    fn next(&mut self) -> Option<u8> {
-        let byte = *self.bytes.get(self.at)?;
-        self.at += 1;
-        Some(byte)
-    }
-
-    fn eat(&mut self, expected: u8) -> Option<()> {
-        (self.next()? == expected).then_some(())
-    }
-
-    fn eat_if(&mut self, expected: u8) -> bool {
-        let found = self.bytes.get(self.at) == Some(&expected);
-        self.at += usize::from(found);
-        found
-    }
-
-    #[inline(always)]
-    fn whitespace(&mut self) {
-        // Compact JSON has none: test once before looping.
-        if let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.at) {
-            self.at += 1;
-            while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.at) {
-                self.at += 1;
-            }
+/// The first position at or after `at` that is not JSON whitespace.
+#[inline(always)]
+fn whitespace(b: &[u8], mut at: usize) -> usize {
+    // Compact JSON has none: test once before looping.
+    if let Some(b' ' | b'\n' | b'\r' | b'\t') = b.get(at) {
+        at += 1;
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = b.get(at) {
+            at += 1;
         }
     }
+    at
+}
 
-    /// One value, its first byte at `self.at`; `depth` arrays or objects
-    /// enclose it below the top-level field.
-    fn value(&mut self, depth: usize) -> Option<()> {
-        match self.next()? {
-            b'"' => self.string().map(drop),
-            b'{' => self.object(depth + 1),
-            b'[' => self.array(depth + 1),
-            b't' => self.literal(b"rue"),
-            b'f' => self.literal(b"alse"),
-            b'n' => self.literal(b"ull"),
-            b'-' => {
-                let first = self.next()?;
-                self.number(first)
-            }
-            first @ b'0'..=b'9' => self.number(first),
-            _ => None,
-        }
+/// The end of the value starting at `at`, which `depth` arrays or objects
+/// enclose below the top-level field.
+fn value(b: &[u8], at: usize, depth: usize) -> Option<usize> {
+    match *b.get(at)? {
+        b'"' => string(b, at + 1).map(|(_, after, _)| after),
+        b'{' => object(b, at + 1, depth + 1),
+        b'[' => array(b, at + 1, depth + 1),
+        b't' => literal(b, at, b"true"),
+        b'f' => literal(b, at, b"false"),
+        b'n' => literal(b, at, b"null"),
+        b'-' => number(b, at + 1),
+        b'0'..=b'9' => number(b, at),
+        _ => None,
     }
+}
 
-    fn object(&mut self, depth: usize) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.whitespace();
-        if self.eat_if(b'}') {
-            return Some(());
-        }
-        loop {
-            self.eat(b'"')?;
-            self.string()?;
-            self.whitespace();
-            self.eat(b':')?;
-            self.whitespace();
-            self.value(depth)?;
-            self.whitespace();
-            match self.next()? {
-                b',' => self.whitespace(),
-                b'}' => return Some(()),
-                _ => return None,
-            }
-        }
+/// The end of an object whose `{` ends at `at`.
+fn object(b: &[u8], at: usize, depth: usize) -> Option<usize> {
+    if depth > MAX_DEPTH {
+        return None;
     }
-
-    fn array(&mut self, depth: usize) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.whitespace();
-        if self.eat_if(b']') {
-            return Some(());
-        }
-        loop {
-            self.value(depth)?;
-            self.whitespace();
-            match self.next()? {
-                b',' => self.whitespace(),
-                b']' => return Some(()),
-                _ => return None,
-            }
-        }
+    let mut at = whitespace(b, at);
+    if b.get(at) == Some(&b'}') {
+        return Some(at + 1);
     }
-
-    fn literal(&mut self, rest: &[u8]) -> Option<()> {
-        let end = self.at + rest.len();
-        (self.bytes.get(self.at..end)? == rest).then(|| self.at = end)
-    }
-
-    /// A number whose first digit, `first`, was just read (after any `-`).
-    fn number(&mut self, first: u8) -> Option<()> {
-        match first {
-            // A leading zero stands alone.
-            b'0' => {}
-            b'1'..=b'9' => self.digits(),
+    loop {
+        at = expect(b, at, b'"')?;
+        let (_, after, _) = string(b, at)?;
+        at = expect(b, whitespace(b, after), b':')?;
+        at = whitespace(b, value(b, whitespace(b, at), depth)?);
+        match *b.get(at)? {
+            b',' => at = whitespace(b, at + 1),
+            b'}' => return Some(at + 1),
             _ => return None,
         }
-        if self.eat_if(b'.') {
-            self.some_digits()?;
-        }
-        if let Some(b'e' | b'E') = self.bytes.get(self.at) {
-            self.at += 1;
-            if let Some(b'+' | b'-') = self.bytes.get(self.at) {
-                self.at += 1;
-            }
-            self.some_digits()?;
-        }
-        // What follows (a digit after a leading zero, as in "01", included)
-        // is checked by the caller, which accepts only `,`, `}` or `]` there.
-        Some(())
     }
+}
 
-    fn digits(&mut self) {
-        while let Some(b'0'..=b'9') = self.bytes.get(self.at) {
-            self.at += 1;
+/// The end of an array whose `[` ends at `at`.
+fn array(b: &[u8], at: usize, depth: usize) -> Option<usize> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    let mut at = whitespace(b, at);
+    if b.get(at) == Some(&b']') {
+        return Some(at + 1);
+    }
+    loop {
+        at = whitespace(b, value(b, at, depth)?);
+        match *b.get(at)? {
+            b',' => at = whitespace(b, at + 1),
+            b']' => return Some(at + 1),
+            _ => return None,
         }
     }
+}
 
-    fn some_digits(&mut self) -> Option<()> {
-        let start = self.at;
-        self.digits();
-        (self.at > start).then_some(())
+/// The end of `word` (`true`, `false` or `null`), which must start at `at`.
+fn literal<const N: usize>(b: &[u8], at: usize, word: &[u8; N]) -> Option<usize> {
+    let found: &[u8; N] = b.get(at..at + N)?.try_into().ok()?;
+    (found == word).then_some(at + N)
+}
+
+/// The end of a number whose first digit is at `at` (after any `-`). What
+/// follows it (a digit after a leading zero, as in "01", included) is checked
+/// by the caller, which accepts only `,`, `}` or `]` there.
+fn number(b: &[u8], at: usize) -> Option<usize> {
+    let mut at = match *b.get(at)? {
+        // A leading zero stands alone.
+        b'0' => at + 1,
+        b'1'..=b'9' => digits(b, at + 1),
+        _ => return None,
+    };
+    if b.get(at) == Some(&b'.') {
+        at = some_digits(b, at + 1)?;
     }
+    if let Some(b'e' | b'E') = b.get(at) {
+        at += 1;
+        if let Some(b'+' | b'-') = b.get(at) {
+            at += 1;
+        }
+        at = some_digits(b, at)?;
+    }
+    Some(at)
+}
 
-    /// The rest of a string whose opening quote was just read: its contents'
-    /// range and whether it holds escapes. Only the escapes `\" \\ \/ \b \f
-    /// \n \r \t` are accepted here; `\u` and control characters give `None`.
-    #[inline(always)]
-    fn string(&mut self) -> Option<(usize, usize, bool)> {
-        let start = self.at;
-        let mut escaped = false;
-        loop {
-            self.at = special(self.bytes, self.at)?;
-            match self.next()? {
-                b'"' => return Some((start, self.at - 1, escaped)),
-                b'\\' => match self.next()? {
-                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => escaped = true,
-                    _ => return None,
-                },
+fn digits(b: &[u8], mut at: usize) -> usize {
+    while let Some(b'0'..=b'9') = b.get(at) {
+        at += 1;
+    }
+    at
+}
+
+fn some_digits(b: &[u8], at: usize) -> Option<usize> {
+    let end = digits(b, at);
+    (end > at).then_some(end)
+}
+
+/// A string whose opening quote ends at `at`: where its contents end, the
+/// position after its closing quote, and whether it holds escapes. Only the
+/// escapes `\" \\ \/ \b \f \n \r \t` are accepted here; `\u` and control
+/// characters give `None`.
+#[inline(always)]
+fn string(b: &[u8], mut at: usize) -> Option<(usize, usize, bool)> {
+    let mut escaped = false;
+    loop {
+        at = special(b, at)?;
+        match *b.get(at)? {
+            b'"' => return Some((at, at + 1, escaped)),
+            b'\\' => match *b.get(at + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {
+                    escaped = true;
+                    at += 2;
+                }
                 _ => return None,
-            }
+            },
+            _ => return None,
         }
     }
 }
