@@ -445,7 +445,12 @@ impl<'a> From<&'a RawValue> for RawJson<'a> {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Fields<'a> {
-    entries: Vec<(Cow<'a, str>, RawJson<'a>)>,
+    /// Every field, when no name has escapes (the usual case): a lookup
+    /// compares the names as they are in the text.
+    plain: Vec<(&'a str, RawJson<'a>)>,
+    /// Every field with its decoded name, when some name has escapes (then
+    /// `plain` is empty).
+    decoded: Vec<(Cow<'a, str>, RawJson<'a>)>,
 }
 
 impl<'a> Fields<'a> {
@@ -455,21 +460,29 @@ impl<'a> Fields<'a> {
         // every raw value again.
         let text = std::str::from_utf8(value)
             .map_err(|e| Error::new(format!("value is not valid JSON: not UTF-8 text: {e}")))?;
-        let entries = match scan::split_object(text) {
-            Some(fields) => fields,
-            None => serde_fields(text).map_err(|e| {
-                if e.classify() == serde_json::error::Category::Data {
-                    Error::new(format!("value is not a JSON object: {e}"))
-                } else {
-                    Error::new(format!("value is not valid JSON: {e}"))
-                }
-            })?,
-        };
-        let entries = entries
-            .into_iter()
-            .map(|(name, text)| (name, RawJson { text }))
-            .collect();
-        Ok(Fields { entries })
+        if let Some(fields) = scan::split_object(text) {
+            return Ok(Fields {
+                plain: fields
+                    .into_iter()
+                    .map(|(name, text)| (name, RawJson { text }))
+                    .collect(),
+                decoded: Vec::new(),
+            });
+        }
+        let fields = serde_fields(text).map_err(|e| {
+            if e.classify() == serde_json::error::Category::Data {
+                Error::new(format!("value is not a JSON object: {e}"))
+            } else {
+                Error::new(format!("value is not valid JSON: {e}"))
+            }
+        })?;
+        Ok(Fields {
+            plain: Vec::new(),
+            decoded: fields
+                .into_iter()
+                .map(|(name, text)| (name, RawJson { text }))
+                .collect(),
+        })
     }
 
     /// The raw JSON text of field `name`, if present.
@@ -480,10 +493,19 @@ impl<'a> Fields<'a> {
     /// # Ok::<(), weir_sdk::Error>(())
     /// ```
     pub fn get(&self, name: &str) -> Option<RawJson<'a>> {
-        self.entries
+        let name = name.as_bytes();
+        if self.decoded.is_empty() {
+            for (key, raw) in self.plain.iter().rev() {
+                if same_name(key.as_bytes(), name) {
+                    return Some(*raw);
+                }
+            }
+            return None;
+        }
+        self.decoded
             .iter()
             .rev()
-            .find(|(key, _)| same_name(key.as_bytes(), name.as_bytes()))
+            .find(|(key, _)| same_name(key.as_bytes(), name))
             .map(|(_, raw)| *raw)
     }
 
@@ -495,7 +517,9 @@ impl<'a> Fields<'a> {
     /// # Ok::<(), weir_sdk::Error>(())
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = (&str, RawJson<'a>)> + '_ {
-        self.entries.iter().map(|(key, raw)| (key.as_ref(), *raw))
+        let plain = self.plain.iter().map(|(key, raw)| (*key, *raw));
+        let decoded = self.decoded.iter().map(|(key, raw)| (key.as_ref(), *raw));
+        plain.chain(decoded)
     }
 
     /// How many fields the object has (duplicates counted).
@@ -505,7 +529,7 @@ impl<'a> Fields<'a> {
     /// # Ok::<(), weir_sdk::Error>(())
     /// ```
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.plain.len() + self.decoded.len()
     }
 
     /// Whether the object has no fields.
@@ -515,7 +539,7 @@ impl<'a> Fields<'a> {
     /// # Ok::<(), weir_sdk::Error>(())
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.plain.is_empty() && self.decoded.is_empty()
     }
 }
 

@@ -13,8 +13,6 @@
 //! 32-bit words, and the runtime's CPU deadline adds a check to every loop
 //! iteration and function entry. Strings here are scanned 8 bytes at a time.
 
-use std::borrow::Cow;
-
 /// How deep arrays and objects may nest inside a field before the splitter
 /// hands the text to serde_json (whose own limit is 128).
 const MAX_DEPTH: usize = 100;
@@ -29,7 +27,7 @@ const HIGHS: u64 = 0x8080_8080_8080_8080;
 /// position after what they read: the position stays in a register, where a
 /// scanner struct shared with the (recursive, not inlined) value reader would
 /// live in the guest's linear memory and be stored at every step.
-pub(crate) fn split_object(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
+pub(crate) fn split_object(text: &str) -> Option<Vec<(&str, &str)>> {
     let b = text.as_bytes();
     let mut at = expect(b, whitespace(b, 0), b'{')?;
     let mut fields = Vec::with_capacity(16);
@@ -49,7 +47,7 @@ pub(crate) fn split_object(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
             at = expect(b, whitespace(b, after), b':')?;
             at = whitespace(b, at);
             let value_end = value(b, at, 0)?;
-            fields.push((Cow::Borrowed(name), text.get(at..value_end)?));
+            fields.push((name, text.get(at..value_end)?));
             at = whitespace(b, value_end);
             match *b.get(at)? {
                 b',' => at = whitespace(b, at + 1),
@@ -254,7 +252,7 @@ mod tests {
         split_object(text).map(|fields| {
             fields
                 .into_iter()
-                .map(|(k, v)| (k.into_owned(), v.to_owned()))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect()
         })
     }
