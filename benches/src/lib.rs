@@ -7,34 +7,45 @@
 //!
 //! # Figures (`scenario`, limits on: epoch deadline, 64 MiB memory cap, output cap)
 //!
-//! Release build on a 2-core machine shared with other work; two runs of the
-//! bench's own summary, back to back (both sides built with the same release
-//! profile: no LTO, 16 codegen units):
+//! Release build on a 2-core machine shared with other work; the range of
+//! five runs of the bench's own summary (both sides built with the same
+//! release profile: no LTO, 16 codegen units):
 //!
 //! | batch | wasm ns/event | native ns/event | wasm/native | wasm events/s |
 //! |---|---|---|---|---|
-//! | 1 | 2372-2400 | 475-478 | 4.99-5.02 | 417k-422k |
-//! | 64 | 1068-1110 | 434-435 | 2.46-2.55 | 901k-936k |
-//! | 256 | 1017 | 433-436 | 2.33-2.35 | 983k |
-//! | 1024 | 1010-1019 | 430-434 | 2.33-2.37 | 981k-990k |
+//! | 1 | 2409-2841 | 424-490 | 4.9-6.7 | 352k-415k |
+//! | 64 | 1124-1140 | 383-389 | 2.9-3.0 | 877k-889k |
+//! | 256 | 1007-1069 | 370-389 | 2.6-2.8 | 935k-993k |
+//! | 1024 | 988-1110 | 369-410 | 2.7 | 900k-1013k |
 //!
-//! Without any limit the wasm side runs 749-760 ns/event at batch 256 (1.75x
-//! native); the epoch deadline adds 38-40 %, fuel 43 %, both 75 %.
+//! Without any limit the wasm side runs 740-790 ns/event at batch 256 (about
+//! 2x native); the epoch deadline adds 28-36 %, fuel 32-48 %.
 //!
-//! Where the rest goes (`perf` with `WEIR_BENCH_PROFILE=1`, which runs only
-//! the wasm side and writes a perf map): about 12 % of the wasm time is the
-//! host lowering and lifting the batch (the per-event `event` and `outcome`
-//! records are converted field by field; a columnar layout of primitive
-//! lists would make them plain copies), the rest is guest code, in which the
-//! JSON split and field lookups dominate. Getting to 1.3x would take: no
-//! per-iteration epoch check (wasmtime's MMU-based interruption, proposed
-//! upstream, measured there at about 3 % instead of 14 %; not in wasmtime 48,
-//! and wasmtime 49 needs a newer Rust), the columnar batch, and fewer, wider
-//! loops in the guest (`simd128` scanning, which the precompiled wasm
-//! standard library does not use). Fat LTO is not a way there: it makes the
-//! native build about 10 % faster and the wasm build no faster (1098 against
-//! 1005 ns/event; ratio 2.8 with both built that way), so shipped components
-//! and the bench keep the same release profile on both sides.
+//! The SDK's own JSON split, the inlined accessors and the scenario plugin's
+//! pre-rendered output took the wasm side from 1499 to about 1000 ns/event
+//! and the native side from 616 to about 375: the same code got faster in
+//! both, more so natively, so the ratio rose from 2.4 to about 2.7 while
+//! throughput per core went from 629k to about 1M events/s.
+//!
+//! Where the gap comes from (`perf record` with `WEIR_BENCH_PROFILE=1`, which
+//! runs only the wasm side with a perf map, plus the compiled code read back
+//! from the runtime's cache): the epoch check at every loop back-edge and
+//! function entry (a third of the time); Cranelift's code for the guest's
+//! loop-heavy functions (field lookup, JSON split), which keeps induction
+//! variables and the heap base in stack slots, and a stack-limit check and
+//! callee-saved spills on every call (about 2x LLVM's native code for the
+//! same functions); and about 8 % in the host lowering the batch's per-event
+//! records. Getting to 1.3x would take an interruption without per-iteration
+//! checks (wasmtime's MMU-based interruption, proposed upstream at about 3 %
+//! instead of 14 %; not in wasmtime 48, and newer releases need a newer Rust)
+//! and a backend that keeps hot loop state in registers; no change to the
+//! guest got there. Tried and not kept: a columnar batch (one list per
+//! attribute: host lowering fell to about 5 % but the guest paid it back,
+//! same time at batch 256, 20 % slower at batch 1); fat LTO (native about 10 %
+//! faster, wasm no faster, so shipped components and this bench keep the
+//! same release profile on both sides); `+simd128` (no change: the code that
+//! would use it is in the precompiled standard library); a tag per field
+//! name for lookups (building the tags cost more than they saved).
 
 /// The scenario every benchmark evaluates: scenario 5, "adult male users who
 /// clicked buy after 9 o'clock" (`age > 20 AND gender == MALE AND h >= 9`),
