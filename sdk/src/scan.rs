@@ -46,7 +46,7 @@ pub(crate) fn split_object(text: &str) -> Option<Vec<(&str, &str)>> {
             let name = text.get(at..end)?;
             at = expect(b, whitespace(b, after), b':')?;
             at = whitespace(b, at);
-            let value_end = value(b, at, 0)?;
+            let value_end = found(value(b, at, 0))?;
             fields.push((name, text.get(at..value_end)?));
             at = whitespace(b, value_end);
             match *b.get(at)? {
@@ -81,24 +81,39 @@ fn whitespace(b: &[u8], mut at: usize) -> usize {
     at
 }
 
-/// The end of the value starting at `at`, which `depth` arrays or objects
-/// enclose below the top-level field.
-fn value(b: &[u8], at: usize, depth: usize) -> Option<usize> {
-    match *b.get(at)? {
-        b'"' => string(b, at + 1).map(|(_, after, _)| after),
-        b'{' => object(b, at + 1, depth + 1),
-        b'[' => array(b, at + 1, depth + 1),
-        b't' => literal(b, at, b"true"),
-        b'f' => literal(b, at, b"false"),
-        b'n' => literal(b, at, b"null"),
-        b'-' => number(b, at + 1),
-        b'0'..=b'9' => number(b, at),
-        _ => None,
-    }
+/// What [`value`], [`object`] and [`array`] return when the text is not
+/// theirs to read. They are the functions that stay calls (they recurse), and
+/// a plain integer comes back in a register where an `Option<usize>` would be
+/// returned through the guest's stack in linear memory.
+const REFUSED: usize = usize::MAX;
+
+fn found(end: usize) -> Option<usize> {
+    (end != REFUSED).then_some(end)
 }
 
-/// The end of an object whose `{` ends at `at`.
-fn object(b: &[u8], at: usize, depth: usize) -> Option<usize> {
+/// The end of the value starting at `at`, which `depth` arrays or objects
+/// enclose below the top-level field, or [`REFUSED`].
+fn value(b: &[u8], at: usize, depth: usize) -> usize {
+    let end = match b.get(at) {
+        Some(b'"') => string(b, at + 1).map(|(_, after, _)| after),
+        Some(b'{') => return object(b, at + 1, depth + 1),
+        Some(b'[') => return array(b, at + 1, depth + 1),
+        Some(b't') => literal(b, at, b"true"),
+        Some(b'f') => literal(b, at, b"false"),
+        Some(b'n') => literal(b, at, b"null"),
+        Some(b'-') => number(b, at + 1),
+        Some(b'0'..=b'9') => number(b, at),
+        _ => None,
+    };
+    end.unwrap_or(REFUSED)
+}
+
+/// The end of an object whose `{` ends at `at`, or [`REFUSED`].
+fn object(b: &[u8], at: usize, depth: usize) -> usize {
+    object_end(b, at, depth).unwrap_or(REFUSED)
+}
+
+fn object_end(b: &[u8], at: usize, depth: usize) -> Option<usize> {
     if depth > MAX_DEPTH {
         return None;
     }
@@ -110,7 +125,7 @@ fn object(b: &[u8], at: usize, depth: usize) -> Option<usize> {
         at = expect(b, at, b'"')?;
         let (_, after, _) = string(b, at)?;
         at = expect(b, whitespace(b, after), b':')?;
-        at = whitespace(b, value(b, whitespace(b, at), depth)?);
+        at = whitespace(b, found(value(b, whitespace(b, at), depth))?);
         match *b.get(at)? {
             b',' => at = whitespace(b, at + 1),
             b'}' => return Some(at + 1),
@@ -119,8 +134,12 @@ fn object(b: &[u8], at: usize, depth: usize) -> Option<usize> {
     }
 }
 
-/// The end of an array whose `[` ends at `at`.
-fn array(b: &[u8], at: usize, depth: usize) -> Option<usize> {
+/// The end of an array whose `[` ends at `at`, or [`REFUSED`].
+fn array(b: &[u8], at: usize, depth: usize) -> usize {
+    array_end(b, at, depth).unwrap_or(REFUSED)
+}
+
+fn array_end(b: &[u8], at: usize, depth: usize) -> Option<usize> {
     if depth > MAX_DEPTH {
         return None;
     }
@@ -129,7 +148,7 @@ fn array(b: &[u8], at: usize, depth: usize) -> Option<usize> {
         return Some(at + 1);
     }
     loop {
-        at = whitespace(b, value(b, at, depth)?);
+        at = whitespace(b, found(value(b, at, depth))?);
         match *b.get(at)? {
             b',' => at = whitespace(b, at + 1),
             b']' => return Some(at + 1),
@@ -139,6 +158,7 @@ fn array(b: &[u8], at: usize, depth: usize) -> Option<usize> {
 }
 
 /// The end of `word` (`true`, `false` or `null`), which must start at `at`.
+#[inline(always)]
 fn literal<const N: usize>(b: &[u8], at: usize, word: &[u8; N]) -> Option<usize> {
     let found: &[u8; N] = b.get(at..at + N)?.try_into().ok()?;
     (found == word).then_some(at + N)
@@ -147,6 +167,7 @@ fn literal<const N: usize>(b: &[u8], at: usize, word: &[u8; N]) -> Option<usize>
 /// The end of a number whose first digit is at `at` (after any `-`). What
 /// follows it (a digit after a leading zero, as in "01", included) is checked
 /// by the caller, which accepts only `,`, `}` or `]` there.
+#[inline(always)]
 fn number(b: &[u8], at: usize) -> Option<usize> {
     let mut at = match *b.get(at)? {
         // A leading zero stands alone.
@@ -167,6 +188,7 @@ fn number(b: &[u8], at: usize) -> Option<usize> {
     Some(at)
 }
 
+#[inline(always)]
 fn digits(b: &[u8], mut at: usize) -> usize {
     while let Some(b'0'..=b'9') = b.get(at) {
         at += 1;
@@ -174,6 +196,7 @@ fn digits(b: &[u8], mut at: usize) -> usize {
     at
 }
 
+#[inline(always)]
 fn some_digits(b: &[u8], at: usize) -> Option<usize> {
     let end = digits(b, at);
     (end > at).then_some(end)
