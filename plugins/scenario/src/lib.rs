@@ -51,7 +51,7 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use weir_sdk::{Error, Event, Plugin, RawJson, Record, Scenario, string_value};
+use weir_sdk::{Error, Event, Fields, Plugin, RawJson, Record, Scenario, string_value};
 
 /// The scenario JSON, as the control plane stores it. Keys other than these
 /// (`title`, `manager`, `plugin`, `source`, `output_topic`, `enrich`,
@@ -412,13 +412,15 @@ impl Condition {
         })
     }
 
-    fn holds(&self, event: &Event<'_>) -> Result<bool, Error> {
-        let raw = event.raw(&self.left)?;
-        let Some(raw) = raw else {
-            return Ok(matches!(self.op, Op::Exists(false)));
+    /// Whether the condition holds for an event with these fields. A `bool`,
+    /// not a `Result`: the fields are split already, so nothing can fail, and
+    /// in the guest a `bool` comes back in a register.
+    fn holds(&self, fields: &Fields<'_>) -> bool {
+        let Some(raw) = fields.get(&self.left) else {
+            return matches!(self.op, Op::Exists(false));
         };
         let value = FieldValue::new(raw);
-        Ok(match &self.op {
+        match &self.op {
             Op::Eq(operand) => value.equals(operand),
             Op::Ne(operand) => !value.equals(operand),
             Op::EqIgnoreCase(lower) => match &value {
@@ -460,7 +462,7 @@ impl Condition {
                 FieldValue::Num(_) => regex.is_match(raw.get()),
                 _ => false,
             },
-        })
+        }
     }
 }
 
@@ -552,21 +554,11 @@ impl Plugin for ScenarioPlugin {
 }
 
 impl ScenarioPlugin {
-    fn matches(&self, event: &Event<'_>) -> Result<bool, Error> {
+    fn matches(&self, fields: &Fields<'_>) -> bool {
         if self.any {
-            for condition in &self.conditions {
-                if condition.holds(event)? {
-                    return Ok(true);
-                }
-            }
-            Ok(self.conditions.is_empty())
+            self.conditions.is_empty() || self.conditions.iter().any(|c| c.holds(fields))
         } else {
-            for condition in &self.conditions {
-                if !condition.holds(event)? {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
+            self.conditions.iter().all(|c| c.holds(fields))
         }
     }
 }
@@ -574,7 +566,7 @@ impl ScenarioPlugin {
 impl Scenario for ScenarioPlugin {
     fn evaluate(&self, event: &Event<'_>, out: &mut Record<'_>) -> Result<bool, Error> {
         let fields = event.fields()?;
-        let matched = self.matches(event)?;
+        let matched = self.matches(fields);
 
         let mut empty = true;
         match &self.keep {
