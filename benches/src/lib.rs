@@ -8,42 +8,47 @@
 //! # Figures (`scenario`, limits on: epoch deadline, 64 MiB memory cap, output cap)
 //!
 //! Release build on a 2-core machine shared with other work; the range of
-//! five runs of the bench's own summary (both sides built with the same
-//! release profile: no LTO, 16 codegen units):
+//! three runs of the bench's own summary, back to back (both sides built
+//! with the same release profile: no LTO, 16 codegen units):
 //!
 //! | batch | wasm ns/event | native ns/event | wasm/native | wasm events/s |
 //! |---|---|---|---|---|
-//! | 1 | 2409-2841 | 424-490 | 4.9-6.7 | 352k-415k |
-//! | 64 | 1124-1140 | 383-389 | 2.9-3.0 | 877k-889k |
-//! | 256 | 1007-1069 | 370-389 | 2.6-2.8 | 935k-993k |
-//! | 1024 | 988-1110 | 369-410 | 2.7 | 900k-1013k |
+//! | 1 | 2250-2311 | 408-411 | 5.5-5.6 | 433k-445k |
+//! | 64 | 916-937 | 368-371 | 2.49-2.52 | 1.07M-1.09M |
+//! | 256 | 880-886 | 365-368 | 2.40-2.41 | 1.13M-1.14M |
+//! | 1024 | 877-889 | 364-366 | 2.41-2.43 | 1.12M-1.14M |
 //!
-//! Without any limit the wasm side runs 740-790 ns/event at batch 256 (about
-//! 2x native); the epoch deadline adds 28-36 %, fuel 32-48 %.
+//! Without any limit the wasm side runs 679-688 ns/event at batch 256 (1.86x
+//! native); the epoch deadline adds 28-31 %, fuel 38-39 %, both 63-66 %.
 //!
 //! The SDK's own JSON split, the inlined accessors and the scenario plugin's
-//! pre-rendered output took the wasm side from 1499 to about 1000 ns/event
-//! and the native side from 616 to about 375: the same code got faster in
-//! both, more so natively, so the ratio rose from 2.4 to about 2.7 while
-//! throughput per core went from 629k to about 1M events/s.
+//! pre-rendered output took the wasm side from 1499 to about 880 ns/event
+//! and the native side from 616 to about 366: the same code got faster in
+//! both, so the ratio stayed about where it was (2.43 before, 2.40 after)
+//! while throughput per core went from 629k to 1.13M events/s.
 //!
 //! Where the gap comes from (`perf record` with `WEIR_BENCH_PROFILE=1`, which
 //! runs only the wasm side with a perf map, plus the compiled code read back
 //! from the runtime's cache): the epoch check at every loop back-edge and
-//! function entry (a third of the time); Cranelift's code for the guest's
+//! function entry (28-31 % on top of the rest); Cranelift's code for the guest's
 //! loop-heavy functions (field lookup, JSON split), which keeps induction
 //! variables and the heap base in stack slots, and a stack-limit check and
 //! callee-saved spills on every call (about 2x LLVM's native code for the
 //! same functions); and about 8 % in the host lowering the batch's per-event
-//! records. Getting to 1.3x would take an interruption without per-iteration
+//! records. Two things helped the wasm side only: the scanner's recursive
+//! readers return a plain position instead of an `Option` (in the guest an
+//! `Option<usize>` comes back through the stack in linear memory; 8 %), and
+//! the plugin's conditions return a `bool` instead of a `Result`.
+//! Getting to 1.3x would take an interruption without per-iteration
 //! checks (wasmtime's MMU-based interruption, proposed upstream at about 3 %
 //! instead of 14 %; not in wasmtime 48, and newer releases need a newer Rust)
 //! and a backend that keeps hot loop state in registers; no change to the
 //! guest got there. Tried and not kept: a columnar batch (one list per
 //! attribute: host lowering fell to about 5 % but the guest paid it back,
-//! same time at batch 256, 20 % slower at batch 1); fat LTO (native about 10 %
+//! same time at batch 256, 20 % slower at batch 1); fat LTO (native 10-15 %
 //! faster, wasm no faster, so shipped components and this bench keep the
-//! same release profile on both sides); `+simd128` (no change: the code that
+//! same release profile on both sides); `opt-level = "s"` (wasm 30 % slower)
+//! or 2 (no change); `+simd128` (no change: the code that
 //! would use it is in the precompiled standard library); a tag per field
 //! name for lookups (building the tags cost more than they saved).
 

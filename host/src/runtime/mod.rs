@@ -31,7 +31,7 @@
 //! CPU limit choice: epoch interruption, on by default (`cpu_limit_ms`, 500 ms
 //! per call, 10 ms ticks). Measured with `cargo bench -p weir-benches` on the
 //! `scenario` plugin, batch 256, release build on a shared 2-core machine: no
-//! limits 740-790 ns/event, epoch +28-36 %, fuel +32-48 %, both +60-80 %. Epoch
+//! limits 679-688 ns/event, epoch +28-31 %, fuel +38-39 %, both +63-66 %. Epoch
 //! costs less than fuel and bounds wall time, which is what protects the
 //! pipeline; fuel stays available (`fuel_per_call`) for deterministic budgets.
 //! Either check runs at every loop back-edge and function entry of the guest,
