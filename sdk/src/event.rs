@@ -8,10 +8,9 @@ use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::scan;
-
 use crate::Error;
 use crate::batch::Header;
+use crate::scan;
 
 /// One input event: its value bytes, key, headers, position and timestamp, plus
 /// typed access to the fields of a JSON-object value.
