@@ -392,6 +392,7 @@ pub fn string_value(raw: RawJson<'_>) -> Option<Cow<'_, str>> {
 /// assert_eq!(a.get(), "[1, 2]");
 /// assert_eq!(a.to_string(), "[1, 2]");
 /// assert!(event.raw("b")?.unwrap().is_string());
+/// assert!(weir_sdk::Event::new(br#"{"n":null}"#).raw("n")?.unwrap().is_null());
 /// # Ok::<(), weir_sdk::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -348,7 +348,7 @@ fn application(event: &Event<'_>, out: &mut Record<'_>) -> Result<(), Error> {
     let first = |names: &[&str]| -> Result<Option<RawJson<'_>>, Error> {
         for name in names {
             if let Some(raw) = event.raw(name)?
-                && raw.get() != "null"
+                && !raw.is_null()
             {
                 return Ok(Some(raw));
             }
