@@ -1007,6 +1007,26 @@ fn serve(config: &Path, log: &Path) -> std::process::Child {
         .expect("start weir serve")
 }
 
+/// Fails the test when `child` (a `weir serve` logging to `log`) has exited, or
+/// when 180 s have passed since `started` without what it waits for (`waiting`).
+fn still_serving(
+    child: &mut std::process::Child,
+    started: Instant,
+    log: &std::path::Path,
+    waiting: &str,
+) {
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "weir serve exited; log: {}",
+        log.display()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(180),
+        "{waiting} in 180 s; log: {}",
+        log.display()
+    );
+}
+
 /// `weir serve` killed with SIGKILL while archive files are open and being stored,
 /// then started again: every event is archived exactly once, no temporary file is
 /// left, and the output topic holds each output once.
@@ -1067,15 +1087,11 @@ async fn weir_serve_killed_while_files_are_open_restarts_exactly_once() {
         if stored >= 10 {
             break;
         }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "weir serve exited; log: {}",
-            data.join("first.log").display()
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "fewer than 10 files stored in 180 s; log: {}",
-            data.join("first.log").display()
+        still_serving(
+            &mut child,
+            started,
+            &data.join("first.log"),
+            "fewer than 10 files stored",
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -1097,16 +1113,14 @@ async fn weir_serve_killed_while_files_are_open_restarts_exactly_once() {
     let want: Vec<(i64, i64)> = ends.iter().map(|&end| (end, end)).collect();
     let started = Instant::now();
     while committed(&brokers, &u, &events_topic, 3) != want {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "weir serve exited; log: {}",
-            data.join("second.log").display()
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "not everything committed in 180 s: {:?}; log: {}",
-            committed(&brokers, &u, &events_topic, 3),
-            data.join("second.log").display()
+        still_serving(
+            &mut child,
+            started,
+            &data.join("second.log"),
+            &format!(
+                "not everything committed: {:?}",
+                committed(&brokers, &u, &events_topic, 3)
+            ),
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
