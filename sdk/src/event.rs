@@ -9,6 +9,8 @@ use serde::de::{self, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::Error;
+use crate::FieldSet;
+use crate::Picked;
 use crate::batch::Header;
 use crate::scan;
 
@@ -251,6 +253,21 @@ impl<'a> Event<'a> {
     #[inline]
     pub fn raw(&self, name: &str) -> Result<Option<RawJson<'a>>, Error> {
         Ok(self.fields()?.get(name))
+    }
+
+    /// The values of all of `names`, found in one pass over the fields
+    /// ([`Fields::pick`]). Fails when the value is not a JSON object.
+    ///
+    /// ```
+    /// let mut names = weir_sdk::FieldSet::new();
+    /// let (a, b) = (names.insert("a"), names.insert("b"));
+    /// let picked = weir_sdk::Event::new(br#"{"b":[1],"a":2}"#).pick(&names)?;
+    /// assert_eq!((picked.get(a).map(|r| r.get()), picked.get(b).map(|r| r.get())), (Some("2"), Some("[1]")));
+    /// # Ok::<(), weir_sdk::Error>(())
+    /// ```
+    #[inline]
+    pub fn pick(&self, names: &FieldSet) -> Result<Picked<'a>, Error> {
+        Ok(self.fields()?.pick(names))
     }
 
     /// Whether field `name` is present (even when it is `null`).
@@ -509,6 +526,30 @@ impl<'a> Fields<'a> {
             .map(|(_, raw)| *raw)
     }
 
+    /// The values of all of `names` in one pass over the fields: the way to
+    /// read several fields of every event (see [`FieldSet`]).
+    ///
+    /// ```
+    /// let mut names = weir_sdk::FieldSet::new();
+    /// let h = names.insert("h");
+    /// let event = weir_sdk::Event::new(br#"{"h":9}"#);
+    /// assert_eq!(event.fields()?.pick(&names).get(h).map(|r| r.get()), Some("9"));
+    /// # Ok::<(), weir_sdk::Error>(())
+    /// ```
+    pub fn pick(&self, names: &FieldSet) -> Picked<'a> {
+        if self.decoded.is_empty() {
+            Picked::new(
+                names,
+                self.plain.iter().map(|(n, raw)| (n.as_bytes(), *raw)),
+            )
+        } else {
+            Picked::new(
+                names,
+                self.decoded.iter().map(|(n, raw)| (n.as_bytes(), *raw)),
+            )
+        }
+    }
+
     /// Every field as `(name, raw JSON text)`, in document order.
     ///
     /// ```
@@ -551,26 +592,35 @@ pub(crate) fn serde_fields(text: &str) -> Result<Vec<(Cow<'_, str>, &str)>, serd
 
 struct SerdeFields<'a>(Vec<(Cow<'a, str>, &'a str)>);
 
-/// `a == b` for short names, eight bytes at a time: a `memcmp` call per
+/// `a == b` for field names without a byte loop: a `memcmp` call per
 /// candidate is most of a lookup's cost, and in a WebAssembly guest `memcmp`
-/// is a byte loop.
+/// and any per-byte loop pay a CPU-deadline check per byte. Names of up to 16
+/// bytes are compared as two overlapping words (or three bytes when shorter
+/// than 4); longer ones eight bytes at a time, the tail as an overlapping word.
 #[inline]
-fn same_name(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
+pub(crate) fn same_name(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
         return false;
     }
-    let mut a_words = a.chunks_exact(8);
-    let mut b_words = b.chunks_exact(8);
-    let word = |chunk: &[u8]| chunk.try_into().map(u64::from_ne_bytes).unwrap_or(0);
-    a_words
-        .by_ref()
-        .zip(b_words.by_ref())
-        .all(|(x, y)| word(x) == word(y))
-        && a_words
-            .remainder()
-            .iter()
-            .zip(b_words.remainder())
-            .all(|(x, y)| x == y)
+    let u32_at = |s: &[u8], at: usize| s[at..at + 4].try_into().map_or(0, u32::from_ne_bytes);
+    let u64_at = |s: &[u8], at: usize| s[at..at + 8].try_into().map_or(0, u64::from_ne_bytes);
+    match n {
+        0 => true,
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..=7 => u32_at(a, 0) == u32_at(b, 0) && u32_at(a, n - 4) == u32_at(b, n - 4),
+        8..=16 => u64_at(a, 0) == u64_at(b, 0) && u64_at(a, n - 8) == u64_at(b, n - 8),
+        _ => {
+            let mut at = 0;
+            while at + 8 < n {
+                if u64_at(a, at) != u64_at(b, at) {
+                    return false;
+                }
+                at += 8;
+            }
+            u64_at(a, n - 8) == u64_at(b, n - 8)
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for SerdeFields<'de> {
@@ -621,6 +671,24 @@ impl<'de> Deserialize<'de> for Key<'de> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `same_name` agrees with `==` for every length up to 40 and a single
+    /// differing byte at every position, and for different lengths.
+    #[test]
+    fn same_name_is_equality() {
+        for n in 0..=40usize {
+            let a: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+            assert!(same_name(&a, &a.clone()), "{n}");
+            for at in 0..n {
+                let mut b = a.clone();
+                b[at] ^= 0x20;
+                assert!(!same_name(&a, &b), "{n} differing at {at}");
+            }
+            let mut longer = a.clone();
+            longer.push(b'a');
+            assert!(!same_name(&a, &longer), "{n} vs {}", n + 1);
+        }
+    }
 
     #[test]
     fn malformed_json_says_where() {

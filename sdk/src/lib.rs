@@ -155,6 +155,7 @@
 mod batch;
 mod error;
 mod event;
+mod field_set;
 mod output;
 mod scan;
 #[cfg(feature = "testing")]
@@ -163,6 +164,7 @@ pub mod testing;
 pub use batch::{Batch, EventMut, EventResult, Header, Outcome, Output, Status};
 pub use error::Error;
 pub use event::{Event, Fields, RawJson, string_value};
+pub use field_set::{FieldSet, Picked};
 pub use output::{ObjectWriter, Record, Records};
 
 use serde::de::DeserializeOwned;

@@ -46,7 +46,13 @@ pub(crate) fn split_object(text: &str) -> Option<Vec<(&str, &str)>> {
             let name = text.get(at..end)?;
             at = expect(b, whitespace(b, after), b':')?;
             at = whitespace(b, at);
-            let value_end = found(value(b, at, 0))?;
+            // Strings and numbers inline: in the guest a call per field
+            // costs more than reading a short value.
+            let value_end = match b.get(at) {
+                Some(b'"') => string(b, at + 1)?.1,
+                Some(b'0'..=b'9') => number(b, at)?,
+                _ => found(value(b, at, 0))?,
+            };
             fields.push((name, text.get(at..value_end)?));
             at = whitespace(b, value_end);
             match *b.get(at)? {

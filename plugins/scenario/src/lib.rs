@@ -51,7 +51,7 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use weir_sdk::{Error, Event, Fields, Plugin, RawJson, Record, Scenario, string_value};
+use weir_sdk::{Error, Event, FieldSet, Picked, Plugin, RawJson, Record, Scenario, string_value};
 
 /// The scenario JSON, as the control plane stores it. Keys other than these
 /// (`title`, `manager`, `plugin`, `source`, `output_topic`, `enrich`,
@@ -322,12 +322,13 @@ const OPERATORS: &str = "==, !=, ==i, >, >=, <, <=, contains, in, not_in, exists
 
 #[derive(Debug)]
 struct Condition {
-    left: String,
+    /// Slot of the `left` field in the plugin's [`FieldSet`].
+    left: usize,
     op: Op,
 }
 
 impl Condition {
-    fn compile(index: usize, spec: &FilterSpec) -> Result<Condition, Error> {
+    fn compile(index: usize, spec: &FilterSpec, names: &mut FieldSet) -> Result<Condition, Error> {
         let at = |part: &str| format!("config field `filters[{index}].{part}`");
         let right = || {
             spec.right.as_ref().ok_or_else(|| {
@@ -407,16 +408,16 @@ impl Condition {
             }
         };
         Ok(Condition {
-            left: spec.left.clone(),
+            left: names.insert(&spec.left),
             op,
         })
     }
 
-    /// Whether the condition holds for an event with these fields. A `bool`,
-    /// not a `Result`: the fields are split already, so nothing can fail, and
-    /// in the guest a `bool` comes back in a register.
-    fn holds(&self, fields: &Fields<'_>) -> bool {
-        let Some(raw) = fields.get(&self.left) else {
+    /// Whether the condition holds for an event with these picked fields. A
+    /// `bool`, not a `Result`: the fields are split already, so nothing can
+    /// fail, and in the guest a `bool` comes back in a register.
+    fn holds(&self, picked: &Picked<'_>) -> bool {
+        let Some(raw) = picked.get(self.left) else {
             return matches!(self.op, Op::Exists(false));
         };
         let value = FieldValue::new(raw);
@@ -466,6 +467,9 @@ impl Condition {
     }
 }
 
+/// Fields the event's date is read from, in order of preference.
+const DATE_FIELDS: [&str; 2] = ["timestamp", "ts"];
+
 /// Names the plugin writes itself; a kept field of the same name is skipped.
 const RESERVED: [&str; 3] = ["success", "scenario_id", "date"];
 
@@ -482,13 +486,18 @@ const RESERVED: [&str; 3] = ["success", "scenario_id", "date"];
 /// ```
 #[derive(Debug)]
 pub struct ScenarioPlugin {
+    /// Every field the plugin reads: kept fields, filter fields and the date
+    /// fields, resolved in one pass per event.
+    names: FieldSet,
+    /// Slots of `timestamp` and `ts` in `names`.
+    date_fields: [usize; 2],
     /// With `scenario_id` configured, the output's last fields up to the date,
     /// pre-rendered for an unmatched and a matched event:
     /// `"success":0,"scenario_id":"5","date":`. `None`: use the batch's id.
     tails: Option<[Vec<u8>; 2]>,
-    /// Kept fields with their pre-rendered prefix, `{"name":` for the first
-    /// and `,"name":` for the others; `None`: keep all.
-    keep: Option<Vec<(String, Vec<u8>)>>,
+    /// Slots of the kept fields with their pre-rendered prefix, `{"name":`
+    /// for the first and `,"name":` for the others; `None`: keep all.
+    keep: Option<Vec<(usize, Vec<u8>)>>,
     conditions: Vec<Condition>,
     any: bool,
 }
@@ -520,11 +529,12 @@ impl Plugin for ScenarioPlugin {
                 )));
             }
         };
+        let mut names = FieldSet::new();
         let conditions = config
             .filters
             .iter()
             .enumerate()
-            .map(|(i, spec)| Condition::compile(i, spec))
+            .map(|(i, spec)| Condition::compile(i, spec, &mut names))
             .collect::<Result<_, _>>()?;
         let keep = config.log_format.as_ref().map(|format| {
             format
@@ -535,7 +545,7 @@ impl Plugin for ScenarioPlugin {
                     let mut prefix = vec![if i == 0 { b'{' } else { b',' }];
                     serde_json::to_writer(&mut prefix, name).expect("a string serializes");
                     prefix.push(b':');
-                    (name.to_owned(), prefix)
+                    (names.insert(name), prefix)
                 })
                 .collect()
         });
@@ -544,7 +554,10 @@ impl Plugin for ScenarioPlugin {
                 format!("\"success\":{success},\"scenario_id\":{id},\"date\":").into_bytes()
             })
         });
+        let date_fields = DATE_FIELDS.map(|name| names.insert(name));
         Ok(ScenarioPlugin {
+            names,
+            date_fields,
             tails,
             keep,
             conditions,
@@ -554,11 +567,46 @@ impl Plugin for ScenarioPlugin {
 }
 
 impl ScenarioPlugin {
-    fn matches(&self, fields: &Fields<'_>) -> bool {
+    /// The event's date as `YYYY-MM-DD`: from its `timestamp` field, else its `ts`
+    /// field, else the record timestamp; `None` when none of them gives a date.
+    ///
+    /// A field holding an ISO-8601 string contributes its date as written (no time
+    /// zone conversion); a number (or numeric string) is Unix time, in
+    /// milliseconds when its magnitude is at least 10^11, else in seconds, and is
+    /// converted in UTC. A field that is neither is skipped.
+    fn event_date(&self, event: &Event<'_>, picked: &Picked<'_>) -> Option<[u8; 10]> {
+        for slot in self.date_fields {
+            let Some(raw) = picked.get(slot) else {
+                continue;
+            };
+            match FieldValue::new(raw) {
+                FieldValue::Str(s) if is_iso_date(&s) => {
+                    let mut date = [0u8; 10];
+                    date.copy_from_slice(&s.as_bytes()[..10]);
+                    return Some(date);
+                }
+                value => {
+                    if let Some(num) = value.num() {
+                        let millis = if num.float.abs() >= 1e11 {
+                            num.float
+                        } else {
+                            num.float * 1000.0
+                        };
+                        if let Some(date) = date_from_millis(millis as i64) {
+                            return Some(date);
+                        }
+                    }
+                }
+            }
+        }
+        event.timestamp_ms().and_then(date_from_millis)
+    }
+
+    fn matches(&self, picked: &Picked<'_>) -> bool {
         if self.any {
-            self.conditions.is_empty() || self.conditions.iter().any(|c| c.holds(fields))
+            self.conditions.is_empty() || self.conditions.iter().any(|c| c.holds(picked))
         } else {
-            self.conditions.iter().all(|c| c.holds(fields))
+            self.conditions.iter().all(|c| c.holds(picked))
         }
     }
 }
@@ -566,14 +614,15 @@ impl ScenarioPlugin {
 impl Scenario for ScenarioPlugin {
     fn evaluate(&self, event: &Event<'_>, out: &mut Record<'_>) -> Result<bool, Error> {
         let fields = event.fields()?;
-        let matched = self.matches(fields);
+        let picked = fields.pick(&self.names);
+        let matched = self.matches(&picked);
 
         let mut empty = true;
         match &self.keep {
             Some(keep) => {
-                for (name, prefix) in keep {
+                for (slot, prefix) in keep {
                     out.push(prefix);
-                    match fields.get(name) {
+                    match picked.get(*slot) {
                         Some(raw) => out.push(raw.get().as_bytes()),
                         None => out.push(b"null"),
                     }
@@ -609,7 +658,7 @@ impl Scenario for ScenarioPlugin {
                 out.push(b",\"date\":");
             }
         }
-        match event_date(event)? {
+        match self.event_date(event, &picked) {
             Some(date) => {
                 let mut end = *b"\"YYYY-MM-DD\"}";
                 end[1..11].copy_from_slice(&date);
@@ -619,41 +668,6 @@ impl Scenario for ScenarioPlugin {
         }
         Ok(matched)
     }
-}
-
-/// The event's date as `YYYY-MM-DD`: from its `timestamp` field, else its `ts`
-/// field, else the record timestamp; `None` when none of them gives a date.
-///
-/// A field holding an ISO-8601 string contributes its date as written (no time
-/// zone conversion); a number (or numeric string) is Unix time, in
-/// milliseconds when its magnitude is at least 10^11, else in seconds, and is
-/// converted in UTC. A field that is neither is skipped.
-fn event_date(event: &Event<'_>) -> Result<Option<[u8; 10]>, Error> {
-    for name in ["timestamp", "ts"] {
-        let Some(raw) = event.raw(name)? else {
-            continue;
-        };
-        match FieldValue::new(raw) {
-            FieldValue::Str(s) if is_iso_date(&s) => {
-                let mut date = [0u8; 10];
-                date.copy_from_slice(&s.as_bytes()[..10]);
-                return Ok(Some(date));
-            }
-            value => {
-                if let Some(num) = value.num() {
-                    let millis = if num.float.abs() >= 1e11 {
-                        num.float
-                    } else {
-                        num.float * 1000.0
-                    };
-                    if let Some(date) = date_from_millis(millis as i64) {
-                        return Ok(Some(date));
-                    }
-                }
-            }
-        }
-    }
-    Ok(event.timestamp_ms().and_then(date_from_millis))
 }
 
 fn is_iso_date(s: &str) -> bool {
