@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! scenario batch=256 wasm_ns_per_event=.. native_ns_per_event=.. ratio=.. events_per_s=..
+//! boundary plugin=passthrough batch=.. wasm_ns_per_event=..
 //! limits mode=epoch batch=256 wasm_ns_per_event=.. overhead_pct=..
 //! load compile_ms=.. disk_cache_ms=.. memory_cache_us=.. instantiate_us=..
 //! ```
@@ -24,19 +25,26 @@ fn main() {
     let events = tracking_events(EVENTS, 42);
     let wasm = std::fs::read(weir_artifacts::PLUGIN_SCENARIO).expect("scenario plugin built");
 
-    // WEIR_BENCH_PROFILE=1: only run the wasm side at batch 256 for 10 s, with
-    // a perf map, under `perf record`.
-    let profile = std::env::var_os("WEIR_BENCH_PROFILE").is_some();
+    // WEIR_BENCH_PROFILE=1: only run the wasm side at batch 256 (or
+    // WEIR_BENCH_BATCH) for 10 s, with a perf map, under `perf record`;
+    // WEIR_BENCH_PROFILE=passthrough: the same with the passthrough fixture,
+    // to look at the boundary alone.
+    let profile = std::env::var("WEIR_BENCH_PROFILE").ok();
     let runtime = Runtime::new(RuntimeConfig {
-        perf_map: profile,
+        perf_map: profile.is_some(),
         ..RuntimeConfig::default()
     })
     .expect("runtime");
     let mut instance = configured(&runtime, &wasm);
     let native = native::Scenario::new(SCENARIO_5);
     check_same_answers(&mut instance, &native, &events);
-    if profile {
-        let batches = batches(&events, 256);
+    if let Some(which) = profile {
+        if which == "passthrough" {
+            instance = passthrough(&runtime);
+        }
+        let size =
+            std::env::var("WEIR_BENCH_BATCH").map_or(256, |s| s.parse().expect("batch size"));
+        let batches = batches(&events, size);
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(10) {
             for batch in &batches {
@@ -103,6 +111,20 @@ fn main() {
     }
 
     let batches = batches(&events, 256);
+    // The contract's own per-event cost: a guest that copies each value to
+    // its output untouched, so what remains is the boundary (lowering the
+    // batch, lifting the output) and the SDK-free glue.
+    let mut neighbour = passthrough(&runtime);
+    for size in [1, 256] {
+        let batches = self::batches(&events, size);
+        let ns = ns_per_event(EVENTS, || {
+            for batch in &batches {
+                black_box(neighbour.process(batch).expect("process"));
+            }
+        });
+        println!("boundary plugin=passthrough batch={size} wasm_ns_per_event={ns:.0}");
+    }
+
     let modes = [
         ("off", None, None),
         ("epoch", Some(500), None),
@@ -141,6 +163,16 @@ fn configured(runtime: &Runtime, wasm: &[u8]) -> Instance {
         .expect("scenario loads")
         .instantiate(SCENARIO_5)
         .expect("scenario 5 configures")
+}
+
+/// The passthrough test fixture: each value copied to the output untouched.
+fn passthrough(runtime: &Runtime) -> Instance {
+    let wasm = std::fs::read(weir_artifacts::FIXTURE_PASSTHROUGH).expect("fixture built");
+    runtime
+        .load(&wasm)
+        .expect("passthrough loads")
+        .instantiate("{}")
+        .expect("passthrough configures")
 }
 
 fn batches(events: &[Vec<u8>], size: usize) -> Vec<Batch> {

@@ -1,9 +1,8 @@
-//! The flat batch and output layouts of the WIT contract, as plain Rust types.
+//! The columnar batch and the output layouts of the WIT contract, as plain
+//! Rust types.
 //!
 //! The same types are used inside the component (converted from the generated
 //! bindings without copying the buffers) and natively by [`Harness`](crate::Harness).
-
-use std::ops::Range;
 
 use crate::Event;
 
@@ -21,18 +20,15 @@ pub struct Header {
     pub value: Vec<u8>,
 }
 
-#[derive(Debug, Clone)]
-pub(crate) struct EventSpan {
-    pub(crate) value: Range<u32>,
-    pub(crate) key: Option<Range<u32>>,
-    pub(crate) headers: Range<u32>,
-    pub(crate) offset: i64,
-    pub(crate) timestamp_ms: Option<i64>,
-}
+/// `flags` bit: the event has a key.
+pub(crate) const FLAG_KEY: u8 = 1;
+/// `flags` bit: the event has a timestamp.
+pub(crate) const FLAG_TIMESTAMP: u8 = 2;
 
-/// A batch of events in the flat layout the host sends: every value in one
-/// buffer, every key in another, events as ranges into them. Build one to
-/// drive a plugin natively with [`Harness`](crate::Harness).
+/// A batch of events in the columnar layout the host sends: every value in
+/// one buffer, every key in another, each with end offsets, and one list per
+/// event attribute. Build one to drive a plugin natively with
+/// [`Harness`](crate::Harness).
 ///
 /// ```
 /// let mut batch = weir_sdk::Batch::new("5");
@@ -45,10 +41,15 @@ pub struct Batch {
     pub(crate) scenario_id: String,
     pub(crate) topic: String,
     pub(crate) partition: i32,
-    pub(crate) events: Vec<EventSpan>,
+    pub(crate) offsets: Vec<i64>,
     pub(crate) values: Vec<u8>,
+    pub(crate) value_ends: Vec<u32>,
+    pub(crate) flags: Vec<u8>,
     pub(crate) keys: Vec<u8>,
+    pub(crate) key_ends: Vec<u32>,
+    pub(crate) timestamps: Vec<i64>,
     pub(crate) headers: Vec<Header>,
+    pub(crate) header_ends: Vec<u32>,
 }
 
 impl Batch {
@@ -99,16 +100,13 @@ impl Batch {
     /// batch.push(b"{}").offset(42).header("h", b"v");
     /// ```
     pub fn push(&mut self, value: &[u8]) -> EventMut<'_> {
-        let start = offset_u32(self.values.len());
+        self.offsets.push(self.offsets.len() as i64);
         self.values.extend_from_slice(value);
-        let headers = offset_u32(self.headers.len());
-        self.events.push(EventSpan {
-            value: start..offset_u32(self.values.len()),
-            key: None,
-            headers: headers..headers,
-            offset: self.events.len() as i64,
-            timestamp_ms: None,
-        });
+        self.value_ends.push(offset_u32(self.values.len()));
+        self.flags.push(0);
+        self.key_ends.push(offset_u32(self.keys.len()));
+        self.timestamps.push(0);
+        self.header_ends.push(offset_u32(self.headers.len()));
         EventMut { batch: self }
     }
 
@@ -118,7 +116,7 @@ impl Batch {
     /// assert_eq!(weir_sdk::Batch::from_lines("5", "{}").len(), 1);
     /// ```
     pub fn len(&self) -> usize {
-        self.events.len()
+        self.offsets.len()
     }
 
     /// Whether the batch holds no events.
@@ -127,25 +125,32 @@ impl Batch {
     /// assert!(weir_sdk::Batch::new("5").is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        self.offsets.is_empty()
     }
 
-    /// Event `index` as the plugin will see it, or an error when its ranges do
-    /// not fit the batch's buffers (a host bug, reported rather than trapping).
+    /// Event `index` as the plugin will see it, or an error when the columns
+    /// do not describe it (a host bug, reported rather than trapping).
     pub(crate) fn event(&self, index: usize) -> Result<Event<'_>, String> {
-        let span = &self.events[index];
-        let value = slice(&self.values, &span.value, "value", "values")?;
-        let key = match &span.key {
-            Some(range) => Some(slice(&self.keys, range, "key", "keys")?),
-            None => None,
+        let flags = *entry(&self.flags, index, "flags")?;
+        let value = part(&self.values, &self.value_ends, index, "value", "values")?;
+        let key = match flags & FLAG_KEY {
+            0 => None,
+            _ => Some(part(&self.keys, &self.key_ends, index, "key", "keys")?),
         };
-        let headers = slice(&self.headers, &span.headers, "headers", "headers")?;
+        let headers = part(
+            &self.headers,
+            &self.header_ends,
+            index,
+            "headers",
+            "headers",
+        )?;
+        let timestamp = *entry(&self.timestamps, index, "timestamps")?;
         Ok(Event::from_parts(
             value,
             key,
             headers,
-            span.offset,
-            span.timestamp_ms,
+            *entry(&self.offsets, index, "offsets")?,
+            (flags & FLAG_TIMESTAMP != 0).then_some(timestamp),
             &self.scenario_id,
             &self.topic,
             self.partition,
@@ -153,22 +158,38 @@ impl Batch {
     }
 }
 
-fn slice<'a, T>(
+fn entry<'a, T>(column: &'a [T], index: usize, name: &str) -> Result<&'a T, String> {
+    column
+        .get(index)
+        .ok_or_else(|| format!("batch.{name} has no entry for event {index}"))
+}
+
+/// Event `index`'s part of a concatenated buffer: from the previous event's
+/// end offset to its own.
+fn part<'a, T>(
     buffer: &'a [T],
-    range: &Range<u32>,
+    ends: &[u32],
+    index: usize,
     what: &str,
     buffer_name: &str,
 ) -> Result<&'a [T], String> {
-    buffer
-        .get(range.start as usize..range.end as usize)
-        .ok_or_else(|| {
-            format!(
-                "event {what} span {}..{} is outside batch.{buffer_name} (length {})",
-                range.start,
-                range.end,
-                buffer.len()
-            )
-        })
+    let ends_name = || format!("{}_ends", what.trim_end_matches('s'));
+    let end_at = |i: usize| {
+        ends.get(i)
+            .copied()
+            .ok_or_else(|| format!("batch.{} has no entry for event {i}", ends_name()))
+    };
+    let start = match index.checked_sub(1) {
+        Some(previous) => end_at(previous)?,
+        None => 0,
+    };
+    let end = end_at(index)?;
+    buffer.get(start as usize..end as usize).ok_or_else(|| {
+        format!(
+            "event {what} {start}..{end} is outside batch.{buffer_name} (length {})",
+            buffer.len()
+        )
+    })
 }
 
 fn offset_u32(n: usize) -> u32 {
@@ -187,8 +208,9 @@ pub struct EventMut<'b> {
 }
 
 impl EventMut<'_> {
-    fn last(&mut self) -> &mut EventSpan {
-        self.batch.events.last_mut().expect("pushed just before")
+    /// Index of the event just pushed.
+    fn last(&self) -> usize {
+        self.batch.offsets.len() - 1
     }
 
     /// Sets the key.
@@ -196,11 +218,15 @@ impl EventMut<'_> {
     /// ```
     /// weir_sdk::Batch::new("5").push(b"{}").key(b"member-1");
     /// ```
-    pub fn key(mut self, key: &[u8]) -> Self {
-        let start = offset_u32(self.batch.keys.len());
-        self.batch.keys.extend_from_slice(key);
-        let end = offset_u32(self.batch.keys.len());
-        self.last().key = Some(start..end);
+    pub fn key(self, key: &[u8]) -> Self {
+        let last = self.last();
+        let b = &mut *self.batch;
+        // A second call replaces the key.
+        let start = last.checked_sub(1).map_or(0, |i| b.key_ends[i]);
+        b.keys.truncate(start as usize);
+        b.keys.extend_from_slice(key);
+        b.key_ends[last] = offset_u32(b.keys.len());
+        b.flags[last] |= FLAG_KEY;
         self
     }
 
@@ -209,8 +235,10 @@ impl EventMut<'_> {
     /// ```
     /// weir_sdk::Batch::new("5").push(b"{}").timestamp_ms(1_700_000_000_000);
     /// ```
-    pub fn timestamp_ms(mut self, timestamp_ms: i64) -> Self {
-        self.last().timestamp_ms = Some(timestamp_ms);
+    pub fn timestamp_ms(self, timestamp_ms: i64) -> Self {
+        let last = self.last();
+        self.batch.timestamps[last] = timestamp_ms;
+        self.batch.flags[last] |= FLAG_TIMESTAMP;
         self
     }
 
@@ -219,8 +247,9 @@ impl EventMut<'_> {
     /// ```
     /// weir_sdk::Batch::new("5").push(b"{}").offset(1234);
     /// ```
-    pub fn offset(mut self, offset: i64) -> Self {
-        self.last().offset = offset;
+    pub fn offset(self, offset: i64) -> Self {
+        let last = self.last();
+        self.batch.offsets[last] = offset;
         self
     }
 
@@ -229,13 +258,13 @@ impl EventMut<'_> {
     /// ```
     /// weir_sdk::Batch::new("5").push(b"{}").header("trace-id", b"abc");
     /// ```
-    pub fn header(mut self, key: &str, value: &[u8]) -> Self {
+    pub fn header(self, key: &str, value: &[u8]) -> Self {
+        let last = self.last();
         self.batch.headers.push(Header {
             key: key.to_owned(),
             value: value.to_vec(),
         });
-        let end = offset_u32(self.batch.headers.len());
-        self.last().headers.end = end;
+        self.batch.header_ends[last] = offset_u32(self.batch.headers.len());
         self
     }
 }
@@ -273,8 +302,9 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
-/// The answer for a whole batch in the flat layout the host receives: one
-/// [`Outcome`] per event, every record in one buffer with end offsets.
+/// The answer for a whole batch: one [`Outcome`] per event, every record in
+/// one buffer with end offsets (the glue turns the outcomes into the WIT
+/// output's columns).
 ///
 /// ```
 /// let out = weir_sdk::Output::default();

@@ -715,7 +715,6 @@ pub mod __private {
 
     use crate::__bindings::exports::weir::plugin::plugin::Guest;
     use crate::__bindings::weir::plugin::types as wit;
-    use crate::batch::EventSpan;
     use crate::{
         Batch, Error, Event, Filter, FilterMap, FlatMap, Header, Map, Output, Plugin, PluginKind,
         Record, Records, Scenario, Status, end_record,
@@ -875,25 +874,19 @@ pub mod __private {
         output
     }
 
-    /// Moves the buffers out of the generated type: no byte is copied.
+    /// Moves the columns out of the generated type: no byte is copied.
     fn from_wit(batch: wit::Batch) -> Batch {
         Batch {
             scenario_id: batch.scenario_id,
             topic: batch.topic,
             partition: batch.partition,
-            events: batch
-                .events
-                .into_iter()
-                .map(|e| EventSpan {
-                    value: e.value.start..e.value.end,
-                    key: e.key.map(|k| k.start..k.end),
-                    headers: e.headers.start..e.headers.end,
-                    offset: e.offset,
-                    timestamp_ms: e.timestamp_ms,
-                })
-                .collect(),
+            offsets: batch.offsets,
             values: batch.values,
+            value_ends: batch.value_ends,
+            flags: batch.flags,
             keys: batch.keys,
+            key_ends: batch.key_ends,
+            timestamps: batch.timestamps,
             headers: batch
                 .headers
                 .into_iter()
@@ -902,25 +895,36 @@ pub mod __private {
                     value: h.value,
                 })
                 .collect(),
+            header_ends: batch.header_ends,
         }
     }
 
+    /// `output.outcomes` values: the status in the low two bits, 4 for matched.
+    const EMITTED: u8 = 1;
+    const FAILED: u8 = 2;
+    const MATCHED: u8 = 4;
+
     fn to_wit(output: Output) -> wit::Output {
+        let events = output.outcomes.len();
+        let mut outcomes = Vec::with_capacity(events);
+        let mut record_counts = Vec::with_capacity(events);
+        let mut errors = Vec::new();
+        for outcome in output.outcomes {
+            let status = match outcome.status {
+                Status::Dropped => 0,
+                Status::Emitted => EMITTED,
+                Status::Failed => {
+                    errors.push(outcome.error.unwrap_or_default());
+                    FAILED
+                }
+            };
+            outcomes.push(status | if outcome.matched { MATCHED } else { 0 });
+            record_counts.push(outcome.records);
+        }
         wit::Output {
-            outcomes: output
-                .outcomes
-                .into_iter()
-                .map(|o| wit::Outcome {
-                    status: match o.status {
-                        Status::Dropped => wit::Status::Dropped,
-                        Status::Emitted => wit::Status::Emitted,
-                        Status::Failed => wit::Status::Failed,
-                    },
-                    matched: o.matched,
-                    records: o.records,
-                    error: o.error,
-                })
-                .collect(),
+            outcomes,
+            record_counts,
+            errors,
             records: output.records,
             record_ends: output.record_ends,
         }
@@ -1047,16 +1051,22 @@ mod tests {
     }
 
     #[test]
-    fn a_span_outside_the_buffers_fails_that_event_only() {
+    fn columns_that_do_not_describe_an_event_fail_that_event_only() {
         let harness = Harness::flat_map::<HalfWriter>(CONFIG).unwrap();
-        let mut batch = Batch::from_lines("1", "{\"n\":1}\n{\"n\":1}");
-        batch.events[0].value = 0..1000;
+        let mut batch = Batch::from_lines("1", "{\"n\":1}\n{\"n\":1}\n{\"n\":1}");
+        batch.value_ends[1] = 1000;
+        batch.value_ends[2] = 1000;
+        batch.flags.pop();
         let results = harness.run(&batch);
+        assert_eq!(results[0].status, Status::Emitted);
         assert_eq!(
-            results[0].error.as_deref(),
-            Some("event value span 0..1000 is outside batch.values (length 14)")
+            results[1].error.as_deref(),
+            Some("event value 7..1000 is outside batch.values (length 21)")
         );
-        assert_eq!(results[1].status, Status::Emitted);
+        assert_eq!(
+            results[2].error.as_deref(),
+            Some("batch.flags has no entry for event 2")
+        );
     }
 
     #[test]
@@ -1074,41 +1084,33 @@ mod tests {
             scenario_id: "5".into(),
             topic: "t".into(),
             partition: 0,
-            events: vec![
-                wit::Event {
-                    value: wit::Span { start: 0, end: 11 },
-                    key: None,
-                    headers: wit::Span { start: 0, end: 0 },
-                    offset: 10,
-                    timestamp_ms: Some(0),
-                },
-                wit::Event {
-                    value: wit::Span { start: 11, end: 23 },
-                    key: None,
-                    headers: wit::Span { start: 0, end: 0 },
-                    offset: 11,
-                    timestamp_ms: None,
-                },
-            ],
+            offsets: vec![10, 11],
             values: values.clone(),
+            value_ends: vec![11, 23],
+            flags: vec![2, 0],
             keys: Vec::new(),
+            key_ends: vec![0, 0],
+            timestamps: vec![0, 0],
             headers: Vec::new(),
+            header_ends: vec![0, 0],
         };
 
         assert!(G::configure("{".into()).is_err());
         let output = G::process(batch());
+        assert_eq!(output.outcomes, [2, 2], "both failed");
+        assert_eq!(output.errors.len(), 2);
         assert!(
             output
-                .outcomes
+                .errors
                 .iter()
-                .all(|o| matches!(o.status, wit::Status::Failed)
-                    && o.error.as_deref() == Some("process called before configure succeeded"))
+                .all(|e| e == "process called before configure succeeded")
         );
 
         G::configure(CONFIG.into()).unwrap();
         let output = G::process(batch());
-        assert!(matches!(output.outcomes[0].status, wit::Status::Emitted));
-        assert!(matches!(output.outcomes[1].status, wit::Status::Dropped));
+        assert_eq!(output.outcomes, [1 | 4, 0], "emitted and matched, dropped");
+        assert_eq!(output.record_counts, [1, 0]);
+        assert!(output.errors.is_empty());
         assert_eq!(output.records, b"partial");
         assert_eq!(output.record_ends, [7]);
     }

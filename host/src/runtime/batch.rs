@@ -1,15 +1,16 @@
 //! Batches going into a plugin and results coming out.
 //!
-//! A [`Batch`] fills the flat buffers of the WIT `batch` record directly (every
-//! value concatenated, spans into it), so handing it to the guest copies each
-//! buffer once. A [`BatchResult`] keeps the output records the same way: one
-//! buffer, end offsets, and per event a range of record indices.
+//! A [`Batch`] fills the columns of the WIT `batch` record directly (every
+//! value concatenated with end offsets, one list entry per event and
+//! attribute), so handing it to the guest copies each list once. A
+//! [`BatchResult`] keeps the output records the same way: one buffer, end
+//! offsets, and per event a range of record indices.
 
 use std::fmt;
 use std::ops::Range;
 
 use super::RuntimeError;
-use super::bindings::{self, Span};
+use super::bindings::{self, EMITTED, FAILED, FLAG_KEY, FLAG_TIMESTAMP, MATCHED, STATUS_MASK};
 
 /// One input event for [`Batch::push_event`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -40,10 +41,15 @@ impl Batch {
                 scenario_id: scenario_id.to_owned(),
                 topic: topic.to_owned(),
                 partition,
-                events: Vec::new(),
+                offsets: Vec::new(),
                 values: Vec::new(),
+                value_ends: Vec::new(),
+                flags: Vec::new(),
                 keys: Vec::new(),
+                key_ends: Vec::new(),
+                timestamps: Vec::new(),
                 headers: Vec::new(),
+                header_ends: Vec::new(),
             },
         }
     }
@@ -58,114 +64,111 @@ impl Batch {
     }
 
     /// Appends an event. Fails only when a buffer would pass 4 GiB, the most
-    /// a WIT span can address.
+    /// a WIT end offset can address.
     pub fn push_event(&mut self, event: EventInput<'_>) -> Result<(), RuntimeError> {
         let b = &mut self.inner;
-        let value = append(&mut b.values, event.value)?;
-        let key = event.key.map(|key| append(&mut b.keys, key)).transpose()?;
-        let headers_start = to_u32(b.headers.len())?;
+        let value_end = to_u32(b.values.len() + event.value.len())?;
+        let key = event.key.unwrap_or_default();
+        let key_end = to_u32(b.keys.len() + key.len())?;
+        let header_end = to_u32(b.headers.len() + event.headers.len())?;
+        b.values.extend_from_slice(event.value);
+        b.value_ends.push(value_end);
+        b.keys.extend_from_slice(key);
+        b.key_ends.push(key_end);
         b.headers
             .extend(event.headers.iter().map(|(key, value)| bindings::Header {
                 key: (*key).to_owned(),
                 value: value.to_vec(),
             }));
-        let headers = Span {
-            start: headers_start,
-            end: to_u32(b.headers.len())?,
-        };
-        b.events.push(bindings::Event {
-            value,
-            key,
-            headers,
-            offset: event.offset,
-            timestamp_ms: event.timestamp_ms,
-        });
+        b.header_ends.push(header_end);
+        b.offsets.push(event.offset);
+        b.timestamps.push(event.timestamp_ms.unwrap_or_default());
+        let mut flags = 0;
+        if event.key.is_some() {
+            flags |= FLAG_KEY;
+        }
+        if event.timestamp_ms.is_some() {
+            flags |= FLAG_TIMESTAMP;
+        }
+        b.flags.push(flags);
         Ok(())
     }
 
     /// Number of events.
     pub fn len(&self) -> usize {
-        self.inner.events.len()
+        self.inner.offsets.len()
     }
 
     /// Whether the batch has no events.
     pub fn is_empty(&self) -> bool {
-        self.inner.events.is_empty()
+        self.inner.offsets.is_empty()
     }
 
     /// Source offset of event `index`.
     pub fn offset(&self, index: usize) -> Option<i64> {
-        self.inner.events.get(index).map(|e| e.offset)
+        self.inner.offsets.get(index).copied()
     }
 
     /// Value bytes of event `index`.
     pub fn value(&self, index: usize) -> Option<&[u8]> {
-        let span = self.inner.events.get(index)?.value;
-        self.inner
-            .values
-            .get(span.start as usize..span.end as usize)
+        let b = &self.inner;
+        b.values.get(part(&b.value_ends, index)?)
     }
 
     /// Removes every event, keeping the buffers' capacity for reuse.
     pub fn clear(&mut self) {
         let b = &mut self.inner;
-        b.events.clear();
+        b.offsets.clear();
         b.values.clear();
+        b.value_ends.clear();
+        b.flags.clear();
         b.keys.clear();
+        b.key_ends.clear();
+        b.timestamps.clear();
         b.headers.clear();
+        b.header_ends.clear();
     }
 
     /// A batch holding only `range` of this one's events, with compacted
     /// buffers. Used to retry part of a batch after a failed call.
     pub(crate) fn slice(&self, range: Range<usize>) -> bindings::Batch {
         let b = &self.inner;
-        let mut out = bindings::Batch {
+        // The batch's own end offsets are in order and within its buffers
+        // (push_event keeps them so), and a slice's are smaller.
+        let bytes = |ends: &[u32]| {
+            let start = range.start.checked_sub(1).map_or(0, |i| ends[i]);
+            let end = range.end.checked_sub(1).map_or(0, |i| ends[i]).max(start);
+            let ends = ends[range.clone()].iter().map(|&e| e - start).collect();
+            (start as usize..end as usize, ends)
+        };
+        let (values, value_ends) = bytes(&b.value_ends);
+        let (keys, key_ends) = bytes(&b.key_ends);
+        let (headers, header_ends) = bytes(&b.header_ends);
+        bindings::Batch {
             scenario_id: b.scenario_id.clone(),
             topic: b.topic.clone(),
             partition: b.partition,
-            events: Vec::with_capacity(range.len()),
-            values: Vec::new(),
-            keys: Vec::new(),
-            headers: Vec::new(),
-        };
-        for event in &b.events[range] {
-            // Spans of a slice are never larger than those of the whole batch,
-            // which already fit in u32; the conversions cannot fail.
-            let value = rebase(&mut out.values, &b.values, event.value);
-            let key = event.key.map(|k| rebase(&mut out.keys, &b.keys, k));
-            let start = out.headers.len() as u32;
-            out.headers.extend_from_slice(
-                &b.headers[event.headers.start as usize..event.headers.end as usize],
-            );
-            out.events.push(bindings::Event {
-                value,
-                key,
-                headers: Span {
-                    start,
-                    end: out.headers.len() as u32,
-                },
-                offset: event.offset,
-                timestamp_ms: event.timestamp_ms,
-            });
+            offsets: b.offsets[range.clone()].to_vec(),
+            values: b.values[values].to_vec(),
+            value_ends,
+            flags: b.flags[range.clone()].to_vec(),
+            keys: b.keys[keys].to_vec(),
+            key_ends,
+            timestamps: b.timestamps[range].to_vec(),
+            headers: b.headers[headers].to_vec(),
+            header_ends,
         }
-        out
     }
 }
 
-fn append(buffer: &mut Vec<u8>, bytes: &[u8]) -> Result<Span, RuntimeError> {
-    let start = to_u32(buffer.len())?;
-    let end = to_u32(buffer.len() + bytes.len())?;
-    buffer.extend_from_slice(bytes);
-    Ok(Span { start, end })
-}
-
-fn rebase(out: &mut Vec<u8>, source: &[u8], span: Span) -> Span {
-    let start = out.len() as u32;
-    out.extend_from_slice(&source[span.start as usize..span.end as usize]);
-    Span {
-        start,
-        end: out.len() as u32,
-    }
+/// Where event `index`'s part of a concatenated buffer is, from the
+/// buffer's end offsets.
+fn part(ends: &[u32], index: usize) -> Option<Range<usize>> {
+    let start = match index.checked_sub(1) {
+        Some(previous) => *ends.get(previous)?,
+        None => 0,
+    };
+    Some(start as usize..*ends.get(index)? as usize)
 }
 
 fn to_u32(n: usize) -> Result<u32, RuntimeError> {
@@ -320,32 +323,31 @@ impl BatchResult {
         ));
     }
 
-    /// Appends a plugin's checked output for `events` events.
+    /// Appends a plugin's checked output (see [`check_output`]).
     pub(crate) fn push_output(&mut self, output: bindings::Output) {
         let base = self.data.len();
-        let mut next = 0usize;
-        for outcome in output.outcomes {
-            let at = self.ends.len() + next;
-            let count = outcome.records as usize;
-            next += count;
-            self.outcomes.push(Outcome {
-                status: match outcome.status {
-                    bindings::Status::Dropped => Status::Dropped,
-                    bindings::Status::Emitted => Status::Emitted,
-                    bindings::Status::Failed => Status::Failed,
-                },
-                matched: outcome.matched,
-                error: match outcome.status {
-                    bindings::Status::Failed => Some(EventError {
+        let mut at = self.ends.len();
+        let mut errors = output.errors.into_iter();
+        for (&byte, &count) in output.outcomes.iter().zip(&output.record_counts) {
+            let count = count as usize;
+            let (status, error) = match byte & STATUS_MASK {
+                FAILED => (
+                    Status::Failed,
+                    Some(EventError {
                         kind: FailureKind::Plugin,
-                        message: outcome.error.unwrap_or_else(|| {
-                            "the plugin failed the event without a reason".to_owned()
-                        }),
+                        message: errors.next().unwrap_or_default(),
                     }),
-                    _ => None,
-                },
+                ),
+                0 => (Status::Dropped, None),
+                _ => (Status::Emitted, None),
+            };
+            self.outcomes.push(Outcome {
+                status,
+                matched: byte & MATCHED != 0,
+                error,
                 records: at..at + count,
             });
+            at += count;
         }
         self.ends
             .extend(output.record_ends.iter().map(|&end| base + end as usize));
@@ -360,25 +362,54 @@ impl BatchResult {
 /// Checks a plugin's answer for `events` events against the contract.
 /// Returns the reason it breaks it, if it does.
 pub(crate) fn check_output(output: &bindings::Output, events: usize) -> Option<String> {
-    if output.outcomes.len() != events {
+    if output.outcomes.len() != events || output.record_counts.len() != events {
         return Some(format!(
-            "{} outcomes for {events} events (exactly one per event is required)",
-            output.outcomes.len()
+            "{} outcomes and {} record counts for {events} events (exactly one of each per event is required)",
+            output.outcomes.len(),
+            output.record_counts.len()
         ));
     }
     let mut records = 0usize;
-    for (i, outcome) in output.outcomes.iter().enumerate() {
-        if outcome.records > 0 && outcome.status != bindings::Status::Emitted {
+    let mut failed = 0usize;
+    for (i, (&byte, &count)) in output
+        .outcomes
+        .iter()
+        .zip(&output.record_counts)
+        .enumerate()
+    {
+        let status = byte & STATUS_MASK;
+        if byte & !(STATUS_MASK | MATCHED) != 0 || status > FAILED {
             return Some(format!(
-                "event {i} has status {:?} but {} records (only emitted events have records)",
-                outcome.status, outcome.records
+                "event {i} has outcome {byte}, which is not a status (0, 1, 2) plus 4 for matched"
             ));
         }
-        records += outcome.records as usize;
+        if status == FAILED {
+            failed += 1;
+            if byte & MATCHED != 0 {
+                return Some(format!("event {i} is both failed and matched"));
+            }
+        }
+        if count > 0 && status != EMITTED {
+            return Some(format!(
+                "event {i} has status {} but {count} records (only emitted events have records)",
+                if status == FAILED {
+                    "failed"
+                } else {
+                    "dropped"
+                }
+            ));
+        }
+        records += count as usize;
+    }
+    if failed != output.errors.len() {
+        return Some(format!(
+            "{failed} failed events but {} error messages (one per failed event is required)",
+            output.errors.len()
+        ));
     }
     if records != output.record_ends.len() {
         return Some(format!(
-            "outcomes announce {records} records but record-ends has {}",
+            "record counts add up to {records} records but record-ends has {}",
             output.record_ends.len()
         ));
     }
@@ -404,32 +435,32 @@ pub(crate) fn check_output(output: &bindings::Output, events: usize) -> Option<S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bindings::Outcome as WitOutcome;
 
-    fn output(outcomes: Vec<(bindings::Status, u32)>, records: &[&str]) -> bindings::Output {
+    /// An output with one entry per `(status, records)`; emitted events match.
+    fn output(outcomes: Vec<(u8, u32)>, records: &[&str]) -> bindings::Output {
         let mut data = Vec::new();
         let mut ends = Vec::new();
         for r in records {
             data.extend_from_slice(r.as_bytes());
             ends.push(data.len() as u32);
         }
+        let failed = outcomes.iter().filter(|(s, _)| *s == FAILED).count();
         bindings::Output {
             outcomes: outcomes
-                .into_iter()
-                .map(|(status, records)| WitOutcome {
-                    status,
-                    matched: status == bindings::Status::Emitted,
-                    records,
-                    error: None,
-                })
+                .iter()
+                .map(|&(status, _)| status | if status == EMITTED { MATCHED } else { 0 })
                 .collect(),
+            record_counts: outcomes.iter().map(|&(_, n)| n).collect(),
+            errors: (0..failed).map(|i| format!("bad event {i}")).collect(),
             records: data,
             record_ends: ends,
         }
     }
 
+    const DROPPED: u8 = 0;
+
     #[test]
-    fn batch_fills_flat_buffers_and_slices_rebase_spans() {
+    fn batch_fills_columns_and_slices_rebase_ends() {
         let mut batch = Batch::new("5", "events", 3);
         batch.push(10, b"aaa").unwrap();
         batch
@@ -444,22 +475,36 @@ mod tests {
         batch.push(12, b"cc").unwrap();
         assert_eq!(batch.len(), 3);
         assert_eq!(batch.inner.values, b"aaabbbbcc");
+        assert_eq!(batch.inner.value_ends, [3, 7, 9]);
+        assert_eq!(batch.inner.flags, [0, FLAG_KEY | FLAG_TIMESTAMP, 0]);
+        assert_eq!(batch.value(0), Some(&b"aaa"[..]));
         assert_eq!(batch.value(1), Some(&b"bbbb"[..]));
+        assert_eq!(batch.value(3), None);
 
         let tail = batch.slice(1..3);
         assert_eq!(tail.values, b"bbbbcc");
-        assert_eq!(tail.events[0].value, Span { start: 0, end: 4 });
-        assert_eq!(tail.events[1].value, Span { start: 4, end: 6 });
-        assert_eq!(tail.events[0].key, Some(Span { start: 0, end: 1 }));
+        assert_eq!(tail.value_ends, [4, 6]);
+        assert_eq!(tail.keys, b"k");
+        assert_eq!(tail.key_ends, [1, 1]);
+        assert_eq!(tail.header_ends, [1, 1]);
         assert_eq!(tail.headers.len(), 1);
-        assert_eq!(tail.events[1].offset, 12);
+        assert_eq!(tail.offsets, [11, 12]);
+        assert_eq!(tail.timestamps, [1, 0]);
+        assert_eq!(tail.flags, [FLAG_KEY | FLAG_TIMESTAMP, 0]);
+
+        let middle = batch.slice(1..2);
+        assert_eq!(
+            (middle.values, middle.value_ends),
+            (b"bbbb".to_vec(), vec![4])
+        );
+        let empty = batch.slice(2..2);
+        assert!(empty.values.is_empty() && empty.offsets.is_empty());
     }
 
     #[test]
     fn results_from_several_calls_keep_records_with_their_events() {
-        use bindings::Status::*;
         let mut result = BatchResult::default();
-        result.push_output(output(vec![(Emitted, 2), (Dropped, 0)], &["a", "bb"]));
+        result.push_output(output(vec![(EMITTED, 2), (DROPPED, 0)], &["a", "bb"]));
         result.push_failed(
             &EventError {
                 kind: FailureKind::Trap,
@@ -467,10 +512,17 @@ mod tests {
             },
             1,
         );
-        result.push_output(output(vec![(Emitted, 1)], &["ccc"]));
+        result.push_output(output(vec![(EMITTED, 1), (FAILED, 0)], &["ccc"]));
 
         let outcomes = result.outcomes();
-        assert_eq!(outcomes.len(), 4);
+        assert_eq!(outcomes.len(), 5);
+        assert!(outcomes[0].matched && !outcomes[1].matched);
+        assert_eq!(outcomes[1].status, Status::Dropped);
+        assert_eq!(outcomes[4].status, Status::Failed);
+        assert_eq!(
+            outcomes[4].error.as_ref().unwrap().to_string(),
+            "bad event 0"
+        );
         let records: Vec<Vec<&[u8]>> = outcomes
             .iter()
             .map(|o| result.records(o).collect())
@@ -487,17 +539,30 @@ mod tests {
 
     #[test]
     fn outputs_that_break_the_contract_are_named() {
-        use bindings::Status::*;
-        assert!(check_output(&output(vec![(Emitted, 1)], &["x"]), 1).is_none());
-        let short = check_output(&output(vec![(Emitted, 1)], &["x"]), 2).unwrap();
-        assert!(short.contains("1 outcomes for 2 events"), "{short}");
-        let dropped_with_records = check_output(&output(vec![(Dropped, 1)], &["x"]), 1).unwrap();
+        let check = |output: &bindings::Output, events| check_output(output, events).unwrap();
+        assert!(check_output(&output(vec![(EMITTED, 1)], &["x"]), 1).is_none());
+        assert!(check_output(&output(vec![(FAILED, 0), (DROPPED, 0)], &[]), 2).is_none());
+        let short = check(&output(vec![(EMITTED, 1)], &["x"]), 2);
+        assert!(
+            short.contains("1 outcomes and 1 record counts for 2 events"),
+            "{short}"
+        );
+        let dropped_with_records = check(&output(vec![(DROPPED, 1)], &["x"]), 1);
         assert!(
             dropped_with_records.contains("only emitted"),
             "{dropped_with_records}"
         );
-        let mut bad_ends = output(vec![(Emitted, 2)], &["x", "y"]);
+        let mut bad_ends = output(vec![(EMITTED, 2)], &["x", "y"]);
         bad_ends.record_ends = vec![2, 1];
-        assert!(check_output(&bad_ends, 1).unwrap().contains("out of order"));
+        assert!(check(&bad_ends, 1).contains("out of order"));
+        let mut unknown = output(vec![(EMITTED, 1)], &["x"]);
+        unknown.outcomes[0] = 3;
+        assert!(check(&unknown, 1).contains("not a status"));
+        let mut failed_matched = output(vec![(FAILED, 0)], &[]);
+        failed_matched.outcomes[0] |= MATCHED;
+        assert!(check(&failed_matched, 1).contains("both failed and matched"));
+        let mut no_reason = output(vec![(FAILED, 0)], &[]);
+        no_reason.errors.clear();
+        assert!(check(&no_reason, 1).contains("1 failed events but 0 error messages"));
     }
 }

@@ -9,12 +9,19 @@ wasmtime::component::bindgen!({
     additional_derives: [PartialEq],
 });
 
-#[cfg(test)]
-pub(crate) use self::weir::plugin::types::Outcome;
-pub(crate) use self::weir::plugin::types::{
-    Batch, Event, Header, Info, Kind, Output, Span, Status,
-};
+pub(crate) use self::weir::plugin::types::{Batch, Header, Info, Kind, Output};
 pub(crate) use WeirPluginPre as BindingsPre;
+
+/// `batch.flags` bit: the event has a key.
+pub(crate) const FLAG_KEY: u8 = 1;
+/// `batch.flags` bit: the event has a timestamp.
+pub(crate) const FLAG_TIMESTAMP: u8 = 2;
+/// `output.outcomes` status values, in the low two bits.
+pub(crate) const EMITTED: u8 = 1;
+pub(crate) const FAILED: u8 = 2;
+pub(crate) const STATUS_MASK: u8 = 3;
+/// `output.outcomes` bit: the event matched the scenario.
+pub(crate) const MATCHED: u8 = 4;
 
 /// The WIT package version this host accepts, as it appears in import and export names.
 pub(crate) const WIT_VERSION: &str = "0.1.0";

@@ -184,7 +184,7 @@ impl Instance {
         let config = &runtime.config;
         match answer {
             Ok(output) => {
-                if let Some(reason) = check_output(&output, batch.events.len()) {
+                if let Some(reason) = check_output(&output, batch.offsets.len()) {
                     return Ok(Err(CallFailure {
                         error: EventError {
                             kind: FailureKind::InvalidOutput,
@@ -200,7 +200,7 @@ impl Instance {
                             message: format!(
                                 "{} bytes of output records for {} events; the limit is {} bytes per batch",
                                 output.records.len(),
-                                batch.events.len(),
+                                batch.offsets.len(),
                                 config.output_limit_bytes
                             ),
                         },

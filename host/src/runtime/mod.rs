@@ -211,7 +211,7 @@ pub enum RuntimeError {
         /// The underlying error.
         reason: String,
     },
-    /// A batch buffer would pass the 4 GiB a WIT span can address.
+    /// A batch buffer would pass the 4 GiB a WIT end offset can address.
     #[error("batch too large: {bytes} bytes in one buffer (at most 4 GiB)")]
     BatchTooLarge {
         /// The size that did not fit.
