@@ -9,8 +9,8 @@
 use std::sync::OnceLock;
 
 use weir::runtime::{
-    Batch, BatchResult, FailureKind, Plugin, PluginKind, Runtime, RuntimeConfig, RuntimeError,
-    Status,
+    Batch, BatchResult, EventInput, FailureKind, Plugin, PluginKind, Runtime, RuntimeConfig,
+    RuntimeError, Status,
 };
 
 /// One runtime for the whole test binary, like one process in production.
@@ -122,6 +122,91 @@ fn passthrough() {
     assert!(
         refused.to_string().contains("passthrough@0.1.0"),
         "{refused}"
+    );
+}
+
+/// Keys (present, absent, empty), headers and timestamps reach the guest for
+/// each event, in the whole batch and in the slices retried around a trap.
+#[test]
+fn event_metadata_reaches_the_guest_also_after_a_trap() {
+    const ECHO: &[u8] = br#"{"echo":true}"#;
+    let headers: [(&str, &[u8]); 2] = [("a", b"1"), ("b", b"2")];
+    let events = [
+        (ECHO, Some(&b"k0"[..]), Some(1_000), &headers[..1]),
+        (&b"{}"[..], None, Some(2_000), &[][..]),
+        (ECHO, None, None, &[][..]),
+        (
+            &br#"{"trap":true}"#[..],
+            Some(&b"kt"[..]),
+            Some(3_000),
+            &headers[..],
+        ),
+        (ECHO, Some(&b""[..]), Some(-5), &headers[1..]),
+        (ECHO, Some(&b"k5"[..]), None, &[][..]),
+    ];
+    let mut batch = Batch::new("5", "clicks", 7);
+    for (i, &(value, key, timestamp_ms, headers)) in events.iter().enumerate() {
+        batch
+            .push_event(EventInput {
+                offset: 100 + i as i64,
+                value,
+                key,
+                timestamp_ms,
+                headers,
+            })
+            .unwrap();
+    }
+    let plugin = load(weir_artifacts::FIXTURE_TRAP_AT).unwrap();
+    let mut instance = plugin.instantiate("{}").unwrap();
+    let result = instance.process(&batch).unwrap();
+    assert!(result.failed_calls() > 0, "the trap splits the batch");
+
+    let echoed = |i: usize| -> serde_json::Value {
+        let records = records(&result, i);
+        assert_eq!(
+            records.len(),
+            1,
+            "event {i}: {:?}",
+            result.outcomes()[i].error
+        );
+        serde_json::from_slice(&records[0]).unwrap()
+    };
+    let expected = |offset: i64, timestamp: serde_json::Value, key, headers| {
+        serde_json::json!({"offset": offset, "timestamp": timestamp, "key": key,
+            "headers": headers, "topic": "clicks", "partition": 7})
+    };
+    assert_eq!(
+        echoed(0),
+        expected(
+            100,
+            1_000.into(),
+            "k0".into(),
+            serde_json::json!([["a", "1"]])
+        )
+    );
+    assert_eq!(records(&result, 1), vec![b"{}".to_vec()]);
+    assert_eq!(
+        echoed(2),
+        expected(
+            102,
+            serde_json::Value::Null,
+            serde_json::Value::Null,
+            serde_json::json!([])
+        )
+    );
+    assert_eq!(failure_kinds(&result)[3], Some(FailureKind::Trap));
+    assert_eq!(
+        echoed(4),
+        expected(104, (-5).into(), "".into(), serde_json::json!([["b", "2"]]))
+    );
+    assert_eq!(
+        echoed(5),
+        expected(
+            105,
+            serde_json::Value::Null,
+            "k5".into(),
+            serde_json::json!([])
+        )
     );
 }
 

@@ -20,10 +20,8 @@ pub struct Header {
     pub value: Vec<u8>,
 }
 
-/// `flags` bit: the event has a key.
-pub(crate) const FLAG_KEY: u8 = 1;
-/// `flags` bit: the event has a timestamp.
-pub(crate) const FLAG_TIMESTAMP: u8 = 2;
+/// `timestamps` entry of an event without a timestamp.
+pub(crate) const NO_TIMESTAMP: i64 = i64::MIN;
 
 /// A batch of events in the columnar layout the host sends: every value in
 /// one buffer, every key in another, each with end offsets, and one list per
@@ -44,10 +42,12 @@ pub struct Batch {
     pub(crate) offsets: Vec<i64>,
     pub(crate) values: Vec<u8>,
     pub(crate) value_ends: Vec<u32>,
-    pub(crate) flags: Vec<u8>,
+    pub(crate) timestamps: Vec<i64>,
+    /// The key columns, all empty when no event has a key.
+    pub(crate) key_present: Vec<u8>,
     pub(crate) keys: Vec<u8>,
     pub(crate) key_ends: Vec<u32>,
-    pub(crate) timestamps: Vec<i64>,
+    /// The header columns, both empty when no event has headers.
     pub(crate) headers: Vec<Header>,
     pub(crate) header_ends: Vec<u32>,
 }
@@ -103,10 +103,14 @@ impl Batch {
         self.offsets.push(self.offsets.len() as i64);
         self.values.extend_from_slice(value);
         self.value_ends.push(offset_u32(self.values.len()));
-        self.flags.push(0);
-        self.key_ends.push(offset_u32(self.keys.len()));
-        self.timestamps.push(0);
-        self.header_ends.push(offset_u32(self.headers.len()));
+        self.timestamps.push(NO_TIMESTAMP);
+        if !self.key_ends.is_empty() {
+            self.key_present.push(0);
+            self.key_ends.push(offset_u32(self.keys.len()));
+        }
+        if !self.header_ends.is_empty() {
+            self.header_ends.push(offset_u32(self.headers.len()));
+        }
         EventMut { batch: self }
     }
 
@@ -131,26 +135,38 @@ impl Batch {
     /// Event `index` as the plugin will see it, or an error when the columns
     /// do not describe it (a host bug, reported rather than trapping).
     pub(crate) fn event(&self, index: usize) -> Result<Event<'_>, String> {
-        let flags = *entry(&self.flags, index, "flags")?;
         let value = part(&self.values, &self.value_ends, index, "value", "values")?;
-        let key = match flags & FLAG_KEY {
-            0 => None,
-            _ => Some(part(&self.keys, &self.key_ends, index, "key", "keys")?),
+        // Empty key or header columns: no event of the batch has any.
+        let key = match self.key_present.is_empty() {
+            true => None,
+            false => match *entry(&self.key_present, index, "keys.present")? {
+                0 => None,
+                _ => Some(part(
+                    &self.keys,
+                    &self.key_ends,
+                    index,
+                    "key",
+                    "keys.bytes",
+                )?),
+            },
         };
-        let headers = part(
-            &self.headers,
-            &self.header_ends,
-            index,
-            "headers",
-            "headers",
-        )?;
+        let headers = match self.header_ends.is_empty() {
+            true => &[][..],
+            false => part(
+                &self.headers,
+                &self.header_ends,
+                index,
+                "headers",
+                "headers.items",
+            )?,
+        };
         let timestamp = *entry(&self.timestamps, index, "timestamps")?;
         Ok(Event::from_parts(
             value,
             key,
             headers,
             *entry(&self.offsets, index, "offsets")?,
-            (flags & FLAG_TIMESTAMP != 0).then_some(timestamp),
+            (timestamp != NO_TIMESTAMP).then_some(timestamp),
             &self.scenario_id,
             &self.topic,
             self.partition,
@@ -173,7 +189,10 @@ fn part<'a, T>(
     what: &str,
     buffer_name: &str,
 ) -> Result<&'a [T], String> {
-    let ends_name = || format!("{}_ends", what.trim_end_matches('s'));
+    let ends_name = || match buffer_name.split_once('.') {
+        Some((group, _)) => format!("{group}.ends"),
+        None => format!("{what}_ends"),
+    };
     let end_at = |i: usize| {
         ends.get(i)
             .copied()
@@ -221,12 +240,17 @@ impl EventMut<'_> {
     pub fn key(self, key: &[u8]) -> Self {
         let last = self.last();
         let b = &mut *self.batch;
+        if b.key_ends.is_empty() {
+            // The first key of the batch: the events before had none.
+            b.key_present = vec![0; last + 1];
+            b.key_ends = vec![0; last + 1];
+        }
         // A second call replaces the key.
         let start = last.checked_sub(1).map_or(0, |i| b.key_ends[i]);
         b.keys.truncate(start as usize);
         b.keys.extend_from_slice(key);
         b.key_ends[last] = offset_u32(b.keys.len());
-        b.flags[last] |= FLAG_KEY;
+        b.key_present[last] = 1;
         self
     }
 
@@ -238,7 +262,6 @@ impl EventMut<'_> {
     pub fn timestamp_ms(self, timestamp_ms: i64) -> Self {
         let last = self.last();
         self.batch.timestamps[last] = timestamp_ms;
-        self.batch.flags[last] |= FLAG_TIMESTAMP;
         self
     }
 
@@ -260,6 +283,9 @@ impl EventMut<'_> {
     /// ```
     pub fn header(self, key: &str, value: &[u8]) -> Self {
         let last = self.last();
+        if self.batch.header_ends.is_empty() {
+            self.batch.header_ends = vec![0; last + 1];
+        }
         self.batch.headers.push(Header {
             key: key.to_owned(),
             value: value.to_vec(),
@@ -438,5 +464,34 @@ impl EventResult {
     pub fn json(&self, index: usize) -> serde_json::Value {
         let text = self.text(index);
         serde_json::from_str(text).unwrap_or_else(|e| panic!("record {text:?} is not JSON: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys, headers and timestamps set on some events only: every event
+    /// reads back exactly what was set on it.
+    #[test]
+    fn optional_parts_read_back_per_event() {
+        let mut batch = Batch::new("5");
+        batch.push(b"a");
+        batch.push(b"b").key(b"first").key(b"kb").timestamp_ms(7);
+        batch.push(b"c").header("h1", b"x").header("h2", b"y");
+        batch.push(b"d").key(b"").offset(99);
+        batch.push(b"e");
+        let event = |i| batch.event(i).unwrap();
+        let keys: Vec<Option<&[u8]>> = (0..5).map(|i| event(i).key()).collect();
+        assert_eq!(keys, [None, Some(&b"kb"[..]), None, Some(&b""[..]), None]);
+        let headers: Vec<usize> = (0..5).map(|i| event(i).headers().len()).collect();
+        assert_eq!(headers, [0, 0, 2, 0, 0]);
+        assert_eq!(event(2).header("h2"), Some(&b"y"[..]));
+        let timestamps: Vec<Option<i64>> = (0..5).map(|i| event(i).timestamp_ms()).collect();
+        assert_eq!(timestamps, [None, Some(7), None, None, None]);
+        let offsets: Vec<i64> = (0..5).map(|i| event(i).offset()).collect();
+        assert_eq!(offsets, [0, 1, 2, 99, 4]);
+        let values: Vec<&[u8]> = (0..5).map(|i| event(i).value()).collect();
+        assert_eq!(values, [b"a", b"b", b"c", b"d", b"e"]);
     }
 }

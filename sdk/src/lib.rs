@@ -876,6 +876,25 @@ pub mod __private {
 
     /// Moves the columns out of the generated type: no byte is copied.
     fn from_wit(batch: wit::Batch) -> Batch {
+        let keys = batch.keys.unwrap_or(wit::EventKeys {
+            present: Vec::new(),
+            bytes: Vec::new(),
+            ends: Vec::new(),
+        });
+        let (headers, header_ends) = match batch.headers {
+            Some(headers) => (
+                headers
+                    .items
+                    .into_iter()
+                    .map(|h| Header {
+                        key: h.key,
+                        value: h.value,
+                    })
+                    .collect(),
+                headers.ends,
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
         Batch {
             scenario_id: batch.scenario_id,
             topic: batch.topic,
@@ -883,19 +902,12 @@ pub mod __private {
             offsets: batch.offsets,
             values: batch.values,
             value_ends: batch.value_ends,
-            flags: batch.flags,
-            keys: batch.keys,
-            key_ends: batch.key_ends,
             timestamps: batch.timestamps,
-            headers: batch
-                .headers
-                .into_iter()
-                .map(|h| Header {
-                    key: h.key,
-                    value: h.value,
-                })
-                .collect(),
-            header_ends: batch.header_ends,
+            key_present: keys.present,
+            keys: keys.bytes,
+            key_ends: keys.ends,
+            headers,
+            header_ends,
         }
     }
 
@@ -1053,19 +1065,24 @@ mod tests {
     #[test]
     fn columns_that_do_not_describe_an_event_fail_that_event_only() {
         let harness = Harness::flat_map::<HalfWriter>(CONFIG).unwrap();
-        let mut batch = Batch::from_lines("1", "{\"n\":1}\n{\"n\":1}\n{\"n\":1}");
+        let mut batch = Batch::from_lines("1", &"{\"n\":1}\n".repeat(4));
+        // An end offset past the buffer breaks its event and the next one,
+        // which starts there.
         batch.value_ends[1] = 1000;
-        batch.value_ends[2] = 1000;
-        batch.flags.pop();
+        batch.timestamps.truncate(3);
         let results = harness.run(&batch);
         assert_eq!(results[0].status, Status::Emitted);
         assert_eq!(
             results[1].error.as_deref(),
-            Some("event value 7..1000 is outside batch.values (length 21)")
+            Some("event value 7..1000 is outside batch.values (length 28)")
         );
         assert_eq!(
             results[2].error.as_deref(),
-            Some("batch.flags has no entry for event 2")
+            Some("event value 1000..21 is outside batch.values (length 28)")
+        );
+        assert_eq!(
+            results[3].error.as_deref(),
+            Some("batch.timestamps has no entry for event 3")
         );
     }
 
@@ -1087,12 +1104,9 @@ mod tests {
             offsets: vec![10, 11],
             values: values.clone(),
             value_ends: vec![11, 23],
-            flags: vec![2, 0],
-            keys: Vec::new(),
-            key_ends: vec![0, 0],
-            timestamps: vec![0, 0],
-            headers: Vec::new(),
-            header_ends: vec![0, 0],
+            timestamps: vec![0, i64::MIN],
+            keys: None,
+            headers: None,
         };
 
         assert!(G::configure("{".into()).is_err());

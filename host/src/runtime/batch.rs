@@ -10,7 +10,7 @@ use std::fmt;
 use std::ops::Range;
 
 use super::RuntimeError;
-use super::bindings::{self, EMITTED, FAILED, FLAG_KEY, FLAG_TIMESTAMP, MATCHED, STATUS_MASK};
+use super::bindings::{self, EMITTED, FAILED, MATCHED, NO_TIMESTAMP, STATUS_MASK};
 
 /// One input event for [`Batch::push_event`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -44,12 +44,9 @@ impl Batch {
                 offsets: Vec::new(),
                 values: Vec::new(),
                 value_ends: Vec::new(),
-                flags: Vec::new(),
-                keys: Vec::new(),
-                key_ends: Vec::new(),
                 timestamps: Vec::new(),
-                headers: Vec::new(),
-                header_ends: Vec::new(),
+                keys: None,
+                headers: None,
             },
         }
     }
@@ -67,30 +64,44 @@ impl Batch {
     /// a WIT end offset can address.
     pub fn push_event(&mut self, event: EventInput<'_>) -> Result<(), RuntimeError> {
         let b = &mut self.inner;
+        let earlier = b.offsets.len();
         let value_end = to_u32(b.values.len() + event.value.len())?;
-        let key = event.key.unwrap_or_default();
-        let key_end = to_u32(b.keys.len() + key.len())?;
-        let header_end = to_u32(b.headers.len() + event.headers.len())?;
+        if event.key.is_some() && b.keys.is_none() {
+            // The first key of the batch: the events before it had none.
+            b.keys = Some(bindings::EventKeys {
+                present: vec![0; earlier],
+                bytes: Vec::new(),
+                ends: vec![0; earlier],
+            });
+        }
+        if let Some(keys) = &mut b.keys {
+            let key = event.key.unwrap_or_default();
+            keys.ends.push(to_u32(keys.bytes.len() + key.len())?);
+            keys.bytes.extend_from_slice(key);
+            keys.present.push(u8::from(event.key.is_some()));
+        }
+        if !event.headers.is_empty() && b.headers.is_none() {
+            b.headers = Some(bindings::EventHeaders {
+                items: Vec::new(),
+                ends: vec![0; earlier],
+            });
+        }
+        if let Some(headers) = &mut b.headers {
+            headers
+                .ends
+                .push(to_u32(headers.items.len() + event.headers.len())?);
+            headers
+                .items
+                .extend(event.headers.iter().map(|(key, value)| bindings::Header {
+                    key: (*key).to_owned(),
+                    value: value.to_vec(),
+                }));
+        }
         b.values.extend_from_slice(event.value);
         b.value_ends.push(value_end);
-        b.keys.extend_from_slice(key);
-        b.key_ends.push(key_end);
-        b.headers
-            .extend(event.headers.iter().map(|(key, value)| bindings::Header {
-                key: (*key).to_owned(),
-                value: value.to_vec(),
-            }));
-        b.header_ends.push(header_end);
         b.offsets.push(event.offset);
-        b.timestamps.push(event.timestamp_ms.unwrap_or_default());
-        let mut flags = 0;
-        if event.key.is_some() {
-            flags |= FLAG_KEY;
-        }
-        if event.timestamp_ms.is_some() {
-            flags |= FLAG_TIMESTAMP;
-        }
-        b.flags.push(flags);
+        b.timestamps
+            .push(event.timestamp_ms.unwrap_or(NO_TIMESTAMP));
         Ok(())
     }
 
@@ -121,12 +132,9 @@ impl Batch {
         b.offsets.clear();
         b.values.clear();
         b.value_ends.clear();
-        b.flags.clear();
-        b.keys.clear();
-        b.key_ends.clear();
         b.timestamps.clear();
-        b.headers.clear();
-        b.header_ends.clear();
+        b.keys = None;
+        b.headers = None;
     }
 
     /// A batch holding only `range` of this one's events, with compacted
@@ -135,15 +143,13 @@ impl Batch {
         let b = &self.inner;
         // The batch's own end offsets are in order and within its buffers
         // (push_event keeps them so), and a slice's are smaller.
-        let bytes = |ends: &[u32]| {
+        let part = |ends: &[u32]| {
             let start = range.start.checked_sub(1).map_or(0, |i| ends[i]);
             let end = range.end.checked_sub(1).map_or(0, |i| ends[i]).max(start);
             let ends = ends[range.clone()].iter().map(|&e| e - start).collect();
             (start as usize..end as usize, ends)
         };
-        let (values, value_ends) = bytes(&b.value_ends);
-        let (keys, key_ends) = bytes(&b.key_ends);
-        let (headers, header_ends) = bytes(&b.header_ends);
+        let (values, value_ends) = part(&b.value_ends);
         bindings::Batch {
             scenario_id: b.scenario_id.clone(),
             topic: b.topic.clone(),
@@ -151,12 +157,22 @@ impl Batch {
             offsets: b.offsets[range.clone()].to_vec(),
             values: b.values[values].to_vec(),
             value_ends,
-            flags: b.flags[range.clone()].to_vec(),
-            keys: b.keys[keys].to_vec(),
-            key_ends,
-            timestamps: b.timestamps[range].to_vec(),
-            headers: b.headers[headers].to_vec(),
-            header_ends,
+            timestamps: b.timestamps[range.clone()].to_vec(),
+            keys: b.keys.as_ref().map(|keys| {
+                let (bytes, ends) = part(&keys.ends);
+                bindings::EventKeys {
+                    present: keys.present[range.clone()].to_vec(),
+                    bytes: keys.bytes[bytes].to_vec(),
+                    ends,
+                }
+            }),
+            headers: b.headers.as_ref().map(|headers| {
+                let (items, ends) = part(&headers.ends);
+                bindings::EventHeaders {
+                    items: headers.items[items].to_vec(),
+                    ends,
+                }
+            }),
         }
     }
 }
@@ -463,6 +479,7 @@ mod tests {
     fn batch_fills_columns_and_slices_rebase_ends() {
         let mut batch = Batch::new("5", "events", 3);
         batch.push(10, b"aaa").unwrap();
+        assert!(batch.inner.keys.is_none() && batch.inner.headers.is_none());
         batch
             .push_event(EventInput {
                 offset: 11,
@@ -476,7 +493,13 @@ mod tests {
         assert_eq!(batch.len(), 3);
         assert_eq!(batch.inner.values, b"aaabbbbcc");
         assert_eq!(batch.inner.value_ends, [3, 7, 9]);
-        assert_eq!(batch.inner.flags, [0, FLAG_KEY | FLAG_TIMESTAMP, 0]);
+        assert_eq!(batch.inner.timestamps, [NO_TIMESTAMP, 1, NO_TIMESTAMP]);
+        let keys = batch.inner.keys.as_ref().unwrap();
+        assert_eq!(
+            (&keys.present[..], &keys.ends[..]),
+            (&[0, 1, 0][..], &[0, 1, 1][..])
+        );
+        assert_eq!(batch.inner.headers.as_ref().unwrap().ends, [0, 1, 1]);
         assert_eq!(batch.value(0), Some(&b"aaa"[..]));
         assert_eq!(batch.value(1), Some(&b"bbbb"[..]));
         assert_eq!(batch.value(3), None);
@@ -484,13 +507,15 @@ mod tests {
         let tail = batch.slice(1..3);
         assert_eq!(tail.values, b"bbbbcc");
         assert_eq!(tail.value_ends, [4, 6]);
-        assert_eq!(tail.keys, b"k");
-        assert_eq!(tail.key_ends, [1, 1]);
-        assert_eq!(tail.header_ends, [1, 1]);
-        assert_eq!(tail.headers.len(), 1);
+        let keys = tail.keys.unwrap();
+        assert_eq!(
+            (keys.bytes, keys.ends, keys.present),
+            (b"k".to_vec(), vec![1, 1], vec![1, 0])
+        );
+        let headers = tail.headers.unwrap();
+        assert_eq!((headers.items.len(), headers.ends), (1, vec![1, 1]));
         assert_eq!(tail.offsets, [11, 12]);
-        assert_eq!(tail.timestamps, [1, 0]);
-        assert_eq!(tail.flags, [FLAG_KEY | FLAG_TIMESTAMP, 0]);
+        assert_eq!(tail.timestamps, [1, NO_TIMESTAMP]);
 
         let middle = batch.slice(1..2);
         assert_eq!(
@@ -499,6 +524,9 @@ mod tests {
         );
         let empty = batch.slice(2..2);
         assert!(empty.values.is_empty() && empty.offsets.is_empty());
+
+        batch.clear();
+        assert!(batch.is_empty() && batch.inner.keys.is_none());
     }
 
     #[test]

@@ -9,13 +9,13 @@ wasmtime::component::bindgen!({
     additional_derives: [PartialEq],
 });
 
-pub(crate) use self::weir::plugin::types::{Batch, Header, Info, Kind, Output};
+pub(crate) use self::weir::plugin::types::{
+    Batch, EventHeaders, EventKeys, Header, Info, Kind, Output,
+};
 pub(crate) use WeirPluginPre as BindingsPre;
 
-/// `batch.flags` bit: the event has a key.
-pub(crate) const FLAG_KEY: u8 = 1;
-/// `batch.flags` bit: the event has a timestamp.
-pub(crate) const FLAG_TIMESTAMP: u8 = 2;
+/// `batch.timestamps` entry of an event without a timestamp.
+pub(crate) const NO_TIMESTAMP: i64 = i64::MIN;
 /// `output.outcomes` status values, in the low two bits.
 pub(crate) const EMITTED: u8 = 1;
 pub(crate) const FAILED: u8 = 2;
