@@ -1,7 +1,7 @@
 //! One event of a batch, with lazy, borrowed access to its JSON fields.
 
 use std::borrow::Cow;
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::fmt;
 
 use serde::Deserialize;
@@ -44,6 +44,8 @@ pub struct Event<'a> {
     topic: &'a str,
     partition: i32,
     fields: OnceCell<Result<Fields<'a>, Error>>,
+    /// A vector for the split, handed from event to event by the batch loop.
+    spare: Cell<Vec<(&'a str, &'a str)>>,
 }
 
 impl fmt::Debug for Event<'_> {
@@ -79,6 +81,7 @@ impl<'a> Event<'a> {
             topic: "",
             partition: 0,
             fields: OnceCell::new(),
+            spare: Cell::new(Vec::new()),
         }
     }
 
@@ -104,7 +107,25 @@ impl<'a> Event<'a> {
         self
     }
 
-    #[allow(clippy::too_many_arguments)] // one per field of the WIT `event`.
+    /// Gives this event a vector to split its fields into (see
+    /// [`into_spare`](Self::into_spare)).
+    pub(crate) fn with_spare(self, spare: Vec<(&'a str, &'a str)>) -> Self {
+        self.spare.set(spare);
+        self
+    }
+
+    /// The vector the fields were split into, emptied, for the next event of
+    /// the batch: the batch loop then allocates once, not once per event.
+    pub(crate) fn into_spare(self) -> Vec<(&'a str, &'a str)> {
+        let mut spare = match self.fields.into_inner() {
+            Some(Ok(fields)) => fields.plain,
+            _ => self.spare.into_inner(),
+        };
+        spare.clear();
+        spare
+    }
+
+    #[allow(clippy::too_many_arguments)] // one per event attribute of the batch.
     pub(crate) fn from_parts(
         value: &'a [u8],
         key: Option<&'a [u8]>,
@@ -125,6 +146,7 @@ impl<'a> Event<'a> {
             topic,
             partition,
             fields: OnceCell::new(),
+            spare: Cell::new(Vec::new()),
         }
     }
 
@@ -238,7 +260,7 @@ impl<'a> Event<'a> {
     #[inline]
     pub fn fields(&self) -> Result<&Fields<'a>, Error> {
         self.fields
-            .get_or_init(|| Fields::parse(self.value))
+            .get_or_init(|| Fields::parse(self.value, self.spare.take()))
             .as_ref()
             .map_err(Clone::clone)
     }
@@ -464,25 +486,22 @@ impl<'a> From<&'a RawValue> for RawJson<'a> {
 pub struct Fields<'a> {
     /// Every field, when no name has escapes (the usual case): a lookup
     /// compares the names as they are in the text.
-    plain: Vec<(&'a str, RawJson<'a>)>,
+    plain: Vec<(&'a str, &'a str)>,
     /// Every field with its decoded name, when some name has escapes (then
     /// `plain` is empty).
     decoded: Vec<(Cow<'a, str>, RawJson<'a>)>,
 }
 
 impl<'a> Fields<'a> {
-    fn parse(value: &'a [u8]) -> Result<Self, Error> {
+    fn parse(value: &'a [u8], mut spare: Vec<(&'a str, &'a str)>) -> Result<Self, Error> {
         // Validating UTF-8 once up front and parsing from `&str` is cheaper
         // than `from_slice`, which checks every string as it goes and then
         // every raw value again.
         let text = std::str::from_utf8(value)
             .map_err(|e| Error::new(format!("value is not valid JSON: not UTF-8 text: {e}")))?;
-        if let Some(fields) = scan::split_object(text) {
+        if scan::split_object(text, &mut spare) {
             return Ok(Fields {
-                plain: fields
-                    .into_iter()
-                    .map(|(name, text)| (name, RawJson { text }))
-                    .collect(),
+                plain: spare,
                 decoded: Vec::new(),
             });
         }
@@ -512,9 +531,9 @@ impl<'a> Fields<'a> {
     pub fn get(&self, name: &str) -> Option<RawJson<'a>> {
         let name = name.as_bytes();
         if self.decoded.is_empty() {
-            for (key, raw) in self.plain.iter().rev() {
+            for &(key, text) in self.plain.iter().rev() {
                 if same_name(key.as_bytes(), name) {
-                    return Some(*raw);
+                    return Some(RawJson { text });
                 }
             }
             return None;
@@ -540,7 +559,9 @@ impl<'a> Fields<'a> {
         if self.decoded.is_empty() {
             Picked::new(
                 names,
-                self.plain.iter().map(|(n, raw)| (n.as_bytes(), *raw)),
+                self.plain
+                    .iter()
+                    .map(|&(name, text)| (name.as_bytes(), RawJson { text })),
             )
         } else {
             Picked::new(
@@ -558,7 +579,10 @@ impl<'a> Fields<'a> {
     /// # Ok::<(), weir_sdk::Error>(())
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = (&str, RawJson<'a>)> + '_ {
-        let plain = self.plain.iter().map(|(key, raw)| (*key, *raw));
+        let plain = self
+            .plain
+            .iter()
+            .map(|&(key, text)| (key, RawJson { text }));
         let decoded = self.decoded.iter().map(|(key, raw)| (key.as_ref(), *raw));
         plain.chain(decoded)
     }

@@ -400,13 +400,19 @@ fn configure<P: Plugin>(config: &str) -> Result<P, Error> {
 /// component glue and [`Harness`].
 fn process<K: __private::KindAdapter>(plugin: &K::Plugin, batch: &Batch) -> Output {
     let mut out = Output::with_capacity(batch.len(), batch.values.len() + batch.len() * 32);
+    let mut spare = Vec::new();
     for index in 0..batch.len() {
         let records_len = out.records.len();
         let ends_len = out.record_ends.len();
-        let result = batch
-            .event(index)
-            .map_err(Error::new)
-            .and_then(|event| K::handle(plugin, &event, &mut out));
+        let result = match batch.event(index) {
+            Ok(event) => {
+                let event = event.with_spare(std::mem::take(&mut spare));
+                let result = K::handle(plugin, &event, &mut out);
+                spare = event.into_spare();
+                result
+            }
+            Err(message) => Err(Error::new(message)),
+        };
         let outcome = match result {
             Ok(matched) => {
                 let records = (out.record_ends.len() - ends_len) as u32;

@@ -20,17 +20,24 @@ const MAX_DEPTH: usize = 100;
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// Top-level fields of `text` in document order, or `None` when the text
-/// must be read by serde_json (see the module documentation).
+/// Fills `fields` with the top-level fields of `text` in document order and
+/// answers `true`, or answers `false` when the text must be read by
+/// serde_json (see the module documentation); `fields` is then to be
+/// discarded. The caller's vector is reused, so splitting needs no allocation
+/// once it has grown to the size of an event.
 ///
 /// The scanning functions take the text and a position and return the
 /// position after what they read: the position stays in a register, where a
 /// scanner struct shared with the (recursive, not inlined) value reader would
 /// live in the guest's linear memory and be stored at every step.
-pub(crate) fn split_object(text: &str) -> Option<Vec<(&str, &str)>> {
+pub(crate) fn split_object<'a>(text: &'a str, fields: &mut Vec<(&'a str, &'a str)>) -> bool {
+    fields.clear();
+    split_into(text, fields).is_some()
+}
+
+fn split_into<'a>(text: &'a str, fields: &mut Vec<(&'a str, &'a str)>) -> Option<()> {
     let b = text.as_bytes();
     let mut at = expect(b, whitespace(b, 0), b'{')?;
-    let mut fields = Vec::with_capacity(16);
     at = whitespace(b, at);
     if b.get(at) == Some(&b'}') {
         at += 1;
@@ -65,7 +72,7 @@ pub(crate) fn split_object(text: &str) -> Option<Vec<(&str, &str)>> {
             }
         }
     }
-    (whitespace(b, at) == b.len()).then_some(fields)
+    (whitespace(b, at) == b.len()).then_some(())
 }
 
 /// The position after `byte`, which must be at `at`.
@@ -278,7 +285,8 @@ mod tests {
     }
 
     fn ours(text: &str) -> Option<Vec<(String, String)>> {
-        split_object(text).map(|fields| {
+        let mut fields = vec![("stale", "entry")];
+        split_object(text, &mut fields).then(|| {
             fields
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
