@@ -400,7 +400,8 @@ fn configure<P: Plugin>(config: &str) -> Result<P, Error> {
 /// component glue and [`Harness`].
 fn process<K: __private::KindAdapter>(plugin: &K::Plugin, batch: &Batch) -> Output {
     let mut out = Output::with_capacity(batch.len(), batch.values.len() + batch.len() * 32);
-    let mut spare = Vec::new();
+    // Room for the fields of a typical event, grown as needed and reused.
+    let mut spare = Vec::with_capacity(16);
     for index in 0..batch.len() {
         let records_len = out.records.len();
         let ends_len = out.record_ends.len();
