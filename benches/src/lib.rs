@@ -13,44 +13,53 @@
 //!
 //! | batch | wasm ns/event | native ns/event | wasm/native | wasm events/s |
 //! |---|---|---|---|---|
-//! | 1 | 2250-2311 | 408-411 | 5.5-5.6 | 433k-445k |
-//! | 64 | 916-937 | 368-371 | 2.49-2.52 | 1.07M-1.09M |
-//! | 256 | 880-886 | 365-368 | 2.40-2.41 | 1.13M-1.14M |
-//! | 1024 | 877-889 | 364-366 | 2.41-2.43 | 1.12M-1.14M |
+//! | 1 | 2362-2452 | 405-416 | 5.8-5.9 | 408k-423k |
+//! | 64 | 679-693 | 358-364 | 1.87-1.92 | 1.44M-1.47M |
+//! | 256 | 650-666 | 354-367 | 1.79-1.86 | 1.50M-1.54M |
+//! | 1024 | 646-656 | 353-368 | 1.78-1.85 | 1.52M-1.55M |
 //!
-//! Without any limit the wasm side runs 679-688 ns/event at batch 256 (1.86x
-//! native); the epoch deadline adds 28-31 %, fuel 38-39 %, both 63-66 %.
+//! Without any limit the wasm side runs 549-564 ns/event at batch 256 (1.5x
+//! native); the epoch deadline adds 18-19 %, fuel 29-35 %, both 47-55 %. The
+//! boundary alone (the passthrough fixture, which copies each value to its
+//! output) costs 40 ns/event at batch 256 and 1.35 us for a batch of one.
 //!
-//! The SDK's own JSON split, the inlined accessors and the scenario plugin's
-//! pre-rendered output took the wasm side from 1499 to about 880 ns/event
-//! and the native side from 616 to about 366: the same code got faster in
-//! both, so the ratio stayed about where it was (2.43 before, 2.40 after)
-//! while throughput per core went from 629k to 1.13M events/s.
+//! What took the wasm side from 1499 ns/event (ratio 2.43) to about 660
+//! (ratio 1.8), in order:
 //!
-//! Where the gap comes from (`perf record` with `WEIR_BENCH_PROFILE=1`, which
-//! runs only the wasm side with a perf map, plus the compiled code read back
-//! from the runtime's cache): the epoch check at every loop back-edge and
-//! function entry (28-31 % on top of the rest); Cranelift's code for the guest's
-//! loop-heavy functions (field lookup, JSON split), which keeps induction
-//! variables and the heap base in stack slots, and a stack-limit check and
-//! callee-saved spills on every call (about 2x LLVM's native code for the
-//! same functions); and about 8 % in the host lowering the batch's per-event
-//! records. Two things helped the wasm side only: the scanner's recursive
-//! readers return a plain position instead of an `Option` (in the guest an
-//! `Option<usize>` comes back through the stack in linear memory; 8 %), and
-//! the plugin's conditions return a `bool` instead of a `Result`.
-//! Getting to 1.3x would take an interruption without per-iteration
-//! checks (wasmtime's MMU-based interruption, proposed upstream at about 3 %
-//! instead of 14 %; not in wasmtime 48, and newer releases need a newer Rust)
-//! and a backend that keeps hot loop state in registers; no change to the
-//! guest got there. Tried and not kept: a columnar batch (one list per
-//! attribute: host lowering fell to about 5 % but the guest paid it back,
-//! same time at batch 256, 20 % slower at batch 1); fat LTO (native 10-15 %
-//! faster, wasm no faster, so shipped components and this bench keep the
-//! same release profile on both sides); `opt-level = "s"` (wasm 30 % slower)
-//! or 2 (no change); `+simd128` (no change: the code that
-//! would use it is in the precompiled standard library); a tag per field
-//! name for lookups (building the tags cost more than they saved).
+//! - The SDK's own JSON split, inlined accessors and pre-rendered output:
+//!   880 ns, but native got faster as much (ratio 2.40).
+//! - `weir_sdk::FieldSet` picks: each event name looked up once
+//!   in a small table instead of each wanted name compared with every event
+//!   name; names compared as overlapping words (812 ns, ratio 2.2).
+//! - Columns across the boundary: wasmtime converts a list of per-event
+//!   records field by field (a memory lookup per field, about 60 ns/event);
+//!   lists of numbers are copied whole. The passthrough fell from 134 to 40
+//!   ns/event (750 ns, ratio 2.0). A batch of one event costs 2.4 us against
+//!   2.2 before, as each list is an allocation in the guest.
+//! - No allocation per event: the batch loop hands the split vector from one
+//!   event to the next. In the guest an allocation is a chain of calls into
+//!   dlmalloc, each with its stack and deadline checks (660 ns, ratio 1.8).
+//!
+//! Where the rest of the gap is (`perf record` with `WEIR_BENCH_PROFILE=1`,
+//! which runs only the wasm side with a perf map, plus the compiled code read
+//! back from the runtime's cache): every guest function does the same work
+//! about 2.1x slower than LLVM's native code, since Cranelift keeps loop
+//! state, the heap base and the deadline in stack slots and spills
+//! callee-saved registers on every call; the epoch check at every loop
+//! back-edge and function entry adds 18-19 % on top. Getting to 1.3x would
+//! take an interruption without per-iteration checks (wasmtime's MMU-based
+//! interruption, proposed upstream; not in wasmtime 48, and newer releases
+//! need a newer Rust), which would leave 1.5x, and a backend that keeps hot
+//! loop state in registers for the rest. Tried and not kept: a columnar
+//! batch with nine lists always sent (batch of one 20 % slower); copying
+//! short output pieces as words instead of `memory.copy` (the extra call cost
+//! what the copy saved); a word-wise backslash search in place of `memchr`
+//! (within noise); fat LTO (native 10-15 % faster, wasm no faster, so
+//! shipped components and this bench keep the same release profile on both
+//! sides); `opt-level = "s"` (wasm 30 % slower) or 2 (no change);
+//! `+simd128` (no change: the code that would use it is in the precompiled
+//! standard library); a tag per field name for lookups (building the tags
+//! cost more than they saved).
 
 /// The scenario every benchmark evaluates: scenario 5, "adult male users who
 /// clicked buy after 9 o'clock" (`age > 20 AND gender == MALE AND h >= 9`),
