@@ -137,28 +137,24 @@ impl Batch {
     pub(crate) fn event(&self, index: usize) -> Result<Event<'_>, String> {
         let value = part(&self.values, &self.value_ends, index, "value", "values")?;
         // Empty key or header columns: no event of the batch has any.
-        let key = match self.key_present.is_empty() {
-            true => None,
-            false => match *entry(&self.key_present, index, "keys.present")? {
-                0 => None,
-                _ => Some(part(
-                    &self.keys,
-                    &self.key_ends,
-                    index,
-                    "key",
-                    "keys.bytes",
-                )?),
-            },
-        };
-        let headers = match self.header_ends.is_empty() {
-            true => &[][..],
-            false => part(
-                &self.headers,
-                &self.header_ends,
+        let key = if self.key_present.is_empty()
+            || *entry(&self.key_present, index, "keys.present")? == 0
+        {
+            None
+        } else {
+            Some(part(
+                &self.keys,
+                &self.key_ends,
                 index,
-                "headers",
-                "headers.items",
-            )?,
+                "key",
+                "keys.bytes",
+            )?)
+        };
+        let headers = if self.header_ends.is_empty() {
+            &[][..]
+        } else {
+            let (items, ends) = (&self.headers, &self.header_ends);
+            part(items, ends, index, "headers", "headers.items")?
         };
         let timestamp = *entry(&self.timestamps, index, "timestamps")?;
         Ok(Event::from_parts(
