@@ -13,7 +13,7 @@
 //! Hive-style directories, so Spark, Trino, DuckDB and pyarrow discover the partitions;
 //! `first`/`last` are the lowest and highest source offsets of the rows in the file.
 //! The event time is the Kafka record timestamp, or the processing time for a record
-//! without one. Columns are described in [`schema`](self::schema); the schema is typed
+//! without one. Columns are described in [`schema`]; the schema is typed
 //! per file from the records in it, so every file describes itself and files of one
 //! scenario may differ: a field appears when a plugin starts writing it, and a field
 //! typed int64 in one file may be utf8 in another when its values were mixed there.

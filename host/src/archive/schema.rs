@@ -11,11 +11,11 @@
 //! columns, and a record that is not a JSON object (under `_record`).
 //!
 //! A file is written in several record batches (row groups) with the schema of its
-//! first one; later rows [`fit`] it when each of their fields has a column that takes
+//! first one; later rows `fit` it when each of their fields has a column that takes
 //! its values (an int64 column takes integers, float64 numbers, a utf8 column anything
 //! but nested values, and every column nulls) or no column and only null or nested
 //! values (those go to `extra`). Rows that do not fit start a new file whose schema is
-//! the old one [`widen`]ed by theirs, so a scenario's schema settles after a few files.
+//! the old one `widen`ed by theirs, so a scenario's schema settles after a few files.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
