@@ -13,18 +13,20 @@
 //!
 //! | batch | wasm ns/event | native ns/event | wasm/native | wasm events/s |
 //! |---|---|---|---|---|
-//! | 1 | 2362-2452 | 405-416 | 5.8-5.9 | 408k-423k |
-//! | 64 | 679-693 | 358-364 | 1.87-1.92 | 1.44M-1.47M |
-//! | 256 | 650-666 | 354-367 | 1.79-1.86 | 1.50M-1.54M |
-//! | 1024 | 646-656 | 353-368 | 1.78-1.85 | 1.52M-1.55M |
+//! | 1 | 2260-2346 | 368-373 | 6.1-6.3 | 426k-442k |
+//! | 64 | 617-633 | 318-322 | 1.92-1.99 | 1.58M-1.62M |
+//! | 256 | 587-609 | 314-322 | 1.83-1.94 | 1.64M-1.70M |
+//! | 1024 | 579-629 | 315-322 | 1.81-2.00 | 1.59M-1.73M |
 //!
-//! Without any limit the wasm side runs 549-564 ns/event at batch 256 (1.5x
-//! native); the epoch deadline adds 18-19 %, fuel 29-35 %, both 47-55 %. The
-//! boundary alone (the passthrough fixture, which copies each value to its
-//! output) costs 40 ns/event at batch 256 and 1.35 us for a batch of one.
+//! (Seven runs; two others that another job disturbed are left out.) Without
+//! any limit the wasm side runs 472-493 ns/event at batch 256 (1.5x native);
+//! the epoch deadline adds 21-29 %, fuel 29-34 %, both 49-54 %. The boundary
+//! alone (the passthrough fixture, which copies each value to its output)
+//! costs 40 ns/event at batch 256 and 1.4 us for a batch of one. Building
+//! the batch is outside the timed call on both sides.
 //!
-//! What took the wasm side from 1499 ns/event (ratio 2.43) to about 660
-//! (ratio 1.8), in order:
+//! What took the wasm side from 1499 ns/event (ratio 2.43) to about 600
+//! (ratio 1.9), in order:
 //!
 //! - The SDK's own JSON split, inlined accessors and pre-rendered output:
 //!   880 ns, but native got faster as much (ratio 2.40).
@@ -39,6 +41,11 @@
 //! - No allocation per event: the batch loop hands the split vector from one
 //!   event to the next. In the guest an allocation is a chain of calls into
 //!   dlmalloc, each with its stack and deadline checks (660 ns, ratio 1.8).
+//! - UTF-8 checked once, natively, by whoever fills the batch: values that
+//!   all are UTF-8 cross as a WIT `string`, which the guest takes as `&str`
+//!   without checking again (600 ns). The host's native check costs about
+//!   half of the guest's. Native skips the same check here, so the ratio
+//!   moved the other way (1.9).
 //!
 //! Where the rest of the gap is (`perf record` with `WEIR_BENCH_PROFILE=1`,
 //! which runs only the wasm side with a perf map, plus the compiled code read
@@ -46,7 +53,7 @@
 //! about 2.1x slower than LLVM's native code, since Cranelift keeps loop
 //! state, the heap base and the deadline in stack slots and spills
 //! callee-saved registers on every call; the epoch check at every loop
-//! back-edge and function entry adds 18-19 % on top. Getting to 1.3x would
+//! back-edge and function entry adds 21-29 % on top. Getting to 1.3x would
 //! take an interruption without per-iteration checks (wasmtime's MMU-based
 //! interruption, proposed upstream; not in wasmtime 48, and newer releases
 //! need a newer Rust), which would leave 1.5x, and a backend that keeps hot

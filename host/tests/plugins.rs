@@ -497,6 +497,23 @@ fn scenario() {
     assert_eq!(bad.error.as_ref().unwrap().kind, FailureKind::Plugin);
     assert_eq!(result.failed_calls(), 0);
 
+    // A value that is not UTF-8 makes the batch cross as bytes: that event
+    // fails with the reason, the others read as before.
+    let mut mixed = Batch::new("5", "events", 0);
+    mixed.push(0, values[0].as_bytes()).unwrap();
+    mixed.push(1, b"{\"e_n\":\"\xea\xb5\"}").unwrap();
+    mixed.push(2, values[3].as_bytes()).unwrap();
+    let result = instance.process(&mixed).unwrap();
+    let statuses: Vec<Status> = result.outcomes().iter().map(|o| o.status).collect();
+    assert_eq!(statuses, [Status::Emitted, Status::Failed, Status::Emitted]);
+    let reason = result.outcomes()[1].error.as_ref().unwrap().to_string();
+    assert!(reason.contains("not UTF-8"), "{reason}");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&records(&result, 0)[0]).unwrap(),
+        first
+    );
+    assert!(result.outcomes()[2].matched);
+
     // Refused by the host against the plugin's schema, naming the field ...
     let refused = plugin
         .instantiate(r#"{"filters":[{"left":"age","operator":"=~","right":1}]}"#)

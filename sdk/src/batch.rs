@@ -4,6 +4,8 @@
 //! The same types are used inside the component (converted from the generated
 //! bindings without copying the buffers) and natively by [`Harness`](crate::Harness).
 
+use std::ops::Range;
+
 use crate::Event;
 
 /// A Kafka record header.
@@ -23,6 +25,45 @@ pub struct Header {
 /// `timestamps` entry of an event without a timestamp.
 pub(crate) const NO_TIMESTAMP: i64 = i64::MIN;
 
+/// Every event value, concatenated: text while every value is UTF-8 (then
+/// events read their value as `&str` without checking it again), else bytes.
+#[derive(Debug, Clone)]
+pub(crate) enum Values {
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+impl Default for Values {
+    fn default() -> Self {
+        Values::Text(String::new())
+    }
+}
+
+impl Values {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Values::Text(text) => text.as_bytes(),
+            Values::Bytes(bytes) => bytes,
+        }
+    }
+
+    /// Appends `value`; the first one that is not UTF-8 turns the buffer
+    /// into bytes.
+    fn push(&mut self, value: &[u8]) {
+        match self {
+            Values::Text(text) => match std::str::from_utf8(value) {
+                Ok(value) => text.push_str(value),
+                Err(_) => {
+                    let mut bytes = std::mem::take(text).into_bytes();
+                    bytes.extend_from_slice(value);
+                    *self = Values::Bytes(bytes);
+                }
+            },
+            Values::Bytes(bytes) => bytes.extend_from_slice(value),
+        }
+    }
+}
+
 /// A batch of events in the columnar layout the host sends: every value in
 /// one buffer, every key in another, each with end offsets, and one list per
 /// event attribute. Build one to drive a plugin natively with
@@ -40,7 +81,7 @@ pub struct Batch {
     pub(crate) topic: String,
     pub(crate) partition: i32,
     pub(crate) offsets: Vec<i64>,
-    pub(crate) values: Vec<u8>,
+    pub(crate) values: Values,
     pub(crate) value_ends: Vec<u32>,
     pub(crate) timestamps: Vec<i64>,
     /// The key columns, all empty when no event has a key.
@@ -101,8 +142,8 @@ impl Batch {
     /// ```
     pub fn push(&mut self, value: &[u8]) -> EventMut<'_> {
         self.offsets.push(self.offsets.len() as i64);
-        self.values.extend_from_slice(value);
-        self.value_ends.push(offset_u32(self.values.len()));
+        self.values.push(value);
+        self.value_ends.push(offset_u32(self.values.bytes().len()));
         self.timestamps.push(NO_TIMESTAMP);
         if !self.key_ends.is_empty() {
             self.key_present.push(0);
@@ -135,7 +176,25 @@ impl Batch {
     /// Event `index` as the plugin will see it, or an error when the columns
     /// do not describe it (a host bug, reported rather than trapping).
     pub(crate) fn event(&self, index: usize) -> Result<Event<'_>, String> {
-        let value = part(&self.values, &self.value_ends, index, "value", "values")?;
+        let range = span(
+            &self.value_ends,
+            index,
+            "value",
+            "values",
+            self.values.bytes().len(),
+        )?;
+        let (value, text) = match &self.values {
+            Values::Text(text) => {
+                let text = text.get(range.clone()).ok_or_else(|| {
+                    format!(
+                        "event value {}..{} does not start and end at characters of batch.values",
+                        range.start, range.end
+                    )
+                })?;
+                (text.as_bytes(), Some(text))
+            }
+            Values::Bytes(bytes) => (&bytes[range], None),
+        };
         // Empty key or header columns: no event of the batch has any.
         let key = if self.key_present.is_empty()
             || *entry(&self.key_present, index, "keys.present")? == 0
@@ -159,6 +218,7 @@ impl Batch {
         let timestamp = *entry(&self.timestamps, index, "timestamps")?;
         Ok(Event::from_parts(
             value,
+            text,
             key,
             headers,
             *entry(&self.offsets, index, "offsets")?,
@@ -185,6 +245,19 @@ fn part<'a, T>(
     what: &str,
     buffer_name: &str,
 ) -> Result<&'a [T], String> {
+    let range = span(ends, index, what, buffer_name, buffer.len())?;
+    Ok(&buffer[range])
+}
+
+/// Where event `index`'s part of a concatenated buffer of `len` items is,
+/// checked against the buffer.
+fn span(
+    ends: &[u32],
+    index: usize,
+    what: &str,
+    buffer_name: &str,
+    len: usize,
+) -> Result<Range<usize>, String> {
     let ends_name = || match buffer_name.split_once('.') {
         Some((group, _)) => format!("{group}.ends"),
         None => format!("{what}_ends"),
@@ -199,12 +272,12 @@ fn part<'a, T>(
         None => 0,
     };
     let end = end_at(index)?;
-    buffer.get(start as usize..end as usize).ok_or_else(|| {
-        format!(
-            "event {what} {start}..{end} is outside batch.{buffer_name} (length {})",
-            buffer.len()
-        )
-    })
+    if start > end || end as usize > len {
+        return Err(format!(
+            "event {what} {start}..{end} is outside batch.{buffer_name} (length {len})"
+        ));
+    }
+    Ok(start as usize..end as usize)
 }
 
 fn offset_u32(n: usize) -> u32 {

@@ -36,6 +36,8 @@ use crate::scan;
 /// ```
 pub struct Event<'a> {
     value: &'a [u8],
+    /// The value as text, when the batch carried it as checked UTF-8.
+    text: Option<&'a str>,
     key: Option<&'a [u8]>,
     headers: &'a [Header],
     offset: i64,
@@ -73,6 +75,7 @@ impl<'a> Event<'a> {
     pub fn new(value: &'a [u8]) -> Self {
         Self {
             value,
+            text: None,
             key: None,
             headers: &[],
             offset: 0,
@@ -128,6 +131,7 @@ impl<'a> Event<'a> {
     #[allow(clippy::too_many_arguments)] // one per event attribute of the batch.
     pub(crate) fn from_parts(
         value: &'a [u8],
+        text: Option<&'a str>,
         key: Option<&'a [u8]>,
         headers: &'a [Header],
         offset: i64,
@@ -138,6 +142,7 @@ impl<'a> Event<'a> {
     ) -> Self {
         Self {
             value,
+            text,
             key,
             headers,
             offset,
@@ -243,6 +248,9 @@ impl<'a> Event<'a> {
     /// # Ok::<(), weir_sdk::Error>(())
     /// ```
     pub fn text(&self) -> Result<&'a str, Error> {
+        if let Some(text) = self.text {
+            return Ok(text);
+        }
         std::str::from_utf8(self.value)
             .map_err(|e| Error::new(format!("value is not UTF-8 text: {e}")))
     }
@@ -260,7 +268,7 @@ impl<'a> Event<'a> {
     #[inline]
     pub fn fields(&self) -> Result<&Fields<'a>, Error> {
         self.fields
-            .get_or_init(|| Fields::parse(self.value, self.spare.take()))
+            .get_or_init(|| Fields::parse(self.value, self.text, self.spare.take()))
             .as_ref()
             .map_err(Clone::clone)
     }
@@ -493,12 +501,20 @@ pub struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn parse(value: &'a [u8], mut spare: Vec<(&'a str, &'a str)>) -> Result<Self, Error> {
-        // Validating UTF-8 once up front and parsing from `&str` is cheaper
+    fn parse(
+        value: &'a [u8],
+        text: Option<&'a str>,
+        mut spare: Vec<(&'a str, &'a str)>,
+    ) -> Result<Self, Error> {
+        // Text the host already checked is used as it is. Otherwise,
+        // validating UTF-8 once up front and parsing from `&str` is cheaper
         // than `from_slice`, which checks every string as it goes and then
         // every raw value again.
-        let text = std::str::from_utf8(value)
-            .map_err(|e| Error::new(format!("value is not valid JSON: not UTF-8 text: {e}")))?;
+        let text = match text {
+            Some(text) => text,
+            None => std::str::from_utf8(value)
+                .map_err(|e| Error::new(format!("value is not valid JSON: not UTF-8 text: {e}")))?,
+        };
         if scan::split_object(text, &mut spare) {
             return Ok(Fields {
                 plain: spare,

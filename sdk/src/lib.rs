@@ -404,7 +404,8 @@ fn configure<P: Plugin>(config: &str) -> Result<P, Error> {
 /// Runs `K`'s per-event method over `batch`: the one batch loop shared by the
 /// component glue and [`Harness`].
 fn process<K: __private::KindAdapter>(plugin: &K::Plugin, batch: &Batch) -> Output {
-    let mut out = Output::with_capacity(batch.len(), batch.values.len() + batch.len() * 32);
+    let bytes = batch.values.bytes().len();
+    let mut out = Output::with_capacity(batch.len(), bytes + batch.len() * 32);
     // Room for the fields of a typical event, grown as needed and reused.
     let mut spare = Vec::with_capacity(16);
     for index in 0..batch.len() {
@@ -727,6 +728,7 @@ pub mod __private {
 
     use crate::__bindings::exports::weir::plugin::plugin::Guest;
     use crate::__bindings::weir::plugin::types as wit;
+    use crate::batch::Values;
     use crate::{
         Batch, Error, Event, Filter, FilterMap, FlatMap, Header, Map, Output, Plugin, PluginKind,
         Record, Records, Scenario, Status, end_record,
@@ -912,7 +914,10 @@ pub mod __private {
             topic: batch.topic,
             partition: batch.partition,
             offsets: batch.offsets,
-            values: batch.values,
+            values: match batch.values {
+                wit::EventValues::Text(text) => Values::Text(text),
+                wit::EventValues::Bytes(bytes) => Values::Bytes(bytes),
+            },
             value_ends: batch.value_ends,
             timestamps: batch.timestamps,
             key_present: keys.present,
@@ -1108,13 +1113,13 @@ mod tests {
         assert_eq!(info.name, "half-writer");
         assert!(matches!(info.kind, wit::Kind::FilterMap));
 
-        let values = br#"{"ok":true}{"ok":false}"#.to_vec();
+        let values = r#"{"ok":true}{"ok":false}"#;
         let batch = || wit::Batch {
             scenario_id: "5".into(),
             topic: "t".into(),
             partition: 0,
             offsets: vec![10, 11],
-            values: values.clone(),
+            values: wit::EventValues::Text(values.into()),
             value_ends: vec![11, 23],
             timestamps: vec![0, i64::MIN],
             keys: None,

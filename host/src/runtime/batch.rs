@@ -10,7 +10,7 @@ use std::fmt;
 use std::ops::Range;
 
 use super::RuntimeError;
-use super::bindings::{self, EMITTED, FAILED, MATCHED, NO_TIMESTAMP, STATUS_MASK};
+use super::bindings::{self, EMITTED, EventValues, FAILED, MATCHED, NO_TIMESTAMP, STATUS_MASK};
 
 /// One input event for [`Batch::push_event`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -42,7 +42,7 @@ impl Batch {
                 topic: topic.to_owned(),
                 partition,
                 offsets: Vec::new(),
-                values: Vec::new(),
+                values: EventValues::Text(String::new()),
                 value_ends: Vec::new(),
                 timestamps: Vec::new(),
                 keys: None,
@@ -65,7 +65,7 @@ impl Batch {
     pub fn push_event(&mut self, event: EventInput<'_>) -> Result<(), RuntimeError> {
         let b = &mut self.inner;
         let earlier = b.offsets.len();
-        let value_end = to_u32(b.values.len() + event.value.len())?;
+        let value_end = to_u32(value_bytes(&b.values).len() + event.value.len())?;
         if event.key.is_some() && b.keys.is_none() {
             // The first key of the batch: the events before it had none.
             b.keys = Some(bindings::EventKeys {
@@ -97,7 +97,7 @@ impl Batch {
                     value: value.to_vec(),
                 }));
         }
-        b.values.extend_from_slice(event.value);
+        append_value(&mut b.values, event.value);
         b.value_ends.push(value_end);
         b.offsets.push(event.offset);
         b.timestamps
@@ -123,14 +123,24 @@ impl Batch {
     /// Value bytes of event `index`.
     pub fn value(&self, index: usize) -> Option<&[u8]> {
         let b = &self.inner;
-        b.values.get(part(&b.value_ends, index)?)
+        value_bytes(&b.values).get(part(&b.value_ends, index)?)
     }
 
     /// Removes every event, keeping the buffers' capacity for reuse.
     pub fn clear(&mut self) {
         let b = &mut self.inner;
         b.offsets.clear();
-        b.values.clear();
+        b.values = match std::mem::replace(&mut b.values, EventValues::Text(String::new())) {
+            EventValues::Text(mut text) => {
+                text.clear();
+                EventValues::Text(text)
+            }
+            // Emptied, the buffer is valid UTF-8 and keeps its capacity.
+            EventValues::Bytes(mut bytes) => {
+                bytes.clear();
+                EventValues::Text(String::from_utf8(bytes).unwrap_or_default())
+            }
+        };
         b.value_ends.clear();
         b.timestamps.clear();
         b.keys = None;
@@ -155,7 +165,15 @@ impl Batch {
             topic: b.topic.clone(),
             partition: b.partition,
             offsets: b.offsets[range.clone()].to_vec(),
-            values: b.values[values].to_vec(),
+            values: match &b.values {
+                // Each value is UTF-8 on its own, so event boundaries are
+                // char boundaries.
+                EventValues::Text(text) => match text.get(values.clone()) {
+                    Some(text) => EventValues::Text(text.to_owned()),
+                    None => EventValues::Bytes(text.as_bytes()[values].to_vec()),
+                },
+                EventValues::Bytes(bytes) => EventValues::Bytes(bytes[values].to_vec()),
+            },
             value_ends,
             timestamps: b.timestamps[range.clone()].to_vec(),
             keys: b.keys.as_ref().map(|keys| {
@@ -174,6 +192,31 @@ impl Batch {
                 }
             }),
         }
+    }
+}
+
+/// The concatenated values, text or not.
+fn value_bytes(values: &EventValues) -> &[u8] {
+    match values {
+        EventValues::Text(text) => text.as_bytes(),
+        EventValues::Bytes(bytes) => bytes,
+    }
+}
+
+/// Appends `value`, checking it is UTF-8 while every value so far was: the
+/// guest then gets the batch as text and need not check it again. The first
+/// value that is not turns the buffer into bytes for the rest of the batch.
+fn append_value(values: &mut EventValues, value: &[u8]) {
+    match values {
+        EventValues::Text(text) => match std::str::from_utf8(value) {
+            Ok(value) => text.push_str(value),
+            Err(_) => {
+                let mut bytes = std::mem::take(text).into_bytes();
+                bytes.extend_from_slice(value);
+                *values = EventValues::Bytes(bytes);
+            }
+        },
+        EventValues::Bytes(bytes) => bytes.extend_from_slice(value),
     }
 }
 
@@ -491,7 +534,7 @@ mod tests {
             .unwrap();
         batch.push(12, b"cc").unwrap();
         assert_eq!(batch.len(), 3);
-        assert_eq!(batch.inner.values, b"aaabbbbcc");
+        assert_eq!(batch.inner.values, EventValues::Text("aaabbbbcc".into()));
         assert_eq!(batch.inner.value_ends, [3, 7, 9]);
         assert_eq!(batch.inner.timestamps, [NO_TIMESTAMP, 1, NO_TIMESTAMP]);
         let keys = batch.inner.keys.as_ref().unwrap();
@@ -505,7 +548,7 @@ mod tests {
         assert_eq!(batch.value(3), None);
 
         let tail = batch.slice(1..3);
-        assert_eq!(tail.values, b"bbbbcc");
+        assert_eq!(tail.values, EventValues::Text("bbbbcc".into()));
         assert_eq!(tail.value_ends, [4, 6]);
         let keys = tail.keys.unwrap();
         assert_eq!(
@@ -520,13 +563,38 @@ mod tests {
         let middle = batch.slice(1..2);
         assert_eq!(
             (middle.values, middle.value_ends),
-            (b"bbbb".to_vec(), vec![4])
+            (EventValues::Text("bbbb".into()), vec![4])
         );
         let empty = batch.slice(2..2);
-        assert!(empty.values.is_empty() && empty.offsets.is_empty());
+        assert!(empty.offsets.is_empty());
+        assert_eq!(empty.values, EventValues::Text(String::new()));
 
         batch.clear();
         assert!(batch.is_empty() && batch.inner.keys.is_none());
+    }
+
+    /// Values travel as text while all are UTF-8; one that is not turns the
+    /// batch into bytes (slices of it too) until it is cleared.
+    #[test]
+    fn values_are_text_until_one_is_not() {
+        let mut batch = Batch::new("5", "events", 0);
+        batch.push(0, "구매".as_bytes()).unwrap();
+        batch.push(1, b"ok").unwrap();
+        assert_eq!(batch.inner.values, EventValues::Text("구매ok".into()));
+        batch.push(2, &[0xff, b'x']).unwrap();
+        batch.push(3, b"after").unwrap();
+        let mut expected = "구매ok".as_bytes().to_vec();
+        expected.extend_from_slice(b"\xffxafter");
+        assert_eq!(batch.inner.values, EventValues::Bytes(expected));
+        assert_eq!(batch.value(2), Some(&[0xff, b'x'][..]));
+        assert_eq!(batch.value(0), Some("구매".as_bytes()));
+        assert_eq!(
+            batch.slice(0..2).values,
+            EventValues::Bytes("구매ok".as_bytes().to_vec())
+        );
+        batch.clear();
+        batch.push(0, b"{}").unwrap();
+        assert_eq!(batch.inner.values, EventValues::Text("{}".into()));
     }
 
     #[test]

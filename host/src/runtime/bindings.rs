@@ -10,7 +10,7 @@ wasmtime::component::bindgen!({
 });
 
 pub(crate) use self::weir::plugin::types::{
-    Batch, EventHeaders, EventKeys, Header, Info, Kind, Output,
+    Batch, EventHeaders, EventKeys, EventValues, Header, Info, Kind, Output,
 };
 pub(crate) use WeirPluginPre as BindingsPre;
 

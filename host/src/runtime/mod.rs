@@ -31,7 +31,7 @@
 //! CPU limit choice: epoch interruption, on by default (`cpu_limit_ms`, 500 ms
 //! per call, 10 ms ticks). Measured with `cargo bench -p weir-benches` on the
 //! `scenario` plugin, batch 256, release build on a shared 2-core machine: no
-//! limits 549-564 ns/event, epoch +18-19 %, fuel +29-35 %, both +47-55 %. Epoch
+//! limits 472-493 ns/event, epoch +21-29 %, fuel +29-34 %, both +49-54 %. Epoch
 //! costs less than fuel and bounds wall time, which is what protects the
 //! pipeline; fuel stays available (`fuel_per_call`) for deterministic budgets.
 //! Either check runs at every loop back-edge and function entry of the guest,
