@@ -84,13 +84,17 @@ fn host_port(value: &str) -> Option<String> {
     hostport.contains(':').then(|| hostport.to_string())
 }
 
-/// A name no other test run uses, for topics, keys, tables and paths.
+/// A name no other test run uses, for topics, keys, tables and paths. The
+/// clock alone is not enough: tests start in parallel, and two of them read
+/// the same time where the clock is coarse, so a counter tells them apart.
 pub fn unique(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    format!("{prefix}-{}-{nanos}", std::process::id())
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{nanos}-{n}", std::process::id())
 }
 
 #[cfg(test)]
