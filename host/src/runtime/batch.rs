@@ -61,11 +61,15 @@ impl Batch {
     }
 
     /// Appends an event. Fails only when a buffer would pass 4 GiB, the most
-    /// a WIT end offset can address.
+    /// a WIT end offset can address; the batch is then left as it was.
     pub fn push_event(&mut self, event: EventInput<'_>) -> Result<(), RuntimeError> {
         let b = &mut self.inner;
         let earlier = b.offsets.len();
+        let key = event.key.unwrap_or_default();
         let value_end = to_u32(value_bytes(&b.values).len() + event.value.len())?;
+        let key_end = to_u32(b.keys.as_ref().map_or(0, |k| k.bytes.len()) + key.len())?;
+        let header_end =
+            to_u32(b.headers.as_ref().map_or(0, |h| h.items.len()) + event.headers.len())?;
         if event.key.is_some() && b.keys.is_none() {
             // The first key of the batch: the events before it had none.
             b.keys = Some(bindings::EventKeys {
@@ -75,9 +79,8 @@ impl Batch {
             });
         }
         if let Some(keys) = &mut b.keys {
-            let key = event.key.unwrap_or_default();
-            keys.ends.push(to_u32(keys.bytes.len() + key.len())?);
             keys.bytes.extend_from_slice(key);
+            keys.ends.push(key_end);
             keys.present.push(u8::from(event.key.is_some()));
         }
         if !event.headers.is_empty() && b.headers.is_none() {
@@ -88,14 +91,12 @@ impl Batch {
         }
         if let Some(headers) = &mut b.headers {
             headers
-                .ends
-                .push(to_u32(headers.items.len() + event.headers.len())?);
-            headers
                 .items
                 .extend(event.headers.iter().map(|(key, value)| bindings::Header {
                     key: (*key).to_owned(),
                     value: value.to_vec(),
                 }));
+            headers.ends.push(header_end);
         }
         append_value(&mut b.values, event.value);
         b.value_ends.push(value_end);
