@@ -154,13 +154,13 @@ impl Batch {
         let b = &self.inner;
         // The batch's own end offsets are in order and within its buffers
         // (push_event keeps them so), and a slice's are smaller.
-        let part = |ends: &[u32]| {
+        let rebased = |ends: &[u32]| {
             let start = range.start.checked_sub(1).map_or(0, |i| ends[i]);
             let end = range.end.checked_sub(1).map_or(0, |i| ends[i]).max(start);
             let ends = ends[range.clone()].iter().map(|&e| e - start).collect();
             (start as usize..end as usize, ends)
         };
-        let (values, value_ends) = part(&b.value_ends);
+        let (values, value_ends) = rebased(&b.value_ends);
         bindings::Batch {
             scenario_id: b.scenario_id.clone(),
             topic: b.topic.clone(),
@@ -178,7 +178,7 @@ impl Batch {
             value_ends,
             timestamps: b.timestamps[range.clone()].to_vec(),
             keys: b.keys.as_ref().map(|keys| {
-                let (bytes, ends) = part(&keys.ends);
+                let (bytes, ends) = rebased(&keys.ends);
                 bindings::EventKeys {
                     present: keys.present[range.clone()].to_vec(),
                     bytes: keys.bytes[bytes].to_vec(),
@@ -186,7 +186,7 @@ impl Batch {
                 }
             }),
             headers: b.headers.as_ref().map(|headers| {
-                let (items, ends) = part(&headers.ends);
+                let (items, ends) = rebased(&headers.ends);
                 bindings::EventHeaders {
                     items: headers.items[items].to_vec(),
                     ends,
