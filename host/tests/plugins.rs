@@ -7,6 +7,7 @@
 //! the `foreach_*` checks at the bottom).
 
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use weir::runtime::{
     Batch, BatchResult, EventInput, FailureKind, Plugin, PluginKind, Runtime, RuntimeConfig,
@@ -329,19 +330,27 @@ fn endless_loop() {
 }
 
 #[test]
-fn failed_call_budget_bounds_the_cost_of_a_hopeless_batch() {
+fn batch_budget_bounds_the_cost_of_a_hopeless_batch() {
     let runtime = Runtime::new(RuntimeConfig {
         cpu_limit_ms: Some(20),
-        max_failed_calls_per_batch: 3,
+        batch_budget_ms: 50,
         ..RuntimeConfig::default()
     })
     .unwrap();
     let bytes = std::fs::read(weir_artifacts::FIXTURE_ENDLESS_LOOP).unwrap();
     let mut instance = runtime.load(&bytes).unwrap().instantiate("{}").unwrap();
     let values: Vec<String> = (0..64).map(event).collect();
+    let started = Instant::now();
     let result = instance.process(&batch_of(&values)).unwrap();
-    // Whole batch, first half, first quarter: then the budget is spent.
-    assert_eq!(result.failed_calls(), 3);
+    let took = started.elapsed();
+    // Whole batch (20 ms), first half (20 ms), first quarter (the 10 ms left):
+    // then the budget is spent, however many calls that took.
+    assert!(took < Duration::from_millis(250), "{took:?}");
+    assert!(
+        (2..=4).contains(&result.failed_calls()),
+        "{}",
+        result.failed_calls()
+    );
     assert_eq!(
         failure_kinds(&result),
         vec![Some(FailureKind::CpuLimit); 64]
@@ -349,8 +358,238 @@ fn failed_call_budget_bounds_the_cost_of_a_hopeless_batch() {
     let last = result.outcomes()[63].error.as_ref().unwrap();
     assert!(
         last.message
-            .contains("not isolated: gave up after 3 failed calls"),
+            .contains("not isolated: the batch's 50 ms budget was spent after"),
         "{last}"
+    );
+}
+
+/// Failures that are each cheap enough for the CPU limit still cost no more
+/// than the batch's budget in all.
+#[test]
+fn slow_trap() {
+    let runtime = Runtime::new(RuntimeConfig {
+        cpu_limit_ms: Some(200),
+        batch_budget_ms: 500,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let bytes = std::fs::read(weir_artifacts::FIXTURE_SLOW_TRAP).unwrap();
+    let mut instance = runtime.load(&bytes).unwrap().instantiate("{}").unwrap();
+    let values: Vec<String> = (0..64).map(event).collect();
+    let started = Instant::now();
+    let result = instance.process(&batch_of(&values)).unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(900), "{took:?}");
+    assert!(
+        result.outcomes().iter().all(|o| o.status == Status::Failed),
+        "{:?}",
+        failure_kinds(&result)
+    );
+    // Isolating 64 events one by one takes 127 calls: far more than the budget.
+    assert!(
+        result.outcomes().iter().any(|o| o
+            .error
+            .as_ref()
+            .is_some_and(|e| e.message.contains("budget was spent"))),
+        "{:?}",
+        result.outcomes()[63]
+    );
+    assert!(
+        result.failed_call_time() >= Duration::from_millis(400),
+        "{:?}",
+        result.failed_call_time()
+    );
+    assert_passthrough_still_works();
+}
+
+/// Sleeping in any export holds no thread: the guest's clock is virtual, it
+/// moves by exactly the time asked for, and randomness repeats for a replay.
+#[test]
+fn sleeper() {
+    let started = Instant::now();
+    let plugin = load(weir_artifacts::FIXTURE_SLEEPER).expect("sleeper loads");
+    let loaded = started.elapsed();
+    // `describe` sleeps 2 s; compiling the small component takes far less.
+    assert!(loaded < Duration::from_secs(2), "load took {loaded:?}");
+    let started = Instant::now();
+    let mut first = plugin.instantiate("{}").expect("configure returns");
+    let mut replay = plugin.instantiate("{}").expect("configure returns");
+    let configured = started.elapsed();
+    assert!(
+        configured < Duration::from_secs(1),
+        "configure took {configured:?}"
+    );
+
+    let values: Vec<String> = (0..64).map(event).collect();
+    let batch = batch_of(&values);
+    let started = Instant::now();
+    let result = first.process(&batch).unwrap();
+    let processed = started.elapsed();
+    // 64 sleeps of 2 s each, under a 200 ms budget.
+    assert!(
+        processed < Duration::from_secs(1),
+        "process took {processed:?}"
+    );
+    assert!(
+        result
+            .outcomes()
+            .iter()
+            .all(|o| o.status == Status::Emitted)
+    );
+    for i in 0..64 {
+        let record: serde_json::Value =
+            serde_json::from_slice(&records(&result, i)[0]).expect("the probe's JSON");
+        assert_eq!(record["slept_ns"], 2_000_000_000u64, "{record}");
+        // The clocks start at zero each call and move only by the sleeps.
+        assert_eq!(
+            record["wall_ns"],
+            2_000_000_000u64 * (i as u64 + 1),
+            "{record}"
+        );
+    }
+
+    // Another instance on the same batch sees exactly the same world.
+    let again = replay.process(&batch).unwrap();
+    assert_eq!(again, result);
+    // A batch of other events draws other numbers.
+    let mut other = Batch::new("5", "events", 1);
+    for (i, value) in values[..4].iter().enumerate() {
+        other.push(2000 + i as i64, value.as_bytes()).unwrap();
+    }
+    let different = replay.process(&other).unwrap();
+    let random = |result: &BatchResult| {
+        let record: serde_json::Value = serde_json::from_slice(&records(result, 0)[0]).unwrap();
+        record["random"].clone()
+    };
+    assert_ne!(random(&different), random(&result));
+}
+
+#[test]
+fn bad_output() {
+    let plugin = load(weir_artifacts::FIXTURE_BAD_OUTPUT).unwrap();
+
+    // A 20 MiB reason is cut to the 4 KiB the runtime keeps, and marked.
+    let mut giant = plugin.instantiate(r#"{"mode":"giant-error"}"#).unwrap();
+    let result = giant.process(&batch_of(&[event(0)])).unwrap();
+    let error = result.outcomes()[0].error.as_ref().unwrap();
+    assert_eq!(error.kind, FailureKind::Plugin);
+    assert!(error.message.len() < 4200, "{}", error.message.len());
+    assert!(error.message.ends_with("… [cut: 20971520 bytes in all]"));
+
+    // A million records for one event: that event fails alone.
+    let mut flood = plugin.instantiate(r#"{"mode":"record-flood"}"#).unwrap();
+    let values: Vec<String> = (0..4).map(event).collect();
+    let result = flood.process(&batch_of(&values)).unwrap();
+    assert_eq!(
+        failure_kinds(&result),
+        [Some(FailureKind::OutputLimit), None, None, None]
+    );
+    let error = result.outcomes()[0].error.as_ref().unwrap();
+    assert!(
+        error
+            .message
+            .contains("1000000 output records for 1 events; the limit is 262144 per call"),
+        "{error}"
+    );
+    for i in 1..4 {
+        assert_eq!(records(&result, i), [b"{}".to_vec()]);
+    }
+
+    // Contract breaches, one per event, each named.
+    let mut contract = plugin.instantiate(r#"{"mode":"contract"}"#).unwrap();
+    let values: Vec<String> = (0..8).map(event).collect();
+    let result = contract.process(&batch_of(&values)).unwrap();
+    let reasons: Vec<String> = result
+        .outcomes()
+        .iter()
+        .map(|o| {
+            o.error
+                .as_ref()
+                .map_or("ok".to_owned(), ToString::to_string)
+        })
+        .collect();
+    for (i, reason) in reasons.iter().enumerate() {
+        let expected = match (1000 + i) % 4 {
+            0 => "invalid plugin output: the event is emitted but has no records",
+            1 => "invalid plugin output: the event is matched but not emitted",
+            2 => "invalid plugin output: record 0 of the event is not UTF-8 (at byte 0)",
+            _ => "ok",
+        };
+        assert_eq!(reason, expected, "event {i}");
+    }
+    assert!(result.outcomes()[3].matched);
+    assert_passthrough_still_works();
+}
+
+#[test]
+fn schema_cycle() {
+    let err = load(weir_artifacts::FIXTURE_SCHEMA_CYCLE).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RuntimeError::InvalidInfo {
+                field: "config-schema",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("`$ref` at /$ref: references are not accepted"),
+        "{err}"
+    );
+}
+
+#[test]
+fn schema_fan_out() {
+    let started = Instant::now();
+    let err = load(weir_artifacts::FIXTURE_SCHEMA_FAN_OUT).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("config-schema: the schema has more than 2000 objects"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Nine memories under a cap of four: refused before compiling, by name.
+#[test]
+fn many_memories() {
+    let err = load(weir_artifacts::FIXTURE_MANY_MEMORIES).unwrap_err();
+    assert!(matches!(err, RuntimeError::TooCostly { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("it defines 9 linear memories; at most 4 are accepted"),
+        "{err}"
+    );
+}
+
+/// Two memories of 24 MiB each: each fits the 32 MiB cap, together they do
+/// not, and the second growth is refused.
+#[test]
+fn two_memories() {
+    let result = run_hostile(weir_artifacts::FIXTURE_TWO_MEMORIES, &[event(0)]);
+    assert_eq!(failure_kinds(&result), [Some(FailureKind::MemoryLimit)]);
+    assert_passthrough_still_works();
+}
+
+/// One function nested 100,000 deep: refused at once instead of a long,
+/// gigabyte-sized compile.
+#[test]
+fn compile_bomb() {
+    let started = Instant::now();
+    let err = load(weir_artifacts::FIXTURE_COMPILE_BOMB).unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, RuntimeError::TooCostly { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("a function nests blocks 2001 deep; at most 2000 are accepted"),
+        "{err}"
     );
 }
 
@@ -388,7 +627,7 @@ fn huge_output() {
     assert!(
         error
             .message
-            .contains("the limit is 1048576 bytes per batch"),
+            .contains("bytes of output records for 1 events; the limit is 1048576 per call"),
         "{error}"
     );
 

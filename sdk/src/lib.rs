@@ -131,6 +131,18 @@
 //! sandbox and limits: the [`testing`] module, behind the `testing` feature
 //! (a dev-dependency feature: it brings in the whole host runtime).
 //!
+//! # What a plugin sees, and its bounds
+//!
+//! A plugin gets no file system, network, environment or arguments. Its
+//! clocks are virtual: `std::time::Instant` and `SystemTime` read zero
+//! (1970-01-01) when a call starts and move only by the plugin's own sleeps,
+//! which return at once. Randomness (`HashMap`'s keys included) is seeded per
+//! batch, so the same batch always gets the same numbers. Take event time from
+//! [`Event::timestamp_ms`] or a field, never from the clock. Every call runs
+//! under a CPU deadline, one memory budget for the whole instance, and caps on
+//! output (per record, per call, per failure reason); an event that passes a
+//! cap fails alone. `wit/plugin.wit` lists them all.
+//!
 //! # Performance
 //!
 //! Inside the sandbox every loop iteration and function call of the plugin

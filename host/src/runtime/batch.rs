@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::time::Duration;
 
 use super::RuntimeError;
 use super::bindings::{self, EMITTED, EventValues, FAILED, MATCHED, NO_TIMESTAMP, STATUS_MASK};
@@ -341,6 +342,81 @@ pub struct BatchResult {
     data: Vec<u8>,
     ends: Vec<usize>,
     failed_calls: u32,
+    failed_call_time: Duration,
+}
+
+/// The per-event caps an answer is held to (from the runtime configuration).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OutputCaps {
+    /// Largest single record, in bytes.
+    pub(crate) record_bytes: usize,
+    /// Longest failure reason, in bytes.
+    pub(crate) error_bytes: usize,
+}
+
+impl OutputCaps {
+    pub(crate) fn of(config: &super::RuntimeConfig) -> Self {
+        Self {
+            record_bytes: usize::try_from(config.max_record_bytes).unwrap_or(usize::MAX),
+            error_bytes: config.max_error_bytes,
+        }
+    }
+}
+
+/// Cuts `message` to at most `max` bytes at a character boundary, marking
+/// the cut with the full length.
+fn truncate_reason(mut message: String, max: usize) -> String {
+    if message.len() <= max {
+        return message;
+    }
+    let full = message.len();
+    let mut cut = max;
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    message.truncate(cut);
+    message.push_str(&format!("… [cut: {full} bytes in all]"));
+    message
+}
+
+/// Why one event's part of an answer breaks the contract or a cap, if it does.
+fn event_breach<'a>(
+    status: u8,
+    matched: bool,
+    records: impl ExactSizeIterator<Item = &'a [u8]>,
+    caps: &OutputCaps,
+) -> Option<EventError> {
+    let invalid = |message: String| {
+        Some(EventError {
+            kind: FailureKind::InvalidOutput,
+            message,
+        })
+    };
+    if status == EMITTED && records.len() == 0 {
+        return invalid("the event is emitted but has no records".to_owned());
+    }
+    if matched && status != EMITTED {
+        return invalid("the event is matched but not emitted".to_owned());
+    }
+    for (i, record) in records.enumerate() {
+        if record.len() > caps.record_bytes {
+            return Some(EventError {
+                kind: FailureKind::OutputLimit,
+                message: format!(
+                    "record {i} of the event is {} bytes; the limit is {} per record",
+                    record.len(),
+                    caps.record_bytes
+                ),
+            });
+        }
+        if let Err(e) = std::str::from_utf8(record) {
+            return invalid(format!(
+                "record {i} of the event is not UTF-8 (at byte {})",
+                e.valid_up_to()
+            ));
+        }
+    }
+    None
 }
 
 impl BatchResult {
@@ -370,8 +446,15 @@ impl BatchResult {
         self.failed_calls
     }
 
-    pub(crate) fn note_failed_call(&mut self) {
+    /// Wall time spent in guest calls that failed (traps, limits) while this
+    /// batch ran: what the plugin's failures cost the pipeline.
+    pub fn failed_call_time(&self) -> Duration {
+        self.failed_call_time
+    }
+
+    pub(crate) fn note_failed_call(&mut self, took: Duration) {
         self.failed_calls += 1;
+        self.failed_call_time += took;
     }
 
     /// Appends `count` failed outcomes with the same reason.
@@ -383,29 +466,48 @@ impl BatchResult {
         ));
     }
 
-    /// Appends a plugin's checked output (see [`check_output`]).
-    pub(crate) fn push_output(&mut self, output: bindings::Output) {
+    /// Appends a plugin's checked output (see [`check_output`]). An event
+    /// whose part breaks the contract or `caps` fails alone, with the reason.
+    pub(crate) fn push_output(&mut self, output: bindings::Output, caps: &OutputCaps) {
         let base = self.data.len();
         let mut at = self.ends.len();
         let mut errors = output.errors.into_iter();
+        let mut record_start = 0usize;
         for (&byte, &count) in output.outcomes.iter().zip(&output.record_counts) {
             let count = count as usize;
+            // `check_output` made sure the ends are in order and in bounds.
+            let ends = &output.record_ends[at - self.ends.len()..][..count];
+            let mut start = record_start;
+            let records = ends.iter().map(|&end| {
+                let record = &output.records[start..end as usize];
+                start = end as usize;
+                record
+            });
+            record_start = ends.last().map_or(record_start, |&end| end as usize);
+            let matched = byte & MATCHED != 0;
             let (status, error) = match byte & STATUS_MASK {
                 FAILED => (
                     Status::Failed,
                     Some(EventError {
                         kind: FailureKind::Plugin,
-                        message: errors.next().unwrap_or_default(),
+                        message: truncate_reason(
+                            errors.next().unwrap_or_default(),
+                            caps.error_bytes,
+                        ),
                     }),
                 ),
-                0 => (Status::Dropped, None),
-                _ => (Status::Emitted, None),
+                status => match event_breach(status, matched, records, caps) {
+                    Some(breach) => (Status::Failed, Some(breach)),
+                    None if status == 0 => (Status::Dropped, None),
+                    None => (Status::Emitted, None),
+                },
             };
+            let kept = if status == Status::Failed { 0 } else { count };
             self.outcomes.push(Outcome {
                 status,
-                matched: byte & MATCHED != 0,
+                matched: matched && status != Status::Failed,
                 error,
-                records: at..at + count,
+                records: at..at + kept,
             });
             at += count;
         }
@@ -519,6 +621,86 @@ mod tests {
 
     const DROPPED: u8 = 0;
 
+    const CAPS: OutputCaps = OutputCaps {
+        record_bytes: 8,
+        error_bytes: 16,
+    };
+
+    /// One event's breach fails that event alone; its neighbours keep their
+    /// records, and a reason that is too long is cut and marked.
+    #[test]
+    fn an_event_that_breaks_a_rule_fails_alone() {
+        let mut answer = output(
+            vec![
+                (EMITTED, 1),
+                (EMITTED, 0),
+                (EMITTED, 1),
+                (EMITTED, 2),
+                (DROPPED, 0),
+                (FAILED, 0),
+                (EMITTED, 1),
+            ],
+            &["ok", "123456789", "x", "\u{fffd}", "last"],
+        );
+        // Record 3 (the event at index 3's second record) is not UTF-8.
+        answer.records[answer.record_ends[2] as usize + 1] = 0xff;
+        answer.outcomes[4] |= MATCHED;
+        answer.errors = vec!["é".repeat(20)];
+        let mut result = BatchResult::default();
+        result.push_output(answer, &CAPS);
+        let kinds: Vec<(Status, Option<FailureKind>)> = result
+            .outcomes()
+            .iter()
+            .map(|o| (o.status, o.error.as_ref().map(|e| e.kind)))
+            .collect();
+        use FailureKind::{InvalidOutput, OutputLimit, Plugin};
+        assert_eq!(
+            kinds,
+            [
+                (Status::Emitted, None),
+                (Status::Failed, Some(InvalidOutput)),
+                (Status::Failed, Some(OutputLimit)),
+                (Status::Failed, Some(InvalidOutput)),
+                (Status::Failed, Some(InvalidOutput)),
+                (Status::Failed, Some(Plugin)),
+                (Status::Emitted, None),
+            ]
+        );
+        let outcomes = result.outcomes();
+        assert_eq!(result.records(&outcomes[0]).collect::<Vec<_>>(), [b"ok"]);
+        assert_eq!(result.records(&outcomes[6]).collect::<Vec<_>>(), [b"last"]);
+        assert!(
+            outcomes[1..6]
+                .iter()
+                .all(|o| o.record_count() == 0 && !o.matched)
+        );
+        let message = |i: usize| outcomes[i].error.as_ref().unwrap().message.clone();
+        assert!(
+            message(1).contains("emitted but has no records"),
+            "{}",
+            message(1)
+        );
+        assert!(
+            message(2).contains("9 bytes; the limit is 8"),
+            "{}",
+            message(2)
+        );
+        assert!(
+            message(3).contains("record 1 of the event is not UTF-8"),
+            "{}",
+            message(3)
+        );
+        assert!(
+            message(4).contains("matched but not emitted"),
+            "{}",
+            message(4)
+        );
+        assert_eq!(
+            message(5),
+            format!("{}… [cut: 40 bytes in all]", "é".repeat(8))
+        );
+    }
+
     #[test]
     fn batch_fills_columns_and_slices_rebase_ends() {
         let mut batch = Batch::new("5", "events", 3);
@@ -601,7 +783,10 @@ mod tests {
     #[test]
     fn results_from_several_calls_keep_records_with_their_events() {
         let mut result = BatchResult::default();
-        result.push_output(output(vec![(EMITTED, 2), (DROPPED, 0)], &["a", "bb"]));
+        result.push_output(
+            output(vec![(EMITTED, 2), (DROPPED, 0)], &["a", "bb"]),
+            &CAPS,
+        );
         result.push_failed(
             &EventError {
                 kind: FailureKind::Trap,
@@ -609,7 +794,7 @@ mod tests {
             },
             1,
         );
-        result.push_output(output(vec![(EMITTED, 1), (FAILED, 0)], &["ccc"]));
+        result.push_output(output(vec![(EMITTED, 1), (FAILED, 0)], &["ccc"]), &CAPS);
 
         let outcomes = result.outcomes();
         assert_eq!(outcomes.len(), 5);

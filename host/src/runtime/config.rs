@@ -36,10 +36,22 @@ pub struct RuntimeConfig {
     /// it is retried on halves of its batch; an event that alone passes it fails
     /// with `output limit exceeded`.
     pub output_limit_bytes: u64,
-    /// How many failed guest calls (traps, limits) one batch may cost while the
-    /// runtime isolates the offending events. When the budget is spent, the
-    /// events not yet isolated fail with the last reason seen.
-    pub max_failed_calls_per_batch: u32,
+    /// Most output records one guest call may return; handled like
+    /// `output_limit_bytes`.
+    pub output_limit_records: u64,
+    /// Largest single output record, in bytes. An event with a larger record
+    /// fails alone with `output limit exceeded`. Kafka's producer refuses any
+    /// message over its `message.max.bytes` (1,000,000 by default, key and
+    /// headers included), so the default leaves room for weir's headers.
+    pub max_record_bytes: u64,
+    /// Longest failure reason a plugin may give, in bytes; a longer one is cut
+    /// at a character boundary and marked with its full length.
+    pub max_error_bytes: usize,
+    /// Wall-clock budget of one batch, in milliseconds, including every retry
+    /// while the runtime isolates the events that make calls fail. No call
+    /// runs past what is left of it; once it is spent, the events not yet
+    /// isolated fail with the last reason seen. At least `cpu_limit_ms`.
+    pub batch_budget_ms: u64,
     /// Bytes of guest stdout and of guest stderr forwarded to the log per call;
     /// the rest is counted and reported in one warning.
     pub guest_log_bytes_per_call: usize,
@@ -58,7 +70,10 @@ impl Default for RuntimeConfig {
             epoch_tick_ms: 10,
             fuel_per_call: None,
             output_limit_bytes: 16 << 20,
-            max_failed_calls_per_batch: 16,
+            output_limit_records: 1 << 18,
+            max_record_bytes: 900_000,
+            max_error_bytes: 4096,
+            batch_budget_ms: 1000,
             guest_log_bytes_per_call: 4096,
             perf_map: false,
         }

@@ -3,13 +3,14 @@
 //! batch split until the events responsible are isolated.
 
 use std::ops::Range;
+use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap};
 
-use super::batch::{Batch, BatchResult, EventError, FailureKind, check_output};
+use super::batch::{Batch, BatchResult, EventError, FailureKind, OutputCaps, check_output};
 use super::bindings::{self, WeirPlugin};
 use super::plugin::Plugin;
-use super::state::HostState;
+use super::state::{HostState, mix64};
 use super::{RuntimeError, RuntimeInner};
 
 /// A plugin instance configured for one scenario. Not shared between threads
@@ -38,10 +39,11 @@ pub(crate) struct Live {
 }
 
 impl Live {
-    /// Resets per-call state and sets the CPU budget for the next guest call.
-    pub(crate) fn arm(&mut self, runtime: &RuntimeInner) {
-        self.store.data_mut().begin_call();
-        if let Some(ticks) = runtime.deadline_ticks() {
+    /// Resets per-call state (clocks, randomness from `seed`) and sets the CPU
+    /// budget for the next guest call: the CPU limit, or `left` if shorter.
+    pub(crate) fn arm(&mut self, runtime: &RuntimeInner, seed: u64, left: Option<Duration>) {
+        self.store.data_mut().begin_call(seed);
+        if let Some(ticks) = runtime.deadline_ticks(left) {
             self.store.set_epoch_deadline(ticks);
         }
         if let Some(fuel) = runtime.config.fuel_per_call {
@@ -53,8 +55,8 @@ impl Live {
 
 /// State of the search for the events that make calls fail.
 struct Isolation {
-    /// Failed calls still allowed in this batch.
-    budget: u32,
+    /// When the batch's budget is spent.
+    deadline: Instant,
     /// The reason of the last failed call that was split.
     last: Option<EventError>,
 }
@@ -94,7 +96,7 @@ impl Instance {
         }
         let config = &self.plugin.inner.runtime.config;
         let mut isolation = Isolation {
-            budget: config.max_failed_calls_per_batch.max(1),
+            deadline: Instant::now() + Duration::from_millis(config.batch_budget_ms),
             last: None,
         };
         self.run(batch, 0..batch.len(), &mut result, &mut isolation)?;
@@ -110,36 +112,38 @@ impl Instance {
         result: &mut BatchResult,
         isolation: &mut Isolation,
     ) -> Result<(), RuntimeError> {
-        if isolation.budget == 0 {
+        let left = isolation.deadline.saturating_duration_since(Instant::now());
+        if let Some(last) = &isolation.last
+            && left.is_zero()
+        {
             // Every further call may burn a whole CPU budget again: stop here.
-            if let Some(last) = &isolation.last {
-                let error = EventError {
-                    kind: last.kind,
-                    message: format!(
-                        "{} (not isolated: gave up after {} failed calls in this batch)",
-                        last.message,
-                        result.failed_calls()
-                    ),
-                };
-                self.report(batch, &range, &error);
-                result.push_failed(&error, range.len());
-                return Ok(());
-            }
+            let error = EventError {
+                kind: last.kind,
+                message: format!(
+                    "{} (not isolated: the batch's {} ms budget was spent after {} failed calls)",
+                    last.message,
+                    self.plugin.inner.runtime.config.batch_budget_ms,
+                    result.failed_calls()
+                ),
+            };
+            self.report(batch, &range, &error);
+            result.push_failed(&error, range.len());
+            return Ok(());
         }
+        let started = Instant::now();
         let answer = if range.len() == batch.len() {
-            self.call(&batch.inner)?
+            self.call(&batch.inner, left)?
         } else {
-            self.call(&batch.slice(range.clone()))?
+            self.call(&batch.slice(range.clone()), left)?
         };
         let failure = match answer {
             Ok(output) => {
-                result.push_output(output);
+                result.push_output(output, &OutputCaps::of(&self.plugin.inner.runtime.config));
                 return Ok(());
             }
             Err(failure) => failure,
         };
-        result.note_failed_call();
-        isolation.budget = isolation.budget.saturating_sub(1);
+        result.note_failed_call(started.elapsed());
         if range.len() == 1 || !failure.split {
             self.report(batch, &range, &failure.error);
             result.push_failed(&failure.error, range.len());
@@ -168,13 +172,14 @@ impl Instance {
     fn call(
         &mut self,
         batch: &bindings::Batch,
+        left: Duration,
     ) -> Result<Result<bindings::Output, CallFailure>, RuntimeError> {
         let runtime = self.plugin.inner.runtime.clone();
         let live = match &mut self.live {
             Some(live) => live,
             None => self.live.insert(self.plugin.live(&self.config)?),
         };
-        live.arm(&runtime);
+        live.arm(&runtime, call_seed(batch), Some(left));
         let answer = live
             .bindings
             .weir_plugin_plugin()
@@ -193,16 +198,31 @@ impl Instance {
                         split: false,
                     }));
                 }
-                if output.records.len() as u64 > config.output_limit_bytes {
+                let over = |what: &str, count: usize, limit: u64| {
+                    (count as u64 > limit).then(|| {
+                        format!(
+                            "{count} {what} for {} events; the limit is {limit} per call",
+                            batch.offsets.len()
+                        )
+                    })
+                };
+                let breach = over(
+                    "bytes of output records",
+                    output.records.len(),
+                    config.output_limit_bytes,
+                )
+                .or_else(|| {
+                    over(
+                        "output records",
+                        output.record_ends.len(),
+                        config.output_limit_records,
+                    )
+                });
+                if let Some(message) = breach {
                     return Ok(Err(CallFailure {
                         error: EventError {
                             kind: FailureKind::OutputLimit,
-                            message: format!(
-                                "{} bytes of output records for {} events; the limit is {} bytes per batch",
-                                output.records.len(),
-                                batch.offsets.len(),
-                                config.output_limit_bytes
-                            ),
+                            message,
                         },
                         split: true,
                     }));
@@ -221,6 +241,20 @@ impl Instance {
             }
         }
     }
+}
+
+/// The seed of a call's randomness: what the call is about, so that a replay
+/// of the same events sees the same numbers (see `state.rs`).
+fn call_seed(batch: &bindings::Batch) -> u64 {
+    let text = |seed: u64, text: &str| {
+        text.bytes()
+            .fold(seed, |seed, byte| mix64(seed ^ u64::from(byte)))
+    };
+    let seed = text(text(0, &batch.scenario_id), &batch.topic);
+    let first = batch.offsets.first().copied().unwrap_or_default();
+    let seed = mix64(seed ^ batch.partition as u64);
+    let seed = mix64(seed ^ first as u64);
+    mix64(seed ^ batch.offsets.len() as u64)
 }
 
 /// Names the cause of a failed guest call.

@@ -18,8 +18,22 @@
 //! a limit leaves the instance unusable: it is replaced from its
 //! `InstancePre` and configured again, and the batch is split in halves until
 //! the events responsible are isolated; only they fail, with the reason, and
-//! every other event gets its normal outcome. The number of failed calls per
-//! batch is bounded by [`RuntimeConfig::max_failed_calls_per_batch`].
+//! every other event gets its normal outcome. The search is bounded in time,
+//! not in calls: no call runs past what is left of the batch's
+//! [`RuntimeConfig::batch_budget_ms`], and once it is spent the events not yet
+//! isolated fail with the last reason seen. [`BatchResult::failed_call_time`]
+//! tells the caller what the failures cost, to set a costly plugin aside.
+//!
+//! Output: the plugin's answer is checked against the contract (one outcome
+//! per event; records only for emitted events, and at least one; `matched`
+//! only with `emitted`; every record UTF-8) and against the caps that what
+//! follows can take (bytes and records per call, bytes per record, bytes per
+//! failure reason). A breach of the whole answer fails the call with
+//! `invalid plugin output`; a breach by one event fails that event alone.
+//!
+//! Host calls: no WASI call can block (see `link_virtual_clock`), so the
+//! epoch deadline, which fires only in guest code, bounds every call. What a
+//! guest can observe of time and randomness is in `state.rs`.
 //!
 //! WASI: guests built for `wasm32-wasip2` import `wasi:io`, `wasi:cli`,
 //! `wasi:clocks`, `wasi:random` and `wasi:filesystem` interfaces even when they
@@ -51,6 +65,7 @@ mod batch;
 mod bindings;
 mod config;
 mod instance;
+pub mod limits;
 mod plugin;
 mod state;
 
@@ -118,6 +133,15 @@ pub enum RuntimeError {
         sha256: String,
         /// The WIT version accepted.
         wit: &'static str,
+    },
+    /// The component holds more than a plugin may (memories, tables,
+    /// instances, functions, code size or nesting), checked before compiling.
+    #[error("plugin {sha256}: refused before compiling: {reason}")]
+    TooCostly {
+        /// Short sha256 of the bytes.
+        sha256: String,
+        /// Which bound it passes, and the bound.
+        reason: String,
     },
     /// The component failed to compile.
     #[error("plugin {sha256}: invalid component: {reason}")]
@@ -265,6 +289,16 @@ impl Runtime {
                 reason: "max_instances must be at least 1".to_owned(),
             });
         }
+        if let Some(cpu) = config.cpu_limit_ms
+            && config.batch_budget_ms < cpu
+        {
+            return Err(RuntimeError::Config {
+                reason: format!(
+                    "batch_budget_ms = {} must be at least cpu_limit_ms = {cpu}: a batch gets at least one whole call",
+                    config.batch_budget_ms
+                ),
+            });
+        }
         if config.epoch_tick_ms == 0 {
             return Err(RuntimeError::Config {
                 reason: "epoch_tick_ms must be at least 1".to_owned(),
@@ -273,12 +307,18 @@ impl Runtime {
 
         let mut pool = PoolingAllocationConfig::new();
         let n = config.max_instances;
-        // A wasm32-wasip2 Rust component has a handful of core instances (the
-        // program, WASI shims) and one or two memories and tables.
+        // Every instance may use what one component may hold (`limits.rs`), so
+        // no plugin can drain the pool that the others instantiate from.
+        let per_instance = |cap: usize| n.saturating_mul(cap as u32);
         pool.total_component_instances(n)
-            .total_core_instances(n.saturating_mul(8))
-            .total_memories(n.saturating_mul(2))
-            .total_tables(n.saturating_mul(4))
+            .total_core_instances(per_instance(limits::MAX_CORE_INSTANCES))
+            .total_memories(per_instance(limits::MAX_MEMORIES))
+            .total_tables(per_instance(limits::MAX_TABLES))
+            .max_core_instances_per_component(limits::MAX_CORE_INSTANCES as u32)
+            .max_memories_per_component(limits::MAX_MEMORIES as u32)
+            .max_tables_per_component(limits::MAX_TABLES as u32)
+            .max_memories_per_module(limits::MAX_MEMORIES as u32)
+            .max_tables_per_module(limits::MAX_TABLES as u32)
             .total_stacks(n)
             .max_memory_size(memory_limit);
 
@@ -311,9 +351,11 @@ impl Runtime {
             reason: format!("{e:#}"),
         })?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| RuntimeError::Config {
+        let link_error = |e: wasmtime::Error| RuntimeError::Config {
             reason: format!("linking WASI: {e:#}"),
-        })?;
+        };
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link_error)?;
+        link_virtual_clock(&mut linker).map_err(link_error)?;
 
         if config.cpu_limit_ms.is_some() {
             spawn_epoch_ticker(&engine, Duration::from_millis(config.epoch_tick_ms))?;
@@ -363,14 +405,55 @@ impl Runtime {
 }
 
 impl RuntimeInner {
-    /// Epoch ticks to allow for one call, or `None` when there is no deadline.
-    fn deadline_ticks(&self) -> Option<u64> {
+    /// Epoch ticks to allow for a call that may run `left` more (at most the
+    /// CPU limit), or `None` when there is no deadline.
+    fn deadline_ticks(&self, left: Option<Duration>) -> Option<u64> {
         let config = &self.config;
-        // One extra tick: the current tick may be nearly over when the call starts.
-        config
-            .cpu_limit_ms
-            .map(|ms| ms.div_ceil(config.epoch_tick_ms) + 1)
+        config.cpu_limit_ms.map(|ms| {
+            let ms = left.map_or(ms, |left| ms.min(left.as_millis() as u64));
+            // One extra tick: the current tick may be nearly over when the call starts.
+            ms.div_ceil(config.epoch_tick_ms) + 1
+        })
     }
+}
+
+/// Replaces WASI's clock subscriptions with ones that never wait: the guest's
+/// clock (see `state.rs`) moves on by what it asked to wait for, and the
+/// pollable is ready at once. A sleep, a `poll` on a timer or a busy wait on
+/// the clock therefore never holds the host thread in a host call, where the
+/// epoch deadline cannot reach; the only other pollables a guest can get
+/// (stdin, which is closed, and stdout/stderr, which always accept) are ready
+/// at once too.
+fn link_virtual_clock(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    use wasmtime::StoreContextMut;
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::DynPollable;
+
+    fn ready_pollable(state: &mut HostState) -> wasmtime::Result<(Resource<DynPollable>,)> {
+        let ready = state.table.push(state::Ready)?;
+        Ok((wasmtime_wasi::p2::subscribe(&mut state.table, ready)?,))
+    }
+
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(state::MONOTONIC_CLOCK)?;
+    clock.func_wrap(
+        "subscribe-duration",
+        |mut store: StoreContextMut<'_, HostState>, (nanos,): (u64,)| {
+            let state = store.data_mut();
+            state.clock.advance(nanos);
+            ready_pollable(state)
+        },
+    )?;
+    clock.func_wrap(
+        "subscribe-instant",
+        |mut store: StoreContextMut<'_, HostState>, (instant,): (u64,)| {
+            let state = store.data_mut();
+            state.clock.advance_to(instant);
+            ready_pollable(state)
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// Increments the engine's epoch every `tick` until the engine is dropped.

@@ -10,7 +10,7 @@ use wasmtime::component::Component;
 use super::bindings::{self, BindingsPre, PLUGIN_EXPORT, TYPES_IMPORT, WIT_VERSION};
 use super::instance::{Instance, Live};
 use super::state::HostState;
-use super::{RuntimeError, RuntimeInner, short_hex};
+use super::{RuntimeError, RuntimeInner, limits, short_hex};
 
 /// Import prefixes a plugin may use. They are linked to a deny-all WASI
 /// context; `wasi:sockets` and `wasi:http` are not among them.
@@ -113,11 +113,23 @@ impl Plugin {
             _ => return Err(RuntimeError::NotWasm { sha256: short }),
         }
 
+        limits::check_component(bytes).map_err(|refusal| match refusal {
+            limits::Refusal::TooCostly(reason) => RuntimeError::TooCostly {
+                sha256: short.clone(),
+                reason,
+            },
+            limits::Refusal::Malformed(reason) => RuntimeError::Compile {
+                sha256: short.clone(),
+                reason,
+            },
+        })?;
         let engine = &runtime.engine;
+        let started = std::time::Instant::now();
         let component = Component::new(engine, bytes).map_err(|e| RuntimeError::Compile {
             sha256: short.clone(),
             reason: format!("{e:#}"),
         })?;
+        let compile_ms = started.elapsed().as_millis();
 
         let ty = component.component_type();
         let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
@@ -181,6 +193,7 @@ impl Plugin {
             version = %info.version,
             kind = info.kind.as_str(),
             sha256 = %short,
+            compile_ms,
             "plugin loaded"
         );
         Ok(Self {
@@ -261,7 +274,7 @@ impl Plugin {
             version: info.version.clone(),
             reason,
         };
-        live.arm(&self.inner.runtime);
+        live.arm(&self.inner.runtime, 0, None);
         let answer = live
             .bindings
             .weir_plugin_plugin()
@@ -288,7 +301,7 @@ pub(crate) fn new_store(runtime: &RuntimeInner, plugin: &str, version: &str) -> 
     let mut store = Store::new(&runtime.engine, state);
     store.limiter(|state| &mut state.limiter);
     // Instantiation runs the guest's start code: it needs a budget too.
-    if let Some(ticks) = runtime.deadline_ticks() {
+    if let Some(ticks) = runtime.deadline_ticks(None) {
         store.set_epoch_deadline(ticks);
     }
     if let Some(fuel) = config.fuel_per_call {
@@ -313,7 +326,7 @@ fn describe(
         .instantiate(&mut store)
         .map_err(|e| failed(format!("cannot instantiate: {e:#}")))?;
     let mut live = Live { store, bindings };
-    live.arm(runtime);
+    live.arm(runtime, 0, None);
     let info = live
         .bindings
         .weir_plugin_plugin()
@@ -366,6 +379,8 @@ fn check_info(
         }
         Err(e) => return Err(invalid("config-schema", format!("not JSON: {e}"))),
     };
+    limits::check_schema(&raw.config_schema, &schema)
+        .map_err(|reason| invalid("config-schema", reason))?;
     // Compiled without remote or file reference resolution: a schema that
     // needs either is refused here rather than fetched.
     let schema = jsonschema::validator_for(&schema)
