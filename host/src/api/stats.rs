@@ -94,6 +94,12 @@ pub(super) async fn scenario(
         .minutes(&id, from, to, MAX_MINUTES)
         .await
         .map_err(internal)?;
+    let quarantined = state.pipeline.as_ref().and_then(|p| {
+        let quarantined = p.metrics.quarantined.lock().ok()?;
+        quarantined
+            .get(&id)
+            .map(|q| json!({"plugin": q.plugin, "reason": q.reason, "until": rfc3339(q.until_ms)}))
+    });
     let ratio = |matched: u64, total: u64| {
         if total == 0 {
             0.0
@@ -109,6 +115,7 @@ pub(super) async fn scenario(
         "errors": totals.errors,
         "dropped": totals.dropped,
         "success_ratio": ratio(totals.matched, totals.total),
+        "quarantined": quarantined,
         "versions": versions.iter().map(|(plugin, t)| json!({
             "plugin": plugin, "total": t.total, "matched": t.matched, "errors": t.errors, "dropped": t.dropped,
         })).collect::<Vec<_>>(),
@@ -157,6 +164,11 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         "Events consumed again for the sinks only (outputs produced before a restart or rebalance).",
         m.replayed.load(Ordering::Relaxed),
     );
+    counter(
+        "weir_quarantines_total",
+        "Times a scenario was set aside because its plugin's failures were costly.",
+        m.quarantines.load(Ordering::Relaxed),
+    );
     let _ = writeln!(
         out,
         "# HELP weir_dead_letters_total Events sent to the dead-letter topic, by reason.\n\
@@ -172,9 +184,30 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     }
     let _ = writeln!(
         out,
+        "# HELP weir_scenario_quarantined 1 while a scenario is set aside for its plugin's failures.\n\
+         # TYPE weir_scenario_quarantined gauge"
+    );
+    for (scenario, q) in m.quarantined.lock().expect("metrics lock").iter() {
+        let _ = writeln!(
+            out,
+            "weir_scenario_quarantined{{scenario=\"{}\",plugin=\"{}\"}} 1",
+            label(scenario),
+            label(&q.plugin)
+        );
+    }
+    let _ = writeln!(
+        out,
         "# HELP weir_registry_generation Registry generation the pipeline runs.\n\
          # TYPE weir_registry_generation gauge\nweir_registry_generation {}",
         m.generation.load(Ordering::Relaxed)
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

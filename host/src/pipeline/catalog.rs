@@ -95,11 +95,16 @@ impl Catalog {
             let loaded = match compiled.get(&key) {
                 Some(found) => Ok(found.clone()),
                 None => match registry.plugin_component(&spec.plugin).await {
-                    Ok((version, bytes)) => registry
-                        .runtime()
-                        .load(&bytes)
-                        .map(|plugin| (plugin, format!("{}@{}", spec.plugin.name, version.version)))
-                        .map_err(|e| e.to_string()),
+                    Ok((version, bytes)) => {
+                        // Compiling takes up to seconds of CPU: not on an async worker.
+                        let runtime = registry.runtime().clone();
+                        let label = format!("{}@{}", spec.plugin.name, version.version);
+                        tokio::task::spawn_blocking(move || runtime.load(&bytes))
+                            .await
+                            .map_err(|e| e.to_string())
+                            .and_then(|loaded| loaded.map_err(|e| e.to_string()))
+                            .map(|plugin| (plugin, label))
+                    }
                     Err(err) => Err(err.to_string()),
                 },
             };

@@ -115,11 +115,17 @@ pub struct PipelineConfig {
     pub registry_poll_ms: u64,
     /// First retry delay after a failed cycle, milliseconds; doubles up to 5 s.
     pub retry_backoff_ms: u64,
-    /// How long a scenario whose plugin hit its CPU or memory limit in a batch is
-    /// set aside, seconds: its events go straight to the dead-letter topic (reason
-    /// `plugin_quarantined`) instead of costing every cycle the plugin's limits.
-    /// After that the plugin is tried again. 0 turns quarantine off.
+    /// How long a scenario whose plugin's failures were costly in a batch (see
+    /// `quarantine_after_ms`) is set aside, seconds: its events go straight to the
+    /// dead-letter topic (reason `plugin_quarantined`) instead of costing every
+    /// cycle that much again. After that the plugin is tried again. 0 turns
+    /// quarantine off.
     pub quarantine_secs: u64,
+    /// Wall time a plugin's failed calls (traps, CPU or memory limits alike) may
+    /// cost in one batch before its scenario is set aside, milliseconds. Cheap
+    /// failures (a plugin refusing bad events, or trapping at once on one) never
+    /// reach it; a plugin that spins and then traps, or hits its CPU limit, does.
+    pub quarantine_after_ms: u64,
     /// Extra librdkafka settings for the consumer and producer (e.g. security).
     pub kafka: BTreeMap<String, String>,
 }
@@ -139,6 +145,7 @@ impl Default for PipelineConfig {
             registry_poll_ms: 500,
             retry_backoff_ms: 100,
             quarantine_secs: 30,
+            quarantine_after_ms: 250,
             kafka: BTreeMap::new(),
         }
     }
@@ -214,6 +221,21 @@ pub struct Metrics {
     pub replayed: AtomicU64,
     /// Registry generation in use.
     pub generation: AtomicU64,
+    /// Times a scenario was set aside for its plugin's costly failures.
+    pub quarantines: AtomicU64,
+    /// Scenarios set aside now, by scenario id.
+    pub quarantined: Mutex<BTreeMap<String, Quarantine>>,
+}
+
+/// Why and until when a scenario is set aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantine {
+    /// `name@version` of the plugin whose failures caused it.
+    pub plugin: String,
+    /// The failure, as the dead letters give it.
+    pub reason: String,
+    /// Until when, Unix milliseconds.
+    pub until_ms: i64,
 }
 
 /// Remembers partitions revoked during a poll, so their gathered events are dropped.
@@ -1026,6 +1048,7 @@ impl Pipeline {
                 return (all_failed(message), true);
             }
             self.quarantine.remove(id);
+            self.quarantined().remove(id);
         }
         let result = match self
             .instance(route)
@@ -1044,26 +1067,52 @@ impl Pipeline {
                 );
             }
         };
-        let limit_hit = result.outcomes().iter().find_map(|o| {
-            o.error
-                .as_ref()
-                .filter(|e| matches!(e.kind, FailureKind::CpuLimit | FailureKind::MemoryLimit))
-        });
-        if let Some(error) = limit_hit
+        let cost = result.failed_call_time();
+        let costly = cost >= Duration::from_millis(self.config.quarantine_after_ms);
+        let error = result
+            .outcomes()
+            .iter()
+            .rev()
+            .find_map(|o| o.error.as_ref());
+        if let Some(error) = error.filter(|_| costly)
             && self.config.quarantine_secs > 0
         {
             tracing::warn!(
                 scenario = id,
                 plugin = %route.plugin_label,
                 error = %error,
+                failed_calls = result.failed_calls(),
+                failed_ms = cost.as_millis() as u64,
                 seconds = self.config.quarantine_secs,
-                "plugin hit a limit; its scenario is set aside"
+                "plugin failures were costly; its scenario is set aside"
             );
-            let until = Instant::now() + Duration::from_secs(self.config.quarantine_secs);
+            let span = Duration::from_secs(self.config.quarantine_secs);
+            let reason = format!(
+                "{error} ({} failed calls took {} ms in one batch)",
+                result.failed_calls(),
+                cost.as_millis()
+            );
             self.quarantine
-                .insert(id.to_owned(), (until, error.to_string()));
+                .insert(id.to_owned(), (Instant::now() + span, reason.clone()));
+            self.metrics.quarantines.fetch_add(1, Ordering::Relaxed);
+            let until_ms = chrono::Utc::now().timestamp_millis() + span.as_millis() as i64;
+            self.quarantined().insert(
+                id.to_owned(),
+                Quarantine {
+                    plugin: route.plugin_label.clone(),
+                    reason,
+                    until_ms,
+                },
+            );
         }
         (result, false)
+    }
+
+    fn quarantined(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Quarantine>> {
+        self.metrics
+            .quarantined
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn enriched(&self, catalog: &Catalog, raw: &[u8], member: &str) -> Option<Vec<u8>> {
