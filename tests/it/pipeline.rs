@@ -755,6 +755,183 @@ async fn a_hostile_plugin_hurts_only_its_own_scenario() {
     assert_eq!(metrics.dead_letters.load(Ordering::Relaxed), bad_count);
 }
 
+/// Where a source event ended up: `partition:offset`, from an output's or a dead
+/// letter's headers.
+fn source_of(record: &ReadBack) -> String {
+    match record.headers.get("weir-source-partition") {
+        Some(partition) => format!("{partition}:{}", record.headers["weir-source-offset"]),
+        None => record.headers["weir-source-offset"].clone(),
+    }
+}
+
+/// Runs `good` events for the good scenario and, interleaved on the same topic,
+/// `hostile` events for each hostile scenario; returns what was read back and the
+/// wall time the pipeline took.
+async fn run_mix(
+    registry: &Registry,
+    u: &str,
+    good: &str,
+    hostile: &[String],
+    good_events: usize,
+    hostile_events: usize,
+) -> (Vec<ReadBack>, Duration, u64) {
+    let brokers = Service::Kafka.addr();
+    let (events_topic, dlq) = (format!("{u}-events"), format!("{u}-dlq"));
+    let outputs: Vec<String> = std::iter::once(good)
+        .chain(hostile.iter().map(String::as_str))
+        .map(|id| format!("{id}-out"))
+        .collect();
+    let mut topics: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    topics.extend([events_topic.as_str(), dlq.as_str()]);
+    create_topics(&brokers, &topics).await;
+    let mut events = Vec::new();
+    let every = good_events / hostile_events.max(1);
+    for i in 0..good_events {
+        events.push((None, serde_json::to_vec(&event(good, i, true)).unwrap()));
+        if hostile_events > 0 && i % every == 0 {
+            for scenario in hostile {
+                events.push((None, serde_json::to_vec(&event(scenario, i, true)).unwrap()));
+            }
+        }
+    }
+    let total = events.len();
+    produce(&brokers, &events_topic, events).await;
+    let started = Instant::now();
+    run_until(
+        pipeline_config(&brokers, &unique("group"), &[&events_topic], &dlq),
+        registry,
+        Vec::new(),
+        total as u64,
+    )
+    .await;
+    let took = started.elapsed();
+    let mut read_from: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    read_from.push(&dlq);
+    (
+        read_committed(&brokers, &read_from, total),
+        took,
+        total as u64,
+    )
+}
+
+/// Every hostile class at once beside a good scenario on one topic: a plugin
+/// that sleeps in every export, one that spins forever, one that spins and then
+/// traps, one that floods records. The good scenario gets every output once and
+/// keeps flowing (its run takes at most a few times as long as alone), and every
+/// hostile event ends up exactly once: an output, or a dead letter naming the
+/// plugin and the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hostile_class_stays_in_its_own_scenario() {
+    let registry = registry().await;
+    let u = unique("classes");
+    let hostile_plugins = [
+        ("sleeper", weir_artifacts::FIXTURE_SLEEPER, json!({})),
+        (
+            "endless-loop",
+            weir_artifacts::FIXTURE_ENDLESS_LOOP,
+            json!({}),
+        ),
+        ("slow-trap", weir_artifacts::FIXTURE_SLOW_TRAP, json!({})),
+        (
+            "bad-output",
+            weir_artifacts::FIXTURE_BAD_OUTPUT,
+            json!({"mode": "record-flood"}),
+        ),
+    ];
+    let mut hostile = Vec::new();
+    for (name, path, config) in &hostile_plugins {
+        let bytes = std::fs::read(path).expect("artifact");
+        registry
+            .upload_plugin(bytes, Some(name), "test", MakeCurrent::IfNew)
+            .await
+            .expect("upload");
+        let id = format!("{u}-{name}");
+        let mut doc =
+            json!({"scenario_id": id, "plugin": name, "output_topic": format!("{id}-out")});
+        for (k, v) in config.as_object().unwrap() {
+            doc[k] = v.clone();
+        }
+        registry
+            .put_scenario(doc, None, PutMode::Create, "test")
+            .await
+            .unwrap_or_else(|e| panic!("{name} scenario: {e}"));
+        hostile.push(id);
+    }
+    let alone = format!("{u}-alone");
+    let good = format!("{u}-good");
+    for id in [&alone, &good] {
+        registry
+            .put_scenario(
+                scenario_doc(id, json!({"output_topic": format!("{id}-out")})),
+                None,
+                PutMode::Create,
+                "test",
+            )
+            .await
+            .expect("good scenario");
+    }
+
+    const GOOD: usize = 8_000;
+    let (_, alone_took, _) = run_mix(&registry, &format!("{u}-a"), &alone, &[], GOOD, 0).await;
+    let (read, mixed_took, total) =
+        run_mix(&registry, &format!("{u}-m"), &good, &hostile, GOOD, 40).await;
+    println!(
+        "good scenario alone: {alone_took:?}; beside four hostile ones: {mixed_took:?} ({:.1}x)",
+        mixed_took.as_secs_f64() / alone_took.as_secs_f64()
+    );
+
+    let mut by_scenario: HashMap<String, Vec<&ReadBack>> = HashMap::new();
+    for record in &read {
+        by_scenario
+            .entry(record.headers["weir-scenario"].clone())
+            .or_default()
+            .push(record);
+    }
+    assert_eq!(
+        read.len() as u64,
+        total,
+        "one output or dead letter per event"
+    );
+    assert_eq!(by_scenario[&good].len(), GOOD);
+    assert!(
+        by_scenario[&good]
+            .iter()
+            .all(|r| !r.headers.contains_key("weir-reason"))
+    );
+    for (id, (name, _, _)) in hostile.iter().zip(&hostile_plugins) {
+        let records = &by_scenario[id];
+        let sources: std::collections::HashSet<String> =
+            records.iter().map(|r| source_of(r)).collect();
+        assert_eq!(
+            sources.len(),
+            records.len(),
+            "{name}: an event accounted for twice"
+        );
+        assert_eq!(records.len() as u64, (total - GOOD as u64) / 4, "{name}");
+        for record in records {
+            assert_eq!(record.headers["weir-plugin"], format!("{name}@1"));
+            let reason = record.headers.get("weir-reason").map(String::as_str);
+            let allowed: &[Option<&str>] = match *name {
+                // Its sleeps return at once: every event is handled.
+                "sleeper" => &[None],
+                "endless-loop" => &[Some("cpu_limit"), Some("plugin_quarantined")],
+                "slow-trap" => &[
+                    Some("plugin_trap"),
+                    Some("cpu_limit"),
+                    Some("plugin_quarantined"),
+                ],
+                _ => &[None, Some("output_limit"), Some("plugin_quarantined")],
+            };
+            assert!(allowed.contains(&reason), "{name}: {reason:?}");
+        }
+    }
+    // A stall (a sleep held for real, a budget per failed call) costs minutes here.
+    assert!(
+        mixed_took < alone_took * 6 + Duration::from_secs(10),
+        "the good scenario slowed from {alone_took:?} alone to {mixed_took:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_commits_and_a_restart_resumes_there() {
     let OneScenario {
