@@ -2,11 +2,13 @@
 //!
 //! # Layout
 //!
-//! - [`runtime`]: the plugin runtime. Loads WebAssembly components that
-//!   implement `weir:plugin@0.1.0` (`wit/plugin.wit`), checks them, and runs
-//!   batches of events through them under CPU, memory and output limits. One
-//!   `Runtime` per process; a `Plugin` per uploaded component; an `Instance`
-//!   per configured scenario and worker.
+//! - [`runtime`]: the plugin runtime, the `weir-runtime` crate (`runtime/`),
+//!   re-exported. Loads WebAssembly components that implement
+//!   `weir:plugin@0.1.0` (`wit/plugin.wit`), checks them, and runs batches of
+//!   events through them under CPU, memory and output bounds. One `Runtime`
+//!   per process; a `Plugin` per uploaded component; an `Instance` per
+//!   configured scenario and worker. A crate of its own so that the SDK's
+//!   `testing` layer uses it without building the rest of the host.
 //!
 //! - [`registry`]: the shared SQL state (SQLite, MariaDB or PostgreSQL):
 //!   plugin versions, scenarios, members, and the generation number replicas
@@ -24,4 +26,4 @@ pub mod api;
 pub mod archive;
 pub mod pipeline;
 pub mod registry;
-pub mod runtime;
+pub use weir_runtime as runtime;

@@ -22,7 +22,7 @@
 
 use std::path::Path;
 
-use weir::runtime::{self, Batch, Runtime, RuntimeConfig};
+use weir_runtime::{self as runtime, Batch, Runtime, RuntimeConfig};
 
 use crate::{EventResult, Status};
 

@@ -1032,15 +1032,11 @@ impl Pipeline {
     fn run_scenario(&mut self, route: &Arc<Route>, batch: &Batch) -> (BatchResult, bool) {
         let id = route.id.as_str();
         let all_failed = |message: String| {
-            let mut failed = BatchResult::default();
-            failed.push_failed(
-                &EventError {
-                    kind: FailureKind::Plugin,
-                    message,
-                },
-                batch.len(),
-            );
-            failed
+            let error = EventError {
+                kind: FailureKind::Plugin,
+                message,
+            };
+            BatchResult::all_failed(&error, batch.len())
         };
         if let Some((until, why)) = self.quarantine.get(id) {
             if Instant::now() < *until {

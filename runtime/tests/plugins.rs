@@ -9,7 +9,7 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use weir::runtime::{
+use weir_runtime::{
     Batch, BatchResult, EventInput, FailureKind, Plugin, PluginKind, Runtime, RuntimeConfig,
     RuntimeError, Status,
 };
@@ -642,6 +642,17 @@ fn huge_output() {
     );
     assert_eq!(result.output_bytes(), 3 * 409600);
     assert_eq!(result.failed_calls(), 1);
+
+    // 950,000 bytes: within the 1 MiB a call may return, over what Kafka takes
+    // in one message: each event fails alone, by the per-record cap.
+    let mut over_record = plugin.instantiate(r#"{"bytes": 950000}"#).unwrap();
+    let result = over_record.process(&batch_of(&values[..1])).unwrap();
+    assert_eq!(failure_kinds(&result), vec![Some(FailureKind::OutputLimit)]);
+    let error = result.outcomes()[0].error.as_ref().unwrap();
+    assert_eq!(
+        error.to_string(),
+        "output limit exceeded: record 0 of the event is 950000 bytes; the limit is 900000 per record"
+    );
 
     // The default (64 MiB) cannot even be built inside a 32 MiB memory.
     let mut default = plugin.instantiate("{}").unwrap();

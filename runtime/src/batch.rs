@@ -457,6 +457,15 @@ impl BatchResult {
         self.failed_call_time += took;
     }
 
+    /// A result in which all `count` events failed with `error`: what a caller
+    /// answers for a batch it did not run (a scenario set aside, an instance
+    /// that could not be made).
+    pub fn all_failed(error: &EventError, count: usize) -> Self {
+        let mut result = Self::default();
+        result.push_failed(error, count);
+        result
+    }
+
     /// Appends `count` failed outcomes with the same reason.
     pub(crate) fn push_failed(&mut self, error: &EventError, count: usize) {
         let at = self.ends.len();

@@ -1,4 +1,4 @@
-//! The plugin runtime: runs scenario plugins (WebAssembly components
+//! weir-runtime, the plugin runtime: runs scenario plugins (WebAssembly components
 //! implementing `weir:plugin@0.1.0`, see `wit/plugin.wit`) in a sandbox.
 //!
 //! It owns the one wasmtime [`Engine`] of the process, the compiled-code cache,
@@ -60,6 +60,8 @@
 //!
 //! Calls are synchronous and may run for up to the CPU limit: async callers
 //! run them on a blocking thread (`tokio::task::spawn_blocking`).
+
+#![warn(missing_docs)]
 
 mod batch;
 mod bindings;
