@@ -380,10 +380,30 @@ fn truncate_reason(mut message: String, max: usize) -> String {
 }
 
 /// Why one event's part of an answer breaks the contract or a cap, if it does.
+/// Whether every record of an answer is within the record cap and UTF-8:
+/// one pass over the whole buffer (the common case), so that only an answer
+/// with a bad record is examined record by record.
+fn records_fine(output: &bindings::Output, caps: &OutputCaps) -> bool {
+    let bytes = &output.records;
+    let mut start = 0usize;
+    for &end in &output.record_ends {
+        let end = end as usize;
+        // A record that ends inside a character is not UTF-8 on its own
+        // (the test is `str::is_char_boundary`'s: not a continuation byte).
+        if end - start > caps.record_bytes || bytes.get(end).is_some_and(|&b| (b as i8) < -0x40) {
+            return false;
+        }
+        start = end;
+    }
+    simdutf8::basic::from_utf8(bytes).is_ok()
+}
+
+/// `records` are only examined when `check_records` (see [`records_fine`]).
 fn event_breach<'a>(
     status: u8,
     matched: bool,
     records: impl ExactSizeIterator<Item = &'a [u8]>,
+    check_records: bool,
     caps: &OutputCaps,
 ) -> Option<EventError> {
     let invalid = |message: String| {
@@ -398,7 +418,7 @@ fn event_breach<'a>(
     if matched && status != EMITTED {
         return invalid("the event is matched but not emitted".to_owned());
     }
-    for (i, record) in records.enumerate() {
+    for (i, record) in records.enumerate().filter(|_| check_records) {
         if record.len() > caps.record_bytes {
             return Some(EventError {
                 kind: FailureKind::OutputLimit,
@@ -480,6 +500,7 @@ impl BatchResult {
     pub(crate) fn push_output(&mut self, output: bindings::Output, caps: &OutputCaps) {
         let base = self.data.len();
         let mut at = self.ends.len();
+        let check_records = !records_fine(&output, caps);
         let mut errors = output.errors.into_iter();
         let mut record_start = 0usize;
         for (&byte, &count) in output.outcomes.iter().zip(&output.record_counts) {
@@ -505,7 +526,7 @@ impl BatchResult {
                         ),
                     }),
                 ),
-                status => match event_breach(status, matched, records, caps) {
+                status => match event_breach(status, matched, records, check_records, caps) {
                     Some(breach) => (Status::Failed, Some(breach)),
                     None if status == 0 => (Status::Dropped, None),
                     None => (Status::Emitted, None),
@@ -634,6 +655,21 @@ mod tests {
         record_bytes: 8,
         error_bytes: 16,
     };
+
+    /// A character cut between two records is caught although the buffer as a
+    /// whole is UTF-8.
+    #[test]
+    fn a_character_split_across_records_is_not_utf8() {
+        let mut answer = output(vec![(EMITTED, 2)], &["é", ""]);
+        answer.record_ends = vec![1, 2];
+        assert!(std::str::from_utf8(&answer.records).is_ok());
+        assert!(!records_fine(&answer, &CAPS));
+        let mut result = BatchResult::default();
+        result.push_output(answer, &CAPS);
+        let error = result.outcomes()[0].error.as_ref().unwrap();
+        assert_eq!(error.kind, FailureKind::InvalidOutput);
+        assert!(records_fine(&output(vec![(EMITTED, 1)], &["é"]), &CAPS));
+    }
 
     /// One event's breach fails that event alone; its neighbours keep their
     /// records, and a reason that is too long is cut and marked.
