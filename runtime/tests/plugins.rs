@@ -329,20 +329,26 @@ fn endless_loop() {
     assert_passthrough_still_works();
 }
 
-#[test]
-fn batch_budget_bounds_the_cost_of_a_hopeless_batch() {
+/// Runs 64 events through `path` under a CPU limit and a batch budget (ms);
+/// returns the result and how long the batch took.
+fn timed_batch_of_64(path: &str, cpu_ms: u64, budget_ms: u64) -> (BatchResult, Duration) {
     let runtime = Runtime::new(RuntimeConfig {
-        cpu_limit_ms: Some(20),
-        batch_budget_ms: 50,
+        cpu_limit_ms: Some(cpu_ms),
+        batch_budget_ms: budget_ms,
         ..RuntimeConfig::default()
     })
     .unwrap();
-    let bytes = std::fs::read(weir_artifacts::FIXTURE_ENDLESS_LOOP).unwrap();
+    let bytes = std::fs::read(path).unwrap();
     let mut instance = runtime.load(&bytes).unwrap().instantiate("{}").unwrap();
     let values: Vec<String> = (0..64).map(event).collect();
     let started = Instant::now();
     let result = instance.process(&batch_of(&values)).unwrap();
-    let took = started.elapsed();
+    (result, started.elapsed())
+}
+
+#[test]
+fn batch_budget_bounds_the_cost_of_a_hopeless_batch() {
+    let (result, took) = timed_batch_of_64(weir_artifacts::FIXTURE_ENDLESS_LOOP, 20, 50);
     // Whole batch (20 ms), first half (20 ms), first quarter (the 10 ms left):
     // then the budget is spent, however many calls that took.
     assert!(took < Duration::from_millis(250), "{took:?}");
@@ -367,18 +373,7 @@ fn batch_budget_bounds_the_cost_of_a_hopeless_batch() {
 /// than the batch's budget in all.
 #[test]
 fn slow_trap() {
-    let runtime = Runtime::new(RuntimeConfig {
-        cpu_limit_ms: Some(200),
-        batch_budget_ms: 500,
-        ..RuntimeConfig::default()
-    })
-    .unwrap();
-    let bytes = std::fs::read(weir_artifacts::FIXTURE_SLOW_TRAP).unwrap();
-    let mut instance = runtime.load(&bytes).unwrap().instantiate("{}").unwrap();
-    let values: Vec<String> = (0..64).map(event).collect();
-    let started = Instant::now();
-    let result = instance.process(&batch_of(&values)).unwrap();
-    let took = started.elapsed();
+    let (result, took) = timed_batch_of_64(weir_artifacts::FIXTURE_SLOW_TRAP, 200, 500);
     assert!(took < Duration::from_millis(900), "{took:?}");
     assert!(
         result.outcomes().iter().all(|o| o.status == Status::Failed),

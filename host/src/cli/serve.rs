@@ -341,7 +341,7 @@ async fn serve(mut config: Resolved) -> anyhow::Result<()> {
         .await
         .context("opening the registry")?;
     registry
-        .install_shipped(weir_artifacts::SHIPPED)
+        .install_shipped(weir_plugins::SHIPPED)
         .await
         .context("installing the shipped plugins")?;
     let pipeline_stop = CancellationToken::new();

@@ -1,7 +1,9 @@
-//! Paths of every guest component in the workspace, built for `wasm32-wasip2`.
+//! Paths of every guest component the tests use, built for `wasm32-wasip2`:
+//! the test fixtures (built here) and the shipped plugins (built by
+//! `weir-plugins` and re-exported here, so tests name both from one place).
 //!
-//! Depend on this crate (usually as a dev-dependency) to get ready-built
-//! `.wasm` files in tests and benchmarks:
+//! Depend on this crate as a dev-dependency to get ready-built `.wasm` files
+//! in tests and benchmarks:
 //!
 //! ```
 //! let bytes = std::fs::read(weir_artifacts::FIXTURE_PASSTHROUGH).unwrap();
@@ -10,32 +12,28 @@
 //!
 //! # What is built
 //!
-//! The build script finds every crate directory under `plugins/` (shipped
-//! plugins) and `tests/fixtures/` (test fixtures, hostile ones included) and
-//! builds them all with one nested
+//! The build script finds every guest crate under `tests/fixtures/` (hostile
+//! ones included) and builds them with one nested
 //! `cargo build --release --target wasm32-wasip2 -p <crate>...` into
 //! `target/wasm-artifacts/` (a separate target directory, because the outer
-//! cargo holds the lock of `target/`). Each crate is a `cdylib`, which for
-//! `wasm32-wasip2` is already a component. The build fails if any of them is not.
-//! It reruns when anything under `wit/`, `sdk/`, `plugins/` or
-//! `tests/fixtures/` changes.
+//! cargo holds the lock of `target/`; `plugins/bundle/guests.rs` has the code
+//! both build scripts share). Each crate is a `cdylib`, which for
+//! `wasm32-wasip2` is already a component; the build fails if one is not.
+//! Fixtures written in the component text format (`tests/fixtures/*.wat`) are
+//! assembled, and two are generated: [`FIXTURE_CORE_MODULE`], a tiny core
+//! module (not a component) for the "a core module is refused" tests, and
+//! [`FIXTURE_COMPILE_BOMB`], a component too costly to compile. It reruns
+//! when anything under `wit/`, `sdk/` or `tests/fixtures/` changes.
 //!
-//! [`SHIPPED`] carries the shipped plugins' bytes (`include_bytes!`), which is
-//! how the `weir` binary installs them on start: the host depends on this crate
-//! for that, not only its tests.
-//!
-//! For each crate it generates one constant holding the absolute path of its
-//! component: `PLUGIN_<DIR>` for `plugins/<dir>`, `FIXTURE_<DIR>` for
-//! `tests/fixtures/<dir>` (upper case, `-` becomes `_`), e.g.
-//! [`FIXTURE_PASSTHROUGH`]. [`FIXTURE_CORE_MODULE`] is not a crate: it is a
-//! tiny core WebAssembly module (not a component) written by the build script,
-//! for the "a core module is refused" tests. [`PLUGINS`], [`FIXTURES`] and
-//! [`ALL`] list them as `(directory name, path)`.
+//! Each fixture has a constant holding the absolute path of its component,
+//! `FIXTURE_<DIR>` (upper case, `-` becomes `_`), e.g. [`FIXTURE_PASSTHROUGH`];
+//! each shipped plugin `PLUGIN_<DIR>`. [`PLUGINS`] and [`FIXTURES`] list them
+//! as `(directory name, path)`, and [`all`] both.
 //!
 //! # A fixture without a test is a build error
 //!
 //! [`foreach_fixture!`] calls a macro once per fixture with the fixture's
-//! directory name in snake case. The host's test module for fixtures must
+//! directory name in snake case. The runtime's test module for fixtures must
 //! invoke it with a macro that names a test function of that name:
 //!
 //! ```text
@@ -58,6 +56,13 @@
 //! that a test of that name exists, not what it asserts. [`foreach_plugin!`]
 //! does the same for shipped plugins.
 
+pub use weir_plugins::*;
+
+/// Every artifact, plugins then fixtures, as `(directory name, path)`.
+pub fn all() -> impl Iterator<Item = (&'static str, &'static str)> {
+    PLUGINS.iter().chain(FIXTURES).copied()
+}
+
 include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 
 #[cfg(test)]
@@ -74,10 +79,10 @@ mod tests {
 
     #[test]
     fn every_artifact_is_a_component_except_the_core_module() {
-        assert_eq!(ALL.len(), PLUGINS.len() + FIXTURES.len());
-        for (name, path) in ALL {
+        assert_eq!(all().count(), PLUGINS.len() + FIXTURES.len());
+        for (name, path) in all() {
             assert!(path.ends_with(".wasm"), "{name}: {path}");
-            let expected = if *name == "core-module" {
+            let expected = if name == "core-module" {
                 CORE_HEADER
             } else {
                 COMPONENT_HEADER
@@ -114,9 +119,9 @@ mod tests {
 
     #[test]
     fn components_export_the_plugin_interface_of_their_version() {
-        for (name, path) in ALL.iter().filter(|(name, _)| *name != "core-module") {
+        for (name, path) in all().filter(|(name, _)| *name != "core-module") {
             let (_, exports) = interface(path);
-            let expected: &[&str] = match *name {
+            let expected: &[&str] = match name {
                 "wrong-world" => &["weir:plugin/plugin@0.2.0"],
                 // Refused for its shape before anything looks at its interface.
                 "compile-bomb" => &[],
@@ -128,13 +133,13 @@ mod tests {
 
     #[test]
     fn only_forbidden_import_imports_sockets_or_filesystem() {
-        for (name, path) in ALL.iter().filter(|(name, _)| *name != "core-module") {
+        for (name, path) in all().filter(|(name, _)| *name != "core-module") {
             let (imports, _) = interface(path);
             let sockets = imports.iter().any(|i| i.starts_with("wasi:sockets/tcp"));
             let preopens = imports
                 .iter()
                 .any(|i| i.starts_with("wasi:filesystem/preopens"));
-            if *name == "forbidden-import" {
+            if name == "forbidden-import" {
                 assert!(sockets && preopens, "{name} imports only {imports:?}");
             } else {
                 assert!(!sockets, "{name} imports wasi:sockets: {imports:?}");
