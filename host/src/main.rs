@@ -6,6 +6,14 @@ mod cli;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // `weir serve` compiles uploaded plugins in a child process of itself,
+    // under a time and memory budget (weir_runtime::compile).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == weir::runtime::compile::WORKER_ARG)
+    {
+        return weir::runtime::compile::worker_main();
+    }
     let args = cli::Cli::parse();
     cli::init_logging(args.verbose);
     match args.command.run() {

@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How the plugin runtime is set up. Every field has a default, so `{}` is a
 /// valid configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Directory of wasmtime's on-disk compilation cache. A component whose
@@ -55,6 +55,19 @@ pub struct RuntimeConfig {
     /// Bytes of guest stdout and of guest stderr forwarded to the log per call;
     /// the rest is counted and reported in one warning.
     pub guest_log_bytes_per_call: usize,
+    /// Wall-clock budget for compiling one component in the compile worker,
+    /// in milliseconds (see `compile_program`). A component that takes longer
+    /// is refused at upload.
+    pub compile_time_limit_ms: u64,
+    /// Memory the compile worker may use for one component, in bytes (its
+    /// `RLIMIT_DATA`). A component that needs more is refused at upload.
+    pub compile_memory_limit_bytes: u64,
+    /// Program that compiles components under the two budgets above, run as
+    /// `<program> __compile-plugin` (see `compile.rs`); `weir serve` names its
+    /// own binary. Not read from configuration. `None` compiles in-process,
+    /// bounded only by the shape checks.
+    #[serde(skip)]
+    pub compile_program: Option<PathBuf>,
     /// Write `/tmp/perf-<pid>.map` as plugins are compiled, so that Linux
     /// `perf` names guest functions in its profiles. For profiling only.
     pub perf_map: bool,
@@ -74,6 +87,9 @@ impl Default for RuntimeConfig {
             max_record_bytes: 900_000,
             max_error_bytes: 4096,
             batch_budget_ms: 1000,
+            compile_time_limit_ms: 30_000,
+            compile_memory_limit_bytes: 2 << 30,
+            compile_program: None,
             guest_log_bytes_per_call: 4096,
             perf_map: false,
         }

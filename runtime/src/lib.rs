@@ -65,6 +65,7 @@
 
 mod batch;
 mod bindings;
+pub mod compile;
 mod config;
 mod instance;
 pub mod limits;
@@ -324,34 +325,7 @@ impl Runtime {
             .total_stacks(n)
             .max_memory_size(memory_limit);
 
-        let mut wasm = wasmtime::Config::new();
-        wasm.wasm_component_model(true)
-            .epoch_interruption(config.cpu_limit_ms.is_some())
-            .consume_fuel(config.fuel_per_call.is_some())
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        if config.perf_map {
-            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
-        }
-
-        let cache = match &config.cache_dir {
-            Some(dir) => {
-                let cache_error = |reason: String| RuntimeError::Cache {
-                    dir: dir.clone(),
-                    reason,
-                };
-                let absolute = std::path::absolute(dir).map_err(|e| cache_error(e.to_string()))?;
-                let mut cache_config = CacheConfig::new();
-                cache_config.with_directory(absolute);
-                let cache = Cache::new(cache_config).map_err(|e| cache_error(format!("{e:#}")))?;
-                wasm.cache(Some(cache.clone()));
-                Some(cache)
-            }
-            None => None,
-        };
-
-        let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Config {
-            reason: format!("{e:#}"),
-        })?;
+        let (engine, cache) = engine(&config, Some(pool))?;
         let mut linker = Linker::new(&engine);
         let link_error = |e: wasmtime::Error| RuntimeError::Config {
             reason: format!("linking WASI: {e:#}"),
@@ -417,6 +391,45 @@ impl RuntimeInner {
             ms.div_ceil(config.epoch_tick_ms) + 1
         })
     }
+}
+
+/// The engine for `config`: with the pooling allocator `pool` in the
+/// service, without in the compile worker (which only compiles). Both share
+/// every setting that compiled code depends on, so the worker's results are
+/// found in the cache by the service.
+pub(crate) fn engine(
+    config: &RuntimeConfig,
+    pool: Option<PoolingAllocationConfig>,
+) -> Result<(Engine, Option<Cache>), RuntimeError> {
+    let mut wasm = wasmtime::Config::new();
+    wasm.wasm_component_model(true)
+        .epoch_interruption(config.cpu_limit_ms.is_some())
+        .consume_fuel(config.fuel_per_call.is_some());
+    if let Some(pool) = pool {
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    if config.perf_map {
+        wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
+    let cache = match &config.cache_dir {
+        Some(dir) => {
+            let cache_error = |reason: String| RuntimeError::Cache {
+                dir: dir.clone(),
+                reason,
+            };
+            let absolute = std::path::absolute(dir).map_err(|e| cache_error(e.to_string()))?;
+            let mut cache_config = CacheConfig::new();
+            cache_config.with_directory(absolute);
+            let cache = Cache::new(cache_config).map_err(|e| cache_error(format!("{e:#}")))?;
+            wasm.cache(Some(cache.clone()));
+            Some(cache)
+        }
+        None => None,
+    };
+    let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Config {
+        reason: format!("{e:#}"),
+    })?;
+    Ok((engine, cache))
 }
 
 /// Replaces WASI's clock subscriptions with ones that never wait: the guest's

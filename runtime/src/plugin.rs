@@ -10,7 +10,7 @@ use wasmtime::component::Component;
 use super::bindings::{self, BindingsPre, PLUGIN_EXPORT, TYPES_IMPORT, WIT_VERSION};
 use super::instance::{Instance, Live};
 use super::state::HostState;
-use super::{RuntimeError, RuntimeInner, limits, short_hex};
+use super::{RuntimeError, RuntimeInner, compile, limits, short_hex};
 
 /// Import prefixes a plugin may use. They are linked to a deny-all WASI
 /// context; `wasi:sockets` and `wasi:http` are not among them.
@@ -123,6 +123,9 @@ impl Plugin {
                 reason,
             },
         })?;
+        if let Some(program) = &runtime.config.compile_program {
+            compile_first(program, &runtime, bytes, &sha256, &short)?;
+        }
         let engine = &runtime.engine;
         let started = std::time::Instant::now();
         let component = Component::new(engine, bytes).map_err(|e| RuntimeError::Compile {
@@ -285,6 +288,44 @@ impl Plugin {
             Ok(Err(reason)) => Err(refused(reason)),
             Err(trap) => Err(refused(format!("configure trapped: {trap:#}"))),
         }
+    }
+}
+
+/// Compiles `bytes` in the compile worker unless a worker compiled them
+/// before (a marker next to the compiled-code cache says so), so that what is
+/// too costly to compile is refused before this process compiles it.
+fn compile_first(
+    program: &std::path::Path,
+    runtime: &RuntimeInner,
+    bytes: &[u8],
+    sha256: &[u8; 32],
+    short: &str,
+) -> Result<(), RuntimeError> {
+    let marker = runtime.config.cache_dir.as_ref().map(|dir| {
+        let hex: String = sha256.iter().map(|b| format!("{b:02x}")).collect();
+        dir.join("weir-compiled").join(hex)
+    });
+    if marker.as_ref().is_some_and(|m| m.exists()) {
+        return Ok(());
+    }
+    match compile::compile_in_worker(program, &runtime.config, bytes) {
+        Ok(()) => {
+            if let Some(marker) = marker {
+                // Only saves the next load a worker run; nothing depends on it.
+                let _ = std::fs::create_dir_all(marker.parent().unwrap_or(&marker))
+                    .and_then(|()| std::fs::write(&marker, b""));
+            }
+            Ok(())
+        }
+        Err(compile::WorkerRefusal::TooCostly(reason)) => Err(RuntimeError::TooCostly {
+            sha256: short.to_owned(),
+            reason,
+        }),
+        Err(compile::WorkerRefusal::Invalid(reason)) => Err(RuntimeError::Compile {
+            sha256: short.to_owned(),
+            reason,
+        }),
+        Err(compile::WorkerRefusal::Unavailable(reason)) => Err(RuntimeError::Config { reason }),
     }
 }
 

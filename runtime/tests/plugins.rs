@@ -569,6 +569,70 @@ fn two_memories() {
     assert_passthrough_still_works();
 }
 
+/// A runtime that compiles in the compile worker, with its own cache.
+fn with_worker(config: RuntimeConfig) -> Runtime {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("weir-worker-cache-{}", std::process::id()))
+        .join(config.compile_memory_limit_bytes.to_string());
+    Runtime::new(RuntimeConfig {
+        cache_dir: Some(dir),
+        compile_program: Some(env!("CARGO_BIN_EXE_weir-compile-worker").into()),
+        ..config
+    })
+    .unwrap()
+}
+
+/// 400 functions at the nesting cap pass the shape checks and would compile
+/// for seconds; the compile worker's time budget refuses them, soon after it.
+#[test]
+fn slow_compile() {
+    let bytes = std::fs::read(weir_artifacts::FIXTURE_SLOW_COMPILE).unwrap();
+    assert!(weir_runtime::limits::check_component(&bytes).is_ok());
+    let runtime = with_worker(RuntimeConfig {
+        compile_time_limit_ms: 300,
+        ..RuntimeConfig::default()
+    });
+    let started = Instant::now();
+    let err = runtime.load(&bytes).unwrap_err();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(matches!(err, RuntimeError::TooCostly { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("compiling ran past its 300 ms budget"),
+        "{err}"
+    );
+}
+
+/// The worker compiles into the cache, where the service then finds it; with
+/// too little memory it is stopped and the component refused.
+#[test]
+fn the_compile_worker_compiles_into_the_cache_and_caps_memory() {
+    let bytes = std::fs::read(weir_artifacts::PLUGIN_SCENARIO).unwrap();
+    let runtime = with_worker(RuntimeConfig::default());
+    let plugin = runtime
+        .load(&bytes)
+        .expect("the scenario plugin compiles in the worker");
+    assert_eq!(plugin.info().name, "scenario");
+    let (hits, _) = runtime.cache_stats().unwrap();
+    assert!(
+        hits >= 1,
+        "the service compiled again instead of using the worker's result"
+    );
+
+    let starved = with_worker(RuntimeConfig {
+        compile_memory_limit_bytes: 16 << 20,
+        ..RuntimeConfig::default()
+    });
+    let err = starved.load(&bytes).unwrap_err();
+    assert!(matches!(err, RuntimeError::TooCostly { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("compiling needed more than its 16777216 bytes of memory"),
+        "{err}"
+    );
+}
+
 /// One function nested 100,000 deep: refused at once instead of a long,
 /// gigabyte-sized compile.
 #[test]

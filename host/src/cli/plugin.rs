@@ -69,7 +69,17 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&args.plugin)
         .with_context(|| format!("reading {}", args.plugin.display()))?;
 
-    let runtime = Runtime::new(runtime_config)?;
+    // Compile as the service does: in a child process, under the compile
+    // budgets, into a cache (so a rerun on the same component loads at once).
+    let cache_dir = runtime_config
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("weir-plugin-test-cache"));
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache_dir),
+        compile_program: std::env::current_exe().ok(),
+        ..runtime_config
+    })?;
     let started = Instant::now();
     let plugin = runtime
         .load(&bytes)

@@ -224,6 +224,9 @@ impl ServeArgs {
                 api: config.api,
                 runtime: RuntimeConfig {
                     cache_dir: Some(cache_dir),
+                    // Uploaded components compile in a child process of this
+                    // binary, under the runtime's compile budgets.
+                    compile_program: std::env::current_exe().ok(),
                     ..config.runtime
                 },
                 plan,
