@@ -285,6 +285,19 @@ fn classify(
                 config.fuel_per_call.unwrap_or_default()
             ),
         ),
+        _ if matches!(
+            error.downcast_ref::<wasmtime::component::ResourceTableError>(),
+            Some(wasmtime::component::ResourceTableError::Full)
+        ) =>
+        {
+            (
+                FailureKind::MemoryLimit,
+                format!(
+                    "the guest held more than {} host handles (pollables, streams) at once",
+                    super::limits::MAX_HOST_HANDLES
+                ),
+            )
+        }
         _ if memory_hit => (
             FailureKind::MemoryLimit,
             with_stderr(format!(

@@ -40,6 +40,11 @@ pub const MAX_NESTING: usize = 2_000;
 /// Deepest nesting of components and modules inside the component.
 pub const MAX_COMPONENT_NESTING: usize = 4;
 
+/// Most host handles (pollables, streams) one store may hold at once: each
+/// takes host memory outside the guest's memory budget. A wasm32-wasip2
+/// plugin holds a handful.
+pub const MAX_HOST_HANDLES: usize = 10_000;
+
 /// Largest configuration schema, in bytes of JSON.
 pub const MAX_SCHEMA_BYTES: usize = 64 << 10;
 /// Most objects (subschemas and keyword objects) in a configuration schema.

@@ -79,9 +79,11 @@ impl HostState {
             .insecure_random_seed(0)
             .max_random_size(MAX_RANDOM_BYTES)
             .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(super::limits::MAX_HOST_HANDLES);
         Self {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter: MemoryLimiter::new(memory_limit),
             clock,
             random,

@@ -569,6 +569,23 @@ fn two_memories() {
     assert_passthrough_still_works();
 }
 
+/// Host handles cost host memory outside the guest's budget: a store may
+/// hold 10,000 at once, and the guest that asks for more fails with the reason.
+#[test]
+fn handle_flood() {
+    let result = run_hostile(weir_artifacts::FIXTURE_HANDLE_FLOOD, &[event(0), event(1)]);
+    assert_eq!(
+        failure_kinds(&result),
+        vec![Some(FailureKind::MemoryLimit); 2]
+    );
+    let error = result.outcomes()[0].error.as_ref().unwrap();
+    assert_eq!(
+        error.to_string(),
+        "memory limit exceeded: the guest held more than 10000 host handles (pollables, streams) at once"
+    );
+    assert_passthrough_still_works();
+}
+
 /// A runtime that compiles in the compile worker, with its own cache.
 fn with_worker(config: RuntimeConfig) -> Runtime {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
