@@ -486,6 +486,17 @@ impl BatchResult {
         result
     }
 
+    /// Fails event `index` after the fact, by a rule of the caller's (what its
+    /// producer can take, say): it gets `error` and loses its records.
+    pub fn fail_event(&mut self, index: usize, error: EventError) {
+        if let Some(outcome) = self.outcomes.get_mut(index) {
+            outcome.status = Status::Failed;
+            outcome.matched = false;
+            outcome.records = outcome.records.start..outcome.records.start;
+            outcome.error = Some(error);
+        }
+    }
+
     /// Appends `count` failed outcomes with the same reason.
     pub(crate) fn push_failed(&mut self, error: &EventError, count: usize) {
         let at = self.ends.len();

@@ -51,6 +51,8 @@ async fn produce(brokers: &str, topic: &str, events: Vec<(Option<String>, Vec<u8
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "10")
         .set("message.timeout.ms", "60000")
+        // Room for the oversized events some tests send (the broker takes ~1 MiB).
+        .set("message.max.bytes", "1040000")
         .create()
         .expect("producer");
     let sends = events.into_iter().map(|(key, value)| {
@@ -930,6 +932,59 @@ async fn every_hostile_class_stays_in_its_own_scenario() {
         mixed_took < alone_took * 6 + Duration::from_secs(10),
         "the good scenario slowed from {alone_took:?} alone to {mixed_took:?}"
     );
+}
+
+/// One event of 1,000,100 bytes for no scenario among 10,000 good ones: more
+/// than the producer takes, so its dead letter carries the first 64 KiB of the
+/// value and its size; the good ones are committed once, and nothing stalls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_too_large_to_dead_letter_whole_does_not_wedge_the_pipeline() {
+    let OneScenario {
+        brokers,
+        events_topic,
+        out,
+        dlq,
+        registry,
+        id,
+    } = one_scenario("poison").await;
+    let mut big = json!({"scenario_id": "no-such-scenario", "memberId": "m1"});
+    let padding = 1_000_100 - serde_json::to_vec(&big).unwrap().len() - r#","pad":"""#.len();
+    big["pad"] = json!("x".repeat(padding));
+    let big = serde_json::to_vec(&big).unwrap();
+    assert_eq!(big.len(), 1_000_100);
+    let mut events: Vec<(Option<String>, Vec<u8>)> = (0..10_000)
+        .map(|i| (None, serde_json::to_vec(&event(&id, i, true)).unwrap()))
+        .collect();
+    events.insert(5_000, (Some("big".to_owned()), big.clone()));
+    produce(&brokers, &events_topic, events).await;
+
+    let group = unique("group");
+    let metrics = run_until(
+        pipeline_config(&brokers, &group, &[&events_topic], &dlq),
+        &registry,
+        Vec::new(),
+        10_001,
+    )
+    .await;
+    assert_eq!(metrics.events.load(Ordering::Relaxed), 10_001);
+    assert_eq!(
+        metrics.failed_cycles.load(Ordering::Relaxed),
+        0,
+        "no cycle failed"
+    );
+
+    let read = read_committed(&brokers, &[&out, &dlq], 10_001);
+    let by_source = outputs_by_source(&read);
+    let outputs: usize = by_source.values().map(Vec::len).sum();
+    assert_eq!(outputs, 10_000, "every good event once");
+    let dead: Vec<&ReadBack> = read
+        .iter()
+        .filter(|r| r.headers.contains_key("weir-reason"))
+        .collect();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].headers["weir-reason"], "unknown_scenario");
+    assert_eq!(dead[0].headers["weir-value-size"], "1000100");
+    assert_eq!(dead[0].value, big[..64 << 10]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

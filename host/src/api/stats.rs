@@ -165,6 +165,11 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         m.replayed.load(Ordering::Relaxed),
     );
     counter(
+        "weir_unproducible_dead_letters_total",
+        "Dead letters the producer refused even cut down; a marker without the value took their place.",
+        m.unproducible_dead_letters.load(Ordering::Relaxed),
+    );
+    counter(
         "weir_quarantines_total",
         "Times a scenario was set aside because its plugin's failures were costly.",
         m.quarantines.load(Ordering::Relaxed),

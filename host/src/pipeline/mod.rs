@@ -40,6 +40,7 @@
 pub mod catalog;
 pub mod demo;
 pub mod embedded;
+pub mod produce;
 pub mod route;
 pub mod sink;
 
@@ -173,6 +174,9 @@ impl PipelineConfig {
         if self.transaction_timeout_ms < 1_000 {
             problems.push("pipeline.transaction_timeout_ms: use at least 1000".into());
         }
+        if let Err(problem) = produce::message_limit(&self.kafka) {
+            problems.push(problem);
+        }
         problems
     }
 }
@@ -225,6 +229,9 @@ pub struct Metrics {
     pub quarantines: AtomicU64,
     /// Scenarios set aside now, by scenario id.
     pub quarantined: Mutex<BTreeMap<String, Quarantine>>,
+    /// Dead letters the producer refused even cut down: a marker without the
+    /// value was produced instead.
+    pub unproducible_dead_letters: AtomicU64,
 }
 
 /// Why and until when a scenario is set aside.
@@ -297,6 +304,8 @@ pub struct Pipeline {
     runtime: tokio::runtime::Handle,
     stop: CancellationToken,
     metrics: Arc<Metrics>,
+    /// The producer's `message.max.bytes` (see `produce.rs`).
+    message_limit: usize,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -380,7 +389,10 @@ impl Pipeline {
             Duration::from_millis(config.registry_poll_ms.max(10)),
             stop.clone(),
         ));
+        let message_limit = produce::message_limit(&config.kafka)
+            .map_err(|problem| PipelineError::Config(vec![problem]))?;
         Ok(Self {
+            message_limit,
             config,
             consumer,
             producer,
@@ -974,7 +986,8 @@ impl Pipeline {
                 });
             }
 
-            let (result, quarantined) = self.run_scenario(&route, &batch);
+            let (mut result, quarantined) = self.run_scenario(&route, &batch);
+            self.fail_what_cannot_be_produced(&route, &share, messages, &mut result);
             for ((index, member), outcome) in share.iter().zip(result.outcomes()) {
                 let message = messages[*index];
                 if message.offset() < produced {
@@ -1175,6 +1188,53 @@ impl Pipeline {
         }
     }
 
+    /// Fails every emitted event one of whose records the producer would refuse
+    /// for its size (see `produce.rs`), before any of its records is sent, so
+    /// that the event goes to the dead-letter topic alone and every sink agrees.
+    fn fail_what_cannot_be_produced(
+        &self,
+        route: &Route,
+        share: &[(usize, Option<String>)],
+        messages: &[&OwnedMessage],
+        result: &mut BatchResult,
+    ) {
+        let too_large: Vec<(usize, String)> = share
+            .iter()
+            .zip(result.outcomes())
+            .enumerate()
+            .filter(|(_, (_, outcome))| outcome.status == Status::Emitted)
+            .filter_map(|(i, ((index, member), outcome))| {
+                let offset = source_offset(messages[*index]);
+                let headers = output_headers(route, messages[*index], &offset);
+                let key = member.as_ref().map_or(0, String::len);
+                result
+                    .records(outcome)
+                    .enumerate()
+                    .find(|(_, record)| {
+                        !produce::fits(self.message_limit, record.len(), key, &headers)
+                    })
+                    .map(|(k, record)| {
+                        let message = format!(
+                            "record {k} of the event is {} bytes, which with its key and headers \
+                             passes the producer's message.max.bytes ({})",
+                            record.len(),
+                            self.message_limit
+                        );
+                        (i, message)
+                    })
+            })
+            .collect();
+        for (i, message) in too_large {
+            result.fail_event(
+                i,
+                EventError {
+                    kind: FailureKind::OutputLimit,
+                    message,
+                },
+            );
+        }
+    }
+
     fn send_output(
         &self,
         route: &Route,
@@ -1182,15 +1242,12 @@ impl Pipeline {
         member: Option<&str>,
         record: &[u8],
     ) -> Result<(), CycleError> {
-        let headers = OwnedHeaders::new_with_capacity(5)
-            .insert(header(HEADER_SCENARIO, &route.id))
-            .insert(header(HEADER_PLUGIN, &route.plugin_label))
-            .insert(header(HEADER_PLUGIN_VERSION, &route.plugin_version))
-            .insert(header(HEADER_SOURCE_TOPIC, message.topic()))
-            .insert(header(
-                HEADER_SOURCE_OFFSET,
-                &format!("{}:{}", message.partition(), message.offset()),
-            ));
+        let offset = source_offset(message);
+        let headers = output_headers(route, message, &offset)
+            .into_iter()
+            .fold(OwnedHeaders::new_with_capacity(5), |headers, (k, v)| {
+                headers.insert(header(k, v))
+            });
         let mut out = BaseRecord::to(&route.output_topic)
             .payload(record)
             .headers(headers);
@@ -1200,31 +1257,116 @@ impl Pipeline {
         self.send(out)
     }
 
+    /// Produces a dead letter: the source value and key with the reason, cut to
+    /// what the producer takes (see `produce.rs`). If even that is refused, a
+    /// marker without the value takes its place, so the event is still
+    /// accounted for, and the pipeline goes on.
     fn dead_letter(&self, letter: DeadLetter<'_>) -> Result<(), CycleError> {
         let message = letter.message;
-        let mut headers = OwnedHeaders::new_with_capacity(8)
-            .insert(header(HEADER_REASON, letter.reason))
-            .insert(header(HEADER_ERROR, &letter.error))
-            .insert(header(HEADER_SOURCE_TOPIC, message.topic()))
-            .insert(header(
-                HEADER_SOURCE_PARTITION,
-                &message.partition().to_string(),
-            ))
-            .insert(header(HEADER_SOURCE_OFFSET, &message.offset().to_string()));
+        let (partition, offset) = (
+            message.partition().to_string(),
+            message.offset().to_string(),
+        );
+        let mut named: Vec<(&str, &str)> = vec![
+            (HEADER_REASON, letter.reason),
+            (HEADER_ERROR, &letter.error),
+            (HEADER_SOURCE_TOPIC, message.topic()),
+            (HEADER_SOURCE_PARTITION, &partition),
+            (HEADER_SOURCE_OFFSET, &offset),
+        ];
         if let Some(route) = letter.scenario {
-            headers = headers
-                .insert(header(HEADER_SCENARIO, &route.id))
-                .insert(header(HEADER_PLUGIN, &route.plugin_label))
-                .insert(header(HEADER_PLUGIN_VERSION, &route.plugin_version));
+            named.extend([
+                (HEADER_SCENARIO, route.id.as_str()),
+                (HEADER_PLUGIN, &route.plugin_label),
+                (HEADER_PLUGIN_VERSION, &route.plugin_version),
+            ]);
         }
+        let value = message.payload().unwrap_or_default();
+        let key = message.key();
+        let (value_size, key_size) = (
+            value.len().to_string(),
+            key.map_or(0, <[u8]>::len).to_string(),
+        );
+        let (kept, keep_key) = produce::dead_letter_parts(
+            self.message_limit,
+            value.len(),
+            key.map_or(0, <[u8]>::len),
+            &named,
+        );
+        if kept < value.len() {
+            named.push((produce::HEADER_VALUE_SIZE, &value_size));
+        }
+        if key.is_some() && !keep_key {
+            named.push((produce::HEADER_KEY_SIZE, &key_size));
+        }
+        let headers = |named: &[(&str, &str)]| {
+            named.iter().fold(
+                OwnedHeaders::new_with_capacity(named.len()),
+                |headers, &(k, v)| headers.insert(header(k, v)),
+            )
+        };
         let mut out = BaseRecord::to(&self.config.dlq_topic)
-            .payload(message.payload().unwrap_or_default())
-            .headers(headers);
-        if let Some(key) = message.key() {
+            .payload(&value[..kept])
+            .headers(headers(&named));
+        if let Some(key) = key.filter(|_| keep_key) {
             out = out.key(key);
         }
-        self.send(out)
+        match self.send(out) {
+            Err(CycleError::Kafka {
+                source: KafkaError::MessageProduction(code),
+                ..
+            }) if code != RDKafkaErrorCode::QueueFull => {
+                tracing::error!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    error = %code,
+                    "the dead letter was refused by the producer; a marker without its value takes its place"
+                );
+                self.metrics
+                    .unproducible_dead_letters
+                    .fetch_add(1, Ordering::Relaxed);
+                let refused = format!(
+                    "{}; the dead letter itself was refused: {code}",
+                    letter.error
+                );
+                let marker: Vec<(&str, &str)> = named
+                    .iter()
+                    .map(|&(k, v)| {
+                        if k == HEADER_ERROR {
+                            (k, refused.as_str())
+                        } else {
+                            (k, v)
+                        }
+                    })
+                    .collect();
+                self.send(
+                    BaseRecord::<[u8], [u8]>::to(&self.config.dlq_topic).headers(headers(&marker)),
+                )
+            }
+            other => other,
+        }
     }
+}
+
+/// `partition:offset` of a source message, as the output header gives it.
+fn source_offset(message: &OwnedMessage) -> String {
+    format!("{}:{}", message.partition(), message.offset())
+}
+
+/// The headers of an output record (see docs/pipeline.md, Headers).
+fn output_headers<'a>(
+    route: &'a Route,
+    message: &'a OwnedMessage,
+    source_offset: &'a str,
+) -> [(&'a str, &'a str); 5] {
+    [
+        (HEADER_SCENARIO, route.id.as_str()),
+        (HEADER_PLUGIN, route.plugin_label.as_str()),
+        (HEADER_PLUGIN_VERSION, route.plugin_version.as_str()),
+        (HEADER_SOURCE_TOPIC, message.topic()),
+        (HEADER_SOURCE_OFFSET, source_offset),
+    ]
 }
 
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
