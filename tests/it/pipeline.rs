@@ -1117,6 +1117,13 @@ async fn a_second_replica_joining_mid_stream_loses_and_doubles_nothing() {
         second_metrics.events.load(Ordering::Relaxed) > 0,
         "the second replica took a share"
     );
+    // Cooperative rebalancing: the first replica gave up only what moved, and
+    // kept (with its open files) the rest of its partitions.
+    let revoked = first_metrics.revoked_partitions.load(Ordering::Relaxed);
+    assert!(
+        (1..PARTITIONS as u64).contains(&revoked),
+        "the first replica gave up {revoked} of {PARTITIONS} partitions"
+    );
 
     let read = read_committed(&brokers, &[&out, &dlq], total as usize);
     let by_source = outputs_by_source(&read);

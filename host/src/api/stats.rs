@@ -170,6 +170,11 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         m.unproducible_dead_letters.load(Ordering::Relaxed),
     );
     counter(
+        "weir_revoked_partitions_total",
+        "Partitions taken from this replica by consumer-group rebalances.",
+        m.revoked_partitions.load(Ordering::Relaxed),
+    );
+    counter(
         "weir_quarantines_total",
         "Times a scenario was set aside because its plugin's failures were costly.",
         m.quarantines.load(Ordering::Relaxed),
