@@ -6,8 +6,8 @@ archive relies on, and prints one JSON document on stdout:
 
     {"files": [{"path", "rows", "codecs", "statistics", "row_groups", "columns"}],
      "dataset_rows": <rows pyarrow.dataset found with hive partitioning>,
-     "rows": [{"file", "scenario_id", "success", "event_time", "topic", "partition",
-               "offset", "seq"}]}
+     "rows": [{"file", "scenario_id", "success", "event_time", "event_time_valid",
+               "topic", "partition", "offset", "seq"}]}
 
 Usage: python archive_reader.py ROOT
 """
@@ -52,7 +52,9 @@ def main(root):
             seq = (table.column("seq").to_pylist() if "seq" in table.column_names
                    else [None] * table.num_rows)
             columns = {n: table.column(n).to_pylist()
-                       for n in ("scenario_id", "success", "topic", "partition", "offset")}
+                       for n in ("scenario_id", "success", "topic", "partition", "offset",
+                                 "event_time_valid")
+                       if n in table.column_names}
             for i in range(table.num_rows):
                 row = {n: columns[n][i] for n in columns}
                 row.update(file=relative, event_time=event_time[i], seq=seq[i])

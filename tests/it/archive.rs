@@ -388,6 +388,74 @@ fn replays_and_restarts_add_no_second_copy_in_a_local_directory() {
     std::fs::remove_dir_all(&root).ok();
 }
 
+/// Record timestamps no clock gives (negative, nanoseconds written as
+/// milliseconds, far in the future) are filed under the processing hour and
+/// flagged, not under 1970 or year 50,000; every row is archived once, and
+/// the sane ones keep their own hours.
+#[test]
+fn insane_event_times_are_archived_under_the_processing_hour_and_flagged() {
+    let root = std::env::temp_dir().join(unique("weir-archive-times"));
+    let runtime = tokio_runtime();
+    let topic = unique("events");
+    let mut scenarios = Scenarios::new(&topic, &["5"]);
+    let config = ArchiveConfig {
+        root: root.to_str().unwrap().to_owned(),
+        max_file_age_secs: 0,
+        ..ArchiveConfig::default()
+    };
+    let insane = |offset: i64| match offset % 4 {
+        0 => two_hours(offset),
+        1 => -5 - offset,
+        2 => BASE_MS * 1_000_000 + offset,
+        _ => i64::MAX - offset,
+    };
+    let before = chrono::Utc::now().timestamp_millis();
+    let mut sink = ArchiveSink::new(&config, runtime.handle().clone()).expect("sink");
+    write(&mut sink, scenarios.batch(0..100, insane));
+    write(&mut sink, scenarios.batch(100..200, insane));
+    drop(sink);
+    let after = chrono::Utc::now().timestamp_millis();
+
+    let read = read_back(&root);
+    let rows = read["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 200, "every row once");
+    let hour_of = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .format("year=%Y/month=%m/day=%d/hour=%H")
+            .to_string()
+    };
+    for row in rows {
+        let offset = row["offset"].as_i64().unwrap();
+        let time = row["event_time"].as_i64().unwrap();
+        let file = row["file"].as_str().unwrap();
+        if offset % 4 == 0 {
+            assert_eq!(time, two_hours(offset), "{row}");
+            assert_eq!(row["event_time_valid"], json!(true), "{row}");
+            assert!(file.contains(&hour_of(time)), "{row}");
+        } else {
+            assert!((before..=after).contains(&time), "{row}");
+            assert_eq!(row["event_time_valid"], json!(false), "{row}");
+            assert!(
+                file.contains(&hour_of(before)) || file.contains(&hour_of(after)),
+                "{row}"
+            );
+        }
+    }
+    // Within each file, rows are in offset order.
+    let mut by_file: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for row in rows {
+        by_file
+            .entry(row["file"].as_str().unwrap())
+            .or_default()
+            .push(row["offset"].as_i64().unwrap());
+    }
+    for (file, offsets) in by_file {
+        assert!(offsets.is_sorted(), "{file}: {offsets:?}");
+    }
+    std::fs::remove_dir_all(&root).ok();
+}
+
 #[test]
 fn leftover_temporary_files_are_removed_at_start_on_hdfs() {
     let url = Service::Hdfs.addr();

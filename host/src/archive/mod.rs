@@ -270,6 +270,7 @@ const ROW_GROUP_BYTES: usize = 16 << 20;
 struct Held {
     offset: i64,
     event_time_ms: i64,
+    event_time_valid: bool,
     success: bool,
     record: Vec<u8>,
 }
@@ -549,12 +550,13 @@ impl ArchiveSink {
                 if outcome.status != Status::Emitted {
                     continue;
                 }
-                let time = event.timestamp_ms.unwrap_or(now);
+                let (time, own_time) = event.time(now);
                 let rows = hours.entry(time.div_euclid(HOUR_MS)).or_default();
                 for record in scenario.result.records(outcome) {
                     rows.push(Held {
                         offset: event.offset,
                         event_time_ms: time,
+                        event_time_valid: own_time,
                         success: outcome.matched,
                         record: record.to_vec(),
                     });
@@ -638,6 +640,7 @@ impl ArchiveSink {
             .map(|h| Row {
                 offset: h.offset,
                 event_time_ms: h.event_time_ms,
+                event_time_valid: h.event_time_valid,
                 success: h.success,
                 record: &h.record,
             })

@@ -2,7 +2,9 @@
 //!
 //! Fixed columns come first, in this order: `scenario_id` (utf8), `success` (int8, 1 when
 //! the event matched), `date` (utf8 `YYYY-MM-DD`: the record's own `date`, else the UTC
-//! day of `event_time`), `event_time` (timestamp ms, UTC), `topic` (utf8), `partition`
+//! day of `event_time`), `event_time` (timestamp ms, UTC), `event_time_valid` (bool:
+//! false when the record's timestamp was missing or outside 2000-01-01 .. a day ahead,
+//! and `event_time` is the processing time instead), `topic` (utf8), `partition`
 //! (int32), `offset` (int64). Then every other top-level field of the records, in name
 //! order, typed by what the batch holds: all integers → int64, numbers → float64,
 //! booleans → bool, strings → utf8, anything mixed → utf8 (strings as they are, other
@@ -36,6 +38,9 @@ pub(crate) struct Row<'a> {
     pub offset: i64,
     /// Event time, milliseconds since the Unix epoch.
     pub event_time_ms: i64,
+    /// Whether `event_time_ms` is the event's own time (else the processing
+    /// time, see `EventMeta::time`).
+    pub event_time_valid: bool,
     /// Whether the event matched the scenario.
     pub success: bool,
     /// The record bytes as the plugin wrote them.
@@ -43,11 +48,12 @@ pub(crate) struct Row<'a> {
 }
 
 /// Names of the fixed columns, and of the fields the plugin writes that they replace.
-pub(crate) const FIXED: [&str; 7] = [
+pub(crate) const FIXED: [&str; 8] = [
     "scenario_id",
     "success",
     "date",
     "event_time",
+    "event_time_valid",
     "topic",
     "partition",
     "offset",
@@ -204,6 +210,7 @@ pub(crate) fn build(
             DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
             false,
         ),
+        Field::new("event_time_valid", DataType::Boolean, false),
         Field::new("topic", DataType::Utf8, false),
         Field::new("partition", DataType::Int32, false),
         Field::new("offset", DataType::Int64, false),
@@ -223,6 +230,9 @@ pub(crate) fn build(
             TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.event_time_ms))
                 .with_timezone("UTC"),
         ),
+        Arc::new(BooleanArray::from_iter(
+            rows.iter().map(|r| Some(r.event_time_valid)),
+        )),
         Arc::new(StringArray::from(vec![topic; rows.len()])),
         Arc::new(Int32Array::from(vec![partition; rows.len()])),
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.offset))),
@@ -284,6 +294,7 @@ mod tests {
         Row {
             offset,
             event_time_ms: 1_764_151_200_000, // 2025-11-26T10:00:00Z
+            event_time_valid: true,
             success: offset % 2 == 0,
             record: record.as_bytes(),
         }
@@ -311,6 +322,7 @@ mod tests {
                 "success",
                 "date",
                 "event_time",
+                "event_time_valid",
                 "topic",
                 "partition",
                 "offset",

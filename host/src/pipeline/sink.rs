@@ -25,6 +25,31 @@ pub struct EventMeta {
     pub timestamp_ms: Option<i64>,
 }
 
+/// Earliest event time the sinks take as the event's own: 2000-01-01T00:00:00Z.
+pub const EARLIEST_EVENT_TIME_MS: i64 = 946_684_800_000;
+
+/// How far past the processing time an event time may lie: one day.
+pub const LATEST_EVENT_TIME_AHEAD_MS: i64 = 24 * 3_600_000;
+
+impl EventMeta {
+    /// The time the sinks file the event under, and whether it is the event's
+    /// own: its record timestamp when there is one from 2000-01-01 to a day past
+    /// `now_ms`; otherwise (none, a clock gone wrong, nanoseconds written as
+    /// milliseconds) the processing time `now_ms`, flagged. So no event lands in
+    /// 1970 or in year 50,000, and one archive hour holds one hour's events.
+    pub fn time(&self, now_ms: i64) -> (i64, bool) {
+        match self.timestamp_ms {
+            Some(ms)
+                if (EARLIEST_EVENT_TIME_MS..=now_ms.saturating_add(LATEST_EVENT_TIME_AHEAD_MS))
+                    .contains(&ms) =>
+            {
+                (ms, true)
+            }
+            _ => (now_ms, false),
+        }
+    }
+}
+
 /// What one scenario's plugin did with its share of a partition batch.
 #[derive(Debug)]
 pub struct ScenarioBatch {
@@ -130,7 +155,7 @@ pub fn tally(
                 &scenario.route.id,
                 &scenario.route.plugin_label,
                 event.offset,
-                event.timestamp_ms.unwrap_or(now_ms),
+                event.time(now_ms).0,
                 tallied,
                 outcome.matched,
             )?;
@@ -157,5 +182,41 @@ impl Sink for CountersSink {
                 .map_err(|e| error(e.to_string()))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_times_outside_the_sane_range_become_the_processing_time() {
+        let now = 1_764_151_200_000; // 2025-11-26T10:00:00Z
+        let at = |timestamp_ms| {
+            EventMeta {
+                offset: 0,
+                timestamp_ms,
+            }
+            .time(now)
+        };
+        assert_eq!(at(Some(now - 5_000)), (now - 5_000, true));
+        assert_eq!(
+            at(Some(EARLIEST_EVENT_TIME_MS)),
+            (EARLIEST_EVENT_TIME_MS, true)
+        );
+        assert_eq!(
+            at(Some(now + LATEST_EVENT_TIME_AHEAD_MS)),
+            (now + LATEST_EVENT_TIME_AHEAD_MS, true)
+        );
+        for bad in [
+            None,
+            Some(-5),
+            Some(0),
+            Some(EARLIEST_EVENT_TIME_MS - 1),
+            Some(now * 1_000_000),
+            Some(i64::MAX),
+        ] {
+            assert_eq!(at(bad), (now, false), "{bad:?}");
+        }
     }
 }
