@@ -61,6 +61,9 @@ mod memory;
 /// The script that applies one scenario's share of a batch; see the file for its contract.
 const FENCED_ADD: &str = include_str!("fenced_add.lua");
 
+/// Longest wait for one Redis reply; a slower Redis fails the cycle, which is retried.
+pub const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Where the counters live and how long minute buckets are kept.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -354,7 +357,7 @@ impl RedisCounters {
         // stalling the pipeline; reconnects happen behind the manager.
         let manager = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(10)))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(std::time::Duration::from_secs(2));
         let conn = ConnectionManager::new_with_config(client, manager)

@@ -511,6 +511,35 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// The sinks' and the commit's timeouts must fit inside the transaction's.
+    #[test]
+    fn timeouts_that_cannot_fit_in_a_transaction_are_refused() {
+        let dir = std::env::temp_dir().join(format!("weir-serve-timeouts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("weir.toml");
+        let config = |pipeline: &str| {
+            format!(
+                "[pipeline]\nbrokers = \"127.0.0.1:9092\"\n{pipeline}\n\
+                 [counters]\nredis = \"redis://127.0.0.1:6379\"\n\
+                 [archive]\nroot = \"hdfs://127.0.0.1:9000/weir\"\n"
+            )
+        };
+        // The defaults fit: 60 s (HDFS) + 10 s (Redis) + 30 s (commit) < 120 s.
+        std::fs::write(&file, config("")).unwrap();
+        args(Some(file.clone()))
+            .resolve(&|_| None)
+            .expect("the defaults fit");
+        std::fs::write(&file, config("transaction_timeout_ms = 60000")).unwrap();
+        let problems = args(Some(file.clone())).resolve(&|_| None).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(
+            problems[0].starts_with("pipeline.transaction_timeout_ms = 60000 is too short")
+                && problems[0].contains("use more than 100000"),
+            "{problems:#?}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[test]
     fn flags_and_environment_override_the_file() {
         let dir = std::env::temp_dir().join(format!("weir-serve-layers-{}", std::process::id()));

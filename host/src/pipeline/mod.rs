@@ -110,8 +110,16 @@ pub struct PipelineConfig {
     /// open transaction at once, instead of leaving its partitions' committed offsets
     /// unreadable until the transaction times out.
     pub instance: Option<String>,
-    /// Timeout of transaction calls (init, commit, abort), milliseconds.
+    /// How long the broker lets one transaction stay open before it aborts it
+    /// (the producer's `transaction.timeout.ms`), milliseconds. A cycle's sinks and
+    /// commit run inside it, so it must outlast them: `weir serve` refuses a value
+    /// not above the archive's and the counters' timeouts plus `call_timeout_ms`.
+    /// An open transaction of a replica that died and does not come back holds
+    /// read_committed readers of its partitions back this long.
     pub transaction_timeout_ms: u64,
+    /// Timeout of one Kafka call (init, commit and abort of a transaction, reading
+    /// committed offsets, waiting for deliveries), milliseconds.
+    pub call_timeout_ms: u64,
     /// How often the registry generation is checked, milliseconds.
     pub registry_poll_ms: u64,
     /// First retry delay after a failed cycle, milliseconds; doubles up to 5 s.
@@ -142,7 +150,8 @@ impl Default for PipelineConfig {
             batch_linger_ms: 100,
             transactional_id_prefix: "weir".into(),
             instance: None,
-            transaction_timeout_ms: 30_000,
+            transaction_timeout_ms: 120_000,
+            call_timeout_ms: 30_000,
             registry_poll_ms: 500,
             retry_backoff_ms: 100,
             quarantine_secs: 30,
@@ -171,8 +180,15 @@ impl PipelineConfig {
                 self.batch_max_events
             ));
         }
-        if self.transaction_timeout_ms < 1_000 {
-            problems.push("pipeline.transaction_timeout_ms: use at least 1000".into());
+        if self.call_timeout_ms < 1_000 {
+            problems.push("pipeline.call_timeout_ms: use at least 1000".into());
+        }
+        if self.transaction_timeout_ms <= self.call_timeout_ms {
+            problems.push(format!(
+                "pipeline.transaction_timeout_ms = {} must be more than pipeline.call_timeout_ms = {}: \
+                 a transaction outlasts its own commit call",
+                self.transaction_timeout_ms, self.call_timeout_ms
+            ));
         }
         if let Err(problem) = produce::message_limit(&self.kafka) {
             problems.push(problem);
@@ -377,7 +393,7 @@ impl Pipeline {
             )
             .create()
             .map_err(kafka("creating the producer"))?;
-        let timeout = Duration::from_millis(config.transaction_timeout_ms);
+        let timeout = Duration::from_millis(config.call_timeout_ms);
         let init = {
             let producer = producer.clone();
             tokio::task::spawn_blocking(move || producer.init_transactions(timeout))
@@ -560,7 +576,7 @@ impl Pipeline {
         if missing.count() == 0 {
             return Ok(());
         }
-        let timeout = Duration::from_millis(self.config.transaction_timeout_ms);
+        let timeout = Duration::from_millis(self.config.call_timeout_ms);
         let committed = self
             .consumer
             .committed_offsets(missing, timeout)
@@ -645,7 +661,7 @@ impl Pipeline {
         if own && offsets.count() == 0 {
             return Ok(());
         }
-        let timeout = Duration::from_millis(self.config.transaction_timeout_ms);
+        let timeout = Duration::from_millis(self.config.call_timeout_ms);
         if own {
             self.producer
                 .begin_transaction()
@@ -781,7 +797,7 @@ impl Pipeline {
                 source: source.clone(),
             });
         }
-        let timeout = Duration::from_millis(self.config.transaction_timeout_ms);
+        let timeout = Duration::from_millis(self.config.call_timeout_ms);
         match self.producer.abort_transaction(timeout) {
             Ok(()) => Ok(()),
             // Nothing was begun, or the commit already failed and ended it.
