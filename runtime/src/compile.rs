@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Component;
 
 use crate::RuntimeConfig;
+use crate::limits::Refusal;
 
 /// The first argument that makes a program run [`worker_main`].
 pub const WORKER_ARG: &str = "__compile-plugin";
@@ -38,10 +39,8 @@ const INVALID: u8 = 3;
 /// How a compilation in the worker ended, when it did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum WorkerRefusal {
-    /// Out of time or memory: which budget, and what happened.
-    TooCostly(String),
-    /// The compiler refused the component.
-    Invalid(String),
+    /// Out of time or memory (`TooCostly`), or refused by the compiler (`Malformed`).
+    Refused(Refusal),
     /// The worker could not be run at all.
     Unavailable(String),
 }
@@ -93,10 +92,10 @@ pub(crate) fn compile_in_worker(
             Ok(None) if started.elapsed() >= limit => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(WorkerRefusal::TooCostly(format!(
+                return Err(WorkerRefusal::Refused(Refusal::TooCostly(format!(
                     "compiling ran past its {} ms budget",
                     config.compile_time_limit_ms
-                )));
+                ))));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => return Err(unavailable("cannot wait for", e)),
@@ -106,10 +105,12 @@ pub(crate) fn compile_in_worker(
     let stderr = stderr.trim();
     match status.code() {
         Some(0) => Ok(()),
-        Some(code) if code == i32::from(INVALID) => Err(WorkerRefusal::Invalid(stderr.to_owned())),
+        Some(code) if code == i32::from(INVALID) => Err(WorkerRefusal::Refused(
+            Refusal::Malformed(stderr.to_owned()),
+        )),
         // Killed by a signal (an allocation refused by the limit aborts), or an
         // exit code of its own: both mean the budget did not suffice.
-        _ => Err(WorkerRefusal::TooCostly(format!(
+        _ => Err(WorkerRefusal::Refused(Refusal::TooCostly(format!(
             "compiling needed more than its {} bytes of memory (the compiler stopped: {status}{})",
             config.compile_memory_limit_bytes,
             if stderr.is_empty() {
@@ -117,7 +118,7 @@ pub(crate) fn compile_in_worker(
             } else {
                 format!("; {}", stderr.lines().last().unwrap_or_default())
             }
-        ))),
+        )))),
     }
 }
 

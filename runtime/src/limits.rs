@@ -78,6 +78,17 @@ pub enum Refusal {
     TooCostly(String),
 }
 
+impl Refusal {
+    /// The runtime error for a component whose short sha256 is `sha256`.
+    pub(crate) fn into_error(self, sha256: &str) -> crate::RuntimeError {
+        let sha256 = sha256.to_owned();
+        match self {
+            Refusal::TooCostly(reason) => crate::RuntimeError::TooCostly { sha256, reason },
+            Refusal::Malformed(reason) => crate::RuntimeError::Compile { sha256, reason },
+        }
+    }
+}
+
 /// Counts what `bytes` holds and refuses it, with the reason, when any count
 /// passes its cap or it does not parse.
 pub fn check_component(bytes: &[u8]) -> Result<Shape, Refusal> {

@@ -113,16 +113,7 @@ impl Plugin {
             _ => return Err(RuntimeError::NotWasm { sha256: short }),
         }
 
-        limits::check_component(bytes).map_err(|refusal| match refusal {
-            limits::Refusal::TooCostly(reason) => RuntimeError::TooCostly {
-                sha256: short.clone(),
-                reason,
-            },
-            limits::Refusal::Malformed(reason) => RuntimeError::Compile {
-                sha256: short.clone(),
-                reason,
-            },
-        })?;
+        limits::check_component(bytes).map_err(|refusal| refusal.into_error(&short))?;
         if let Some(program) = &runtime.config.compile_program {
             compile_first(program, &runtime, bytes, &sha256, &short)?;
         }
@@ -317,14 +308,7 @@ fn compile_first(
             }
             Ok(())
         }
-        Err(compile::WorkerRefusal::TooCostly(reason)) => Err(RuntimeError::TooCostly {
-            sha256: short.to_owned(),
-            reason,
-        }),
-        Err(compile::WorkerRefusal::Invalid(reason)) => Err(RuntimeError::Compile {
-            sha256: short.to_owned(),
-            reason,
-        }),
+        Err(compile::WorkerRefusal::Refused(refusal)) => Err(refusal.into_error(short)),
         Err(compile::WorkerRefusal::Unavailable(reason)) => Err(RuntimeError::Config { reason }),
     }
 }
