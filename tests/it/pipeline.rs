@@ -987,6 +987,87 @@ async fn an_event_too_large_to_dead_letter_whole_does_not_wedge_the_pipeline() {
     assert_eq!(dead[0].value, big[..64 << 10]);
 }
 
+/// Another producer takes this replica's transactional id mid-stream (as a
+/// restarted twin would): the pipeline is fenced, makes a new producer, retries,
+/// and every event still ends up exactly once; it does not exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_producer_is_made_again_and_nothing_is_lost_or_doubled() {
+    let OneScenario {
+        brokers,
+        events_topic,
+        out,
+        dlq,
+        registry,
+        id,
+    } = one_scenario("fenced").await;
+    let group = unique("group");
+    let mut config = pipeline_config(&brokers, &group, &[&events_topic], &dlq);
+    config.instance = Some("twin".into());
+    config.batch_max_events = 500;
+    let transactional_id = format!("weir-{group}-twin");
+    let stop = CancellationToken::new();
+    let pipeline = Pipeline::new(config, registry.clone(), Vec::new(), stop.clone())
+        .await
+        .expect("pipeline");
+    let metrics = pipeline.metrics();
+    let thread = std::thread::spawn(move || pipeline.run());
+    let wave = |from: usize| {
+        (from..from + 5_000)
+            .map(|i| (None, serde_json::to_vec(&event(&id, i, true)).unwrap()))
+            .collect::<Vec<_>>()
+    };
+    produce(&brokers, &events_topic, wave(0)).await;
+    while metrics.events.load(Ordering::Relaxed) == 0 {
+        assert!(!thread.is_finished(), "the pipeline stopped early");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The twin: same transactional id, transactions initialised, so the
+    // pipeline's producer is fenced at its next transaction.
+    let twin_brokers = brokers.clone();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::producer::Producer as _;
+        let twin: rdkafka::producer::BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &twin_brokers)
+            .set("transactional.id", &transactional_id)
+            .create()
+            .expect("twin producer");
+        twin.init_transactions(Duration::from_secs(30))
+            .expect("the twin takes the id");
+    })
+    .await
+    .unwrap();
+    produce(&brokers, &events_topic, wave(5_000)).await;
+    let started = Instant::now();
+    while metrics.events.load(Ordering::Relaxed) < 10_000 {
+        assert!(
+            !thread.is_finished(),
+            "the pipeline stopped: {:?}",
+            thread.join().map(|r| r.map(|_| ()))
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "handled {} of 10000",
+            metrics.events.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("run");
+    assert_eq!(metrics.producer_recreations.load(Ordering::Relaxed), 1);
+    let read = read_committed(&brokers, &[&out, &dlq], 10_000);
+    let by_source = outputs_by_source(&read);
+    assert_eq!(by_source.len(), 10_000, "every event has an output");
+    assert!(
+        by_source.values().all(|labels| labels.len() == 1),
+        "no event has two outputs"
+    );
+    assert_eq!(metrics.events.load(Ordering::Relaxed), 10_000);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_commits_and_a_restart_resumes_there() {
     let OneScenario {

@@ -175,6 +175,11 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         m.revoked_partitions.load(Ordering::Relaxed),
     );
     counter(
+        "weir_producer_recreations_total",
+        "Times the transactional producer was made again after a fatal error (fenced, or its transaction aborted by the broker).",
+        m.producer_recreations.load(Ordering::Relaxed),
+    );
+    counter(
         "weir_quarantines_total",
         "Times a scenario was set aside because its plugin's failures were costly.",
         m.quarantines.load(Ordering::Relaxed),

@@ -44,7 +44,7 @@ pub mod produce;
 pub mod route;
 pub mod sink;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -250,6 +250,8 @@ pub struct Metrics {
     pub unproducible_dead_letters: AtomicU64,
     /// Partitions taken from this replica by rebalances.
     pub revoked_partitions: AtomicU64,
+    /// Times the producer was made again after a fatal error.
+    pub producer_recreations: AtomicU64,
 }
 
 /// Why and until when a scenario is set aside.
@@ -324,6 +326,46 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     /// The producer's `message.max.bytes` (see `produce.rs`).
     message_limit: usize,
+    /// How the producer is made, to make it again after a fatal error.
+    producer_config: ClientConfig,
+    /// When the producer was recreated lately (see [`may_recreate`]).
+    recreations: VecDeque<Instant>,
+}
+
+/// A fatal producer error is survived this many times within
+/// [`RECREATION_WINDOW`]; one more means another live process shares this
+/// replica's transactional id, and this one stops.
+const MAX_RECREATIONS: usize = 3;
+const RECREATION_WINDOW: Duration = Duration::from_secs(300);
+
+/// Whether the producer may be recreated at `now`, given when it was lately;
+/// records `now` when it may.
+fn may_recreate(history: &mut VecDeque<Instant>, now: Instant) -> bool {
+    while history
+        .front()
+        .is_some_and(|&at| now.duration_since(at) >= RECREATION_WINDOW)
+    {
+        history.pop_front();
+    }
+    if history.len() >= MAX_RECREATIONS {
+        return false;
+    }
+    history.push_back(now);
+    true
+}
+
+/// A transactional producer from `config`, its transactions initialised (which
+/// aborts whatever an earlier producer with the same id left open, and fences it).
+fn transactional_producer(
+    config: &ClientConfig,
+    timeout: Duration,
+) -> Result<ThreadedProducer<DefaultProducerContext>, PipelineError> {
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        config.create().map_err(kafka("creating the producer"))?;
+    producer
+        .init_transactions(timeout)
+        .map_err(kafka("initialising transactions"))?;
+    Ok(producer)
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -381,8 +423,8 @@ impl Pipeline {
             "{}-{}-{instance}",
             config.transactional_id_prefix, config.group_id
         );
-        let producer: ThreadedProducer<DefaultProducerContext> = common
-            .clone()
+        let mut producer_config = common.clone();
+        producer_config
             .set("transactional.id", &transactional_id)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
@@ -390,17 +432,14 @@ impl Pipeline {
             .set(
                 "transaction.timeout.ms",
                 config.transaction_timeout_ms.to_string(),
-            )
-            .create()
-            .map_err(kafka("creating the producer"))?;
+            );
         let timeout = Duration::from_millis(config.call_timeout_ms);
-        let init = {
-            let producer = producer.clone();
-            tokio::task::spawn_blocking(move || producer.init_transactions(timeout))
-        };
-        init.await
-            .expect("init_transactions thread")
-            .map_err(kafka("initialising transactions"))?;
+        let producer = {
+            let producer_config = producer_config.clone();
+            tokio::task::spawn_blocking(move || transactional_producer(&producer_config, timeout))
+        }
+        .await
+        .expect("init_transactions thread")?;
 
         let first = Arc::new(Catalog::load(&registry).await?);
         let metrics = Arc::new(Metrics::default());
@@ -417,6 +456,8 @@ impl Pipeline {
         let message_limit = produce::message_limit(&config.kafka)
             .map_err(|problem| PipelineError::Config(vec![problem]))?;
         Ok(Self {
+            producer_config,
+            recreations: VecDeque::new(),
             message_limit,
             config,
             consumer,
@@ -785,28 +826,72 @@ impl Pipeline {
         let _ = self.consumer.resume(&assignment);
     }
 
+    /// Ends a failed cycle's transaction. A producer that can no longer be used
+    /// (fenced, its transaction aborted by the broker, an abort answering a
+    /// conflict) is made again and the cycle retried; see [`Pipeline::recreate`].
     fn abort(&mut self, err: &CycleError) -> Result<(), PipelineError> {
         if let CycleError::Kafka { source, .. } = err
             && let KafkaError::Transaction(txn) = source
             && txn.is_fatal()
         {
-            // Fenced by a newer instance with the same id, or a broken producer: only a
-            // restart helps. Nothing was committed, so nothing is lost.
-            return Err(PipelineError::Kafka {
-                context: "fatal transaction error",
-                source: source.clone(),
-            });
+            return self.recreate(source);
         }
         let timeout = Duration::from_millis(self.config.call_timeout_ms);
         match self.producer.abort_transaction(timeout) {
             Ok(()) => Ok(()),
             // Nothing was begun, or the commit already failed and ended it.
             Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::State) => Ok(()),
+            Err(KafkaError::Transaction(txn))
+                if txn.is_fatal() || txn.code() == RDKafkaErrorCode::Conflict =>
+            {
+                self.recreate(&KafkaError::Transaction(txn))
+            }
             Err(e) => Err(PipelineError::Kafka {
                 context: "aborting a transaction",
                 source: e,
             }),
         }
+    }
+
+    /// Replaces a producer that hit a fatal error with a new one under the same
+    /// transactional id: nothing of the failed cycle was committed, so its retry
+    /// loses and doubles nothing. Partitions' positions are read again from the
+    /// committed offsets. Fenced more than [`MAX_RECREATIONS`] times in
+    /// [`RECREATION_WINDOW`], the pipeline stops: another live process runs
+    /// under this replica's transactional id, and the two would fence each other
+    /// for ever.
+    fn recreate(&mut self, cause: &KafkaError) -> Result<(), PipelineError> {
+        let id = self
+            .producer_config
+            .get("transactional.id")
+            .unwrap_or_default()
+            .to_owned();
+        if !may_recreate(&mut self.recreations, Instant::now()) {
+            tracing::error!(
+                transactional_id = %id,
+                error = %cause,
+                "the producer was fenced {MAX_RECREATIONS} times in {} s: another process runs \
+                 with this transactional id (give each replica its own pipeline.instance); stopping",
+                RECREATION_WINDOW.as_secs()
+            );
+            return Err(PipelineError::Kafka {
+                context: "fenced again and again by another instance of this replica",
+                source: cause.clone(),
+            });
+        }
+        tracing::warn!(
+            transactional_id = %id,
+            error = %cause,
+            "the producer hit a fatal error (fenced, or its transaction aborted by the broker); \
+             making a new one and retrying the batch"
+        );
+        let timeout = Duration::from_millis(self.config.call_timeout_ms);
+        self.producer = transactional_producer(&self.producer_config, timeout)?;
+        self.positions.clear();
+        self.metrics
+            .producer_recreations
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Routes, runs, produces, makes durable and commits one batch cycle.
@@ -1447,5 +1532,27 @@ enum CycleError {
 impl CycleError {
     fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> CycleError {
         move |source| CycleError::Kafka { context, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_producer_is_recreated_a_few_times_in_a_window_then_not() {
+        let start = Instant::now();
+        let mut history = VecDeque::new();
+        for i in 0..MAX_RECREATIONS as u64 {
+            assert!(may_recreate(&mut history, start + Duration::from_secs(i)));
+        }
+        // One more inside the window: another process keeps fencing this one.
+        assert!(!may_recreate(&mut history, start + Duration::from_secs(10)));
+        // Once the first fell out of the window, one more is allowed.
+        assert!(may_recreate(&mut history, start + RECREATION_WINDOW));
+        assert!(!may_recreate(
+            &mut history,
+            start + RECREATION_WINDOW + Duration::from_millis(500)
+        ));
     }
 }
