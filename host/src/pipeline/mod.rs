@@ -40,6 +40,7 @@
 pub mod catalog;
 pub mod demo;
 pub mod embedded;
+mod offsets;
 pub mod produce;
 pub mod route;
 pub mod sink;
@@ -62,11 +63,11 @@ use tokio_util::sync::CancellationToken;
 use crate::registry::Registry;
 use crate::runtime::{Batch, BatchResult, EventError, EventInput, FailureKind, Instance, Status};
 use catalog::{Catalog, Route};
+use offsets::Position;
 use route::Fields;
 use sink::{EventMeta, PartitionBatch, ScenarioBatch, Sink};
 
-/// Prefix of the committed-offset metadata that says how far outputs were produced.
-pub const PRODUCED_METADATA: &str = "weir:produced=";
+pub use offsets::PRODUCED_METADATA;
 
 /// Header naming the scenario on outputs and dead letters.
 pub const HEADER_SCENARIO: &str = "weir-scenario";
@@ -283,17 +284,6 @@ impl ConsumerContext for Context {
             tracing::info!(partitions = list.count(), "partitions revoked");
         }
     }
-}
-
-/// Where a partition stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Position {
-    /// Outputs and dead letters were produced for every offset below this.
-    produced: i64,
-    /// Every offset below this was handed to the sinks (known once a cycle ran).
-    handed: Option<i64>,
-    /// The committed offset, when there is one.
-    committed: Option<i64>,
 }
 
 /// One dead letter on its way out.
@@ -630,13 +620,9 @@ impl Pipeline {
                 Offset::Offset(offset) => Some(offset),
                 _ => None,
             };
-            let produced = element
-                .metadata()
-                .strip_prefix(PRODUCED_METADATA)
-                .and_then(|n| n.parse::<i64>().ok())
-                .or(committed)
-                .unwrap_or(0);
-            if committed.is_some_and(|c| produced > c) {
+            let position = Position::from_commit(committed, element.metadata());
+            let produced = position.produced;
+            if position.replays() {
                 tracing::info!(
                     topic = element.topic(),
                     partition = element.partition(),
@@ -645,14 +631,8 @@ impl Pipeline {
                     "replaying events to the sinks only: their outputs were produced before"
                 );
             }
-            self.positions.insert(
-                (element.topic().to_owned(), element.partition()),
-                Position {
-                    produced,
-                    handed: None,
-                    committed,
-                },
-            );
+            self.positions
+                .insert((element.topic().to_owned(), element.partition()), position);
         }
         Ok(())
     }
@@ -671,32 +651,20 @@ impl Pipeline {
                 .iter()
                 .find(|(t, p, _)| t == &tp.0 && *p == tp.1)
                 .map(|&(_, _, last)| last);
-            let Some(handed) = last.map(|l| l + 1).or(position.handed) else {
-                continue; // assigned, but no cycle has run on it yet
-            };
-            let produced = position.produced.max(handed);
             let held = self
                 .sinks
                 .iter()
                 .filter_map(|sink| sink.pending_from(&tp.0, tp.1))
                 .min();
-            let commit = held.map_or(handed, |h| h.min(handed));
-            if last.is_none() && position.committed == Some(commit) {
+            let Some((commit, produced, after)) = position.commit(last, held) else {
                 continue;
-            }
+            };
             let mut element = offsets.add_partition(&tp.0, tp.1);
             element
                 .set_offset(Offset::Offset(commit))
                 .map_err(CycleError::kafka("listing offsets"))?;
             element.set_metadata(format!("{PRODUCED_METADATA}{produced}"));
-            updates.push((
-                tp.clone(),
-                Position {
-                    produced,
-                    handed: Some(handed),
-                    committed: Some(commit),
-                },
-            ));
+            updates.push((tp.clone(), after));
         }
         let own = done.is_empty();
         if own && offsets.count() == 0 {
