@@ -64,7 +64,7 @@ use crate::registry::Registry;
 use crate::runtime::{Batch, BatchResult, EventError, EventInput, FailureKind, Instance, Status};
 use catalog::{Catalog, Route};
 use offsets::Position;
-use route::Fields;
+use route::{DeadLetterReason, Fields};
 use sink::{EventMeta, PartitionBatch, ScenarioBatch, Sink};
 
 pub use offsets::PRODUCED_METADATA;
@@ -290,7 +290,7 @@ impl ConsumerContext for Context {
 struct DeadLetter<'a> {
     message: &'a OwnedMessage,
     scenario: Option<&'a Route>,
-    reason: &'a str,
+    reason: DeadLetterReason,
     error: String,
 }
 
@@ -896,7 +896,9 @@ impl Pipeline {
                 self.run_partition(&catalog, topic, *partition, batch, produced)?;
             outputs += out;
             for letter in &dead_letters {
-                *reasons.entry(letter.reason.to_owned()).or_default() += 1;
+                *reasons
+                    .entry(letter.reason.as_str().to_owned())
+                    .or_default() += 1;
             }
             dead += dead_letters.len() as u64;
             for letter in dead_letters {
@@ -968,11 +970,11 @@ impl Pipeline {
                     None => {
                         let (reason, error) = match catalog.broken.get(id) {
                             Some(why) => (
-                                "scenario_unavailable",
+                                DeadLetterReason::ScenarioUnavailable,
                                 format!("scenario {id} cannot run: {why}"),
                             ),
                             None => (
-                                "unknown_scenario",
+                                DeadLetterReason::UnknownScenario,
                                 format!("no enabled scenario has id {id:?}"),
                             ),
                         };
@@ -993,9 +995,9 @@ impl Pipeline {
             };
             if targets.is_empty() {
                 let (reason, error) = match &fields {
-                    Err(why) => ("malformed_json", why.clone()),
+                    Err(why) => (DeadLetterReason::MalformedJson, why.clone()),
                     Ok(_) => (
-                        "unrouted",
+                        DeadLetterReason::Unrouted,
                         format!(
                             "no `{}` field and no scenario bound to topic {topic}",
                             route::SCENARIO_FIELD
@@ -1087,9 +1089,11 @@ impl Pipeline {
                             message,
                             scenario: Some(catalog.routes[id].as_ref()),
                             reason: if quarantined {
-                                "plugin_quarantined"
+                                DeadLetterReason::PluginQuarantined
                             } else {
-                                error.map_or("plugin_error", |e| reason_code(e.kind))
+                                error.map_or(DeadLetterReason::PluginError, |e| {
+                                    DeadLetterReason::of_failure(e.kind)
+                                })
                             },
                             error: error.map_or_else(|| "failed".to_owned(), ToString::to_string),
                         });
@@ -1349,7 +1353,7 @@ impl Pipeline {
             message.offset().to_string(),
         );
         let mut named: Vec<(&str, &str)> = vec![
-            (HEADER_REASON, letter.reason),
+            (HEADER_REASON, letter.reason.as_str()),
             (HEADER_ERROR, &letter.error),
             (HEADER_SOURCE_TOPIC, message.topic()),
             (HEADER_SOURCE_PARTITION, &partition),
@@ -1454,18 +1458,6 @@ fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
     Header {
         key,
         value: Some(value.as_bytes()),
-    }
-}
-
-/// The dead-letter reason code of a runtime failure.
-fn reason_code(kind: FailureKind) -> &'static str {
-    match kind {
-        FailureKind::Plugin => "plugin_error",
-        FailureKind::Trap => "plugin_trap",
-        FailureKind::CpuLimit => "cpu_limit",
-        FailureKind::MemoryLimit => "memory_limit",
-        FailureKind::OutputLimit => "output_limit",
-        FailureKind::InvalidOutput => "invalid_output",
     }
 }
 

@@ -9,6 +9,66 @@ use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+/// Why an event went to the dead-letter topic: the `weir-reason` header and the
+/// `reason` label of `weir_dead_letters_total` (docs/pipeline.md lists them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DeadLetterReason {
+    /// The event names a scenario no enabled scenario has.
+    UnknownScenario,
+    /// The scenario exists but its plugin cannot be loaded.
+    ScenarioUnavailable,
+    /// No scenario field and no scenario bound to the topic.
+    Unrouted,
+    /// Not a JSON object, and no scenario bound to the topic to take it as text.
+    MalformedJson,
+    /// The plugin refused the event, or could not be instantiated.
+    PluginError,
+    /// The plugin crashed on the event.
+    PluginTrap,
+    /// The plugin ran past its CPU budget.
+    CpuLimit,
+    /// The plugin passed its memory budget.
+    MemoryLimit,
+    /// The event's output passed a cap.
+    OutputLimit,
+    /// The plugin's answer broke the contract.
+    InvalidOutput,
+    /// The scenario is set aside for its plugin's costly failures.
+    PluginQuarantined,
+}
+
+impl DeadLetterReason {
+    /// The reason code on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownScenario => "unknown_scenario",
+            Self::ScenarioUnavailable => "scenario_unavailable",
+            Self::Unrouted => "unrouted",
+            Self::MalformedJson => "malformed_json",
+            Self::PluginError => "plugin_error",
+            Self::PluginTrap => "plugin_trap",
+            Self::CpuLimit => "cpu_limit",
+            Self::MemoryLimit => "memory_limit",
+            Self::OutputLimit => "output_limit",
+            Self::InvalidOutput => "invalid_output",
+            Self::PluginQuarantined => "plugin_quarantined",
+        }
+    }
+
+    /// The reason of an event a plugin failed with `kind`.
+    pub fn of_failure(kind: crate::runtime::FailureKind) -> Self {
+        use crate::runtime::FailureKind;
+        match kind {
+            FailureKind::Plugin => Self::PluginError,
+            FailureKind::Trap => Self::PluginTrap,
+            FailureKind::CpuLimit => Self::CpuLimit,
+            FailureKind::MemoryLimit => Self::MemoryLimit,
+            FailureKind::OutputLimit => Self::OutputLimit,
+            FailureKind::InvalidOutput => Self::InvalidOutput,
+        }
+    }
+}
+
 /// The field that names an event's scenario.
 pub const SCENARIO_FIELD: &str = "scenario_id";
 
@@ -86,6 +146,39 @@ pub fn enrich(value: &[u8], attributes: &Map<String, Value>) -> Result<Vec<u8>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_dead_letter_reason_has_its_own_code() {
+        use crate::runtime::FailureKind;
+        let all = [
+            DeadLetterReason::UnknownScenario,
+            DeadLetterReason::ScenarioUnavailable,
+            DeadLetterReason::Unrouted,
+            DeadLetterReason::MalformedJson,
+            DeadLetterReason::PluginError,
+            DeadLetterReason::PluginTrap,
+            DeadLetterReason::CpuLimit,
+            DeadLetterReason::MemoryLimit,
+            DeadLetterReason::OutputLimit,
+            DeadLetterReason::InvalidOutput,
+            DeadLetterReason::PluginQuarantined,
+        ];
+        let codes: std::collections::BTreeSet<&str> = all.iter().map(|r| r.as_str()).collect();
+        assert_eq!(codes.len(), all.len());
+        assert!(
+            codes
+                .iter()
+                .all(|c| c.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        );
+        assert_eq!(
+            DeadLetterReason::of_failure(FailureKind::Trap).as_str(),
+            "plugin_trap"
+        );
+        assert_eq!(
+            DeadLetterReason::of_failure(FailureKind::OutputLimit),
+            DeadLetterReason::OutputLimit
+        );
+    }
 
     #[test]
     fn scenario_and_member_ids_read_as_text() {
