@@ -104,7 +104,8 @@ struct Resolved {
 
 impl ServeArgs {
     pub(crate) fn run(self) -> anyhow::Result<ExitCode> {
-        let resolved = match self.resolve(&|name| std::env::var(name).ok()) {
+        let layered: Vec<(String, String)> = std::env::vars().collect();
+        let resolved = match self.resolve_layered(&|name| std::env::var(name).ok(), &layered) {
             Ok(resolved) => resolved,
             Err(problems) => {
                 eprintln!(
@@ -126,18 +127,40 @@ impl ServeArgs {
     }
 
     /// Layers file, environment and flags; returns every problem found.
+    #[cfg(test)]
     fn resolve(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Resolved, Vec<String>> {
+        self.resolve_layered(env, &[])
+    }
+
+    /// [`ServeArgs::resolve`], with `layered` (the process environment) read for
+    /// `WEIR_<SECTION>__<KEY>` variables, which set any key of the file's sections
+    /// (see [`overlay`]).
+    fn resolve_layered(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+        layered: &[(String, String)],
+    ) -> Result<Resolved, Vec<String>> {
         let mut problems = Vec::new();
-        let mut config = match &self.config {
+        let (mut table, origin) = match &self.config {
             Some(path) => match std::fs::read_to_string(path) {
-                Ok(text) => parse_config(&text, &path.display().to_string(), &mut problems),
+                Ok(text) => (
+                    parse_table(&text, &path.display().to_string(), &mut problems),
+                    path.display().to_string(),
+                ),
                 Err(e) => {
                     problems.push(format!("--config {}: {e}", path.display()));
-                    ServeConfig::default()
+                    (toml::Table::new(), "configuration".to_owned())
                 }
             },
-            None => ServeConfig::default(),
+            None => (toml::Table::new(), "configuration".to_owned()),
         };
+        let overlaid = overlay(&mut table, layered, &mut problems);
+        let origin = if overlaid.is_empty() {
+            origin
+        } else {
+            format!("{origin} with {}", overlaid.join(", "))
+        };
+        let mut config = parse_config(table, &origin, &mut problems);
         if let Some(token) = env("WEIR_ADMIN_TOKEN") {
             config.api.admin_token = Some(token);
         }
@@ -236,17 +259,77 @@ impl ServeArgs {
     }
 }
 
-/// Parses the TOML file, reporting every unknown key and wrongly typed value
-/// rather than the first: each offending key is noted, removed, and the rest
-/// parsed again.
-fn parse_config(text: &str, origin: &str, problems: &mut Vec<String>) -> ServeConfig {
-    let mut table: toml::Table = match text.parse() {
-        Ok(table) => table,
-        Err(e) => {
-            problems.push(format!("{origin}: {}", e.to_string().trim_end()));
-            return ServeConfig::default();
+/// The TOML file as a table; a syntax error is a problem and an empty table.
+fn parse_table(text: &str, origin: &str, problems: &mut Vec<String>) -> toml::Table {
+    text.parse().unwrap_or_else(|e: toml::de::Error| {
+        problems.push(format!("{origin}: {}", e.to_string().trim_end()));
+        toml::Table::new()
+    })
+}
+
+/// Sets keys of `table` from `WEIR_<SECTION>__<KEY>` variables (any depth:
+/// `WEIR_PIPELINE__GROUP_ID` is `[pipeline] group_id`, `WEIR_ARCHIVE__ROOT` is
+/// `[archive] root`). A value is read as a TOML value when it is one (`5`,
+/// `true`, `["a", "b"]`, `"quoted text"`), else as text. Returns the variables
+/// used, to name them in problems; a variable that names no key path (an empty
+/// part) is a problem itself. Unknown keys are then reported like the file's.
+fn overlay(
+    table: &mut toml::Table,
+    vars: &[(String, String)],
+    problems: &mut Vec<String>,
+) -> Vec<String> {
+    let mut used = Vec::new();
+    let mut vars: Vec<&(String, String)> = vars
+        .iter()
+        .filter(|(name, _)| name.starts_with("WEIR_") && name.contains("__"))
+        .collect();
+    vars.sort();
+    for (name, value) in vars {
+        let path: Vec<String> = name["WEIR_".len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if path.len() < 2 || path.iter().any(String::is_empty) {
+            problems.push(format!(
+                "{name}: expected WEIR_<SECTION>__<KEY>, e.g. WEIR_PIPELINE__GROUP_ID"
+            ));
+            continue;
         }
-    };
+        let value = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        match set_path(table, &path, value) {
+            Ok(()) => used.push(name.clone()),
+            Err(reason) => problems.push(format!("{name}: {reason}")),
+        }
+    }
+    used
+}
+
+/// Sets `a.b.c` in a TOML table, making the sections on the way.
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    match path {
+        [] => Err("no key".to_owned()),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => match table
+            .entry(first.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            toml::Value::Table(inner) => set_path(inner, rest, value),
+            _ => Err(format!("`{first}` is not a section")),
+        },
+    }
+}
+
+/// Reads the configuration table, reporting every unknown key and wrongly
+/// typed value rather than the first: each offending key is noted, removed,
+/// and the rest parsed again.
+fn parse_config(mut table: toml::Table, origin: &str, problems: &mut Vec<String>) -> ServeConfig {
     // Bounded: every round removes one key.
     for _ in 0..64 {
         let error = match serde_path_to_error::deserialize::<_, ServeConfig>(table.clone()) {
@@ -509,6 +592,56 @@ mod tests {
             assert!(all.contains(expected), "{expected} in {all}");
         }
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Any key of the file's sections can be set from the environment.
+    #[test]
+    fn weir_section_key_variables_set_any_key() {
+        let vars = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let resolved = args(None)
+            .resolve_layered(
+                &|_| None,
+                &vars(&[
+                    ("WEIR_PIPELINE__GROUP_ID", "blue"),
+                    ("WEIR_PIPELINE__BATCH_MAX_EVENTS", "500"),
+                    ("WEIR_PIPELINE__TOPICS", r#"["a", "b"]"#),
+                    ("WEIR_RUNTIME__CPU_LIMIT_MS", "200"),
+                    ("WEIR_ARCHIVE__MAX_FILE_AGE_SECS", "0"),
+                    ("WEIR_LISTEN", "127.0.0.1:9000"),
+                    ("OTHER__THING", "x"),
+                ]),
+            )
+            .unwrap();
+        assert_eq!(resolved.plan.pipeline.group_id, "blue");
+        assert_eq!(resolved.plan.pipeline.batch_max_events, 500);
+        assert_eq!(resolved.plan.pipeline.topics, ["a", "b"]);
+        assert_eq!(resolved.runtime.cpu_limit_ms, Some(200));
+        assert_eq!(resolved.plan.archive.max_file_age_secs, 0);
+
+        let problems = args(None)
+            .resolve_layered(
+                &|_| None,
+                &vars(&[
+                    ("WEIR_PIPELINE__GRUOP_ID", "x"),
+                    ("WEIR_PIPELINE__BATCH_MAX_EVENTS", "many"),
+                    ("WEIR__X", "1"),
+                ]),
+            )
+            .unwrap_err();
+        let all = problems.join("\n");
+        for expected in [
+            "WEIR__X: expected WEIR_<SECTION>__<KEY>",
+            "pipeline.gruop_id: unknown field `gruop_id`",
+            "pipeline.batch_max_events: invalid type",
+            "with WEIR_PIPELINE__BATCH_MAX_EVENTS, WEIR_PIPELINE__GRUOP_ID",
+        ] {
+            assert!(all.contains(expected), "{expected} in {all}");
+        }
     }
 
     /// The sinks' and the commit's timeouts must fit inside the transaction's.
