@@ -81,8 +81,10 @@ fn cycles(events: usize, partitions: usize) -> (Vec<Vec<PartitionBatch>>, usize)
             partition,
             first_offset: first,
             last_offset: first + chunk.len() as i64 - 1,
+            processed_ms: start_ms,
             scenarios: vec![ScenarioBatch {
-                route: route.clone(),
+                scenario: route.id.clone(),
+                plugin: route.plugin_label.clone(),
                 events: metas,
                 result,
             }],

@@ -497,6 +497,31 @@ impl BatchResult {
         }
     }
 
+    /// Appends one event's outcome with its records, as a result recorded
+    /// elsewhere gives it back (the pipeline's journal): a failed event keeps
+    /// no records, and only an emitted one may be matched.
+    pub fn push_outcome<'r>(
+        &mut self,
+        status: Status,
+        matched: bool,
+        error: Option<EventError>,
+        records: impl IntoIterator<Item = &'r [u8]>,
+    ) {
+        let start = self.ends.len();
+        if status != Status::Failed {
+            for record in records {
+                self.data.extend_from_slice(record);
+                self.ends.push(self.data.len());
+            }
+        }
+        self.outcomes.push(Outcome {
+            status,
+            matched: matched && status == Status::Emitted,
+            error: error.filter(|_| status == Status::Failed),
+            records: start..self.ends.len(),
+        });
+    }
+
     /// Appends `count` failed outcomes with the same reason.
     pub(crate) fn push_failed(&mut self, error: &EventError, count: usize) {
         let at = self.ends.len();

@@ -236,7 +236,8 @@ impl Scenarios {
             }
             let result = instance.process(&batch).expect("process");
             scenarios.push(ScenarioBatch {
-                route: route.clone(),
+                scenario: route.id.clone(),
+                plugin: route.plugin_label.clone(),
                 events,
                 result,
             });
@@ -246,6 +247,7 @@ impl Scenarios {
             partition: 0,
             first_offset: offsets.start,
             last_offset: offsets.end - 1,
+            processed_ms: chrono::Utc::now().timestamp_millis(),
             scenarios,
         }
     }
@@ -918,7 +920,7 @@ fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<(i
             let produced = e
                 .metadata()
                 .strip_prefix(weir::pipeline::PRODUCED_METADATA)
-                .and_then(|n| n.parse().ok())
+                .and_then(|n| n.split(';').next()?.parse().ok())
                 .unwrap_or_else(|| panic!("no produced mark in {:?}", e.metadata()));
             (committed, produced)
         })
@@ -980,38 +982,29 @@ async fn a_crash_with_open_files_replays_them_to_the_archive_only() {
         "open files hold the committed offsets back: {positions:?}"
     );
 
-    // A restart stopped during the replay (small batches, stop after the first):
-    // its stop closes the files and commits how far it replayed, not further.
+    // The restart reads the held range's results back from the journal and
+    // gives them to the archive alone; its stop closes the files and commits.
     let sink = archive_sink(config.clone()).await;
-    let small = PipelineConfig {
-        batch_max_events: 300,
-        ..pipeline.clone()
-    };
-    let second = crate::pipeline::run_until(small, &registry, vec![Box::new(sink)], 1).await;
-    let replayed = second.replayed.load(Ordering::Relaxed);
-    eprintln!("replayed {replayed} of {held} before the stop");
-    // Then a restart that runs the replay to the end.
-    let sink = archive_sink(config).await;
-    let third = crate::pipeline::run_until(
-        pipeline,
-        &registry,
-        vec![Box::new(sink)],
-        held as u64 - replayed,
-    )
-    .await;
+    let mut second =
+        crate::pipeline::Running::start(pipeline.clone(), &registry, vec![Box::new(sink)]).await;
+    second
+        .wait_until("the held range replayed", |m| {
+            m.replayed.load(Ordering::Relaxed) >= held as u64
+        })
+        .await;
+    let second = second.stop().await;
     assert_eq!(
-        replayed + third.replayed.load(Ordering::Relaxed),
+        second.replayed.load(Ordering::Relaxed),
         held as u64,
-        "the replay went on where the stopped one ended"
+        "each held event replayed once"
     );
-    for metrics in [&second, &third] {
-        assert_eq!(
-            metrics.outputs.load(Ordering::Relaxed),
-            0,
-            "nothing produced again"
-        );
-        assert_eq!(metrics.dead_letters.load(Ordering::Relaxed), 0);
-    }
+    assert_eq!(
+        second.outputs.load(Ordering::Relaxed),
+        0,
+        "nothing produced again"
+    );
+    assert_eq!(second.dead_letters.load(Ordering::Relaxed), 0);
+    assert_eq!(second.replay_missing.load(Ordering::Relaxed), 0);
     let positions = committed(&brokers, &u, &events_topic, 3);
     let want: Vec<(i64, i64)> = ends.iter().map(|&end| (end, end)).collect();
     assert_eq!(positions, want, "everything committed after the stop");
@@ -1214,7 +1207,7 @@ async fn weir_serve_killed_while_files_are_open_restarts_exactly_once() {
     assert!(status.success(), "exit {status} after SIGTERM");
     let log = std::fs::read_to_string(data.join("second.log")).unwrap_or_default();
     assert!(
-        log.contains("replaying events to the sinks only")
+        log.contains("replayed to the sinks from the journal")
             || log.contains("removed leftover temporary files"),
         "the restart found work left by the kill; log:\n{log}"
     );

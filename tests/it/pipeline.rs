@@ -184,16 +184,25 @@ impl Running {
     /// Waits until `metrics.events` reaches `events`; fails if the pipeline stops
     /// first or takes more than 240 s.
     pub(crate) async fn wait_for(&mut self, events: u64) {
+        self.wait_until(&format!("{events} events handled"), |m| {
+            m.events.load(Ordering::Relaxed) >= events
+        })
+        .await;
+    }
+
+    /// Waits until `done` holds for the metrics; fails if the pipeline stops
+    /// first or takes more than 240 s.
+    pub(crate) async fn wait_until(&mut self, what: &str, done: impl Fn(&Metrics) -> bool) {
         let started = Instant::now();
-        while self.metrics.events.load(Ordering::Relaxed) < events {
+        while !done(&self.metrics) {
             if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
                 let ended = self.thread.take().map(|t| t.join().map(|r| r.map(|_| ())));
                 panic!("the pipeline stopped early: {ended:?}");
             }
             assert!(
                 started.elapsed() < Duration::from_secs(240),
-                "the pipeline handled {} of {events} events in 240 s",
-                self.metrics.events.load(Ordering::Relaxed)
+                "not reached in 240 s: {what}; {:?}",
+                self.metrics
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -544,13 +544,13 @@ impl ArchiveSink {
                 .retain(|(_, _, t, p), _| !(t == &batch.topic && *p == batch.partition));
         }
         for scenario in &batch.scenarios {
-            let id = &scenario.route.id;
+            let id = &scenario.scenario;
             let mut hours: BTreeMap<i64, Vec<Held>> = BTreeMap::new();
             for (event, outcome) in scenario.events.iter().zip(scenario.result.outcomes()) {
                 if outcome.status != Status::Emitted {
                     continue;
                 }
-                let (time, own_time) = event.time(now);
+                let (time, own_time) = event.time(batch.processed_ms);
                 let rows = hours.entry(time.div_euclid(HOUR_MS)).or_default();
                 for record in scenario.result.records(outcome) {
                     rows.push(Held {

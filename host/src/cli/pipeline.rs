@@ -113,6 +113,7 @@ pub(crate) async fn start(
     let broker = if config.brokers.is_empty() {
         let mut topics: Vec<(&str, i32)> = config.topics.iter().map(|t| (t.as_str(), 3)).collect();
         topics.push((config.dlq_topic.as_str(), 1));
+        topics.push((config.journal_topic.as_str(), 3));
         let broker = EmbeddedBroker::start(&topics).context("starting the embedded broker")?;
         config.brokers = broker.bootstrap_servers().to_owned();
         eprintln!(

@@ -40,6 +40,7 @@
 pub mod catalog;
 pub mod demo;
 pub mod embedded;
+mod journal;
 mod offsets;
 pub mod produce;
 pub mod route;
@@ -54,7 +55,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -63,6 +64,7 @@ use tokio_util::sync::CancellationToken;
 use crate::registry::Registry;
 use crate::runtime::{Batch, BatchResult, EventError, EventInput, FailureKind, Instance, Status};
 use catalog::{Catalog, Route};
+use journal::{Deliveries, Placed, Placements};
 use offsets::Position;
 use route::{DeadLetterReason, Fields};
 use sink::{EventMeta, PartitionBatch, ScenarioBatch, Sink};
@@ -99,6 +101,14 @@ pub struct PipelineConfig {
     pub topics: Vec<String>,
     /// Where failed and unroutable events go.
     pub dlq_topic: String,
+    /// Where each cycle's results are kept for replays to the sinks (see
+    /// `journal.rs`). Made at start when missing, with `journal_partitions`
+    /// partitions and the broker's default replication; its retention must
+    /// outlast the longest time a sink holds events (the archive's file age)
+    /// plus any downtime, or a replay finds its range gone and says so.
+    pub journal_topic: String,
+    /// Partitions of the journal topic when weir makes it.
+    pub journal_partitions: i32,
     /// Most events in one batch cycle.
     pub batch_max_events: usize,
     /// Longest wait for a batch to fill, milliseconds.
@@ -147,6 +157,8 @@ impl Default for PipelineConfig {
             group_id: "weir".into(),
             topics: vec!["weir.events".into()],
             dlq_topic: "weir.dlq".into(),
+            journal_topic: "weir.journal".into(),
+            journal_partitions: 6,
             batch_max_events: 16_384,
             batch_linger_ms: 100,
             transactional_id_prefix: "weir".into(),
@@ -174,6 +186,23 @@ impl PipelineConfig {
         }
         if self.dlq_topic.trim().is_empty() {
             problems.push("pipeline.dlq_topic: empty; give a topic name such as `weir.dlq`".into());
+        }
+        if self.journal_topic.trim().is_empty() {
+            problems.push(
+                "pipeline.journal_topic: empty; give a topic name such as `weir.journal`".into(),
+            );
+        } else if self.journal_topic == self.dlq_topic || self.topics.contains(&self.journal_topic)
+        {
+            problems.push(format!(
+                "pipeline.journal_topic: {:?} is also consumed or the dead-letter topic; give the journal a topic of its own",
+                self.journal_topic
+            ));
+        }
+        if !(1..=10_000).contains(&self.journal_partitions) {
+            problems.push(format!(
+                "pipeline.journal_partitions: {} is out of range; use 1 to 10000",
+                self.journal_partitions
+            ));
         }
         if !(1..=1_000_000).contains(&self.batch_max_events) {
             problems.push(format!(
@@ -224,7 +253,7 @@ fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> PipelineError {
 /// Counters of what the pipeline did, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Events consumed and handled (committed).
+    /// Events consumed and handled (committed); not those replayed to the sinks.
     pub events: AtomicU64,
     /// Output records produced (committed).
     pub outputs: AtomicU64,
@@ -253,6 +282,12 @@ pub struct Metrics {
     pub revoked_partitions: AtomicU64,
     /// Times the producer was made again after a fatal error.
     pub producer_recreations: AtomicU64,
+    /// Events whose results a replay needed but the journal no longer had (or
+    /// never had): the sinks miss them, and a log line names each range.
+    pub replay_missing: AtomicU64,
+    /// Times the sinks failed to take committed results, which were kept and
+    /// handed again.
+    pub sink_failures: AtomicU64,
 }
 
 /// Why and until when a scenario is set aside.
@@ -299,7 +334,17 @@ struct DeadLetter<'a> {
 pub struct Pipeline {
     config: PipelineConfig,
     consumer: BaseConsumer<Context>,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: ThreadedProducer<Deliveries>,
+    /// Reads the journal back for replays.
+    journal_reader: BaseConsumer,
+    /// Where the journal records that replays may still need were written.
+    placements: Placements,
+    /// Tags of the journal records sent in the open transaction: (tag, source
+    /// partition, the batch's last offset).
+    journal_sent: Vec<(usize, (String, i32), i64)>,
+    next_tag: usize,
+    /// Committed batches not handed to every sink yet.
+    unsunk: Vec<PartitionBatch>,
     registry: Registry,
     catalog: watch::Receiver<Arc<Catalog>>,
     current: Arc<Catalog>,
@@ -349,9 +394,10 @@ fn may_recreate(history: &mut VecDeque<Instant>, now: Instant) -> bool {
 fn transactional_producer(
     config: &ClientConfig,
     timeout: Duration,
-) -> Result<ThreadedProducer<DefaultProducerContext>, PipelineError> {
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        config.create().map_err(kafka("creating the producer"))?;
+) -> Result<ThreadedProducer<Deliveries>, PipelineError> {
+    let producer: ThreadedProducer<Deliveries> = config
+        .create_with_context(Deliveries::default())
+        .map_err(kafka("creating the producer"))?;
     producer
         .init_transactions(timeout)
         .map_err(kafka("initialising transactions"))?;
@@ -408,6 +454,28 @@ impl Pipeline {
             .set("enable.partition.eof", "false")
             .create_with_context(Context::default())
             .map_err(kafka("creating the consumer"))?;
+        let journal_reader: BaseConsumer = common
+            .clone()
+            // Never commits: it only reads the journal back from where a commit points.
+            .set("group.id", format!("{}-journal-reader", config.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "error")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .create()
+            .map_err(kafka("creating the journal reader"))?;
+        let known = journal_reader
+            .fetch_metadata(Some(&config.journal_topic), Duration::from_secs(10))
+            .is_ok_and(|metadata| {
+                metadata
+                    .topics()
+                    .iter()
+                    .any(|t| t.name() == config.journal_topic && t.error().is_none())
+            });
+        if !known {
+            ensure_topic(&common, &config.journal_topic, config.journal_partitions).await;
+        }
         let instance = config.instance.clone().unwrap_or_else(host_name);
         let transactional_id = format!(
             "{}-{}-{instance}",
@@ -446,6 +514,11 @@ impl Pipeline {
         let message_limit = produce::message_limit(&config.kafka)
             .map_err(|problem| PipelineError::Config(vec![problem]))?;
         Ok(Self {
+            journal_reader,
+            placements: Placements::default(),
+            journal_sent: Vec::new(),
+            next_tag: 1,
+            unsunk: Vec::new(),
             producer_config,
             recreations: VecDeque::new(),
             message_limit,
@@ -518,6 +591,13 @@ impl Pipeline {
         let mut backoff = Duration::from_millis(self.config.retry_backoff_ms);
         while !self.stop.is_cancelled() {
             self.refresh()?;
+            if !self.hand_to_sinks() {
+                // Committed results the sinks did not take: nothing new is
+                // consumed until they do (the commit waits for them too).
+                self.wait_paused(backoff, &mut Vec::new());
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
             let gathering = Instant::now();
             let mut gathered = self.gather();
             tracing::trace!(
@@ -560,6 +640,24 @@ impl Pipeline {
         Ok(self.metrics)
     }
 
+    /// Hands the committed batches to every sink; false (logged, counted) when a
+    /// sink failed, and they are handed again at the next turn.
+    fn hand_to_sinks(&mut self) -> bool {
+        if self.unsunk.is_empty() {
+            return true;
+        }
+        for sink in &mut self.sinks {
+            if let Err(err) = sink.write(&self.unsunk).and_then(|()| sink.tick()) {
+                self.metrics.sink_failures.fetch_add(1, Ordering::Relaxed);
+                self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %err, "a sink did not take committed results; handing them again");
+                return false;
+            }
+        }
+        self.unsunk.clear();
+        true
+    }
+
     /// No events came: lets the sinks make durable what is due by time, and commits
     /// what that allows. A failure is retried at the next turn; nothing is lost.
     /// A fatal Kafka error (this producer was fenced) stops the pipeline.
@@ -571,7 +669,7 @@ impl Pipeline {
                 return Ok(());
             }
         }
-        if let Err(err) = self.commit_positions(&[]) {
+        if let Err(err) = self.commit_positions(&[], &[]) {
             self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %err, "committing offsets failed; retrying");
             self.abort(&err)?;
@@ -581,13 +679,18 @@ impl Pipeline {
 
     /// Stopping: the sinks make everything durable and the offsets are committed.
     fn finish(&mut self) {
+        if !self.hand_to_sinks() {
+            tracing::warn!(
+                "stopping with results the sinks did not take; they will be replayed to them from the journal"
+            );
+        }
         for sink in &mut self.sinks {
             if let Err(err) = sink.flush() {
                 tracing::warn!(error = %err, "sink could not flush at stop; its events will be consumed again");
                 return;
             }
         }
-        if let Err(err) = self.commit_positions(&[]) {
+        if let Err(err) = self.commit_positions(&[], &[]) {
             tracing::warn!(error = %err, "committing the last offsets failed; their events will be consumed again");
             if let Err(fatal) = self.abort(&err) {
                 tracing::warn!(error = %fatal, "stopping without a usable producer");
@@ -620,30 +723,97 @@ impl Pipeline {
                 Offset::Offset(offset) => Some(offset),
                 _ => None,
             };
-            let position = Position::from_commit(committed, element.metadata());
-            let produced = position.produced;
+            let mut position = Position::from_commit(committed, element.metadata());
+            let tp = (element.topic().to_owned(), element.partition());
+            self.placements.forget(&tp);
             if position.replays() {
-                tracing::info!(
-                    topic = element.topic(),
-                    partition = element.partition(),
-                    from = committed,
-                    until = produced,
-                    "replaying events to the sinks only: their outputs were produced before"
-                );
+                self.replay(&tp, &mut position)?;
             }
-            self.positions
-                .insert((element.topic().to_owned(), element.partition()), position);
+            self.positions.insert(tp, position);
         }
         Ok(())
     }
 
-    /// The offset each partition may commit: no further than what was handed to the
-    /// sinks (a replay may still be below the produced mark) and below the first event
-    /// a sink still holds. The partitions of the cycle (`done`: topic, partition, last
-    /// offset) advance what was handed and produced. Sends what changed to the open
-    /// transaction and commits it, or, when `done` is empty, to a transaction of its
-    /// own; notes the new positions once committed.
-    fn commit_positions(&mut self, done: &[(String, i32, i64)]) -> Result<(), CycleError> {
+    /// Gives the sinks the results of what `position` says was produced but is
+    /// not committed, read back from the journal (see `journal.rs`): the plugins
+    /// do not run again, so the sinks get exactly what the outputs, dead letters
+    /// and counters already say. A range the journal no longer has is logged and
+    /// counted, and passed over.
+    fn replay(&mut self, tp: &(String, i32), position: &mut Position) -> Result<(), CycleError> {
+        let from = position.committed.unwrap_or(0);
+        let until = position.produced;
+        let timeout = Duration::from_millis(self.config.call_timeout_ms);
+        let replay = journal::read(
+            &self.journal_reader,
+            &self.config.journal_topic,
+            (&tp.0, tp.1),
+            (from, until),
+            position.journal,
+            timeout,
+        )
+        .map_err(CycleError::kafka("reading the journal back"))?;
+        let events: usize = replay
+            .batches
+            .iter()
+            .flat_map(|b| &b.scenarios)
+            .map(|s| s.events.len())
+            .sum();
+        if let Some(missing) = replay.missing_from {
+            tracing::error!(
+                topic = %tp.0,
+                partition = tp.1,
+                from = missing,
+                until,
+                journal = ?position.journal,
+                "the journal no longer has the results of this range (retention, or committed before \
+                 the journal): the sinks miss its events; outputs and dead letters have them"
+            );
+            self.metrics
+                .replay_missing
+                .fetch_add((until - missing).max(0) as u64, Ordering::Relaxed);
+        }
+        tracing::info!(
+            topic = %tp.0,
+            partition = tp.1,
+            from,
+            until,
+            events,
+            "results replayed to the sinks from the journal: their outputs were produced before"
+        );
+        for sink in &mut self.sinks {
+            sink.write(&replay.batches).map_err(CycleError::Sink)?;
+        }
+        for placed in replay.placed {
+            self.placements.note(tp, placed);
+        }
+        self.metrics
+            .replayed
+            .fetch_add(events as u64, Ordering::Relaxed);
+        position.handed = Some(until);
+        Ok(())
+    }
+
+    /// The offset each partition may commit: no further than what went through
+    /// a cycle, and below the first event a sink still holds or has not been
+    /// handed yet (`fresh`: the batches of the cycle committing now, handed to
+    /// the sinks only once it committed). The partitions of the cycle (`done`:
+    /// topic, partition, last offset) advance what was handled and produced.
+    /// Sends what changed to the open transaction and commits it, or, when
+    /// `done` is empty, to a transaction of its own; notes the new positions
+    /// once committed. A commit below the produced mark points at the journal
+    /// records a replay needs.
+    fn commit_positions(
+        &mut self,
+        done: &[(String, i32, i64)],
+        fresh: &[PartitionBatch],
+    ) -> Result<(), CycleError> {
+        let timeout = Duration::from_millis(self.config.call_timeout_ms);
+        let own = done.is_empty();
+        if !own {
+            // The journal records' places go into this commit's metadata.
+            self.await_deliveries(timeout)?;
+            self.note_journal_deliveries()?;
+        }
         let mut offsets = TopicPartitionList::new();
         let mut updates = Vec::new();
         for (tp, position) in &self.positions {
@@ -651,26 +821,34 @@ impl Pipeline {
                 .iter()
                 .find(|(t, p, _)| t == &tp.0 && *p == tp.1)
                 .map(|&(_, _, last)| last);
+            let unsunk = self
+                .unsunk
+                .iter()
+                .chain(fresh)
+                .filter(|b| b.topic == tp.0 && b.partition == tp.1)
+                .map(|b| b.first_offset);
             let held = self
                 .sinks
                 .iter()
                 .filter_map(|sink| sink.pending_from(&tp.0, tp.1))
+                .chain(unsunk)
                 .min();
             let Some((commit, produced, after)) = position.commit(last, held) else {
                 continue;
             };
+            let journal = (commit < produced)
+                .then(|| self.placements.from(tp, commit))
+                .flatten();
             let mut element = offsets.add_partition(&tp.0, tp.1);
             element
                 .set_offset(Offset::Offset(commit))
                 .map_err(CycleError::kafka("listing offsets"))?;
-            element.set_metadata(format!("{PRODUCED_METADATA}{produced}"));
+            element.set_metadata(offsets::metadata(produced, journal));
             updates.push((tp.clone(), after));
         }
-        let own = done.is_empty();
         if own && offsets.count() == 0 {
             return Ok(());
         }
-        let timeout = Duration::from_millis(self.config.call_timeout_ms);
         if own {
             self.producer
                 .begin_transaction()
@@ -687,7 +865,6 @@ impl Pipeline {
                 .map_err(CycleError::kafka("sending offsets to the transaction"))?;
         }
         let sent = started.elapsed();
-        self.await_deliveries(timeout)?;
         self.producer
             .commit_transaction(timeout)
             .map_err(CycleError::kafka("committing the transaction"))?;
@@ -702,7 +879,27 @@ impl Pipeline {
                 "offsets committed after sinks made held events durable"
             );
         }
+        for (tp, position) in &updates {
+            if let Some(commit) = position.committed {
+                self.placements.committed(tp, commit);
+            }
+        }
         self.positions.extend(updates);
+        Ok(())
+    }
+
+    /// Notes where the journal records of the open transaction were written,
+    /// once all were delivered. A record the producer did not deliver fails
+    /// the cycle (the transaction cannot commit either).
+    fn note_journal_deliveries(&mut self) -> Result<(), CycleError> {
+        for (tag, tp, last) in std::mem::take(&mut self.journal_sent) {
+            let at = self
+                .producer
+                .context()
+                .take(tag)
+                .ok_or(CycleError::JournalUndelivered)?;
+            self.placements.note(&tp, Placed { last, at });
+        }
         Ok(())
     }
 
@@ -760,7 +957,12 @@ impl Pipeline {
                 .fetch_add(revoked.len() as u64, Ordering::Relaxed);
             for tp in &revoked {
                 self.positions.remove(tp);
+                self.placements.forget(tp);
             }
+            // Committed but not handed to the sinks: the next owner replays them
+            // from the journal.
+            self.unsunk
+                .retain(|b| !revoked.contains(&(b.topic.clone(), b.partition)));
             for sink in &mut self.sinks {
                 sink.revoked(&revoked);
             }
@@ -798,6 +1000,8 @@ impl Pipeline {
     /// (fenced, its transaction aborted by the broker, an abort answering a
     /// conflict) is made again and the cycle retried; see [`Pipeline::recreate`].
     fn abort(&mut self, err: &CycleError) -> Result<(), PipelineError> {
+        self.journal_sent.clear();
+        self.producer.context().clear();
         if let CycleError::Kafka { source, .. } = err
             && let KafkaError::Transaction(txn) = source
             && txn.is_fatal()
@@ -856,13 +1060,15 @@ impl Pipeline {
         let timeout = Duration::from_millis(self.config.call_timeout_ms);
         self.producer = transactional_producer(&self.producer_config, timeout)?;
         self.positions.clear();
+        self.placements.clear();
         self.metrics
             .producer_recreations
             .fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Routes, runs, produces, makes durable and commits one batch cycle.
+    /// Routes, runs, produces and commits one batch cycle; its results go to the
+    /// sinks once committed ([`Pipeline::hand_to_sinks`]).
     fn cycle(&mut self, messages: &[OwnedMessage]) -> Result<(), CycleError> {
         let catalog = self.current.clone();
         let mut by_partition: BTreeMap<(&str, i32), Vec<&OwnedMessage>> = BTreeMap::new();
@@ -879,21 +1085,34 @@ impl Pipeline {
             .begin_transaction()
             .map_err(CycleError::kafka("beginning a transaction"))?;
 
+        let processed_ms = chrono::Utc::now().timestamp_millis();
         let mut processed = Vec::with_capacity(by_partition.len());
         let mut outputs = 0u64;
         let mut dead = 0u64;
-        let mut replayed = 0u64;
         let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
         let mut done = Vec::with_capacity(by_partition.len());
+        let mut handled = 0u64;
         for ((topic, partition), batch) in &by_partition {
             let produced = self
                 .positions
                 .get(&((*topic).to_owned(), *partition))
                 .map(|p| p.produced)
                 .ok_or(CycleError::NoPosition)?;
-            replayed += batch.iter().filter(|m| m.offset() < produced).count() as u64;
+            let last = batch.last().map_or(0, |m| m.offset());
+            done.push(((*topic).to_owned(), *partition, last));
+            // Below the mark, the results were produced before and replayed to
+            // the sinks from the journal when the position was learnt.
+            let fresh: Vec<&OwnedMessage> = batch
+                .iter()
+                .copied()
+                .filter(|m| m.offset() >= produced)
+                .collect();
+            if fresh.is_empty() {
+                continue;
+            }
+            handled += fresh.len() as u64;
             let (partition_batch, out, dead_letters) =
-                self.run_partition(&catalog, topic, *partition, batch, produced)?;
+                self.run_partition(&catalog, topic, *partition, &fresh, processed_ms)?;
             outputs += out;
             for letter in &dead_letters {
                 *reasons
@@ -904,31 +1123,23 @@ impl Pipeline {
             for letter in dead_letters {
                 self.dead_letter(letter)?;
             }
-            done.push(((*topic).to_owned(), *partition, partition_batch.last_offset));
+            self.send_journal(&partition_batch)?;
             processed.push(partition_batch);
         }
 
         let ran = started.elapsed();
-        for sink in &mut self.sinks {
-            sink.write(&processed).map_err(CycleError::Sink)?;
-            sink.tick().map_err(CycleError::Sink)?;
-        }
-        let sunk = started.elapsed();
-        self.commit_positions(&done)?;
+        self.commit_positions(&done, &processed)?;
         tracing::debug!(
             events = messages.len(),
             run_ms = ran.as_millis() as u64,
-            sinks_ms = (sunk - ran).as_millis() as u64,
-            commit_ms = (started.elapsed() - sunk).as_millis() as u64,
+            commit_ms = (started.elapsed() - ran).as_millis() as u64,
             "cycle committed"
         );
+        self.unsunk.extend(processed);
 
-        self.metrics
-            .events
-            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        self.metrics.events.fetch_add(handled, Ordering::Relaxed);
         self.metrics.outputs.fetch_add(outputs, Ordering::Relaxed);
         self.metrics.dead_letters.fetch_add(dead, Ordering::Relaxed);
-        self.metrics.replayed.fetch_add(replayed, Ordering::Relaxed);
         self.metrics.cycles.fetch_add(1, Ordering::Relaxed);
         if !reasons.is_empty() {
             let mut by_reason = self
@@ -943,15 +1154,39 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Runs one partition's events through their scenarios and produces the outputs,
-    /// except for events below `produced` (a replay for the sinks: produced before).
+    /// Sends a partition batch's journal records in the open transaction.
+    fn send_journal(&mut self, batch: &PartitionBatch) -> Result<(), CycleError> {
+        let key = journal::key(&batch.topic, batch.partition);
+        let budget = produce::journal_budget(self.message_limit, &batch.topic);
+        let tp = (batch.topic.clone(), batch.partition);
+        for (index, record) in journal::encode(batch, budget).iter().enumerate() {
+            // Only a batch's first record is where a replay of it starts, so
+            // only its place is noted (tag 0: not noted).
+            let tag = if index == 0 {
+                let tag = self.next_tag;
+                self.next_tag = self.next_tag.wrapping_add(1).max(1);
+                self.journal_sent.push((tag, tp.clone(), batch.last_offset));
+                tag
+            } else {
+                0
+            };
+            self.send(
+                BaseRecord::with_opaque_to(&self.config.journal_topic, tag)
+                    .key(key.as_bytes())
+                    .payload(record.as_slice()),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Runs one partition's events through their scenarios and produces the outputs.
     fn run_partition<'m>(
         &mut self,
         catalog: &'m Catalog,
         topic: &str,
         partition: i32,
         messages: &[&'m OwnedMessage],
-        produced: i64,
+        processed_ms: i64,
     ) -> Result<(PartitionBatch, u64, Vec<DeadLetter<'m>>), CycleError> {
         let mut dead = Vec::new();
         // Per scenario: (index into messages, member id) in offset order.
@@ -1037,7 +1272,7 @@ impl Pipeline {
                 let message = messages[*index];
                 let raw = message.payload().unwrap_or_default();
                 let enriched = match (&route.enrich_by, member) {
-                    (Some(_), Some(member)) => self.enriched(catalog, raw, member),
+                    (Some(_), Some(member)) => self.enriched(catalog, raw, member)?,
                     _ => None,
                 };
                 headers_buf.clear();
@@ -1073,9 +1308,6 @@ impl Pipeline {
             self.fail_what_cannot_be_produced(&route, &share, messages, &mut result);
             for ((index, member), outcome) in share.iter().zip(result.outcomes()) {
                 let message = messages[*index];
-                if message.offset() < produced {
-                    continue;
-                }
                 match outcome.status {
                     Status::Emitted => {
                         for record in result.records(outcome) {
@@ -1102,13 +1334,13 @@ impl Pipeline {
                 }
             }
             scenarios.push(ScenarioBatch {
-                route,
+                scenario: route.id.clone(),
+                plugin: route.plugin_label.clone(),
                 events,
                 result,
             });
         }
 
-        dead.retain(|letter| letter.message.offset() >= produced);
         let first_offset = messages.first().map_or(0, |m| m.offset());
         let last_offset = messages.last().map_or(0, |m| m.offset());
         Ok((
@@ -1117,6 +1349,7 @@ impl Pipeline {
                 partition,
                 first_offset,
                 last_offset,
+                processed_ms,
                 scenarios,
             },
             outputs,
@@ -1209,19 +1442,20 @@ impl Pipeline {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn enriched(&self, catalog: &Catalog, raw: &[u8], member: &str) -> Option<Vec<u8>> {
-        let attributes = match self
+    /// The event with the member's attributes merged in; `None` for a member
+    /// the registry does not know (or an event that is not a JSON object). A
+    /// registry that cannot answer fails the cycle: an event is never run
+    /// unenriched because of an outage, which its retry would then run enriched.
+    fn enriched(
+        &self,
+        catalog: &Catalog,
+        raw: &[u8],
+        member: &str,
+    ) -> Result<Option<Vec<u8>>, CycleError> {
+        let attributes = self
             .runtime
-            .block_on(catalog.member(&self.registry, member))
-        {
-            Ok(Some(attributes)) => attributes,
-            Ok(None) => return None,
-            Err(err) => {
-                tracing::warn!(member, error = %err, "member lookup failed; event not enriched");
-                return None;
-            }
-        };
-        route::enrich(raw, &attributes).ok()
+            .block_on(catalog.member(&self.registry, member))?;
+        Ok(attributes.and_then(|attributes| route::enrich(raw, &attributes).ok()))
     }
 
     fn instance(
@@ -1254,7 +1488,7 @@ impl Pipeline {
         Ok(())
     }
 
-    fn send(&self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), CycleError> {
+    fn send(&self, record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), CycleError> {
         let mut record = record;
         loop {
             match self.producer.send(record) {
@@ -1274,8 +1508,9 @@ impl Pipeline {
     }
 
     /// Fails every emitted event one of whose records the producer would refuse
-    /// for its size (see `produce.rs`), before any of its records is sent, so
-    /// that the event goes to the dead-letter topic alone and every sink agrees.
+    /// for its size, or whose records together would not fit one journal record
+    /// (see `produce.rs`), before any of its records is sent, so that the event
+    /// goes to the dead-letter topic alone and every sink agrees.
     fn fail_what_cannot_be_produced(
         &self,
         route: &Route,
@@ -1283,12 +1518,30 @@ impl Pipeline {
         messages: &[&OwnedMessage],
         result: &mut BatchResult,
     ) {
+        let budget = produce::journal_budget(self.message_limit, messages[0].topic());
         let too_large: Vec<(usize, String)> = share
             .iter()
             .zip(result.outcomes())
             .enumerate()
             .filter(|(_, (_, outcome))| outcome.status == Status::Emitted)
             .filter_map(|(i, ((index, member), outcome))| {
+                let sizes = || result.records(outcome).map(<[u8]>::len);
+                if !journal::event_fits(
+                    budget,
+                    messages[*index].topic(),
+                    &route.id,
+                    &route.plugin_label,
+                    sizes(),
+                ) {
+                    let message = format!(
+                        "the event's {} records are {} bytes together, more than one journal \
+                         record holds (the producer's message.max.bytes is {})",
+                        outcome.record_count(),
+                        sizes().sum::<usize>(),
+                        self.message_limit
+                    );
+                    return Some((i, message));
+                }
                 let offset = source_offset(messages[*index]);
                 let headers = output_headers(route, messages[*index], &offset);
                 let key = member.as_ref().map_or(0, String::len);
@@ -1333,7 +1586,7 @@ impl Pipeline {
             .fold(OwnedHeaders::new_with_capacity(5), |headers, (k, v)| {
                 headers.insert(header(k, v))
             });
-        let mut out = BaseRecord::to(&route.output_topic)
+        let mut out = BaseRecord::with_opaque_to(&route.output_topic, 0)
             .payload(record)
             .headers(headers);
         if let Some(member) = member {
@@ -1390,7 +1643,7 @@ impl Pipeline {
                 |headers, &(k, v)| headers.insert(header(k, v)),
             )
         };
-        let mut out = BaseRecord::to(&self.config.dlq_topic)
+        let mut out = BaseRecord::with_opaque_to(&self.config.dlq_topic, 0)
             .payload(&value[..kept])
             .headers(headers(&named));
         if let Some(key) = key.filter(|_| keep_key) {
@@ -1426,7 +1679,8 @@ impl Pipeline {
                     })
                     .collect();
                 self.send(
-                    BaseRecord::<[u8], [u8]>::to(&self.config.dlq_topic).headers(headers(&marker)),
+                    BaseRecord::<[u8], [u8], usize>::with_opaque_to(&self.config.dlq_topic, 0)
+                        .headers(headers(&marker)),
                 )
             }
             other => other,
@@ -1461,6 +1715,48 @@ fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
     }
 }
 
+/// Makes `topic` with `partitions` partitions (the broker's default
+/// replication and retention) unless it exists. A failure is only logged:
+/// the broker may create topics itself, and if not, producing to it fails
+/// each cycle with the broker's reason.
+async fn ensure_topic(common: &ClientConfig, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = match common.create() {
+        Ok(admin) => admin,
+        Err(err) => {
+            tracing::warn!(topic, error = %err, "no admin client to make the topic");
+            return;
+        }
+    };
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(15)));
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+    let made = tokio::time::timeout(
+        Duration::from_secs(20),
+        admin.create_topics([&new], &options),
+    )
+    .await;
+    let Ok(made) = made else {
+        tracing::warn!(topic, "making the topic took over 20 s; going on without");
+        return;
+    };
+    match made {
+        Ok(results) => {
+            for result in results {
+                match result {
+                    Ok(_) => tracing::info!(topic, partitions, "topic made"),
+                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((_, code)) => {
+                        tracing::warn!(topic, error = %code, "the topic could not be made")
+                    }
+                }
+            }
+        }
+        Err(err) => tracing::warn!(topic, error = %err, "the topic could not be made"),
+    }
+}
+
 /// The machine's host name, the default replica name.
 fn host_name() -> String {
     std::env::var("HOSTNAME")
@@ -1487,6 +1783,10 @@ enum CycleError {
     NoGroupMetadata,
     #[error("the committed offset of a partition could not be read")]
     NoPosition,
+    #[error("a journal record was not delivered")]
+    JournalUndelivered,
+    #[error("registry: {0}")]
+    Registry(#[from] crate::registry::RegistryError),
 }
 
 impl CycleError {

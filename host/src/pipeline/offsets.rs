@@ -13,6 +13,22 @@
 /// Prefix of the committed offset's metadata that carries the produced mark.
 pub const PRODUCED_METADATA: &str = "weir:produced=";
 
+/// What follows the produced mark in the metadata when a replay is due:
+/// `;journal=<partition>@<offset>`, where the journal's records of the range
+/// begin (see `journal.rs`).
+const JOURNAL_METADATA: &str = ";journal=";
+
+/// The metadata a commit carries: the produced mark, and where the journal
+/// holds the results of the range a replay must give the sinks.
+pub(crate) fn metadata(produced: i64, journal: Option<(i32, i64)>) -> String {
+    match journal {
+        Some((partition, offset)) => {
+            format!("{PRODUCED_METADATA}{produced}{JOURNAL_METADATA}{partition}@{offset}")
+        }
+        None => format!("{PRODUCED_METADATA}{produced}"),
+    }
+}
+
 /// Where a partition stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Position {
@@ -22,21 +38,32 @@ pub(crate) struct Position {
     pub(crate) handed: Option<i64>,
     /// The committed offset, when there is one.
     pub(crate) committed: Option<i64>,
+    /// Where the journal's records of a replay's range begin, as the commit's
+    /// metadata gives it (journal partition, offset).
+    pub(crate) journal: Option<(i32, i64)>,
 }
 
 impl Position {
     /// A partition as its committed offset and metadata leave it: produced up to
     /// the mark in the metadata, else up to the committed offset, else nothing.
     pub(crate) fn from_commit(committed: Option<i64>, metadata: &str) -> Self {
-        let produced = metadata
+        let (mark, journal) = match metadata.split_once(JOURNAL_METADATA) {
+            Some((mark, at)) => (mark, at),
+            None => (metadata, ""),
+        };
+        let produced = mark
             .strip_prefix(PRODUCED_METADATA)
             .and_then(|n| n.parse::<i64>().ok())
             .or(committed)
             .unwrap_or(0);
+        let journal = journal.split_once('@').and_then(|(partition, offset)| {
+            Some((partition.parse::<i32>().ok()?, offset.parse::<i64>().ok()?))
+        });
         Self {
             produced,
             handed: None,
             committed,
+            journal,
         }
     }
 
@@ -57,7 +84,9 @@ impl Position {
         last_done: Option<i64>,
         held: Option<i64>,
     ) -> Option<(i64, i64, Position)> {
-        let handed = last_done.map(|last| last + 1).or(self.handed)?;
+        // A replay may have handed more than the cycle's last event: the
+        // consumer still delivers what the journal already gave the sinks.
+        let handed = last_done.map(|last| last + 1).max(self.handed)?;
         let produced = self.produced.max(handed);
         let commit = held.map_or(handed, |held| held.min(handed));
         if last_done.is_none() && self.committed == Some(commit) {
@@ -70,6 +99,7 @@ impl Position {
                 produced,
                 handed: Some(handed),
                 committed: Some(commit),
+                journal: None,
             },
         ))
     }
@@ -84,6 +114,7 @@ mod tests {
             produced,
             handed,
             committed,
+            journal: None,
         }
     }
 
@@ -107,6 +138,25 @@ mod tests {
             at(7, None, Some(7))
         );
         assert!(!Position::from_commit(Some(7), "weir:produced=7").replays());
+    }
+
+    #[test]
+    fn the_journal_pointer_rides_in_the_metadata() {
+        assert_eq!(metadata(250, None), "weir:produced=250");
+        let text = metadata(250, Some((3, 9_001)));
+        assert_eq!(text, "weir:produced=250;journal=3@9001");
+        let back = Position::from_commit(Some(100), &text);
+        assert_eq!(back.produced, 250);
+        assert_eq!(back.journal, Some((3, 9_001)));
+        assert!(back.replays());
+        // A damaged pointer is no pointer: the replay reports the range missing.
+        for bad in [
+            "weir:produced=250;journal=x@1",
+            "weir:produced=250;journal=3",
+        ] {
+            let back = Position::from_commit(Some(100), bad);
+            assert_eq!((back.produced, back.journal), (250, None), "{bad}");
+        }
     }
 
     #[test]
@@ -137,6 +187,14 @@ mod tests {
         assert_eq!(
             restarted.commit(Some(199), None),
             Some((200, 250, at(250, Some(200), Some(200))))
+        );
+        // Replayed from the journal up to the mark, the cycle that follows
+        // (on events the consumer still delivers from below the mark) does not
+        // take the commit back below what the replay handed.
+        let replayed = at(250, Some(250), Some(100));
+        assert_eq!(
+            replayed.commit(Some(199), None),
+            Some((250, 250, at(250, Some(250), Some(250))))
         );
         // Past the mark, production resumes and the mark follows the commit.
         let caught_up = at(250, Some(200), Some(200));

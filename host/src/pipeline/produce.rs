@@ -8,7 +8,9 @@
 //! before it sends, from sizes alone (which a replay sees the same way):
 //!
 //! - an output record that would not fit fails its event (`output_limit`,
-//!   to the dead-letter topic), before any record of that event is sent;
+//!   to the dead-letter topic), before any record of that event is sent; so
+//!   does an event whose records together would not fit one journal record
+//!   (see `journal.rs`);
 //! - a dead letter whose source value (or key) would not fit carries the first
 //!   [`DEAD_LETTER_PREVIEW`] bytes of the value (and no key when the key is too
 //!   large), with [`HEADER_VALUE_SIZE`] giving the original size.
@@ -44,6 +46,12 @@ pub(crate) fn message_limit(kafka: &BTreeMap<String, String>) -> Result<usize, S
 pub(crate) fn fits(limit: usize, value: usize, key: usize, headers: &[(&str, &str)]) -> bool {
     let headers: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
     value + key + headers + OVERHEAD <= limit
+}
+
+/// The largest journal record for source `topic`: what the producer takes
+/// with the record's key.
+pub(crate) fn journal_budget(limit: usize, topic: &str) -> usize {
+    limit.saturating_sub(OVERHEAD + topic.len() + 12)
 }
 
 /// What a dead letter of a source value of `value` bytes and key of `key`

@@ -1,18 +1,17 @@
 //! The seam between the pipeline and what it makes durable besides Kafka: the Redis
 //! counters today, the Parquet archive next.
 //!
-//! Every batch cycle hands its processed partition batches to each [`Sink`] after the
-//! outputs were produced (inside the open Kafka transaction) and before the offsets
-//! are committed. A sink that fails makes the whole cycle abort and run again, so a
-//! sink sees the same events again after any failure or restart: it must be
-//! idempotent for them (the counters fence by offset, the archive names files by
-//! offset range and knows the last offset of each file it holds open).
-
-use std::sync::Arc;
+//! Every batch cycle hands its processed partition batches to each [`Sink`] once
+//! its Kafka transaction committed them (outputs, dead letters and the cycle's
+//! journal record, see `journal.rs`): a sink only ever sees results that Kafka
+//! keeps. The commit stops at the first event a sink has not made durable yet,
+//! so after a failure, a restart or a rebalance a sink sees those events again,
+//! read back from the journal, never computed anew: it must be idempotent for
+//! them (the counters fence by offset, the archive names files by offset range
+//! and knows the last offset of each file it holds open).
 
 use chrono::Utc;
 
-use super::catalog::Route;
 use crate::aggregate::{BatchTally, Counters, Tallied};
 use crate::runtime::{BatchResult, Status};
 
@@ -51,10 +50,12 @@ impl EventMeta {
 }
 
 /// What one scenario's plugin did with its share of a partition batch.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ScenarioBatch {
-    /// The scenario and its plugin, as they were for this batch.
-    pub route: Arc<Route>,
+    /// The scenario's id.
+    pub scenario: String,
+    /// `name@registry-version` of the plugin that ran, as the counters name it.
+    pub plugin: String,
     /// The events handed to the plugin, in offset order.
     pub events: Vec<EventMeta>,
     /// The plugin's answer, one outcome per event.
@@ -62,7 +63,7 @@ pub struct ScenarioBatch {
 }
 
 /// One partition's share of a batch cycle.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PartitionBatch {
     /// Source topic.
     pub topic: String,
@@ -72,6 +73,11 @@ pub struct PartitionBatch {
     pub first_offset: i64,
     /// Last offset of the batch.
     pub last_offset: i64,
+    /// When the cycle ran, Unix milliseconds: the time the sinks file an event
+    /// under when its own time is missing or insane ([`EventMeta::time`]). It
+    /// is part of the cycle's result, so a replay files the event where the
+    /// first run did.
+    pub processed_ms: i64,
     /// Per scenario that had events in it.
     pub scenarios: Vec<ScenarioBatch>,
 }
@@ -91,9 +97,9 @@ pub struct SinkError {
 /// A sink either makes each cycle durable in [`Sink::write`] (the counters), or holds
 /// some of it for a while (the archive keeps files open across cycles) and says so
 /// through [`Sink::pending_from`]: the pipeline then commits a partition's offset no
-/// further than the first event the sink still holds, and after a restart consumes
-/// from there again. Events it already produced outputs for are replayed to the
-/// sinks only, so every sink must skip what it already has.
+/// further than the first event the sink still holds, and after a restart the
+/// journal gives the sinks those events' results again, so every sink must skip
+/// what it already has.
 pub trait Sink: Send {
     /// A short name for logs and metrics.
     fn name(&self) -> &'static str;
@@ -139,10 +145,7 @@ impl CountersSink {
 }
 
 /// The per-scenario tallies of a partition batch.
-pub fn tally(
-    batch: &PartitionBatch,
-    now_ms: i64,
-) -> Result<BatchTally, crate::aggregate::CountersError> {
+pub fn tally(batch: &PartitionBatch) -> Result<BatchTally, crate::aggregate::CountersError> {
     let mut tally = BatchTally::new(&batch.topic, batch.partition);
     for scenario in &batch.scenarios {
         for (event, outcome) in scenario.events.iter().zip(scenario.result.outcomes()) {
@@ -152,10 +155,10 @@ pub fn tally(
                 Status::Failed => Tallied::Failed,
             };
             tally.record(
-                &scenario.route.id,
-                &scenario.route.plugin_label,
+                &scenario.scenario,
+                &scenario.plugin,
                 event.offset,
-                event.time(now_ms).0,
+                event.time(batch.processed_ms).0,
                 tallied,
                 outcome.matched,
             )?;
@@ -176,7 +179,7 @@ impl Sink for CountersSink {
             reason,
         };
         for batch in batches {
-            let tally = tally(batch, now.timestamp_millis()).map_err(|e| error(e.to_string()))?;
+            let tally = tally(batch).map_err(|e| error(e.to_string()))?;
             self.runtime
                 .block_on(self.counters.apply(&tally, now))
                 .map_err(|e| error(e.to_string()))?;
