@@ -7,7 +7,7 @@ archive relies on, and prints one JSON document on stdout:
     {"files": [{"path", "rows", "codecs", "statistics", "row_groups", "columns"}],
      "dataset_rows": <rows pyarrow.dataset found with hive partitioning>,
      "rows": [{"file", "scenario_id", "success", "event_time", "event_time_valid",
-               "topic", "partition", "offset", "seq"}]}
+               "topic", "partition", "offset", "seq", "tag"}]}
 
 Usage: python archive_reader.py ROOT
 """
@@ -53,7 +53,7 @@ def main(root):
                    else [None] * table.num_rows)
             columns = {n: table.column(n).to_pylist()
                        for n in ("scenario_id", "success", "topic", "partition", "offset",
-                                 "event_time_valid")
+                                 "event_time_valid", "tag")
                        if n in table.column_names}
             for i in range(table.num_rows):
                 row = {n: columns[n][i] for n in columns}

@@ -1512,3 +1512,293 @@ fn a_partition_back_from_another_replica_is_not_archived_twice() {
     );
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// The archive, except that the first tick after it took rows fails: a store
+/// whose first put fails.
+#[derive(Debug)]
+struct FailsFirstTick(ArchiveSink, Option<bool>);
+
+impl Sink for FailsFirstTick {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn write(&mut self, batches: &[PartitionBatch]) -> Result<(), weir::pipeline::sink::SinkError> {
+        self.1.get_or_insert(false);
+        self.0.write(batches)
+    }
+    fn pending_from(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.0.pending_from(topic, partition)
+    }
+    fn tick(&mut self) -> Result<(), weir::pipeline::sink::SinkError> {
+        if self.1 == Some(false) {
+            self.1 = Some(true);
+            return Err(weir::pipeline::sink::SinkError {
+                sink: "archive",
+                reason: "the first put fails (test)".into(),
+            });
+        }
+        self.0.tick()
+    }
+    fn flush(&mut self) -> Result<(), weir::pipeline::sink::SinkError> {
+        self.0.flush()
+    }
+    fn revoked(&mut self, partitions: &[(String, i32)]) {
+        self.0.revoked(partitions);
+    }
+}
+
+/// The case where sinks used to keep a first attempt and Kafka the last: one
+/// event spins to the CPU limit, which sets its scenario aside, while the
+/// archive's first put fails; then a crash with files open, after which the
+/// members are imported again and the scenario is disabled. Outputs and dead
+/// letters (read_committed), the counters and the archive, joined by
+/// (partition, offset), agree on every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sink_agrees_through_a_quarantine_a_failed_put_and_a_crash() {
+    use weir::aggregate::{Counters, CountersConfig};
+    use weir::pipeline::sink::CountersSink;
+    use weir::registry::Member;
+
+    let brokers = Service::Kafka.addr();
+    let u = unique("agree");
+    let (events_topic, dlq, out) = (
+        format!("{u}-events"),
+        format!("{u}-dlq"),
+        format!("{u}-out"),
+    );
+    crate::pipeline::create_topics(&brokers, &[&events_topic, &dlq, &out]).await;
+    let dir = std::env::temp_dir().join(unique("weir-agree-registry"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let registry = Registry::connect(
+        &format!("sqlite://{}", dir.join("registry.db").display()),
+        Runtime::new(RuntimeConfig::default()).expect("runtime"),
+    )
+    .await
+    .expect("registry");
+    let plugin = std::fs::read(weir_artifacts::FIXTURE_TRAP_AT).expect("artifact");
+    registry
+        .upload_plugin(plugin, Some("trap-at"), "test", MakeCurrent::IfNew)
+        .await
+        .expect("upload");
+    let id = format!("{u}-s");
+    let doc = json!({"scenario_id": id, "plugin": "trap-at", "output_topic": out,
+                     "enrich": {"by": "memberId"}});
+    registry
+        .put_scenario(doc.clone(), None, PutMode::Create, "test")
+        .await
+        .expect("scenario");
+    let members = |tag: &str| -> Vec<Member> {
+        (0..20)
+            .map(|i| Member {
+                member_id: format!("m{i}"),
+                attributes: json!({"tag": tag}).as_object().unwrap().clone(),
+            })
+            .collect()
+    };
+    registry
+        .import_members(&members("first"))
+        .await
+        .expect("members");
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "10")
+        .create()
+        .expect("producer");
+    let wave = |from: i64, count: i64| {
+        let producer = producer.clone();
+        let topic = events_topic.clone();
+        let id = id.clone();
+        async move {
+            let sends = (from..from + count).map(|n| {
+                let mut value =
+                    json!({"scenario_id": id, "n": n, "memberId": format!("m{}", n % 20)});
+                if n == 1_500 {
+                    value["loop"] = json!(true);
+                }
+                let producer = producer.clone();
+                let topic = topic.clone();
+                async move {
+                    let value = serde_json::to_vec(&value).unwrap();
+                    producer
+                        .send(
+                            FutureRecord::<(), _>::to(&topic).payload(&value),
+                            Duration::from_secs(30),
+                        )
+                        .await
+                        .map_err(|(e, _)| e)
+                        .expect("produce");
+                }
+            });
+            futures::future::join_all(sends).await;
+        }
+    };
+    let counters = Counters::connect(
+        &CountersConfig {
+            url: Service::Redis.addr(),
+            key_prefix: format!("weirtest-{u}"),
+            ..CountersConfig::default()
+        },
+        &u,
+    )
+    .await
+    .expect("counters");
+    let counters_sink = || -> Box<dyn Sink> {
+        Box::new(CountersSink::new(
+            counters.clone(),
+            tokio::runtime::Handle::current(),
+        ))
+    };
+    let root = std::env::temp_dir().join(unique("weir-agree-archive"));
+    let archive = |max_file_age_secs| ArchiveConfig {
+        root: root.display().to_string(),
+        max_file_age_secs,
+        idle_secs: max_file_age_secs.max(1),
+        ..ArchiveConfig::default()
+    };
+    let pipeline = PipelineConfig {
+        batch_max_events: 500,
+        retry_backoff_ms: 50,
+        ..archive_pipeline(&brokers, &u, (&events_topic, &dlq), 500, 50)
+    };
+
+    // 1. The spin sets the scenario aside for 30 s, so most of what follows
+    //    it is dead-lettered; the archive's first put fails meanwhile.
+    wave(0, 3_000).await;
+    let sink = archive_sink(archive(0)).await;
+    let mut first = crate::pipeline::Running::start(
+        pipeline.clone(),
+        &registry,
+        vec![counters_sink(), Box::new(FailsFirstTick(sink, None))],
+    )
+    .await;
+    first.wait_for(3_000).await;
+    let first = first.stop().await;
+    assert!(first.quarantines.load(Ordering::Relaxed) >= 1, "set aside");
+    assert!(
+        first.sink_failures.load(Ordering::Relaxed) >= 1,
+        "a put failed"
+    );
+
+    // 2. Files held open, then lost as in a crash: the commit stays behind them.
+    wave(3_000, 1_000).await;
+    let sink = archive_sink(archive(3_600)).await;
+    crate::pipeline::run_until(
+        pipeline.clone(),
+        &registry,
+        vec![counters_sink(), Box::new(LosesOpenFiles(sink))],
+        1_000,
+    )
+    .await;
+    let held: i64 = committed(&brokers, &u, &events_topic, 3)
+        .iter()
+        .map(|(committed, produced)| produced - committed)
+        .sum();
+    assert!(held > 0, "open files held the commit back");
+
+    // 3. Meanwhile the members change and the scenario is disabled: running
+    //    the plugins again could not reproduce what was produced.
+    registry
+        .import_members(&members("second"))
+        .await
+        .expect("members");
+    let mut disabled = doc.clone();
+    disabled["enabled"] = json!(false);
+    registry
+        .put_scenario(disabled, None, PutMode::Upsert, "test")
+        .await
+        .expect("disable");
+    let sink = archive_sink(archive(0)).await;
+    let mut third = crate::pipeline::Running::start(
+        pipeline.clone(),
+        &registry,
+        vec![counters_sink(), Box::new(sink)],
+    )
+    .await;
+    third
+        .wait_until("the held range replayed", |m| {
+            m.replayed.load(Ordering::Relaxed) >= held as u64
+        })
+        .await;
+    let third = third.stop().await;
+    assert_eq!(
+        third.outputs.load(Ordering::Relaxed),
+        0,
+        "nothing produced again"
+    );
+    assert_eq!(third.replay_missing.load(Ordering::Relaxed), 0);
+
+    // Join the four by (partition, offset).
+    let total = 4_000usize;
+    let read = crate::pipeline::read_committed(&brokers, &[&out, &dlq], total);
+    let mut outputs: BTreeSet<(i32, i64)> = BTreeSet::new();
+    let mut dead: BTreeMap<(i32, i64), String> = BTreeMap::new();
+    for record in &read {
+        let h = &record.headers;
+        match h.get("weir-reason") {
+            Some(reason) => {
+                let at = (
+                    h["weir-source-partition"].parse().unwrap(),
+                    h["weir-source-offset"].parse().unwrap(),
+                );
+                assert!(
+                    dead.insert(at, reason.clone()).is_none(),
+                    "two dead letters for {at:?}"
+                );
+            }
+            None => {
+                let (p, o) = h["weir-source-offset"].split_once(':').unwrap();
+                let at = (p.parse().unwrap(), o.parse().unwrap());
+                assert!(outputs.insert(at), "two outputs for {at:?}");
+            }
+        }
+    }
+    assert!(
+        outputs.is_disjoint(&dead.keys().copied().collect()),
+        "no event both output and dead-lettered"
+    );
+    assert_eq!(
+        outputs.len() + dead.len(),
+        total,
+        "every event once in Kafka"
+    );
+    let quarantined = dead.values().filter(|r| *r == "plugin_quarantined").count();
+    assert!(quarantined > 0, "the scenario was set aside: {dead:?}");
+    assert!(dead.values().any(|r| r == "cpu_limit"), "{dead:?}");
+
+    let local = root.clone();
+    let rows = tokio::task::spawn_blocking(move || read_back(&local))
+        .await
+        .expect("join");
+    let mut archived: BTreeMap<(i32, i64), usize> = BTreeMap::new();
+    for row in rows["rows"].as_array().expect("rows") {
+        let at = (
+            row["partition"].as_i64().unwrap() as i32,
+            row["offset"].as_i64().unwrap(),
+        );
+        *archived.entry(at).or_default() += 1;
+        assert_eq!(
+            row["tag"],
+            json!("first"),
+            "enriched as when produced: {row}"
+        );
+    }
+    assert!(archived.values().all(|&n| n == 1), "every row once");
+    let archived: BTreeSet<(i32, i64)> = archived.into_keys().collect();
+    assert_eq!(archived, outputs, "the archive holds exactly the outputs");
+
+    let totals = counters.totals(&id).await.expect("totals");
+    assert_eq!(totals.total, total as u64, "counted once each: {totals:?}");
+    assert_eq!(totals.errors, dead.len() as u64, "{totals:?}");
+    assert_eq!(
+        totals.total - totals.errors - totals.dropped,
+        outputs.len() as u64,
+        "{totals:?}"
+    );
+    println!(
+        "outputs {}, dead letters {} ({quarantined} quarantined), replayed {held}",
+        outputs.len(),
+        dead.len()
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
