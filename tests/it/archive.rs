@@ -156,7 +156,7 @@ fn check(read: &Value, expected: &Expected, topic: &str) {
 
 /// Copies the tree under `dir` on HDFS to a fresh local directory; returns it and the
 /// relative paths of every file found (temporary ones included).
-async fn copy_from_hdfs(client: &Client, dir: &str) -> (PathBuf, Vec<String>) {
+pub(crate) async fn copy_from_hdfs(client: &Client, dir: &str) -> (PathBuf, Vec<String>) {
     let local = std::env::temp_dir().join(unique("weir-archive-copy"));
     let mut paths = Vec::new();
     for status in client.list_status(dir, true).await.expect("list archive") {
@@ -880,7 +880,12 @@ impl Sink for LosesOpenFiles {
 }
 
 /// Committed offset and produced mark of each partition of `topic`, for `group`.
-fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<(i64, i64)> {
+pub(crate) fn committed(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<(i64, i64)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -1065,7 +1070,7 @@ fn newest_change(dir: &Path) -> std::time::SystemTime {
 }
 
 /// `weir serve --config <config>`, its log in `log`.
-fn serve(config: &Path, log: &Path) -> std::process::Child {
+pub(crate) fn serve(config: &Path, log: &Path) -> std::process::Child {
     let log = std::fs::File::create(log).expect("log file");
     std::process::Command::new(weir_binary())
         .arg("serve")
@@ -1083,7 +1088,7 @@ fn serve(config: &Path, log: &Path) -> std::process::Child {
 
 /// Fails the test when `child` (a `weir serve` logging to `log`) has exited, or
 /// when 180 s have passed since `started` without what it waits for (`waiting`).
-fn still_serving(
+pub(crate) fn still_serving(
     child: &mut std::process::Child,
     started: Instant,
     log: &std::path::Path,

@@ -14,4 +14,5 @@ mod kafka;
 mod pipeline;
 mod redis;
 mod registry;
+mod soak;
 mod sql;

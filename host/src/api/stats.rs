@@ -161,8 +161,18 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     );
     counter(
         "weir_replayed_events_total",
-        "Events consumed again for the sinks only (outputs produced before a restart or rebalance).",
+        "Events whose results were read back from the journal for the sinks only (outputs produced before a restart or rebalance).",
         m.replayed.load(Ordering::Relaxed),
+    );
+    counter(
+        "weir_replay_missing_events_total",
+        "Events a replay needed whose results the journal no longer had; the sinks miss them (a log line names each range).",
+        m.replay_missing.load(Ordering::Relaxed),
+    );
+    counter(
+        "weir_sink_failures_total",
+        "Times a sink did not take committed results, which were handed to it again.",
+        m.sink_failures.load(Ordering::Relaxed),
     );
     counter(
         "weir_unproducible_dead_letters_total",

@@ -61,28 +61,6 @@ impl PipelinePlan {
             problems.push("counters.bucket_retention_secs: use at least 1".into());
         }
         problems.extend(self.archive.problems());
-        // A cycle's sinks and its commit run inside the open transaction: if they can
-        // take longer than the broker lets it stay open, a slow NameNode or Redis turns
-        // into an aborted, fenced transaction instead of a cycle retried.
-        let archive_ms = if self.archive.root.starts_with("hdfs://") {
-            self.archive.hdfs_timeout_secs.saturating_mul(1000)
-        } else {
-            0
-        };
-        let counters_ms = if self.counters.redis.is_some() {
-            weir::aggregate::RESPONSE_TIMEOUT.as_millis() as u64
-        } else {
-            0
-        };
-        let needed = archive_ms + counters_ms + self.pipeline.call_timeout_ms;
-        if self.pipeline.transaction_timeout_ms <= needed {
-            problems.push(format!(
-                "pipeline.transaction_timeout_ms = {} is too short: a cycle's sinks may take \
-                 {archive_ms} ms (archive.hdfs_timeout_secs) + {counters_ms} ms (Redis) and its \
-                 commit {} ms (pipeline.call_timeout_ms); use more than {needed}, or shorten those",
-                self.pipeline.transaction_timeout_ms, self.pipeline.call_timeout_ms
-            ));
-        }
         problems
     }
 }

@@ -16,23 +16,26 @@
 //!    one call ([`crate::runtime`] isolates traps and limits to the events that caused them).
 //! 5. **Commit**, in one Kafka transaction: outputs go to the scenario's output topic
 //!    (keyed by member id, stamped with the plugin and its version in headers), failures
-//!    to the dead-letter topic with the reason; every [`sink::Sink`] makes the cycle
-//!    durable; then the consumed offsets are sent to the transaction and it commits.
-//!    If anything fails, the transaction aborts and the same events run again after a
-//!    backoff (consumption paused meanwhile), so nothing is lost and, for
-//!    `read_committed` readers and the fenced sinks, nothing is doubled.
+//!    to the dead-letter topic with the reason, the cycle's results to the journal
+//!    ([`journal`]); then the consumed offsets are sent to the transaction and it
+//!    commits. If anything fails, the transaction aborts and the same events run again
+//!    after a backoff (consumption paused meanwhile), so nothing is lost and, for
+//!    `read_committed` readers, nothing is doubled.
+//! 6. **Sinks**: only once it committed does every [`sink::Sink`] take the cycle's
+//!    results. A sink that fails gets the same results again after a backoff; it never
+//!    sees an attempt that Kafka did not keep.
 //!
-//! A sink may hold events for a while before they are durable (the archive keeps a
-//! file open for minutes). Then the offset committed for a partition stops at the
-//! first event a sink still holds, and the commit carries, as offset metadata
-//! (`weir:produced=<offset>`), how far the outputs were produced. A consumer that
-//! takes the partition over (a restart, a rebalance) starts at the committed offset
-//! and replays the events below the produced mark to the sinks only: plugins run
-//! again, but no output or dead letter is produced twice, and each sink skips what it
-//! already has. Between cycles, and when no events arrive, the sinks are asked to make
-//! durable what is due by time, and the offsets that then may advance are committed in
-//! a transaction of their own. On stop, the sinks flush everything and the last
-//! offsets are committed.
+//! The committed offset of a partition stops at the first event a sink has not made
+//! durable: the cycle just committed (until the next commit), and whatever a sink
+//! holds (the archive keeps files open for minutes). The commit carries, as offset
+//! metadata, how far the outputs were produced and where the journal holds the results
+//! in between (`weir:produced=<offset>;journal=<partition>@<offset>`). A consumer that
+//! takes the partition over (a restart, a rebalance) reads those results back from
+//! the journal and gives them to the sinks only: no plugin runs again, no output or
+//! dead letter is produced twice, and each sink skips what it already has. Between
+//! cycles, and when no events arrive, the sinks are asked to make durable what is due
+//! by time, and the offsets that then may advance are committed in a transaction of
+//! their own. On stop, the sinks flush everything and the last offsets are committed.
 //!
 //! Registry changes (a new plugin version, a scenario edit) arrive as a new
 //! [`catalog::Catalog`] and are picked up between cycles, never inside one.
@@ -122,9 +125,9 @@ pub struct PipelineConfig {
     /// unreadable until the transaction times out.
     pub instance: Option<String>,
     /// How long the broker lets one transaction stay open before it aborts it
-    /// (the producer's `transaction.timeout.ms`), milliseconds. A cycle's sinks and
-    /// commit run inside it, so it must outlast them: `weir serve` refuses a value
-    /// not above the archive's and the counters' timeouts plus `call_timeout_ms`.
+    /// (the producer's `transaction.timeout.ms`), milliseconds. It holds a cycle's
+    /// produce and commit (the sinks run after it committed), so it must be more
+    /// than `call_timeout_ms`.
     /// An open transaction of a replica that died and does not come back holds
     /// read_committed readers of its partitions back this long.
     pub transaction_timeout_ms: u64,

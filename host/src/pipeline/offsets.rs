@@ -1,14 +1,15 @@
 //! The commit arithmetic: where each partition stands and what a commit may
 //! say about it, as plain functions over plain data.
 //!
-//! Three marks per partition: `produced` (every offset below it has its outputs
-//! and dead letters in a committed transaction), `handed` (every offset below it
-//! went to the sinks) and `committed` (the consumer group's offset). A sink that
-//! holds rows not yet durable (the archive's open files) holds the commit back
-//! to its first such offset, while `produced` moves on; the commit's metadata
-//! carries `produced` ([`PRODUCED_METADATA`]), so a restart or the partition's
-//! next owner replays the range between the two to the sinks only, without
-//! producing its outputs a second time.
+//! Three marks per partition: `produced` (every offset below it has its outputs,
+//! dead letters and journal records in a committed transaction), `handed` (every
+//! offset below it went through a cycle or a replay) and `committed` (the
+//! consumer group's offset). The commit stops at the first event a sink has not
+//! made durable (not handed to it yet, or held in the archive's open files),
+//! while `produced` moves on; the commit's metadata carries `produced`
+//! ([`PRODUCED_METADATA`]) and where the journal holds the range's results
+//! ([`metadata`]), so a restart or the partition's next owner gives the range
+//! between the two to the sinks only, read back from the journal.
 
 /// Prefix of the committed offset's metadata that carries the produced mark.
 pub const PRODUCED_METADATA: &str = "weir:produced=";
