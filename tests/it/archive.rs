@@ -886,6 +886,20 @@ pub(crate) fn committed(
     topic: &str,
     partitions: i32,
 ) -> Vec<(i64, i64)> {
+    committed_if_any(brokers, group, topic, partitions)
+        .into_iter()
+        .enumerate()
+        .map(|(p, at)| at.unwrap_or_else(|| panic!("partition {p} has no committed offset")))
+        .collect()
+}
+
+/// Like [`committed`], `None` for a partition without a committed offset yet.
+pub(crate) fn committed_if_any(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<Option<(i64, i64)>> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -915,19 +929,15 @@ pub(crate) fn committed(
     list.elements()
         .iter()
         .map(|e| {
-            let committed = match e.offset() {
-                rdkafka::Offset::Offset(o) => o,
-                other => panic!(
-                    "partition {} has no committed offset: {other:?}",
-                    e.partition()
-                ),
+            let rdkafka::Offset::Offset(committed) = e.offset() else {
+                return None;
             };
             let produced = e
                 .metadata()
                 .strip_prefix(weir::pipeline::PRODUCED_METADATA)
                 .and_then(|n| n.split(';').next()?.parse().ok())
                 .unwrap_or_else(|| panic!("no produced mark in {:?}", e.metadata()));
-            (committed, produced)
+            Some((committed, produced))
         })
         .collect()
 }
@@ -1560,8 +1570,8 @@ impl Sink for FailsFirstTick {
 /// (partition, offset), agree on every event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sink_agrees_through_a_quarantine_a_failed_put_and_a_crash() {
+    use weir::aggregate::CountersSink;
     use weir::aggregate::{Counters, CountersConfig};
-    use weir::pipeline::sink::CountersSink;
     use weir::registry::Member;
 
     let brokers = Service::Kafka.addr();

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use weir::aggregate::CountersSink;
 use weir::aggregate::{Counters, CountersConfig};
-use weir::pipeline::sink::{CountersSink, Sink};
+use weir::pipeline::sink::Sink;
 use weir::pipeline::{Pipeline, PipelineConfig};
 use weir::registry::{MakeCurrent, PutMode, Registry};
 use weir::runtime::{Runtime, RuntimeConfig};

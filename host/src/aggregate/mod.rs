@@ -57,6 +57,9 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 mod memory;
+mod sink;
+
+pub use sink::{CountersSink, tally};
 
 /// The script that applies one scenario's share of a batch; see the file for its contract.
 const FENCED_ADD: &str = include_str!("fenced_add.lua");

@@ -8,10 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use weir::aggregate::CountersSink;
 use weir::aggregate::{Counters, CountersConfig};
 use weir::archive::{ArchiveConfig, ArchiveSink};
 use weir::pipeline::embedded::EmbeddedBroker;
-use weir::pipeline::sink::{CountersSink, Sink};
+use weir::pipeline::sink::Sink;
 use weir::pipeline::{Metrics, Pipeline, PipelineConfig, PipelineError, demo};
 use weir::registry::{PutMode, Registry};
 

@@ -166,6 +166,39 @@ impl Catalog {
     }
 }
 
+impl route::Routes for Catalog {
+    fn lookup(&self, id: &str) -> route::Lookup<'_> {
+        match (self.routes.get(id), self.broken.get(id)) {
+            (Some(r), _) => route::Lookup::Enabled(&r.id, r.member_field()),
+            (None, Some(why)) => route::Lookup::Broken(why),
+            (None, None) => route::Lookup::Unknown,
+        }
+    }
+
+    fn bound(&self, topic: &str) -> Vec<(&str, &str)> {
+        self.by_topic
+            .get(topic)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| self.routes.get(id))
+                    .map(|r| (r.id.as_str(), r.member_field()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn event_fields(&self) -> &[String] {
+        &self.event_fields
+    }
+}
+
+impl Route {
+    /// The event field holding the member id: the enrichment field, else `memberId`.
+    pub fn member_field(&self) -> &str {
+        self.enrich_by.as_deref().unwrap_or(route::MEMBER_FIELD)
+    }
+}
+
 /// Keeps `sender` up to date with the registry until `stop` is cancelled.
 pub async fn follow(
     registry: Registry,

@@ -17,7 +17,7 @@
 //! 5. **Commit**, in one Kafka transaction: outputs go to the scenario's output topic
 //!    (keyed by member id, stamped with the plugin and its version in headers), failures
 //!    to the dead-letter topic with the reason, the cycle's results to the journal
-//!    ([`journal`]); then the consumed offsets are sent to the transaction and it
+//!    (`journal.rs`); then the consumed offsets are sent to the transaction and it
 //!    commits. If anything fails, the transaction aborts and the same events run again
 //!    after a backoff (consumption paused meanwhile), so nothing is lost and, for
 //!    `read_committed` readers, nothing is doubled.
@@ -39,196 +39,57 @@
 //!
 //! Registry changes (a new plugin version, a scenario edit) arrive as a new
 //! [`catalog::Catalog`] and are picked up between cycles, never inside one.
+//!
+//! The files follow the data path: `consume.rs` (the consumer, rebalances,
+//! gathering, learning positions and replaying), [`route`] (a pure function from
+//! events and scenarios to shares and dead letters), `run.rs` (instances,
+//! enrichment, quarantine), [`produce`] (outputs, dead letters, journal records,
+//! size rules), `journal.rs`, `offsets.rs` (the commit arithmetic) and `config.rs`.
+//! This file keeps the cycle itself and the commit.
 
 pub mod catalog;
+mod config;
+mod consume;
 pub mod demo;
 pub mod embedded;
 mod journal;
 mod offsets;
 pub mod produce;
 pub mod route;
+mod run;
 pub mod sink;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use serde::Deserialize;
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::producer::{Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::Registry;
-use crate::runtime::{Batch, BatchResult, EventError, EventInput, FailureKind, Instance, Status};
+use crate::runtime::{Batch, EventInput, Instance, Status};
 use catalog::{Catalog, Route};
+use consume::Context;
 use journal::{Deliveries, Placed, Placements};
 use offsets::Position;
-use route::{DeadLetterReason, Fields};
+use produce::DeadLetter;
+use route::DeadLetterReason;
 use sink::{EventMeta, PartitionBatch, ScenarioBatch, Sink};
 
+pub use config::PipelineConfig;
 pub use offsets::PRODUCED_METADATA;
-
-/// Header naming the scenario on outputs and dead letters.
-pub const HEADER_SCENARIO: &str = "weir-scenario";
-/// Header naming the plugin as `name@registry-version`.
-pub const HEADER_PLUGIN: &str = "weir-plugin";
-/// Header carrying the plugin's own version (from `describe`).
-pub const HEADER_PLUGIN_VERSION: &str = "weir-plugin-version";
-/// Header with the dead-letter reason code.
-pub const HEADER_REASON: &str = "weir-reason";
-/// Header with the dead-letter error message.
-pub const HEADER_ERROR: &str = "weir-error";
-/// Header with the source topic.
-pub const HEADER_SOURCE_TOPIC: &str = "weir-source-topic";
-/// Header with the source partition.
-pub const HEADER_SOURCE_PARTITION: &str = "weir-source-partition";
-/// Header with the source offset.
-pub const HEADER_SOURCE_OFFSET: &str = "weir-source-offset";
-
-/// How the pipeline consumes, batches and commits.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct PipelineConfig {
-    /// Kafka bootstrap servers, `host:port[,host:port]`.
-    pub brokers: String,
-    /// Consumer group; replicas with the same group share the partitions.
-    pub group_id: String,
-    /// Topics consumed besides those scenarios name in `source` (events that carry a
-    /// `scenario_id` field arrive here).
-    pub topics: Vec<String>,
-    /// Where failed and unroutable events go.
-    pub dlq_topic: String,
-    /// Where each cycle's results are kept for replays to the sinks (see
-    /// `journal.rs`). Made at start when missing, with `journal_partitions`
-    /// partitions and the broker's default replication; its retention must
-    /// outlast the longest time a sink holds events (the archive's file age)
-    /// plus any downtime, or a replay finds its range gone and says so.
-    pub journal_topic: String,
-    /// Partitions of the journal topic when weir makes it.
-    pub journal_partitions: i32,
-    /// Most events in one batch cycle.
-    pub batch_max_events: usize,
-    /// Longest wait for a batch to fill, milliseconds.
-    pub batch_linger_ms: u64,
-    /// Prefix of the transactional id, which is `<prefix>-<group_id>-<instance>`.
-    pub transactional_id_prefix: String,
-    /// This replica's name in the transactional id (default: the host name). It must
-    /// stay the same across restarts of a replica and differ between replicas of one
-    /// group: a restarted replica then fences its crashed predecessor and aborts its
-    /// open transaction at once, instead of leaving its partitions' committed offsets
-    /// unreadable until the transaction times out.
-    pub instance: Option<String>,
-    /// How long the broker lets one transaction stay open before it aborts it
-    /// (the producer's `transaction.timeout.ms`), milliseconds. It holds a cycle's
-    /// produce and commit (the sinks run after it committed), so it must be more
-    /// than `call_timeout_ms`.
-    /// An open transaction of a replica that died and does not come back holds
-    /// read_committed readers of its partitions back this long.
-    pub transaction_timeout_ms: u64,
-    /// Timeout of one Kafka call (init, commit and abort of a transaction, reading
-    /// committed offsets, waiting for deliveries), milliseconds.
-    pub call_timeout_ms: u64,
-    /// How often the registry generation is checked, milliseconds.
-    pub registry_poll_ms: u64,
-    /// First retry delay after a failed cycle, milliseconds; doubles up to 5 s.
-    pub retry_backoff_ms: u64,
-    /// How long a scenario whose plugin's failures were costly in a batch (see
-    /// `quarantine_after_ms`) is set aside, seconds: its events go straight to the
-    /// dead-letter topic (reason `plugin_quarantined`) instead of costing every
-    /// cycle that much again. After that the plugin is tried again. 0 turns
-    /// quarantine off.
-    pub quarantine_secs: u64,
-    /// Wall time a plugin's failed calls (traps, CPU or memory limits alike) may
-    /// cost in one batch before its scenario is set aside, milliseconds. Cheap
-    /// failures (a plugin refusing bad events, or trapping at once on one) never
-    /// reach it; a plugin that spins and then traps, or hits its CPU limit, does.
-    pub quarantine_after_ms: u64,
-    /// Extra librdkafka settings for the consumer and producer (e.g. security).
-    pub kafka: BTreeMap<String, String>,
-}
-
-impl Default for PipelineConfig {
-    fn default() -> Self {
-        Self {
-            brokers: String::new(),
-            group_id: "weir".into(),
-            topics: vec!["weir.events".into()],
-            dlq_topic: "weir.dlq".into(),
-            journal_topic: "weir.journal".into(),
-            journal_partitions: 6,
-            batch_max_events: 16_384,
-            batch_linger_ms: 100,
-            transactional_id_prefix: "weir".into(),
-            instance: None,
-            transaction_timeout_ms: 120_000,
-            call_timeout_ms: 30_000,
-            registry_poll_ms: 500,
-            retry_backoff_ms: 100,
-            quarantine_secs: 30,
-            quarantine_after_ms: 250,
-            kafka: BTreeMap::new(),
-        }
-    }
-}
-
-impl PipelineConfig {
-    /// Every problem with the configuration, at once.
-    pub fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self.brokers.trim().is_empty() {
-            problems.push("pipeline.brokers: empty; give `host:port` of a Kafka broker".into());
-        }
-        if self.group_id.trim().is_empty() {
-            problems.push("pipeline.group_id: empty; give a consumer group name".into());
-        }
-        if self.dlq_topic.trim().is_empty() {
-            problems.push("pipeline.dlq_topic: empty; give a topic name such as `weir.dlq`".into());
-        }
-        if self.journal_topic.trim().is_empty() {
-            problems.push(
-                "pipeline.journal_topic: empty; give a topic name such as `weir.journal`".into(),
-            );
-        } else if self.journal_topic == self.dlq_topic || self.topics.contains(&self.journal_topic)
-        {
-            problems.push(format!(
-                "pipeline.journal_topic: {:?} is also consumed or the dead-letter topic; give the journal a topic of its own",
-                self.journal_topic
-            ));
-        }
-        if !(1..=10_000).contains(&self.journal_partitions) {
-            problems.push(format!(
-                "pipeline.journal_partitions: {} is out of range; use 1 to 10000",
-                self.journal_partitions
-            ));
-        }
-        if !(1..=1_000_000).contains(&self.batch_max_events) {
-            problems.push(format!(
-                "pipeline.batch_max_events: {} is out of range; use 1 to 1000000",
-                self.batch_max_events
-            ));
-        }
-        if self.call_timeout_ms < 1_000 {
-            problems.push("pipeline.call_timeout_ms: use at least 1000".into());
-        }
-        if self.transaction_timeout_ms <= self.call_timeout_ms {
-            problems.push(format!(
-                "pipeline.transaction_timeout_ms = {} must be more than pipeline.call_timeout_ms = {}: \
-                 a transaction outlasts its own commit call",
-                self.transaction_timeout_ms, self.call_timeout_ms
-            ));
-        }
-        if let Err(problem) = produce::message_limit(&self.kafka) {
-            problems.push(problem);
-        }
-        problems
-    }
-}
+pub use produce::{
+    HEADER_ERROR, HEADER_PLUGIN, HEADER_PLUGIN_VERSION, HEADER_REASON, HEADER_SCENARIO,
+    HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
+};
+pub use run::Quarantine;
 
 /// Errors that stop the pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -291,45 +152,6 @@ pub struct Metrics {
     /// Times the sinks failed to take committed results, which were kept and
     /// handed again.
     pub sink_failures: AtomicU64,
-}
-
-/// Why and until when a scenario is set aside.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Quarantine {
-    /// `name@version` of the plugin whose failures caused it.
-    pub plugin: String,
-    /// The failure, as the dead letters give it.
-    pub reason: String,
-    /// Until when, Unix milliseconds.
-    pub until_ms: i64,
-}
-
-/// Remembers partitions revoked during a poll, so their gathered events are dropped.
-#[derive(Debug, Default)]
-struct Context {
-    revoked: Mutex<HashSet<(String, i32)>>,
-}
-
-impl ClientContext for Context {}
-
-impl ConsumerContext for Context {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(list) = rebalance {
-            let mut revoked = self.revoked.lock().expect("revoked lock");
-            for element in list.elements() {
-                revoked.insert((element.topic().to_owned(), element.partition()));
-            }
-            tracing::info!(partitions = list.count(), "partitions revoked");
-        }
-    }
-}
-
-/// One dead letter on its way out.
-struct DeadLetter<'a> {
-    message: &'a OwnedMessage,
-    scenario: Option<&'a Route>,
-    reason: DeadLetterReason,
-    error: String,
 }
 
 /// The running pipeline. Build it with [`Pipeline::new`], then call [`Pipeline::run`]
@@ -547,27 +369,6 @@ impl Pipeline {
         self.metrics.clone()
     }
 
-    fn topics(&self) -> Vec<String> {
-        let mut topics: Vec<String> = self.config.topics.clone();
-        topics.extend(self.current.topics());
-        topics.sort();
-        topics.dedup();
-        topics
-    }
-
-    fn subscribe(&mut self) -> Result<(), PipelineError> {
-        let topics = self.topics();
-        if topics != self.subscribed {
-            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-            self.consumer
-                .subscribe(&names)
-                .map_err(kafka("subscribing"))?;
-            tracing::info!(topics = ?topics, "subscribed");
-            self.subscribed = topics;
-        }
-        Ok(())
-    }
-
     /// Switches to the newest catalog, between cycles.
     fn refresh(&mut self) -> Result<(), PipelineError> {
         if self.catalog.has_changed().unwrap_or(false) {
@@ -701,101 +502,6 @@ impl Pipeline {
         }
     }
 
-    /// Learns where the given partitions stand from their committed offsets, for those
-    /// not known yet (newly assigned).
-    fn learn_positions(&mut self, partitions: &[(&str, i32)]) -> Result<(), CycleError> {
-        let mut missing = TopicPartitionList::new();
-        for &(topic, partition) in partitions {
-            if !self.positions.contains_key(&(topic.to_owned(), partition)) {
-                missing.add_partition(topic, partition);
-            }
-        }
-        if missing.count() == 0 {
-            return Ok(());
-        }
-        let timeout = Duration::from_millis(self.config.call_timeout_ms);
-        let committed = self
-            .consumer
-            .committed_offsets(missing, timeout)
-            .map_err(CycleError::kafka("reading committed offsets"))?;
-        for element in committed.elements() {
-            element
-                .error()
-                .map_err(CycleError::kafka("reading a committed offset"))?;
-            let committed = match element.offset() {
-                Offset::Offset(offset) => Some(offset),
-                _ => None,
-            };
-            let mut position = Position::from_commit(committed, element.metadata());
-            let tp = (element.topic().to_owned(), element.partition());
-            self.placements.forget(&tp);
-            if position.replays() {
-                self.replay(&tp, &mut position)?;
-            }
-            self.positions.insert(tp, position);
-        }
-        Ok(())
-    }
-
-    /// Gives the sinks the results of what `position` says was produced but is
-    /// not committed, read back from the journal (see `journal.rs`): the plugins
-    /// do not run again, so the sinks get exactly what the outputs, dead letters
-    /// and counters already say. A range the journal no longer has is logged and
-    /// counted, and passed over.
-    fn replay(&mut self, tp: &(String, i32), position: &mut Position) -> Result<(), CycleError> {
-        let from = position.committed.unwrap_or(0);
-        let until = position.produced;
-        let timeout = Duration::from_millis(self.config.call_timeout_ms);
-        let replay = journal::read(
-            &self.journal_reader,
-            &self.config.journal_topic,
-            (&tp.0, tp.1),
-            (from, until),
-            position.journal,
-            timeout,
-        )
-        .map_err(CycleError::kafka("reading the journal back"))?;
-        let events: usize = replay
-            .batches
-            .iter()
-            .flat_map(|b| &b.scenarios)
-            .map(|s| s.events.len())
-            .sum();
-        if let Some(missing) = replay.missing_from {
-            tracing::error!(
-                topic = %tp.0,
-                partition = tp.1,
-                from = missing,
-                until,
-                journal = ?position.journal,
-                "the journal no longer has the results of this range (retention, or committed before \
-                 the journal): the sinks miss its events; outputs and dead letters have them"
-            );
-            self.metrics
-                .replay_missing
-                .fetch_add((until - missing).max(0) as u64, Ordering::Relaxed);
-        }
-        tracing::info!(
-            topic = %tp.0,
-            partition = tp.1,
-            from,
-            until,
-            events,
-            "results replayed to the sinks from the journal: their outputs were produced before"
-        );
-        for sink in &mut self.sinks {
-            sink.write(&replay.batches).map_err(CycleError::Sink)?;
-        }
-        for placed in replay.placed {
-            self.placements.note(tp, placed);
-        }
-        self.metrics
-            .replayed
-            .fetch_add(events as u64, Ordering::Relaxed);
-        position.handed = Some(until);
-        Ok(())
-    }
-
     /// The offset each partition may commit: no further than what went through
     /// a cycle, and below the first event a sink still holds or has not been
     /// handed yet (`fresh`: the batches of the cycle committing now, handed to
@@ -904,99 +610,6 @@ impl Pipeline {
             self.placements.note(&tp, Placed { last, at });
         }
         Ok(())
-    }
-
-    /// Polls until the batch is full or the linger time passed.
-    fn gather(&mut self) -> Vec<OwnedMessage> {
-        let linger = Duration::from_millis(self.config.batch_linger_ms);
-        let started = Instant::now();
-        let mut messages = Vec::new();
-        while messages.len() < self.config.batch_max_events && !self.stop.is_cancelled() {
-            let left = linger.saturating_sub(started.elapsed());
-            if left.is_zero() && !messages.is_empty() {
-                break;
-            }
-            let wait = if messages.is_empty() {
-                Duration::from_millis(100)
-            } else {
-                left
-            };
-            if !self.poll_into(wait, &mut messages)
-                && messages.is_empty()
-                && started.elapsed() >= linger
-            {
-                break;
-            }
-        }
-        messages
-    }
-
-    /// Polls once, appending what arrives to `messages`; false when nothing came.
-    ///
-    /// A rebalance runs inside `poll`. Events of a revoked partition gathered before
-    /// it are dropped (they are uncommitted: whoever owns the partition next reads
-    /// them again from the committed offset), but what arrives after it is kept, even
-    /// for the same partition assigned back: the consumer has already moved past it.
-    fn poll_into(&mut self, wait: Duration, messages: &mut Vec<OwnedMessage>) -> bool {
-        let polled = self.consumer.poll(wait);
-        let revoked = std::mem::take(
-            &mut *self
-                .consumer
-                .context()
-                .revoked
-                .lock()
-                .expect("revoked lock"),
-        );
-        if !revoked.is_empty() {
-            let before = messages.len();
-            messages.retain(|m| !revoked.contains(&(m.topic().to_owned(), m.partition())));
-            tracing::info!(
-                dropped = before - messages.len(),
-                "gathered events of revoked partitions dropped"
-            );
-            let revoked: Vec<(String, i32)> = revoked.into_iter().collect();
-            self.metrics
-                .revoked_partitions
-                .fetch_add(revoked.len() as u64, Ordering::Relaxed);
-            for tp in &revoked {
-                self.positions.remove(tp);
-                self.placements.forget(tp);
-            }
-            // Committed but not handed to the sinks: the next owner replays them
-            // from the journal.
-            self.unsunk
-                .retain(|b| !revoked.contains(&(b.topic.clone(), b.partition)));
-            for sink in &mut self.sinks {
-                sink.revoked(&revoked);
-            }
-        }
-        match polled {
-            Some(Ok(message)) => {
-                messages.push(message.detach());
-                true
-            }
-            Some(Err(err)) => {
-                tracing::warn!(error = %err, "consumer error");
-                false
-            }
-            None => false,
-        }
-    }
-
-    /// Waits with consumption paused, serving rebalances; events of the kept batch
-    /// whose partitions are revoked meanwhile are dropped from it.
-    fn wait_paused(&mut self, wait: Duration, gathered: &mut Vec<OwnedMessage>) {
-        let until = Instant::now() + wait;
-        while Instant::now() < until && !self.stop.is_cancelled() {
-            // Paused partitions deliver nothing; a partition assigned by a rebalance
-            // meanwhile is paused on the next turn, and anything it delivered first
-            // joins the batch rather than being skipped.
-            let assignment = self.consumer.assignment().unwrap_or_default();
-            let _ = self.consumer.pause(&assignment);
-            self.poll_into(Duration::from_millis(50), gathered);
-        }
-        let assignment = self.consumer.assignment().unwrap_or_default();
-        let _ = self.consumer.resume(&assignment);
     }
 
     /// Ends a failed cycle's transaction. A producer that can no longer be used
@@ -1157,31 +770,6 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Sends a partition batch's journal records in the open transaction.
-    fn send_journal(&mut self, batch: &PartitionBatch) -> Result<(), CycleError> {
-        let key = journal::key(&batch.topic, batch.partition);
-        let budget = produce::journal_budget(self.message_limit, &batch.topic);
-        let tp = (batch.topic.clone(), batch.partition);
-        for (index, record) in journal::encode(batch, budget).iter().enumerate() {
-            // Only a batch's first record is where a replay of it starts, so
-            // only its place is noted (tag 0: not noted).
-            let tag = if index == 0 {
-                let tag = self.next_tag;
-                self.next_tag = self.next_tag.wrapping_add(1).max(1);
-                self.journal_sent.push((tag, tp.clone(), batch.last_offset));
-                tag
-            } else {
-                0
-            };
-            self.send(
-                BaseRecord::with_opaque_to(&self.config.journal_topic, tag)
-                    .key(key.as_bytes())
-                    .payload(record.as_slice()),
-            )?;
-        }
-        Ok(())
-    }
-
     /// Runs one partition's events through their scenarios and produces the outputs.
     fn run_partition<'m>(
         &mut self,
@@ -1191,78 +779,22 @@ impl Pipeline {
         messages: &[&'m OwnedMessage],
         processed_ms: i64,
     ) -> Result<(PartitionBatch, u64, Vec<DeadLetter<'m>>), CycleError> {
-        let mut dead = Vec::new();
-        // Per scenario: (index into messages, member id) in offset order.
-        let mut shares: BTreeMap<&'m str, Vec<(usize, Option<String>)>> = BTreeMap::new();
-        let wanted: Vec<&str> = catalog.event_fields.iter().map(String::as_str).collect();
-        for (index, message) in messages.iter().enumerate() {
-            let value = message.payload().unwrap_or_default();
-            let fields = Fields::read(value, &wanted);
-            let named = fields
-                .as_ref()
-                .ok()
-                .and_then(|f| f.text(route::SCENARIO_FIELD));
-            let targets: Vec<&'m Arc<Route>> = match named.as_deref() {
-                Some(id) => match catalog.routes.get(id) {
-                    Some(route) => vec![route],
-                    None => {
-                        let (reason, error) = match catalog.broken.get(id) {
-                            Some(why) => (
-                                DeadLetterReason::ScenarioUnavailable,
-                                format!("scenario {id} cannot run: {why}"),
-                            ),
-                            None => (
-                                DeadLetterReason::UnknownScenario,
-                                format!("no enabled scenario has id {id:?}"),
-                            ),
-                        };
-                        dead.push(DeadLetter {
-                            message,
-                            scenario: None,
-                            reason,
-                            error,
-                        });
-                        continue;
-                    }
-                },
-                None => catalog
-                    .by_topic
-                    .get(topic)
-                    .map(|ids| ids.iter().filter_map(|id| catalog.routes.get(id)).collect())
-                    .unwrap_or_default(),
-            };
-            if targets.is_empty() {
-                let (reason, error) = match &fields {
-                    Err(why) => (DeadLetterReason::MalformedJson, why.clone()),
-                    Ok(_) => (
-                        DeadLetterReason::Unrouted,
-                        format!(
-                            "no `{}` field and no scenario bound to topic {topic}",
-                            route::SCENARIO_FIELD
-                        ),
-                    ),
-                };
-                dead.push(DeadLetter {
-                    message,
-                    scenario: None,
-                    reason,
-                    error,
-                });
-                continue;
-            }
-            for route in targets {
-                let member_field = route.enrich_by.as_deref().unwrap_or(route::MEMBER_FIELD);
-                let member = fields
-                    .as_ref()
-                    .ok()
-                    .and_then(|f| f.text(member_field))
-                    .map(|m| m.into_owned());
-                shares
-                    .entry(route.id.as_str())
-                    .or_default()
-                    .push((index, member));
-            }
-        }
+        let routing = route::route(
+            catalog,
+            topic,
+            messages.iter().map(|m| m.payload().unwrap_or_default()),
+        );
+        let shares = routing.shares;
+        let mut dead: Vec<DeadLetter<'m>> = routing
+            .dead
+            .into_iter()
+            .map(|(index, reason, error)| DeadLetter {
+                message: messages[index],
+                scenario: None,
+                reason,
+                error,
+            })
+            .collect();
 
         let mut scenarios = Vec::with_capacity(shares.len());
         let mut outputs = 0u64;
@@ -1358,363 +890,6 @@ impl Pipeline {
             outputs,
             dead,
         ))
-    }
-
-    /// Runs one scenario's batch, unless the scenario is quarantined (then every
-    /// event fails with the reason, and the flag says so). An instance that cannot
-    /// be made fails every event with the reason.
-    fn run_scenario(&mut self, route: &Arc<Route>, batch: &Batch) -> (BatchResult, bool) {
-        let id = route.id.as_str();
-        let all_failed = |message: String| {
-            let error = EventError {
-                kind: FailureKind::Plugin,
-                message,
-            };
-            BatchResult::all_failed(&error, batch.len())
-        };
-        if let Some((until, why)) = self.quarantine.get(id) {
-            if Instant::now() < *until {
-                let message = format!("plugin {} is set aside after: {why}", route.plugin_label);
-                return (all_failed(message), true);
-            }
-            self.quarantine.remove(id);
-            self.quarantined().remove(id);
-        }
-        let result = match self
-            .instance(route)
-            .and_then(|instance| instance.process(batch))
-        {
-            Ok(result) => result,
-            Err(err) => {
-                tracing::warn!(scenario = id, plugin = %route.plugin_label, error = %err, "scenario batch failed");
-                self.instances.remove(id);
-                return (
-                    all_failed(format!(
-                        "plugin {} could not run: {err}",
-                        route.plugin_label
-                    )),
-                    false,
-                );
-            }
-        };
-        let cost = result.failed_call_time();
-        let costly = cost >= Duration::from_millis(self.config.quarantine_after_ms);
-        let error = result
-            .outcomes()
-            .iter()
-            .rev()
-            .find_map(|o| o.error.as_ref());
-        if let Some(error) = error.filter(|_| costly)
-            && self.config.quarantine_secs > 0
-        {
-            tracing::warn!(
-                scenario = id,
-                plugin = %route.plugin_label,
-                error = %error,
-                failed_calls = result.failed_calls(),
-                failed_ms = cost.as_millis() as u64,
-                seconds = self.config.quarantine_secs,
-                "plugin failures were costly; its scenario is set aside"
-            );
-            let span = Duration::from_secs(self.config.quarantine_secs);
-            let reason = format!(
-                "{error} ({} failed calls took {} ms in one batch)",
-                result.failed_calls(),
-                cost.as_millis()
-            );
-            self.quarantine
-                .insert(id.to_owned(), (Instant::now() + span, reason.clone()));
-            self.metrics.quarantines.fetch_add(1, Ordering::Relaxed);
-            let until_ms = chrono::Utc::now().timestamp_millis() + span.as_millis() as i64;
-            self.quarantined().insert(
-                id.to_owned(),
-                Quarantine {
-                    plugin: route.plugin_label.clone(),
-                    reason,
-                    until_ms,
-                },
-            );
-        }
-        (result, false)
-    }
-
-    fn quarantined(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Quarantine>> {
-        self.metrics
-            .quarantined
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The event with the member's attributes merged in; `None` for a member
-    /// the registry does not know (or an event that is not a JSON object). A
-    /// registry that cannot answer fails the cycle: an event is never run
-    /// unenriched because of an outage, which its retry would then run enriched.
-    fn enriched(
-        &self,
-        catalog: &Catalog,
-        raw: &[u8],
-        member: &str,
-    ) -> Result<Option<Vec<u8>>, CycleError> {
-        let attributes = self
-            .runtime
-            .block_on(catalog.member(&self.registry, member))?;
-        Ok(attributes.and_then(|attributes| route::enrich(raw, &attributes).ok()))
-    }
-
-    fn instance(
-        &mut self,
-        route: &Arc<Route>,
-    ) -> Result<&mut Instance, crate::runtime::RuntimeError> {
-        if !self.instances.contains_key(&route.id) {
-            let instance = route.plugin.instantiate(&route.config)?;
-            self.instances
-                .insert(route.id.clone(), (route.clone(), instance));
-        }
-        Ok(&mut self.instances.get_mut(&route.id).expect("just inserted").1)
-    }
-
-    /// Waits until every record sent is delivered. The client's own wait before a
-    /// commit polls for delivery reports in steps of up to 100 ms, which the producer's
-    /// polling thread has usually taken already: waiting here first, in 1 ms steps, saves
-    /// those 100 ms on every commit (docs/pipeline.md, Throughput).
-    fn await_deliveries(&self, timeout: Duration) -> Result<(), CycleError> {
-        let started = Instant::now();
-        while self.producer.in_flight_count() > 0 {
-            if started.elapsed() >= timeout {
-                return Err(CycleError::Kafka {
-                    context: "waiting for deliveries",
-                    source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Ok(())
-    }
-
-    fn send(&self, record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), CycleError> {
-        let mut record = record;
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((source, _)) => {
-                    return Err(CycleError::Kafka {
-                        context: "producing",
-                        source,
-                    });
-                }
-            }
-        }
-    }
-
-    /// Fails every emitted event one of whose records the producer would refuse
-    /// for its size, or whose records together would not fit one journal record
-    /// (see `produce.rs`), before any of its records is sent, so that the event
-    /// goes to the dead-letter topic alone and every sink agrees.
-    fn fail_what_cannot_be_produced(
-        &self,
-        route: &Route,
-        share: &[(usize, Option<String>)],
-        messages: &[&OwnedMessage],
-        result: &mut BatchResult,
-    ) {
-        let budget = produce::journal_budget(self.message_limit, messages[0].topic());
-        let too_large: Vec<(usize, String)> = share
-            .iter()
-            .zip(result.outcomes())
-            .enumerate()
-            .filter(|(_, (_, outcome))| outcome.status == Status::Emitted)
-            .filter_map(|(i, ((index, member), outcome))| {
-                let sizes = || result.records(outcome).map(<[u8]>::len);
-                if !journal::event_fits(
-                    budget,
-                    messages[*index].topic(),
-                    &route.id,
-                    &route.plugin_label,
-                    sizes(),
-                ) {
-                    let message = format!(
-                        "the event's {} records are {} bytes together, more than one journal \
-                         record holds (the producer's message.max.bytes is {})",
-                        outcome.record_count(),
-                        sizes().sum::<usize>(),
-                        self.message_limit
-                    );
-                    return Some((i, message));
-                }
-                let offset = source_offset(messages[*index]);
-                let headers = output_headers(route, messages[*index], &offset);
-                let key = member.as_ref().map_or(0, String::len);
-                result
-                    .records(outcome)
-                    .enumerate()
-                    .find(|(_, record)| {
-                        !produce::fits(self.message_limit, record.len(), key, &headers)
-                    })
-                    .map(|(k, record)| {
-                        let message = format!(
-                            "record {k} of the event is {} bytes, which with its key and headers \
-                             passes the producer's message.max.bytes ({})",
-                            record.len(),
-                            self.message_limit
-                        );
-                        (i, message)
-                    })
-            })
-            .collect();
-        for (i, message) in too_large {
-            result.fail_event(
-                i,
-                EventError {
-                    kind: FailureKind::OutputLimit,
-                    message,
-                },
-            );
-        }
-    }
-
-    fn send_output(
-        &self,
-        route: &Route,
-        message: &OwnedMessage,
-        member: Option<&str>,
-        record: &[u8],
-    ) -> Result<(), CycleError> {
-        let offset = source_offset(message);
-        let headers = output_headers(route, message, &offset)
-            .into_iter()
-            .fold(OwnedHeaders::new_with_capacity(5), |headers, (k, v)| {
-                headers.insert(header(k, v))
-            });
-        let mut out = BaseRecord::with_opaque_to(&route.output_topic, 0)
-            .payload(record)
-            .headers(headers);
-        if let Some(member) = member {
-            out = out.key(member.as_bytes());
-        }
-        self.send(out)
-    }
-
-    /// Produces a dead letter: the source value and key with the reason, cut to
-    /// what the producer takes (see `produce.rs`). If even that is refused, a
-    /// marker without the value takes its place, so the event is still
-    /// accounted for, and the pipeline goes on.
-    fn dead_letter(&self, letter: DeadLetter<'_>) -> Result<(), CycleError> {
-        let message = letter.message;
-        let (partition, offset) = (
-            message.partition().to_string(),
-            message.offset().to_string(),
-        );
-        let mut named: Vec<(&str, &str)> = vec![
-            (HEADER_REASON, letter.reason.as_str()),
-            (HEADER_ERROR, &letter.error),
-            (HEADER_SOURCE_TOPIC, message.topic()),
-            (HEADER_SOURCE_PARTITION, &partition),
-            (HEADER_SOURCE_OFFSET, &offset),
-        ];
-        if let Some(route) = letter.scenario {
-            named.extend([
-                (HEADER_SCENARIO, route.id.as_str()),
-                (HEADER_PLUGIN, &route.plugin_label),
-                (HEADER_PLUGIN_VERSION, &route.plugin_version),
-            ]);
-        }
-        let value = message.payload().unwrap_or_default();
-        let key = message.key();
-        let (value_size, key_size) = (
-            value.len().to_string(),
-            key.map_or(0, <[u8]>::len).to_string(),
-        );
-        let (kept, keep_key) = produce::dead_letter_parts(
-            self.message_limit,
-            value.len(),
-            key.map_or(0, <[u8]>::len),
-            &named,
-        );
-        if kept < value.len() {
-            named.push((produce::HEADER_VALUE_SIZE, &value_size));
-        }
-        if key.is_some() && !keep_key {
-            named.push((produce::HEADER_KEY_SIZE, &key_size));
-        }
-        let headers = |named: &[(&str, &str)]| {
-            named.iter().fold(
-                OwnedHeaders::new_with_capacity(named.len()),
-                |headers, &(k, v)| headers.insert(header(k, v)),
-            )
-        };
-        let mut out = BaseRecord::with_opaque_to(&self.config.dlq_topic, 0)
-            .payload(&value[..kept])
-            .headers(headers(&named));
-        if let Some(key) = key.filter(|_| keep_key) {
-            out = out.key(key);
-        }
-        match self.send(out) {
-            Err(CycleError::Kafka {
-                source: KafkaError::MessageProduction(code),
-                ..
-            }) if code != RDKafkaErrorCode::QueueFull => {
-                tracing::error!(
-                    topic = message.topic(),
-                    partition = message.partition(),
-                    offset = message.offset(),
-                    error = %code,
-                    "the dead letter was refused by the producer; a marker without its value takes its place"
-                );
-                self.metrics
-                    .unproducible_dead_letters
-                    .fetch_add(1, Ordering::Relaxed);
-                let refused = format!(
-                    "{}; the dead letter itself was refused: {code}",
-                    letter.error
-                );
-                let marker: Vec<(&str, &str)> = named
-                    .iter()
-                    .map(|&(k, v)| {
-                        if k == HEADER_ERROR {
-                            (k, refused.as_str())
-                        } else {
-                            (k, v)
-                        }
-                    })
-                    .collect();
-                self.send(
-                    BaseRecord::<[u8], [u8], usize>::with_opaque_to(&self.config.dlq_topic, 0)
-                        .headers(headers(&marker)),
-                )
-            }
-            other => other,
-        }
-    }
-}
-
-/// `partition:offset` of a source message, as the output header gives it.
-fn source_offset(message: &OwnedMessage) -> String {
-    format!("{}:{}", message.partition(), message.offset())
-}
-
-/// The headers of an output record (see docs/pipeline.md, Headers).
-fn output_headers<'a>(
-    route: &'a Route,
-    message: &'a OwnedMessage,
-    source_offset: &'a str,
-) -> [(&'a str, &'a str); 5] {
-    [
-        (HEADER_SCENARIO, route.id.as_str()),
-        (HEADER_PLUGIN, route.plugin_label.as_str()),
-        (HEADER_PLUGIN_VERSION, route.plugin_version.as_str()),
-        (HEADER_SOURCE_TOPIC, message.topic()),
-        (HEADER_SOURCE_OFFSET, source_offset),
-    ]
-}
-
-fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
-    Header {
-        key,
-        value: Some(value.as_bytes()),
     }
 }
 

@@ -16,6 +16,18 @@
 //!   large), with [`HEADER_VALUE_SIZE`] giving the original size.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseRecord, Producer};
+
+use super::catalog::Route;
+use super::route::DeadLetterReason;
+use super::sink::PartitionBatch;
+use super::{CycleError, Pipeline, journal};
+use crate::runtime::{BatchResult, EventError, FailureKind, Status};
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
@@ -70,6 +82,300 @@ pub(crate) fn dead_letter_parts(
         value.min(DEAD_LETTER_PREVIEW),
         keep_key && fits(limit, value.min(DEAD_LETTER_PREVIEW), key, headers),
     )
+}
+
+/// Header naming the scenario on outputs and dead letters.
+pub const HEADER_SCENARIO: &str = "weir-scenario";
+/// Header naming the plugin as `name@registry-version`.
+pub const HEADER_PLUGIN: &str = "weir-plugin";
+/// Header carrying the plugin's own version (from `describe`).
+pub const HEADER_PLUGIN_VERSION: &str = "weir-plugin-version";
+/// Header with the dead-letter reason code.
+pub const HEADER_REASON: &str = "weir-reason";
+/// Header with the dead-letter error message.
+pub const HEADER_ERROR: &str = "weir-error";
+/// Header with the source topic.
+pub const HEADER_SOURCE_TOPIC: &str = "weir-source-topic";
+/// Header with the source partition.
+pub const HEADER_SOURCE_PARTITION: &str = "weir-source-partition";
+/// Header with the source offset.
+pub const HEADER_SOURCE_OFFSET: &str = "weir-source-offset";
+
+/// One dead letter on its way out.
+pub(super) struct DeadLetter<'a> {
+    pub(super) message: &'a OwnedMessage,
+    pub(super) scenario: Option<&'a Route>,
+    pub(super) reason: DeadLetterReason,
+    pub(super) error: String,
+}
+
+/// `partition:offset` of a source message, as the output header gives it.
+fn source_offset(message: &OwnedMessage) -> String {
+    format!("{}:{}", message.partition(), message.offset())
+}
+
+/// The headers of an output record (see docs/pipeline.md, Headers).
+fn output_headers<'a>(
+    route: &'a Route,
+    message: &'a OwnedMessage,
+    source_offset: &'a str,
+) -> [(&'a str, &'a str); 5] {
+    [
+        (HEADER_SCENARIO, route.id.as_str()),
+        (HEADER_PLUGIN, route.plugin_label.as_str()),
+        (HEADER_PLUGIN_VERSION, route.plugin_version.as_str()),
+        (HEADER_SOURCE_TOPIC, message.topic()),
+        (HEADER_SOURCE_OFFSET, source_offset),
+    ]
+}
+
+fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
+    Header {
+        key,
+        value: Some(value.as_bytes()),
+    }
+}
+
+impl Pipeline {
+    /// Sends a partition batch's journal records in the open transaction.
+    pub(super) fn send_journal(&mut self, batch: &PartitionBatch) -> Result<(), CycleError> {
+        let key = journal::key(&batch.topic, batch.partition);
+        let budget = journal_budget(self.message_limit, &batch.topic);
+        let tp = (batch.topic.clone(), batch.partition);
+        for (index, record) in journal::encode(batch, budget).iter().enumerate() {
+            // Only a batch's first record is where a replay of it starts, so
+            // only its place is noted (tag 0: not noted).
+            let tag = if index == 0 {
+                let tag = self.next_tag;
+                self.next_tag = self.next_tag.wrapping_add(1).max(1);
+                self.journal_sent.push((tag, tp.clone(), batch.last_offset));
+                tag
+            } else {
+                0
+            };
+            self.send(
+                BaseRecord::with_opaque_to(&self.config.journal_topic, tag)
+                    .key(key.as_bytes())
+                    .payload(record.as_slice()),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every record sent is delivered. The client's own wait before a
+    /// commit polls for delivery reports in steps of up to 100 ms, which the producer's
+    /// polling thread has usually taken already: waiting here first, in 1 ms steps, saves
+    /// those 100 ms on every commit (docs/pipeline.md, Throughput).
+    pub(super) fn await_deliveries(&self, timeout: Duration) -> Result<(), CycleError> {
+        let started = Instant::now();
+        while self.producer.in_flight_count() > 0 {
+            if started.elapsed() >= timeout {
+                return Err(CycleError::Kafka {
+                    context: "waiting for deliveries",
+                    source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    pub(super) fn send(&self, record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), CycleError> {
+        let mut record = record;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((source, _)) => {
+                    return Err(CycleError::Kafka {
+                        context: "producing",
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Fails every emitted event one of whose records the producer would refuse
+    /// for its size, or whose records together would not fit one journal record
+    /// (see `produce.rs`), before any of its records is sent, so that the event
+    /// goes to the dead-letter topic alone and every sink agrees.
+    pub(super) fn fail_what_cannot_be_produced(
+        &self,
+        route: &Route,
+        share: &[(usize, Option<String>)],
+        messages: &[&OwnedMessage],
+        result: &mut BatchResult,
+    ) {
+        let budget = journal_budget(self.message_limit, messages[0].topic());
+        let too_large: Vec<(usize, String)> = share
+            .iter()
+            .zip(result.outcomes())
+            .enumerate()
+            .filter(|(_, (_, outcome))| outcome.status == Status::Emitted)
+            .filter_map(|(i, ((index, member), outcome))| {
+                let sizes = || result.records(outcome).map(<[u8]>::len);
+                if !journal::event_fits(
+                    budget,
+                    messages[*index].topic(),
+                    &route.id,
+                    &route.plugin_label,
+                    sizes(),
+                ) {
+                    let message = format!(
+                        "the event's {} records are {} bytes together, more than one journal \
+                         record holds (the producer's message.max.bytes is {})",
+                        outcome.record_count(),
+                        sizes().sum::<usize>(),
+                        self.message_limit
+                    );
+                    return Some((i, message));
+                }
+                let offset = source_offset(messages[*index]);
+                let headers = output_headers(route, messages[*index], &offset);
+                let key = member.as_ref().map_or(0, String::len);
+                result
+                    .records(outcome)
+                    .enumerate()
+                    .find(|(_, record)| !fits(self.message_limit, record.len(), key, &headers))
+                    .map(|(k, record)| {
+                        let message = format!(
+                            "record {k} of the event is {} bytes, which with its key and headers \
+                             passes the producer's message.max.bytes ({})",
+                            record.len(),
+                            self.message_limit
+                        );
+                        (i, message)
+                    })
+            })
+            .collect();
+        for (i, message) in too_large {
+            result.fail_event(
+                i,
+                EventError {
+                    kind: FailureKind::OutputLimit,
+                    message,
+                },
+            );
+        }
+    }
+
+    pub(super) fn send_output(
+        &self,
+        route: &Route,
+        message: &OwnedMessage,
+        member: Option<&str>,
+        record: &[u8],
+    ) -> Result<(), CycleError> {
+        let offset = source_offset(message);
+        let headers = output_headers(route, message, &offset)
+            .into_iter()
+            .fold(OwnedHeaders::new_with_capacity(5), |headers, (k, v)| {
+                headers.insert(header(k, v))
+            });
+        let mut out = BaseRecord::with_opaque_to(&route.output_topic, 0)
+            .payload(record)
+            .headers(headers);
+        if let Some(member) = member {
+            out = out.key(member.as_bytes());
+        }
+        self.send(out)
+    }
+
+    /// Produces a dead letter: the source value and key with the reason, cut to
+    /// what the producer takes (see `produce.rs`). If even that is refused, a
+    /// marker without the value takes its place, so the event is still
+    /// accounted for, and the pipeline goes on.
+    pub(super) fn dead_letter(&self, letter: DeadLetter<'_>) -> Result<(), CycleError> {
+        let message = letter.message;
+        let (partition, offset) = (
+            message.partition().to_string(),
+            message.offset().to_string(),
+        );
+        let mut named: Vec<(&str, &str)> = vec![
+            (HEADER_REASON, letter.reason.as_str()),
+            (HEADER_ERROR, &letter.error),
+            (HEADER_SOURCE_TOPIC, message.topic()),
+            (HEADER_SOURCE_PARTITION, &partition),
+            (HEADER_SOURCE_OFFSET, &offset),
+        ];
+        if let Some(route) = letter.scenario {
+            named.extend([
+                (HEADER_SCENARIO, route.id.as_str()),
+                (HEADER_PLUGIN, &route.plugin_label),
+                (HEADER_PLUGIN_VERSION, &route.plugin_version),
+            ]);
+        }
+        let value = message.payload().unwrap_or_default();
+        let key = message.key();
+        let (value_size, key_size) = (
+            value.len().to_string(),
+            key.map_or(0, <[u8]>::len).to_string(),
+        );
+        let (kept, keep_key) = dead_letter_parts(
+            self.message_limit,
+            value.len(),
+            key.map_or(0, <[u8]>::len),
+            &named,
+        );
+        if kept < value.len() {
+            named.push((HEADER_VALUE_SIZE, &value_size));
+        }
+        if key.is_some() && !keep_key {
+            named.push((HEADER_KEY_SIZE, &key_size));
+        }
+        let headers = |named: &[(&str, &str)]| {
+            named.iter().fold(
+                OwnedHeaders::new_with_capacity(named.len()),
+                |headers, &(k, v)| headers.insert(header(k, v)),
+            )
+        };
+        let mut out = BaseRecord::with_opaque_to(&self.config.dlq_topic, 0)
+            .payload(&value[..kept])
+            .headers(headers(&named));
+        if let Some(key) = key.filter(|_| keep_key) {
+            out = out.key(key);
+        }
+        match self.send(out) {
+            Err(CycleError::Kafka {
+                source: KafkaError::MessageProduction(code),
+                ..
+            }) if code != RDKafkaErrorCode::QueueFull => {
+                tracing::error!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    error = %code,
+                    "the dead letter was refused by the producer; a marker without its value takes its place"
+                );
+                self.metrics
+                    .unproducible_dead_letters
+                    .fetch_add(1, Ordering::Relaxed);
+                let refused = format!(
+                    "{}; the dead letter itself was refused: {code}",
+                    letter.error
+                );
+                let marker: Vec<(&str, &str)> = named
+                    .iter()
+                    .map(|&(k, v)| {
+                        if k == HEADER_ERROR {
+                            (k, refused.as_str())
+                        } else {
+                            (k, v)
+                        }
+                    })
+                    .collect();
+                self.send(
+                    BaseRecord::<[u8], [u8], usize>::with_opaque_to(&self.config.dlq_topic, 0)
+                        .headers(headers(&marker)),
+                )
+            }
+            other => other,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,13 +1,111 @@
-//! Reading the few fields the host needs from an event (its scenario id and its member
-//! id) without building the whole JSON tree, and merging member attributes into it.
+//! Routing: which scenarios take each event, and which events go to the
+//! dead-letter topic and why ([`route`], a pure function of the events and
+//! the scenarios); reading the few fields the host needs from an event (its
+//! scenario id and its member id) without building the whole JSON tree; and
+//! merging member attributes into it.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use serde::Deserializer as _;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+/// What routing needs to know of the scenarios (the pipeline's catalog).
+pub trait Routes {
+    /// The enabled scenario with this id, as (its id, the event field holding
+    /// its member id); or why a scenario with this id cannot run; or neither.
+    fn lookup(&self, id: &str) -> Lookup<'_>;
+
+    /// The enabled scenarios bound to `topic`, as (id, member field).
+    fn bound(&self, topic: &str) -> Vec<(&str, &str)>;
+
+    /// Every event field routing and enrichment read.
+    fn event_fields(&self) -> &[String];
+}
+
+/// What [`Routes::lookup`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    /// Enabled: (id, member field).
+    Enabled(&'a str, &'a str),
+    /// Known but not runnable, with the reason.
+    Broken(&'a str),
+    /// No such scenario.
+    Unknown,
+}
+
+/// Where a batch of events goes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Routing<'r> {
+    /// Per scenario id: (index of the event, its member id), in event order.
+    pub shares: BTreeMap<&'r str, Vec<(usize, Option<String>)>>,
+    /// Events no scenario takes: (index, reason, message), in event order.
+    pub dead: Vec<(usize, DeadLetterReason, String)>,
+}
+
+/// Routes the values of one partition batch of `topic`: an event naming a
+/// scenario (the [`SCENARIO_FIELD`] field) goes to it alone; one without goes
+/// to every scenario bound to the topic. An id no enabled scenario has is
+/// `unknown_scenario` (or `scenario_unavailable` when its plugin cannot load);
+/// an event nobody takes is `unrouted`, or `malformed_json` when it is not a
+/// JSON object.
+pub fn route<'r, 'v>(
+    routes: &'r impl Routes,
+    topic: &str,
+    values: impl Iterator<Item = &'v [u8]>,
+) -> Routing<'r> {
+    let mut routing = Routing::default();
+    let wanted: Vec<&str> = routes.event_fields().iter().map(String::as_str).collect();
+    for (index, value) in values.enumerate() {
+        let fields = Fields::read(value, &wanted);
+        let named = fields.as_ref().ok().and_then(|f| f.text(SCENARIO_FIELD));
+        let targets = match named.as_deref() {
+            Some(id) => match routes.lookup(id) {
+                Lookup::Enabled(id, member) => vec![(id, member)],
+                Lookup::Broken(why) => {
+                    routing.dead.push((
+                        index,
+                        DeadLetterReason::ScenarioUnavailable,
+                        format!("scenario {id} cannot run: {why}"),
+                    ));
+                    continue;
+                }
+                Lookup::Unknown => {
+                    routing.dead.push((
+                        index,
+                        DeadLetterReason::UnknownScenario,
+                        format!("no enabled scenario has id {id:?}"),
+                    ));
+                    continue;
+                }
+            },
+            None => routes.bound(topic),
+        };
+        if targets.is_empty() {
+            routing.dead.push(match &fields {
+                Err(why) => (index, DeadLetterReason::MalformedJson, why.clone()),
+                Ok(_) => (
+                    index,
+                    DeadLetterReason::Unrouted,
+                    format!("no `{SCENARIO_FIELD}` field and no scenario bound to topic {topic}"),
+                ),
+            });
+            continue;
+        }
+        for (id, member_field) in targets {
+            let member = fields
+                .as_ref()
+                .ok()
+                .and_then(|f| f.text(member_field))
+                .map(Cow::into_owned);
+            routing.shares.entry(id).or_default().push((index, member));
+        }
+    }
+    routing
+}
 
 /// Why an event went to the dead-letter topic: the `weir-reason` header and the
 /// `reason` label of `weir_dead_letters_total` (docs/pipeline.md lists them).
@@ -146,6 +244,96 @@ pub fn enrich(value: &[u8], attributes: &Map<String, Value>) -> Result<Vec<u8>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Scenario `a` (member field `memberId`) and `b` (enriched by `uid`) are
+    /// bound to topic `t`; `c` is enabled but bound to none; `x` is broken.
+    struct Table {
+        fields: Vec<String>,
+    }
+
+    impl Routes for Table {
+        fn lookup(&self, id: &str) -> Lookup<'_> {
+            match id {
+                "a" => Lookup::Enabled("a", MEMBER_FIELD),
+                "b" => Lookup::Enabled("b", "uid"),
+                "c" => Lookup::Enabled("c", MEMBER_FIELD),
+                "x" => Lookup::Broken("its plugin does not load"),
+                _ => Lookup::Unknown,
+            }
+        }
+
+        fn bound(&self, topic: &str) -> Vec<(&str, &str)> {
+            match topic {
+                "t" => vec![("a", MEMBER_FIELD), ("b", "uid")],
+                _ => Vec::new(),
+            }
+        }
+
+        fn event_fields(&self) -> &[String] {
+            &self.fields
+        }
+    }
+
+    fn table() -> Table {
+        Table {
+            fields: [SCENARIO_FIELD, MEMBER_FIELD, "uid"]
+                .map(str::to_owned)
+                .to_vec(),
+        }
+    }
+
+    #[test]
+    fn events_go_to_the_scenario_they_name_or_to_those_of_their_topic() {
+        let values: [&[u8]; 6] = [
+            br#"{"scenario_id":"c","memberId":"m1"}"#,
+            br#"{"memberId":"m2","uid":"u2"}"#,
+            br#"{"scenario_id":"b","uid":"u3"}"#,
+            b"GET /index.html 200",
+            br#"{"scenario_id":5}"#,
+            br#"{"scenario_id":"a"}"#,
+        ];
+        let table = table();
+        let routing = route(&table, "t", values.into_iter());
+        let expected: BTreeMap<&str, Vec<(usize, Option<String>)>> = BTreeMap::from([
+            ("a", vec![(1, Some("m2".into())), (3, None), (5, None)]),
+            (
+                "b",
+                vec![(1, Some("u2".into())), (2, Some("u3".into())), (3, None)],
+            ),
+            ("c", vec![(0, Some("m1".into()))]),
+        ]);
+        assert_eq!(routing.shares, expected);
+        // A numeric id is read as text: `5` names scenario "5", which is unknown.
+        assert_eq!(routing.dead.len(), 1);
+        assert_eq!(routing.dead[0].0, 4);
+        assert_eq!(routing.dead[0].1, DeadLetterReason::UnknownScenario);
+    }
+
+    #[test]
+    fn every_event_nobody_takes_is_dead_lettered_with_its_reason() {
+        let values: [&[u8]; 4] = [
+            br#"{"scenario_id":"zz"}"#,
+            br#"{"scenario_id":"x"}"#,
+            br#"{"n":1}"#,
+            b"not json",
+        ];
+        let table = table();
+        let routing = route(&table, "unbound", values.into_iter());
+        assert!(routing.shares.is_empty());
+        let reasons: Vec<(usize, DeadLetterReason)> =
+            routing.dead.iter().map(|(i, r, _)| (*i, *r)).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (0, DeadLetterReason::UnknownScenario),
+                (1, DeadLetterReason::ScenarioUnavailable),
+                (2, DeadLetterReason::Unrouted),
+                (3, DeadLetterReason::MalformedJson),
+            ]
+        );
+        assert!(routing.dead[1].2.contains("its plugin does not load"));
+        assert!(routing.dead[2].2.contains("topic unbound"));
+    }
 
     #[test]
     fn every_dead_letter_reason_has_its_own_code() {

@@ -1,5 +1,5 @@
 //! The seam between the pipeline and what it makes durable besides Kafka: the Redis
-//! counters today, the Parquet archive next.
+//! counters (`aggregate/sink.rs`) and the Parquet archive (`archive/`).
 //!
 //! Every batch cycle hands its processed partition batches to each [`Sink`] once
 //! its Kafka transaction committed them (outputs, dead letters and the cycle's
@@ -10,10 +10,7 @@
 //! them (the counters fence by offset, the archive names files by offset range
 //! and knows the last offset of each file it holds open).
 
-use chrono::Utc;
-
-use crate::aggregate::{BatchTally, Counters, Tallied};
-use crate::runtime::{BatchResult, Status};
+use crate::runtime::BatchResult;
 
 /// One event of a scenario batch, as the sinks see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,64 +125,6 @@ pub trait Sink: Send {
     /// The pipeline lost these partitions to a rebalance: forget what is held for them.
     /// It was not committed, so their next owner consumes it again.
     fn revoked(&mut self, _partitions: &[(String, i32)]) {}
-}
-
-/// The Redis counters as a sink.
-#[derive(Debug)]
-pub struct CountersSink {
-    counters: Counters,
-    runtime: tokio::runtime::Handle,
-}
-
-impl CountersSink {
-    /// A sink writing to `counters`, running its Redis calls on `runtime`.
-    pub fn new(counters: Counters, runtime: tokio::runtime::Handle) -> Self {
-        Self { counters, runtime }
-    }
-}
-
-/// The per-scenario tallies of a partition batch.
-pub fn tally(batch: &PartitionBatch) -> Result<BatchTally, crate::aggregate::CountersError> {
-    let mut tally = BatchTally::new(&batch.topic, batch.partition);
-    for scenario in &batch.scenarios {
-        for (event, outcome) in scenario.events.iter().zip(scenario.result.outcomes()) {
-            let tallied = match outcome.status {
-                Status::Emitted => Tallied::Emitted,
-                Status::Dropped => Tallied::Dropped,
-                Status::Failed => Tallied::Failed,
-            };
-            tally.record(
-                &scenario.scenario,
-                &scenario.plugin,
-                event.offset,
-                event.time(batch.processed_ms).0,
-                tallied,
-                outcome.matched,
-            )?;
-        }
-    }
-    Ok(tally)
-}
-
-impl Sink for CountersSink {
-    fn name(&self) -> &'static str {
-        "counters"
-    }
-
-    fn write(&mut self, batches: &[PartitionBatch]) -> Result<(), SinkError> {
-        let now = Utc::now();
-        let error = |reason: String| SinkError {
-            sink: "counters",
-            reason,
-        };
-        for batch in batches {
-            let tally = tally(batch).map_err(|e| error(e.to_string()))?;
-            self.runtime
-                .block_on(self.counters.apply(&tally, now))
-                .map_err(|e| error(e.to_string()))?;
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,251 @@
+//! Consuming: the consumer's rebalance context, gathering a batch, waiting with
+//! consumption paused, and learning where newly assigned partitions stand
+//! (reading back from the journal what a replay gives the sinks).
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::journal;
+use super::offsets::Position;
+use super::{CycleError, Pipeline, PipelineError, kafka};
+
+/// Remembers partitions revoked during a poll, so their gathered events are dropped.
+#[derive(Debug, Default)]
+pub(super) struct Context {
+    pub(super) revoked: Mutex<HashSet<(String, i32)>>,
+}
+
+impl ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let mut revoked = self.revoked.lock().expect("revoked lock");
+            for element in list.elements() {
+                revoked.insert((element.topic().to_owned(), element.partition()));
+            }
+            tracing::info!(partitions = list.count(), "partitions revoked");
+        }
+    }
+}
+
+impl Pipeline {
+    pub(super) fn topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.config.topics.clone();
+        topics.extend(self.current.topics());
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
+    pub(super) fn subscribe(&mut self) -> Result<(), PipelineError> {
+        let topics = self.topics();
+        if topics != self.subscribed {
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            self.consumer
+                .subscribe(&names)
+                .map_err(kafka("subscribing"))?;
+            tracing::info!(topics = ?topics, "subscribed");
+            self.subscribed = topics;
+        }
+        Ok(())
+    }
+
+    /// Learns where the given partitions stand from their committed offsets, for those
+    /// not known yet (newly assigned).
+    pub(super) fn learn_positions(&mut self, partitions: &[(&str, i32)]) -> Result<(), CycleError> {
+        let mut missing = TopicPartitionList::new();
+        for &(topic, partition) in partitions {
+            if !self.positions.contains_key(&(topic.to_owned(), partition)) {
+                missing.add_partition(topic, partition);
+            }
+        }
+        if missing.count() == 0 {
+            return Ok(());
+        }
+        let timeout = Duration::from_millis(self.config.call_timeout_ms);
+        let committed = self
+            .consumer
+            .committed_offsets(missing, timeout)
+            .map_err(CycleError::kafka("reading committed offsets"))?;
+        for element in committed.elements() {
+            element
+                .error()
+                .map_err(CycleError::kafka("reading a committed offset"))?;
+            let committed = match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            };
+            let mut position = Position::from_commit(committed, element.metadata());
+            let tp = (element.topic().to_owned(), element.partition());
+            self.placements.forget(&tp);
+            if position.replays() {
+                self.replay(&tp, &mut position)?;
+            }
+            self.positions.insert(tp, position);
+        }
+        Ok(())
+    }
+
+    /// Gives the sinks the results of what `position` says was produced but is
+    /// not committed, read back from the journal (see `journal.rs`): the plugins
+    /// do not run again, so the sinks get exactly what the outputs, dead letters
+    /// and counters already say. A range the journal no longer has is logged and
+    /// counted, and passed over.
+    pub(super) fn replay(
+        &mut self,
+        tp: &(String, i32),
+        position: &mut Position,
+    ) -> Result<(), CycleError> {
+        let from = position.committed.unwrap_or(0);
+        let until = position.produced;
+        let timeout = Duration::from_millis(self.config.call_timeout_ms);
+        let replay = journal::read(
+            &self.journal_reader,
+            &self.config.journal_topic,
+            (&tp.0, tp.1),
+            (from, until),
+            position.journal,
+            timeout,
+        )
+        .map_err(CycleError::kafka("reading the journal back"))?;
+        let events: usize = replay
+            .batches
+            .iter()
+            .flat_map(|b| &b.scenarios)
+            .map(|s| s.events.len())
+            .sum();
+        if let Some(missing) = replay.missing_from {
+            tracing::error!(
+                topic = %tp.0,
+                partition = tp.1,
+                from = missing,
+                until,
+                journal = ?position.journal,
+                "the journal no longer has the results of this range (retention, or committed before \
+                 the journal): the sinks miss its events; outputs and dead letters have them"
+            );
+            self.metrics
+                .replay_missing
+                .fetch_add((until - missing).max(0) as u64, Ordering::Relaxed);
+        }
+        tracing::info!(
+            topic = %tp.0,
+            partition = tp.1,
+            from,
+            until,
+            events,
+            "results replayed to the sinks from the journal: their outputs were produced before"
+        );
+        for sink in &mut self.sinks {
+            sink.write(&replay.batches).map_err(CycleError::Sink)?;
+        }
+        for placed in replay.placed {
+            self.placements.note(tp, placed);
+        }
+        self.metrics
+            .replayed
+            .fetch_add(events as u64, Ordering::Relaxed);
+        position.handed = Some(until);
+        Ok(())
+    }
+
+    /// Polls until the batch is full or the linger time passed.
+    pub(super) fn gather(&mut self) -> Vec<OwnedMessage> {
+        let linger = Duration::from_millis(self.config.batch_linger_ms);
+        let started = Instant::now();
+        let mut messages = Vec::new();
+        while messages.len() < self.config.batch_max_events && !self.stop.is_cancelled() {
+            let left = linger.saturating_sub(started.elapsed());
+            if left.is_zero() && !messages.is_empty() {
+                break;
+            }
+            let wait = if messages.is_empty() {
+                Duration::from_millis(100)
+            } else {
+                left
+            };
+            if !self.poll_into(wait, &mut messages)
+                && messages.is_empty()
+                && started.elapsed() >= linger
+            {
+                break;
+            }
+        }
+        messages
+    }
+
+    /// Polls once, appending what arrives to `messages`; false when nothing came.
+    ///
+    /// A rebalance runs inside `poll`. Events of a revoked partition gathered before
+    /// it are dropped (they are uncommitted: whoever owns the partition next reads
+    /// them again from the committed offset), but what arrives after it is kept, even
+    /// for the same partition assigned back: the consumer has already moved past it.
+    pub(super) fn poll_into(&mut self, wait: Duration, messages: &mut Vec<OwnedMessage>) -> bool {
+        let polled = self.consumer.poll(wait);
+        let revoked = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .revoked
+                .lock()
+                .expect("revoked lock"),
+        );
+        if !revoked.is_empty() {
+            let before = messages.len();
+            messages.retain(|m| !revoked.contains(&(m.topic().to_owned(), m.partition())));
+            tracing::info!(
+                dropped = before - messages.len(),
+                "gathered events of revoked partitions dropped"
+            );
+            let revoked: Vec<(String, i32)> = revoked.into_iter().collect();
+            self.metrics
+                .revoked_partitions
+                .fetch_add(revoked.len() as u64, Ordering::Relaxed);
+            for tp in &revoked {
+                self.positions.remove(tp);
+                self.placements.forget(tp);
+            }
+            // Committed but not handed to the sinks: the next owner replays them
+            // from the journal.
+            self.unsunk
+                .retain(|b| !revoked.contains(&(b.topic.clone(), b.partition)));
+            for sink in &mut self.sinks {
+                sink.revoked(&revoked);
+            }
+        }
+        match polled {
+            Some(Ok(message)) => {
+                messages.push(message.detach());
+                true
+            }
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, "consumer error");
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Waits with consumption paused, serving rebalances; events of the kept batch
+    /// whose partitions are revoked meanwhile are dropped from it.
+    pub(super) fn wait_paused(&mut self, wait: Duration, gathered: &mut Vec<OwnedMessage>) {
+        let until = Instant::now() + wait;
+        while Instant::now() < until && !self.stop.is_cancelled() {
+            // Paused partitions deliver nothing; a partition assigned by a rebalance
+            // meanwhile is paused on the next turn, and anything it delivered first
+            // joins the batch rather than being skipped.
+            let assignment = self.consumer.assignment().unwrap_or_default();
+            let _ = self.consumer.pause(&assignment);
+            self.poll_into(Duration::from_millis(50), gathered);
+        }
+        let assignment = self.consumer.assignment().unwrap_or_default();
+        let _ = self.consumer.resume(&assignment);
+    }
+}
