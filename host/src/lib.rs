@@ -18,6 +18,9 @@
 //! - [`archive`]: the exactly-once Parquet archive (HDFS or a local directory),
 //!   a pipeline sink that writes one file per scenario, hour and partition per cycle.
 //!
+//! - [`service`]: where the service is composed (broker, counters, archive,
+//!   pipeline, demo), for `weir serve` and its tests alike.
+//!
 //! The `weir` binary (`src/main.rs`, commands in `src/cli/`) is a thin layer
 //! over these modules.
 
@@ -26,4 +29,5 @@ pub mod api;
 pub mod archive;
 pub mod pipeline;
 pub mod registry;
+pub mod service;
 pub use weir_runtime as runtime;

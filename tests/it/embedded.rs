@@ -1,5 +1,6 @@
 //! The embedded defaults of a first run: the in-process broker, SQLite, in-memory
-//! counters and the demo scenario, through the same pipeline as production.
+//! counters, a local archive and the demo scenario, composed by
+//! `weir::service::start` exactly as `weir serve` composes them.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -7,21 +8,15 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
-use weir::aggregate::Counters;
-use weir::aggregate::CountersSink;
-use weir::pipeline::embedded::EmbeddedBroker;
-use weir::pipeline::sink::Sink;
-use weir::pipeline::{Pipeline, PipelineConfig, demo};
+use weir::archive::ArchiveConfig;
+use weir::pipeline::PipelineConfig;
 use weir::registry::{MakeCurrent, PutMode, Registry};
 use weir::runtime::{Runtime, RuntimeConfig};
+use weir::service::{CountersSection, PipelinePlan, demo};
 use weir_integration::unique;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_on_the_embedded_broker_and_counts_exactly() {
-    let broker = EmbeddedBroker::start(&[("weir.events", 3), ("weir.dlq", 1), ("weir.out.5", 1)])
-        .expect("embedded broker");
-    let brokers = broker.bootstrap_servers().to_owned();
-
     let dir = std::env::temp_dir().join(unique("weir-embedded"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
@@ -44,6 +39,22 @@ async fn the_demo_runs_on_the_embedded_broker_and_counts_exactly() {
         .put_scenario(demo::scenario(), None, PutMode::Create, "test")
         .await
         .expect("scenario 5");
+
+    // No brokers, no Redis: the embedded broker and in-memory counters.
+    let stop = CancellationToken::new();
+    let plan = PipelinePlan {
+        pipeline: PipelineConfig::default(),
+        counters: CountersSection::default(),
+        archive: ArchiveConfig {
+            root: dir.join("archive").display().to_string(),
+            ..ArchiveConfig::default()
+        },
+        demo: false,
+    };
+    let service = weir::service::start(plan, registry, stop.clone())
+        .await
+        .expect("service");
+    let brokers = service.brokers.clone();
 
     // An independent count of what scenario 5 should match.
     let members: std::collections::HashMap<String, (u64, String)> = demo::members()
@@ -80,21 +91,8 @@ async fn the_demo_runs_on_the_embedded_broker_and_counts_exactly() {
         sent.map_err(|(e, _)| e).expect("produce");
     }
 
-    let counters = Counters::in_memory("weir", 3600);
-    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(CountersSink::new(
-        counters.clone(),
-        tokio::runtime::Handle::current(),
-    ))];
-    let stop = CancellationToken::new();
-    let config = PipelineConfig {
-        brokers,
-        ..PipelineConfig::default()
-    };
-    let pipeline = Pipeline::new(config, registry, sinks, stop.clone())
-        .await
-        .expect("pipeline");
-    let metrics = pipeline.metrics();
-    let thread = std::thread::spawn(move || pipeline.run());
+    let metrics = service.metrics.clone();
+    let counters = service.counters.clone();
     let started = Instant::now();
     while metrics.events.load(Ordering::Relaxed) < events {
         assert!(
@@ -102,15 +100,14 @@ async fn the_demo_runs_on_the_embedded_broker_and_counts_exactly() {
             "handled {:?}",
             metrics.events
         );
-        assert!(!thread.is_finished(), "the pipeline stopped early");
+        assert!(!service.ended(), "the pipeline stopped early");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.cancel();
-    tokio::task::spawn_blocking(move || thread.join())
+    service
+        .finish(Duration::from_secs(30))
         .await
-        .unwrap()
-        .unwrap()
-        .expect("run");
+        .expect("drained");
 
     let totals = counters.totals(demo::SCENARIO_ID).await.expect("totals");
     assert_eq!(
@@ -126,5 +123,4 @@ async fn the_demo_runs_on_the_embedded_broker_and_counts_exactly() {
         events,
         "one output per event"
     );
-    drop(broker);
 }

@@ -2,7 +2,6 @@
 //! and in `main.rs` only.
 
 mod client;
-mod pipeline;
 mod plugin;
 mod serve;
 

@@ -26,7 +26,7 @@ use weir::pipeline::PipelineConfig;
 use weir::registry::{Backend, Registry, redact_url};
 use weir::runtime::{Runtime, RuntimeConfig};
 
-use super::pipeline::{CountersSection, PipelinePlan};
+use weir::service::{CountersSection, PipelinePlan};
 
 /// The service's configuration file (TOML).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -431,7 +431,7 @@ async fn serve(mut config: Resolved) -> anyhow::Result<()> {
         .await
         .context("installing the shipped plugins")?;
     let pipeline_stop = CancellationToken::new();
-    let pipeline = super::pipeline::start(config.plan, registry.clone(), pipeline_stop.clone())
+    let pipeline = weir::service::start(config.plan, registry.clone(), pipeline_stop.clone())
         .await
         .context("starting the pipeline")?;
     let view = PipelineView {

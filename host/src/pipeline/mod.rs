@@ -50,8 +50,6 @@
 pub mod catalog;
 mod config;
 mod consume;
-pub mod demo;
-pub mod embedded;
 mod journal;
 mod offsets;
 pub mod produce;

@@ -1,50 +1,53 @@
-//! The pipeline part of `weir serve`: Kafka (or the embedded broker), the counters
-//! (Redis, or in memory), the pipeline thread, and the `--demo` feed, all under the
-//! service's stop signal.
+//! Where the service is composed: Kafka (or the embedded broker), the counters
+//! (Redis, or in memory), the archive, the pipeline thread and the `--demo` feed,
+//! under one stop signal. `weir serve` calls [`start`], and so do the tests of the
+//! service, so the wiring exists once.
+
+pub mod demo;
+pub mod embedded;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::aggregate::{Counters, CountersConfig, CountersSink};
+use crate::archive::{ArchiveConfig, ArchiveSink};
+use crate::pipeline::sink::Sink;
+use crate::pipeline::{Metrics, Pipeline, PipelineConfig, PipelineError};
+use crate::registry::{PutMode, Registry};
 use anyhow::Context;
+use embedded::EmbeddedBroker;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
-use weir::aggregate::CountersSink;
-use weir::aggregate::{Counters, CountersConfig};
-use weir::archive::{ArchiveConfig, ArchiveSink};
-use weir::pipeline::embedded::EmbeddedBroker;
-use weir::pipeline::sink::Sink;
-use weir::pipeline::{Metrics, Pipeline, PipelineConfig, PipelineError, demo};
-use weir::registry::{PutMode, Registry};
 
 /// The `[counters]` section of the service's configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct CountersSection {
+pub struct CountersSection {
     /// Redis URL (env `WEIR_REDIS`, flag `--redis`); without one the counters are
     /// kept in the process and lost when it stops.
-    pub(crate) redis: Option<String>,
+    pub redis: Option<String>,
     /// Prefix of every counter key (default `weir`).
-    pub(crate) key_prefix: Option<String>,
+    pub key_prefix: Option<String>,
     /// How long per-minute buckets are kept, seconds (default 7 days).
-    pub(crate) bucket_retention_secs: Option<u64>,
+    pub bucket_retention_secs: Option<u64>,
 }
 
 /// What the service runs besides the API.
 #[derive(Debug, Clone)]
-pub(crate) struct PipelinePlan {
+pub struct PipelinePlan {
     /// The pipeline's settings; empty `brokers` means the embedded broker.
-    pub(crate) pipeline: PipelineConfig,
+    pub pipeline: PipelineConfig,
     /// Where the counters live.
-    pub(crate) counters: CountersSection,
+    pub counters: CountersSection,
     /// Where the Parquet archive goes.
-    pub(crate) archive: ArchiveConfig,
+    pub archive: ArchiveConfig,
     /// Create scenario 5 and feed it generated events.
-    pub(crate) demo: bool,
+    pub demo: bool,
 }
 
 impl PipelinePlan {
     /// Every problem with the plan, at once.
-    pub(crate) fn problems(&self) -> Vec<String> {
+    pub fn problems(&self) -> Vec<String> {
         let mut check = self.pipeline.clone();
         if check.brokers.is_empty() {
             // The embedded broker fills this in at start.
@@ -67,12 +70,15 @@ impl PipelinePlan {
 }
 
 /// The running pipeline part of the service.
-pub(crate) struct Running {
+pub struct Running {
     thread: std::thread::JoinHandle<Result<Arc<Metrics>, PipelineError>>,
     /// Shared with the API for `/metrics` and stats.
-    pub(crate) metrics: Arc<Metrics>,
+    pub metrics: Arc<Metrics>,
     /// Shared with the API for stats.
-    pub(crate) counters: Counters,
+    pub counters: Counters,
+    /// The Kafka bootstrap servers the pipeline uses (the embedded broker's
+    /// address when none was configured).
+    pub brokers: String,
     _broker: Option<EmbeddedBroker>,
 }
 
@@ -83,7 +89,7 @@ impl std::fmt::Debug for Running {
 }
 
 /// Starts the pipeline (and the demo, if asked) on `registry`; `stop` ends it.
-pub(crate) async fn start(
+pub async fn start(
     plan: PipelinePlan,
     registry: Registry,
     stop: CancellationToken,
@@ -166,6 +172,7 @@ pub(crate) async fn start(
         )),
         Box::new(archive),
     ];
+    let brokers = config.brokers.clone();
     let pipeline = Pipeline::new(config, registry, sinks, stop)
         .await
         .context("starting the pipeline")?;
@@ -178,13 +185,14 @@ pub(crate) async fn start(
         thread,
         metrics,
         counters,
+        brokers,
         _broker: broker,
     })
 }
 
 impl Running {
     /// Waits for the pipeline thread after the stop signal, at most `drain`.
-    pub(crate) async fn finish(self, drain: Duration) -> anyhow::Result<()> {
+    pub async fn finish(self, drain: Duration) -> anyhow::Result<()> {
         let thread = self.thread;
         let joined =
             tokio::time::timeout(drain, tokio::task::spawn_blocking(move || thread.join())).await;
@@ -206,7 +214,7 @@ impl Running {
     }
 
     /// Whether the pipeline thread ended on its own.
-    pub(crate) fn ended(&self) -> bool {
+    pub fn ended(&self) -> bool {
         self.thread.is_finished()
     }
 }
