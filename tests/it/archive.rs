@@ -28,7 +28,7 @@ const HOUR_MS: i64 = 3_600_000;
 const BASE_MS: i64 = 1_795_680_000_000;
 
 /// What one archived row must be: its scenario, its `seq` field and its event time.
-type Expected = BTreeMap<(i32, i64), (String, i64, i64)>;
+pub(crate) type Expected = BTreeMap<(i32, i64), (String, i64, i64)>;
 
 fn log_format() -> Value {
     json!({"memberId": 1, "age": 1, "gender": 1, "h": 1, "seq": 1})
@@ -51,7 +51,7 @@ fn event(scenario: &str, seq: i64) -> Value {
 }
 
 /// Runs `tests/archive_reader.py` on a local copy of an archive.
-fn read_back(root: &Path) -> Value {
+pub(crate) fn read_back(root: &Path) -> Value {
     let python = std::env::var("WEIR_TEST_PYTHON").unwrap_or_else(|_| {
         panic!(
             "WEIR_TEST_PYTHON is not set: install pyarrow with `tests/stack install` and load \
@@ -74,7 +74,7 @@ fn read_back(root: &Path) -> Value {
 
 /// Checks what pyarrow read against `expected`: every row once, in the right file and
 /// hour directory, files named by the offsets they hold, zstd with statistics.
-fn check(read: &Value, expected: &Expected, topic: &str) {
+pub(crate) fn check(read: &Value, expected: &Expected, topic: &str) {
     let mut seen: BTreeMap<(i32, i64), usize> = BTreeMap::new();
     for file in read["files"].as_array().expect("files") {
         let path = file["path"].as_str().unwrap();
@@ -586,18 +586,58 @@ fn a_write_cut_before_its_rename_is_never_visible_and_is_redone() {
     std::fs::remove_dir_all(&root).ok();
 }
 
+/// Produces events `seqs` to `topic`, alternating between the scenarios `ids`
+/// (see [`event`]): what each archived row must then be, by (partition, offset).
+pub(crate) async fn produce_events(
+    brokers: &str,
+    topic: &str,
+    ids: &[String],
+    seqs: Range<i64>,
+) -> Expected {
+    // 108 ms of event time apart (100,000 events span three hours), keyed by member.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "10")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .expect("producer");
+    let sends = seqs.map(|seq| {
+        let producer = producer.clone();
+        let topic = topic.to_owned();
+        let id = ids[(seq as usize) % ids.len()].clone();
+        async move {
+            let value = serde_json::to_vec(&event(&id, seq)).unwrap();
+            let key = format!("m{}", seq % 50);
+            let time = BASE_MS + seq * 108;
+            let delivery = producer
+                .send(
+                    FutureRecord::to(&topic)
+                        .payload(&value)
+                        .key(&key)
+                        .timestamp(time),
+                    Duration::from_secs(60),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("produce");
+            ((delivery.partition, delivery.offset), (id, seq, time))
+        }
+    });
+    futures::future::join_all(sends).await.into_iter().collect()
+}
+
 /// What [`pipeline_setup`] made: the registry, the topics, what to expect.
-struct PipelineSetup {
-    registry: Registry,
-    registry_url: String,
-    events_topic: String,
-    dlq: String,
-    out: String,
-    expected: Expected,
+pub(crate) struct PipelineSetup {
+    pub(crate) registry: Registry,
+    pub(crate) registry_url: String,
+    pub(crate) events_topic: String,
+    pub(crate) dlq: String,
+    pub(crate) out: String,
+    pub(crate) expected: Expected,
 }
 
 /// Topics, a registry (SQLite) with two scenarios, and `events` events produced.
-async fn pipeline_setup(brokers: &str, u: &str, events: i64) -> PipelineSetup {
+pub(crate) async fn pipeline_setup(brokers: &str, u: &str, events: i64) -> PipelineSetup {
     let (events_topic, dlq, out) = (
         format!("{u}-events"),
         format!("{u}-dlq"),
@@ -631,36 +671,7 @@ async fn pipeline_setup(brokers: &str, u: &str, events: i64) -> PipelineSetup {
             .expect("scenario");
     }
 
-    // 108 ms of event time apart (100,000 events span three hours), keyed by member.
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "10")
-        .set("message.timeout.ms", "60000")
-        .create()
-        .expect("producer");
-    let sends = (0..events).map(|seq| {
-        let producer = producer.clone();
-        let topic = events_topic.clone();
-        let id = ids[(seq % 2) as usize].clone();
-        async move {
-            let value = serde_json::to_vec(&event(&id, seq)).unwrap();
-            let key = format!("m{}", seq % 50);
-            let time = BASE_MS + seq * 108;
-            let delivery = producer
-                .send(
-                    FutureRecord::to(&topic)
-                        .payload(&value)
-                        .key(&key)
-                        .timestamp(time),
-                    Duration::from_secs(60),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .expect("produce");
-            ((delivery.partition, delivery.offset), (id, seq, time))
-        }
-    });
-    let expected: Expected = futures::future::join_all(sends).await.into_iter().collect();
+    let expected = produce_events(brokers, &events_topic, &ids, 0..events).await;
     for partition in 0..3 {
         let offsets: Vec<i64> = expected
             .keys()
@@ -694,7 +705,7 @@ async fn archive_sink(config: ArchiveConfig) -> ArchiveSink {
 }
 
 /// The pipeline of [`pipeline_setup`]'s topics in group `group`, with small batches.
-fn archive_pipeline(
+pub(crate) fn archive_pipeline(
     brokers: &str,
     group: &str,
     setup: (&str, &str),

@@ -272,3 +272,170 @@ async fn redis_restarted_empty_counts_from_the_restart_and_says_so() {
         "`since` marks the fresh start: {since:?}"
     );
 }
+
+/// A NameNode and DataNode of their own (a second `tests/stack` beside the
+/// shared one, so stopping it stalls no other test), stopped when dropped.
+struct PrivateHdfs {
+    dir: PathBuf,
+    offset: u16,
+}
+
+impl PrivateHdfs {
+    fn stack(&self, args: &[&str]) -> std::process::Output {
+        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/stack"))
+            .args(args)
+            .env("WEIR_STACK_DIR", &self.dir)
+            .env("WEIR_STACK_PORT_OFFSET", self.offset.to_string())
+            .output()
+            .expect("running tests/stack")
+    }
+
+    fn start() -> Self {
+        let hdfs = Self {
+            dir: std::env::temp_dir().join(unique("weir-private-hdfs")),
+            offset: 700,
+        };
+        let up = hdfs.stack(&["up", "namenode", "datanode"]);
+        assert!(
+            up.status.success(),
+            "a second HDFS did not start (`tests/stack install` fetches its jars): {}",
+            String::from_utf8_lossy(&up.stderr)
+        );
+        hdfs
+    }
+
+    fn url(&self) -> String {
+        format!("hdfs://127.0.0.1:{}", 19_000 + self.offset)
+    }
+
+    fn namenode_pid(&self) -> String {
+        std::fs::read_to_string(self.dir.join("namenode/pid"))
+            .expect("NameNode pid file")
+            .trim()
+            .to_owned()
+    }
+
+    fn signal(&self, signal: &str) {
+        let done = Command::new("kill")
+            .args([signal, &self.namenode_pid()])
+            .status()
+            .expect("kill");
+        assert!(done.success(), "kill {signal} the NameNode");
+    }
+}
+
+impl Drop for PrivateHdfs {
+    fn drop(&mut self) {
+        // A test that failed while it was stopped: let it stop for good.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("namenode/pid")) {
+            let _ = Command::new("kill").args(["-CONT", pid.trim()]).status();
+        }
+        let _ = self.stack(&["down", "namenode", "datanode"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The NameNode stopped with SIGSTOP for 40 s under load, with the default
+/// timeouts: the pipeline keeps running (its transactions do not wait for the
+/// archive), catches up after SIGCONT, and nothing is lost or doubled in the
+/// outputs, the counters or the archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namenode_stopped_for_40_s_stalls_the_archive_only_for_that_long() {
+    use crate::archive::{PipelineSetup, archive_pipeline, check, copy_from_hdfs, read_back};
+
+    let hdfs = PrivateHdfs::start();
+    let brokers = Service::Kafka.addr();
+    let u = unique("stall");
+    let first = 20_000i64;
+    let PipelineSetup {
+        registry,
+        events_topic,
+        dlq,
+        out,
+        mut expected,
+        ..
+    } = crate::archive::pipeline_setup(&brokers, &u, first).await;
+    let counters = Counters::connect(
+        &CountersConfig {
+            url: Service::Redis.addr(),
+            key_prefix: format!("weirtest-{u}"),
+            ..CountersConfig::default()
+        },
+        &u,
+    )
+    .await
+    .expect("counters");
+    let root = format!("/weir-archive/{u}");
+    let archive = weir::archive::ArchiveConfig {
+        root: format!("{}{root}", hdfs.url()),
+        max_file_age_secs: 0,
+        ..weir::archive::ArchiveConfig::default()
+    };
+    let sink = {
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || weir::archive::ArchiveSink::new(&archive, handle))
+            .await
+            .unwrap()
+            .expect("archive on the private HDFS")
+    };
+    let sinks: Vec<Box<dyn Sink>> = vec![
+        Box::new(CountersSink::new(
+            counters.clone(),
+            tokio::runtime::Handle::current(),
+        )),
+        Box::new(sink),
+    ];
+    let config = archive_pipeline(&brokers, &u, (&events_topic, &dlq), 1_000, 20);
+    let mut running = crate::pipeline::Running::start(config, &registry, sinks).await;
+    running.wait_for(5_000).await;
+
+    hdfs.signal("-STOP");
+    let stopped = Instant::now();
+    // More load while it is stopped.
+    let ids = [format!("{u}-a"), format!("{u}-b")];
+    expected.extend(
+        crate::archive::produce_events(&brokers, &events_topic, &ids, first..2 * first).await,
+    );
+    let mut sampled = Vec::new();
+    while stopped.elapsed() < Duration::from_secs(40) {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        sampled.push(running.metrics.events.load(Ordering::Relaxed));
+        assert!(
+            running.alive(),
+            "the pipeline stopped while the NameNode was"
+        );
+    }
+    hdfs.signal("-CONT");
+    let resumed = Instant::now();
+    running.wait_for(2 * first as u64).await;
+    println!(
+        "events handled every 5 s while stopped: {sampled:?}; caught up {:?} after SIGCONT",
+        resumed.elapsed()
+    );
+    let metrics = running.stop().await;
+    assert_eq!(
+        metrics.producer_recreations.load(Ordering::Relaxed),
+        0,
+        "no transaction was aborted by the broker"
+    );
+
+    let total = 2 * first as usize;
+    let read = crate::pipeline::read_committed(&brokers, &[&out, &dlq], total);
+    assert_eq!(read.len(), total, "each output once");
+    let totals_a = counters.totals(&ids[0]).await.expect("totals");
+    let totals_b = counters.totals(&ids[1]).await.expect("totals");
+    assert_eq!(
+        totals_a.total + totals_b.total,
+        total as u64,
+        "counted once each"
+    );
+    let client = hdfs_native::ClientBuilder::new()
+        .with_url(hdfs.url())
+        .build()
+        .expect("HDFS client");
+    let (local, _) = copy_from_hdfs(&client, &root).await;
+    let rows = tokio::task::spawn_blocking(move || read_back(&local))
+        .await
+        .expect("join");
+    check(&rows, &expected, &events_topic);
+}

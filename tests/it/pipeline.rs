@@ -209,6 +209,11 @@ impl Running {
         }
     }
 
+    /// Whether the pipeline thread still runs.
+    pub(crate) fn alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Stops the pipeline gracefully and waits for it.
     pub(crate) async fn stop(mut self) -> Arc<Metrics> {
         self.stop.cancel();
