@@ -1828,3 +1828,132 @@ async fn every_sink_agrees_through_a_quarantine_a_failed_put_and_a_crash() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A replica stopped and started again every 30 s for 5 minutes beside a
+/// steady one, under steady load: the committed offsets advance across every
+/// restart, and the outputs, the counters and the archive end with every event
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restarted_every_30_s_beside_a_steady_one_keeps_every_sink_exact() {
+    use weir::aggregate::{Counters, CountersConfig, CountersSink};
+
+    let brokers = Service::Kafka.addr();
+    let u = unique("flaky");
+    let PipelineSetup {
+        registry,
+        events_topic,
+        dlq,
+        out,
+        ..
+    } = pipeline_setup(&brokers, &u, 0).await;
+    let ids = [format!("{u}-a"), format!("{u}-b")];
+    let counters = Counters::connect(
+        &CountersConfig {
+            url: Service::Redis.addr(),
+            key_prefix: format!("weirtest-{u}"),
+            ..CountersConfig::default()
+        },
+        &u,
+    )
+    .await
+    .expect("counters");
+    let root = std::env::temp_dir().join(unique("weir-flaky-archive"));
+    let sinks = || {
+        let counters = counters.clone();
+        let root = root.clone();
+        async move {
+            let archive = archive_sink(ArchiveConfig {
+                root: root.display().to_string(),
+                max_file_age_secs: 3,
+                idle_secs: 2,
+                ..ArchiveConfig::default()
+            })
+            .await;
+            let sinks: Vec<Box<dyn Sink>> = vec![
+                Box::new(CountersSink::new(
+                    counters,
+                    tokio::runtime::Handle::current(),
+                )),
+                Box::new(archive),
+            ];
+            sinks
+        }
+    };
+    let config = |instance: &str| PipelineConfig {
+        instance: Some(instance.into()),
+        kafka: [("session.timeout.ms".to_owned(), "6000".to_owned())].into(),
+        ..archive_pipeline(&brokers, &u, (&events_topic, &dlq), 1_000, 20)
+    };
+
+    // Load: 1,000 events every 2 s until told to stop.
+    let producing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load = {
+        let (brokers, topic, ids, producing) = (
+            brokers.clone(),
+            events_topic.clone(),
+            ids.clone(),
+            producing.clone(),
+        );
+        tokio::spawn(async move {
+            let mut expected = Expected::new();
+            let mut next = 0i64;
+            while producing.load(Ordering::Relaxed) {
+                expected.extend(produce_events(&brokers, &topic, &ids, next..next + 1_000).await);
+                next += 1_000;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            expected
+        })
+    };
+
+    let steady = crate::pipeline::Running::start(config("steady"), &registry, sinks().await).await;
+    let mut flaky_events = 0u64;
+    let mut committed_sums = Vec::new();
+    for _ in 0..10 {
+        let flaky =
+            crate::pipeline::Running::start(config("flaky"), &registry, sinks().await).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(steady.alive(), "the steady replica kept running");
+        flaky_events += flaky.stop().await.events.load(Ordering::Relaxed);
+        let sum: i64 = committed_if_any(&brokers, &u, &events_topic, 3)
+            .into_iter()
+            .map(|at| at.map_or(0, |(committed, _)| committed))
+            .sum();
+        committed_sums.push(sum);
+    }
+    producing.store(false, Ordering::Relaxed);
+    let expected = load.await.expect("load");
+    let total = expected.len() as u64;
+    println!("committed after each restart: {committed_sums:?}; {total} events");
+    assert!(
+        committed_sums.windows(2).all(|w| w[1] > w[0]),
+        "the committed offsets advance across every restart: {committed_sums:?}"
+    );
+    assert!(flaky_events > 0, "the restarted replica took a share");
+
+    let mut steady = steady;
+    steady
+        .wait_until("every event handled", |m| {
+            m.events.load(Ordering::Relaxed) + flaky_events >= total
+        })
+        .await;
+    let steady = steady.stop().await;
+    assert_eq!(
+        steady.events.load(Ordering::Relaxed) + flaky_events,
+        total,
+        "the replicas' committed counts add up exactly"
+    );
+    let read = crate::pipeline::read_committed(&brokers, &[&out, &dlq], total as usize);
+    assert_eq!(read.len() as u64, total, "each output once");
+    let mut counted = 0;
+    for id in &ids {
+        counted += counters.totals(id).await.expect("totals").total;
+    }
+    assert_eq!(counted, total, "counted once each");
+    let local = root.clone();
+    let rows = tokio::task::spawn_blocking(move || read_back(&local))
+        .await
+        .expect("join");
+    check(&rows, &expected, &events_topic);
+    let _ = std::fs::remove_dir_all(&root);
+}
