@@ -1582,7 +1582,6 @@ impl Sink for FailsFirstTick {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sink_agrees_through_a_quarantine_a_failed_put_and_a_crash() {
     use weir::aggregate::CountersSink;
-    use weir::aggregate::{Counters, CountersConfig};
     use weir::registry::Member;
 
     let brokers = Service::Kafka.addr();
@@ -1659,16 +1658,7 @@ async fn every_sink_agrees_through_a_quarantine_a_failed_put_and_a_crash() {
             futures::future::join_all(sends).await;
         }
     };
-    let counters = Counters::connect(
-        &CountersConfig {
-            url: Service::Redis.addr(),
-            key_prefix: format!("weirtest-{u}"),
-            ..CountersConfig::default()
-        },
-        &u,
-    )
-    .await
-    .expect("counters");
+    let counters = crate::counters::counters_of(&format!("weirtest-{u}"), &u).await;
     let counters_sink = || -> Box<dyn Sink> {
         Box::new(CountersSink::new(
             counters.clone(),
@@ -1835,7 +1825,7 @@ async fn every_sink_agrees_through_a_quarantine_a_failed_put_and_a_crash() {
 /// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_restarted_every_30_s_beside_a_steady_one_keeps_every_sink_exact() {
-    use weir::aggregate::{Counters, CountersConfig, CountersSink};
+    use weir::aggregate::CountersSink;
 
     let brokers = Service::Kafka.addr();
     let u = unique("flaky");
@@ -1847,16 +1837,7 @@ async fn a_replica_restarted_every_30_s_beside_a_steady_one_keeps_every_sink_exa
         ..
     } = pipeline_setup(&brokers, &u, 0).await;
     let ids = [format!("{u}-a"), format!("{u}-b")];
-    let counters = Counters::connect(
-        &CountersConfig {
-            url: Service::Redis.addr(),
-            key_prefix: format!("weirtest-{u}"),
-            ..CountersConfig::default()
-        },
-        &u,
-    )
-    .await
-    .expect("counters");
+    let counters = crate::counters::counters_of(&format!("weirtest-{u}"), &u).await;
     let root = std::env::temp_dir().join(unique("weir-flaky-archive"));
     let sinks = || {
         let counters = counters.clone();

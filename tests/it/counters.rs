@@ -88,12 +88,17 @@ fn expected(events: &[Event]) -> BTreeMap<String, Totals> {
 }
 
 async fn counters(prefix: &str) -> Counters {
+    counters_of(prefix, "weir-test").await
+}
+
+/// Counters on the stack's Redis under key prefix `prefix`, for consumer group `group`.
+pub(crate) async fn counters_of(prefix: &str, group: &str) -> Counters {
     let config = CountersConfig {
         url: Service::Redis.addr(),
         key_prefix: prefix.into(),
         ..CountersConfig::default()
     };
-    Counters::connect(&config, "weir-test")
+    Counters::connect(&config, group)
         .await
         .expect("connect counters")
 }

@@ -355,16 +355,7 @@ async fn a_namenode_stopped_for_40_s_stalls_the_archive_only_for_that_long() {
         mut expected,
         ..
     } = crate::archive::pipeline_setup(&brokers, &u, first).await;
-    let counters = Counters::connect(
-        &CountersConfig {
-            url: Service::Redis.addr(),
-            key_prefix: format!("weirtest-{u}"),
-            ..CountersConfig::default()
-        },
-        &u,
-    )
-    .await
-    .expect("counters");
+    let counters = crate::counters::counters_of(&format!("weirtest-{u}"), &u).await;
     let root = format!("/weir-archive/{u}");
     let archive = weir::archive::ArchiveConfig {
         root: format!("{}{root}", hdfs.url()),

@@ -10,7 +10,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::json;
-use weir::aggregate::{Counters, CountersConfig};
 use weir::registry::{MakeCurrent, PutMode, Registry};
 use weir::runtime::{Runtime, RuntimeConfig};
 use weir_integration::{Service, unique};
@@ -340,16 +339,7 @@ async fn a_million_events_through_ten_sigkills_are_each_accounted_for_once() {
     println!("kafka: lost {lost}, duplicated {duplicated}, wrong kind {wrong}, strays {strays}");
 
     // Counters, against the independent count.
-    let counters = Counters::connect(
-        &CountersConfig {
-            url: Service::Redis.addr(),
-            key_prefix: format!("weirsoak-{u}"),
-            ..CountersConfig::default()
-        },
-        &u,
-    )
-    .await
-    .expect("counters");
+    let counters = crate::counters::counters_of(&format!("weirsoak-{u}"), &u).await;
     for (index, id) in ids.iter().enumerate() {
         let totals = counters.totals(id).await.expect("totals");
         let total = meant
