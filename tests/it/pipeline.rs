@@ -1237,6 +1237,12 @@ async fn a_second_replica_joining_mid_stream_loses_and_doubles_nothing() {
         (1..PARTITIONS as u64).contains(&revoked),
         "the first replica gave up {revoked} of {PARTITIONS} partitions"
     );
+    // What it had handled of them and not committed yet (if any, at that
+    // moment) was committed as they went.
+    println!(
+        "revoked {revoked}; committed as they went: {}",
+        first_metrics.revoke_commits.load(Ordering::Relaxed)
+    );
 
     let read = read_committed(&brokers, &[&out, &dlq], total as usize);
     let by_source = outputs_by_source(&read);

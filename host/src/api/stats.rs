@@ -185,6 +185,11 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         m.revoked_partitions.load(Ordering::Relaxed),
     );
     counter(
+        "weir_revoke_commits_total",
+        "Partitions whose durable offsets were committed as a rebalance took them from this replica.",
+        m.revoke_commits.load(Ordering::Relaxed),
+    );
+    counter(
         "weir_producer_recreations_total",
         "Times the transactional producer was made again after a fatal error (fenced, or its transaction aborted by the broker).",
         m.producer_recreations.load(Ordering::Relaxed),

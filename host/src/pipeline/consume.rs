@@ -2,34 +2,110 @@
 //! consumption paused, and learning where newly assigned partitions stand
 //! (reading back from the journal what a replay gives the sinks).
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::journal;
-use super::offsets::Position;
-use super::{CycleError, Pipeline, PipelineError, kafka};
+use rdkafka::producer::{Producer, ThreadedProducer};
 
-/// Remembers partitions revoked during a poll, so their gathered events are dropped.
-#[derive(Debug, Default)]
+use super::journal::{self, Deliveries};
+use super::offsets::Position;
+use super::{CycleError, Metrics, Pipeline, PipelineError, kafka};
+
+/// The consumer's context: remembers partitions revoked during a poll, so their
+/// gathered events are dropped, and commits, as they are revoked, what the sinks
+/// already made durable of them (what the next idle turn would have committed),
+/// so their next owner replays as little as possible.
 pub(super) struct Context {
     pub(super) revoked: Mutex<HashSet<(String, i32)>>,
+    /// Per partition with something durable not committed yet: the offset and
+    /// metadata an idle turn would commit (kept up to date by the pipeline).
+    pub(super) ready: Mutex<HashMap<(String, i32), (i64, String)>>,
+    /// The pipeline's producer (none inside a cycle's transaction: the consumer
+    /// is polled only between cycles).
+    pub(super) producer: Mutex<Option<Arc<ThreadedProducer<Deliveries>>>>,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Context {
+    pub(super) fn new(metrics: Arc<Metrics>, timeout: Duration) -> Self {
+        Self {
+            revoked: Mutex::default(),
+            ready: Mutex::default(),
+            producer: Mutex::default(),
+            timeout,
+            metrics,
+        }
+    }
+
+    /// Commits, in a transaction of its own, what is ready of `gone`.
+    fn commit_before_revoke(&self, consumer: &BaseConsumer<Self>, gone: &[(String, i32)]) {
+        let mut offsets = TopicPartitionList::new();
+        {
+            let ready = self.ready.lock().expect("ready lock");
+            for tp in gone {
+                if let Some((commit, metadata)) = ready.get(tp) {
+                    let mut element = offsets.add_partition(&tp.0, tp.1);
+                    if element.set_offset(Offset::Offset(*commit)).is_err() {
+                        return;
+                    }
+                    element.set_metadata(metadata.clone());
+                }
+            }
+        }
+        if offsets.count() == 0 {
+            return;
+        }
+        let producer = self.producer.lock().expect("producer lock").clone();
+        let (Some(producer), Some(group)) = (producer, consumer.group_metadata()) else {
+            return;
+        };
+        let committed = producer
+            .begin_transaction()
+            .and_then(|()| producer.send_offsets_to_transaction(&offsets, &group, self.timeout))
+            .and_then(|()| producer.commit_transaction(self.timeout));
+        match committed {
+            Ok(()) => {
+                self.metrics
+                    .revoke_commits
+                    .fetch_add(offsets.count() as u64, Ordering::Relaxed);
+                tracing::info!(
+                    partitions = offsets.count(),
+                    "committed what was durable of revoked partitions"
+                );
+            }
+            Err(err) => {
+                // Their next owner replays a little more; a producer left unusable
+                // is made again at the next cycle.
+                let _ = producer.abort_transaction(self.timeout);
+                tracing::warn!(error = %err, "committing revoked partitions failed");
+            }
+        }
+    }
 }
 
 impl ClientContext for Context {}
 
 impl ConsumerContext for Context {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            let mut revoked = self.revoked.lock().expect("revoked lock");
-            for element in list.elements() {
-                revoked.insert((element.topic().to_owned(), element.partition()));
+            let gone: Vec<(String, i32)> = list
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
+            self.commit_before_revoke(consumer, &gone);
+            let mut ready = self.ready.lock().expect("ready lock");
+            for tp in &gone {
+                ready.remove(tp);
             }
+            self.revoked.lock().expect("revoked lock").extend(gone);
             tracing::info!(partitions = list.count(), "partitions revoked");
         }
     }

@@ -144,6 +144,8 @@ pub struct Metrics {
     pub revoked_partitions: AtomicU64,
     /// Times the producer was made again after a fatal error.
     pub producer_recreations: AtomicU64,
+    /// Partitions whose durable offsets were committed as they were revoked.
+    pub revoke_commits: AtomicU64,
     /// Events whose results a replay needed but the journal no longer had (or
     /// never had): the sinks miss them, and a log line names each range.
     pub replay_missing: AtomicU64,
@@ -157,7 +159,7 @@ pub struct Metrics {
 pub struct Pipeline {
     config: PipelineConfig,
     consumer: BaseConsumer<Context>,
-    producer: ThreadedProducer<Deliveries>,
+    producer: Arc<ThreadedProducer<Deliveries>>,
     /// Reads the journal back for replays.
     journal_reader: BaseConsumer,
     /// Where the journal records that replays may still need were written.
@@ -253,6 +255,7 @@ impl Pipeline {
         for (key, value) in &config.kafka {
             common.set(key, value);
         }
+        let metrics = Arc::new(Metrics::default());
         let mut consumer_config = common.clone();
         if !config.kafka.contains_key("fetch.queue.backoff.ms") {
             // The consumer fetches ahead into a local queue; when that queue is over its
@@ -275,7 +278,10 @@ impl Pipeline {
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "false")
-            .create_with_context(Context::default())
+            .create_with_context(Context::new(
+                metrics.clone(),
+                Duration::from_millis(config.call_timeout_ms),
+            ))
             .map_err(kafka("creating the consumer"))?;
         let journal_reader: BaseConsumer = common
             .clone()
@@ -321,9 +327,10 @@ impl Pipeline {
         }
         .await
         .expect("init_transactions thread")?;
+        let producer = Arc::new(producer);
+        *consumer.context().producer.lock().expect("producer lock") = Some(producer.clone());
 
         let first = Arc::new(Catalog::load(&registry).await?);
-        let metrics = Arc::new(Metrics::default());
         metrics
             .generation
             .store(first.generation as u64, Ordering::Relaxed);
@@ -457,6 +464,7 @@ impl Pipeline {
             }
         }
         self.unsunk.clear();
+        self.note_ready();
         true
     }
 
@@ -471,6 +479,7 @@ impl Pipeline {
                 return Ok(());
             }
         }
+        self.note_ready();
         if let Err(err) = self.commit_positions(&[], &[]) {
             self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %err, "committing offsets failed; retrying");
@@ -523,35 +532,13 @@ impl Pipeline {
         }
         let mut offsets = TopicPartitionList::new();
         let mut updates = Vec::new();
-        for (tp, position) in &self.positions {
-            let last = done
-                .iter()
-                .find(|(t, p, _)| t == &tp.0 && *p == tp.1)
-                .map(|&(_, _, last)| last);
-            let unsunk = self
-                .unsunk
-                .iter()
-                .chain(fresh)
-                .filter(|b| b.topic == tp.0 && b.partition == tp.1)
-                .map(|b| b.first_offset);
-            let held = self
-                .sinks
-                .iter()
-                .filter_map(|sink| sink.pending_from(&tp.0, tp.1))
-                .chain(unsunk)
-                .min();
-            let Some((commit, produced, after)) = position.commit(last, held) else {
-                continue;
-            };
-            let journal = (commit < produced)
-                .then(|| self.placements.from(tp, commit))
-                .flatten();
+        for (tp, commit, metadata, after) in self.planned(done, fresh) {
             let mut element = offsets.add_partition(&tp.0, tp.1);
             element
                 .set_offset(Offset::Offset(commit))
                 .map_err(CycleError::kafka("listing offsets"))?;
-            element.set_metadata(offsets::metadata(produced, journal));
-            updates.push((tp.clone(), after));
+            element.set_metadata(metadata);
+            updates.push((tp, after));
         }
         if own && offsets.count() == 0 {
             return Ok(());
@@ -592,7 +579,61 @@ impl Pipeline {
             }
         }
         self.positions.extend(updates);
+        self.note_ready();
         Ok(())
+    }
+
+    /// What a commit after a cycle that handled `done` (see
+    /// [`Pipeline::commit_positions`]) says per partition that moves: the
+    /// offset, its metadata, and the position after it.
+    fn planned(
+        &self,
+        done: &[(String, i32, i64)],
+        fresh: &[PartitionBatch],
+    ) -> Vec<((String, i32), i64, String, Position)> {
+        let mut planned = Vec::new();
+        for (tp, position) in &self.positions {
+            let last = done
+                .iter()
+                .find(|(t, p, _)| t == &tp.0 && *p == tp.1)
+                .map(|&(_, _, last)| last);
+            let unsunk = self
+                .unsunk
+                .iter()
+                .chain(fresh)
+                .filter(|b| b.topic == tp.0 && b.partition == tp.1)
+                .map(|b| b.first_offset);
+            let held = self
+                .sinks
+                .iter()
+                .filter_map(|sink| sink.pending_from(&tp.0, tp.1))
+                .chain(unsunk)
+                .min();
+            let Some((commit, produced, after)) = position.commit(last, held) else {
+                continue;
+            };
+            let journal = (commit < produced)
+                .then(|| self.placements.from(tp, commit))
+                .flatten();
+            planned.push((
+                tp.clone(),
+                commit,
+                offsets::metadata(produced, journal),
+                after,
+            ));
+        }
+        planned
+    }
+
+    /// Tells the consumer's context what an idle turn would commit now, for it
+    /// to commit as partitions are revoked.
+    fn note_ready(&self) {
+        let ready = self
+            .planned(&[], &[])
+            .into_iter()
+            .map(|(tp, commit, metadata, _)| (tp, (commit, metadata)))
+            .collect();
+        *self.consumer.context().ready.lock().expect("ready lock") = ready;
     }
 
     /// Notes where the journal records of the open transaction were written,
@@ -672,7 +713,13 @@ impl Pipeline {
              making a new one and retrying the batch"
         );
         let timeout = Duration::from_millis(self.config.call_timeout_ms);
-        self.producer = transactional_producer(&self.producer_config, timeout)?;
+        self.producer = Arc::new(transactional_producer(&self.producer_config, timeout)?);
+        *self
+            .consumer
+            .context()
+            .producer
+            .lock()
+            .expect("producer lock") = Some(self.producer.clone());
         self.positions.clear();
         self.placements.clear();
         self.metrics
