@@ -496,8 +496,21 @@ pub(crate) fn read(
         match reader.poll(left.min(Duration::from_millis(200))) {
             None => continue,
             Some(Err(KafkaError::PartitionEOF(_))) => {
-                replay.missing_from = Some(reached);
-                break Ok(());
+                // With read_committed, the end reported may be where another
+                // replica's open transaction begins, with committed records of
+                // ours after it: only at the high watermark is the range missing.
+                let (_, high) = reader.fetch_watermarks(journal_topic, journal_partition, left)?;
+                let at = reader
+                    .position()?
+                    .find_partition(journal_topic, journal_partition)
+                    .and_then(|element| element.offset().to_raw())
+                    .filter(|&offset| offset >= 0)
+                    .unwrap_or(journal_offset);
+                if at >= high {
+                    replay.missing_from = Some(reached);
+                    break Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
             // The records were deleted (retention): what is left of the range is missing.
             Some(Err(KafkaError::MessageConsumption(
