@@ -294,14 +294,23 @@ impl Pipeline {
             .set("enable.partition.eof", "true")
             .create()
             .map_err(kafka("creating the journal reader"))?;
-        let known = journal_reader
-            .fetch_metadata(Some(&config.journal_topic), Duration::from_secs(10))
-            .is_ok_and(|metadata| {
-                metadata
-                    .topics()
-                    .iter()
-                    .any(|t| t.name() == config.journal_topic && t.error().is_none())
-            });
+        // A blocking metadata call (up to 10 s): not on an async worker.
+        let (journal_reader, known) = {
+            let topic = config.journal_topic.clone();
+            tokio::task::spawn_blocking(move || {
+                let known = journal_reader
+                    .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                    .is_ok_and(|metadata| {
+                        metadata
+                            .topics()
+                            .iter()
+                            .any(|t| t.name() == topic && t.error().is_none())
+                    });
+                (journal_reader, known)
+            })
+        }
+        .await
+        .expect("journal metadata thread");
         if !known {
             ensure_topic(&common, &config.journal_topic, config.journal_partitions).await;
         }
