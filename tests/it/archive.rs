@@ -537,6 +537,15 @@ impl Store for CrashingStore {
         }
         self.inner.delete(path)
     }
+    fn delete_dir(&mut self, dir: &str) -> Result<(), ArchiveError> {
+        self.inner.delete_dir(dir)
+    }
+    fn make_dir(&mut self, dir: &str) -> Result<(), ArchiveError> {
+        self.inner.make_dir(dir)
+    }
+    fn is_dir(&mut self, dir: &str) -> Result<bool, ArchiveError> {
+        self.inner.is_dir(dir)
+    }
     fn root(&self) -> String {
         self.inner.root()
     }
@@ -571,13 +580,27 @@ fn a_write_cut_before_its_rename_is_never_visible_and_is_redone() {
         100,
         "nothing partial"
     );
-    // One temporary file per scenario and hour, none renamed.
-    assert_eq!(std::fs::read_dir(root.join(TMP_DIR)).unwrap().count(), 4);
+    // One temporary file per scenario and hour, none renamed, in the writer's
+    // directory for the partition.
+    let partition_tmp = root.join(TMP_DIR).join(format!("{topic}-0"));
+    let temporaries = |dir: &std::path::Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flat_map(|writer| std::fs::read_dir(writer.unwrap().path()).unwrap())
+            .map(|f| f.unwrap().path())
+            .collect()
+    };
+    assert_eq!(temporaries(&partition_tmp).len(), 4);
 
     crash.store(false, Ordering::Relaxed);
     let mut sink = ArchiveSink::with_store(&config, Box::new(store())).unwrap();
-    assert_eq!(sink.stats().removed_temporaries, 4);
     write(&mut sink, scenarios.batch(100..200, two_hours));
+    assert_eq!(
+        temporaries(&partition_tmp),
+        Vec::<PathBuf>::new(),
+        "the next writer's fence removed them"
+    );
+    assert_eq!(sink.stats().fences, 1);
     check(
         &read_back(&root),
         &scenarios.expected(0..200, two_hours),
@@ -1525,6 +1548,7 @@ fn a_partition_back_from_another_replica_is_not_archived_twice() {
     write(&mut one, scenarios.batch(0..100, two_hours));
     // The partition moves to the other replica, which archives 100..200 but dies before
     // committing; it comes back to the first at offset 100, seconds later.
+    one.revoked(&[(topic.clone(), 0)]);
     write(&mut other, scenarios.batch(100..200, two_hours));
     clock.fetch_add(10_000, Ordering::Relaxed);
     write(&mut one, scenarios.batch(100..150, two_hours));
@@ -1937,4 +1961,143 @@ async fn a_replica_restarted_every_30_s_beside_a_steady_one_keeps_every_sink_exa
         .expect("join");
     check(&rows, &expected, &events_topic);
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The final files of every key under `paths` (relative archive paths): no two
+/// of one (scenario, hour, topic, partition) overlap in offsets.
+fn assert_no_overlaps(paths: &[String]) {
+    let mut by_key: BTreeMap<(String, String, i32), Vec<(i64, i64)>> = BTreeMap::new();
+    for path in paths.iter().filter(|p| !p.starts_with(TMP_DIR)) {
+        let (dir, name) = path.rsplit_once('/').expect("a file in an hour directory");
+        let (topic, partition, first, last) =
+            weir::archive::parse_file_name(name).expect("an archive file name");
+        by_key
+            .entry((dir.to_owned(), topic, partition))
+            .or_default()
+            .push((first, last));
+    }
+    for (key, mut ranges) in by_key {
+        ranges.sort();
+        for pair in ranges.windows(2) {
+            assert!(
+                pair[0].1 < pair[1].0,
+                "files of {key:?} overlap: {:?} and {:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+}
+
+/// Sends `signal` (`STOP`, `CONT`, `TERM`) to `child`.
+fn signal(child: &std::process::Child, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal}");
+}
+
+/// Two `weir serve` replicas share a group and an HDFS archive with files held open.
+/// Replica A is stopped (SIGSTOP) past its session timeout while B takes its
+/// partitions over and archives them, then A goes on (SIGCONT) with its open files
+/// and in-flight writes: no two files overlap and every row is archived once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_past_its_session_timeout_renames_nothing_over_its_successor() {
+    let brokers = Service::Kafka.addr();
+    let hdfs = Service::Hdfs.addr();
+    let u = unique("zombie");
+    let PipelineSetup {
+        registry,
+        registry_url,
+        events_topic,
+        dlq,
+        out,
+        ..
+    } = pipeline_setup(&brokers, &u, 0).await;
+    drop(registry);
+    let ids = [format!("{u}-a"), format!("{u}-b")];
+    let data = std::env::temp_dir().join(unique("weir-zombie"));
+    std::fs::create_dir_all(&data).expect("data dir");
+    let root = format!("/weir-archive/{u}");
+    let config = |instance: &str| {
+        let path = data.join(format!("{instance}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "data_dir = {dir:?}\ndatabase = {registry_url:?}\nlisten = \"127.0.0.1:0\"\n\
+                 [pipeline]\nbrokers = {brokers:?}\ngroup_id = {u:?}\ntopics = [{events_topic:?}]\n\
+                 dlq_topic = {dlq:?}\nbatch_max_events = 500\nbatch_linger_ms = 20\n\
+                 instance = {instance:?}\n\
+                 [pipeline.kafka]\n\"session.timeout.ms\" = \"6000\"\n\
+                 \"heartbeat.interval.ms\" = \"1000\"\n\
+                 [archive]\nroot = \"{hdfs}{root}\"\nmax_file_age_secs = 60\nidle_secs = 10\n",
+                dir = data.join(instance).display().to_string(),
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (a_config, b_config) = (config("a"), config("b"));
+    let (a_log, b_log) = (data.join("a.log"), data.join("b.log"));
+    let mut a = serve(&a_config, &a_log);
+    let mut b = serve(&b_config, &b_log);
+    let started = Instant::now();
+    let mut expected = produce_events(&brokers, &events_topic, &ids, 0..3_000).await;
+    // Both replicas handle some of it, with files open (idle_secs 10).
+    loop {
+        let handled = committed_if_any(&brokers, &u, &events_topic, 3)
+            .into_iter()
+            .flatten()
+            .map(|(_, produced)| produced)
+            .sum::<i64>();
+        if handled >= 3_000 {
+            break;
+        }
+        still_serving(&mut a, started, &a_log, "the first events not handled");
+        still_serving(&mut b, started, &b_log, "the first events not handled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    signal(&a, "STOP");
+    // B takes A's partitions over once A's session times out (6 s) and archives
+    // what A held open, and more.
+    expected.extend(produce_events(&brokers, &events_topic, &ids, 3_000..5_000).await);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    signal(&a, "CONT");
+    expected.extend(produce_events(&brokers, &events_topic, &ids, 5_000..6_000).await);
+    let ends: Vec<i64> = (0..3)
+        .map(|p| expected.keys().filter(|(q, _)| *q == p).count() as i64)
+        .collect();
+    let want: Vec<(i64, i64)> = ends.iter().map(|&end| (end, end)).collect();
+    let waiting = Instant::now();
+    while committed(&brokers, &u, &events_topic, 3) != want {
+        still_serving(&mut a, waiting, &a_log, "not everything committed");
+        still_serving(&mut b, waiting, &b_log, "not everything committed");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for child in [&mut a, &mut b] {
+        signal(child, "TERM");
+        let status = child.wait().expect("wait");
+        assert!(status.success(), "exit {status} after SIGTERM");
+    }
+    let logs = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    println!(
+        "A fenced out of a partition {} times; B fenced {} partitions",
+        logs(&a_log)
+            .matches("another replica fenced this partition")
+            .count(),
+        logs(&b_log).matches("partition fenced").count()
+    );
+
+    let client = ClientBuilder::new()
+        .with_url(&hdfs)
+        .build()
+        .expect("HDFS client");
+    let paths = check_hdfs_archive(&client, &root, &expected, &events_topic).await;
+    assert_no_overlaps(&paths);
+    let total = expected.len();
+    let outputs = crate::pipeline::read_committed(&brokers, &[&out, &dlq], total);
+    assert_eq!(outputs.len(), total, "each output once, no dead letters");
+    client.delete(&root, true).await.expect("clean up");
+    let _ = std::fs::remove_dir_all(&data);
 }

@@ -199,6 +199,13 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         "Times a scenario was set aside because its plugin's failures were costly.",
         m.quarantines.load(Ordering::Relaxed),
     );
+    for count in m.sink_counts.lock().expect("metrics lock").values() {
+        counter(
+            &format!("weir_{}_total", count.name),
+            count.help,
+            count.value,
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP weir_dead_letters_total Events sent to the dead-letter topic, by reason.\n\

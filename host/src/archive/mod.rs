@@ -52,8 +52,32 @@
 //! and read again whenever a partition's batches stop following one another closely
 //! (a restart, a retried cycle, a partition that moved between replicas, a pause of a
 //! second). Keeping the mark per hour directory keeps it right when a crash fell
-//! between the renames of files closed together. On start the sink deletes whatever
-//! is left in `_tmp/`; a file that failed to store is kept and stored again first.
+//! between the renames of files closed together. A file that failed to store is
+//! kept and stored again first.
+//!
+//! # Fencing
+//! Marks read from the directory are right only if nobody renames into it behind
+//! the reader's back: a replica cut off from Kafka but not from HDFS, one whose
+//! cycle outlived its group membership, or a rename that timed out on the client
+//! and that the NameNode carries out later. Each of them would make two files of one
+//! key overlap (`...-100-150` beside `...-100-420`). So every rename's source lies in
+//! a temporary directory of its writer and partition,
+//! `_tmp/{topic}-{partition}/{writer}/`, and a sink takes a partition over (the
+//! first batch it is handed after an assignment, a restart or a revocation) by
+//! *fencing* it: it deletes `_tmp/{topic}-{partition}/` with everything in it, makes
+//! its own directory there, and only then reads the partition's marks. It never
+//! creates a temporary file's directory on the way (HDFS `create` without
+//! `createParent`) and a rename never replaces a file. Why that is safe: the
+//! NameNode applies operations one at a time, so any rename of an earlier writer
+//! either came before the fence's delete, and the marks read after the fence see its
+//! file, or comes after it, and fails because its source is gone; an earlier writer
+//! cannot start a new temporary file either, because its directory is gone. The same
+//! holds on a local directory (a rename there is a hard link, which never replaces).
+//! A writer that finds its directory gone after a failed put was fenced: it drops
+//! what it holds of the partition, logs it, and takes none of its rows until the
+//! partition is revoked from it (`weir_archive_fenced_out_total`); its offset
+//! commits stay below those rows meanwhile. The replica that owns the partition
+//! fenced last and archives them.
 //!
 //! Cost: on HDFS most of a file's time is `close`, which waits until the NameNode has
 //! heard of the block from the DataNode (hundreds of milliseconds); files that close
@@ -77,7 +101,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use serde::Deserialize;
 
-use crate::pipeline::sink::{PartitionBatch, Sink, SinkError};
+use crate::pipeline::sink::{PartitionBatch, Sink, SinkCount, SinkError};
 use crate::runtime::Status;
 use schema::{Kinds, Row};
 pub use store::{HdfsStore, LocalStore, Store, StoreFile};
@@ -217,6 +241,17 @@ pub enum ArchiveError {
         /// The store's error.
         reason: String,
     },
+    /// A put found its temporary file or directory gone: another writer fenced
+    /// the partition (see the module doc).
+    #[error("archive store: {op} `{path}`: the temporary file or its directory is gone: {reason}")]
+    Gone {
+        /// What the store was doing.
+        op: &'static str,
+        /// Which path, relative to the root.
+        path: String,
+        /// The store's error.
+        reason: String,
+    },
     /// Rows could not be encoded as Parquet.
     #[error("archive encode: scenario {scenario}: {reason}")]
     Encode {
@@ -225,12 +260,15 @@ pub enum ArchiveError {
         /// The Arrow or Parquet error.
         reason: String,
     },
-    /// A partition lost held rows to an earlier encoding failure and takes no more.
+    /// A partition lost held rows (to an encoding failure, or because another
+    /// replica took it over) and takes no more until it moves or the process restarts.
     #[error(
-        "archive: rows of {topic} partition {partition} from offset {from} were lost to an \
-         earlier encoding failure; restart to consume them again"
+        "archive: rows of {topic} partition {partition} from offset {from} were dropped \
+         ({why}); its commits stay below them until the partition moves or weir restarts"
     )]
     Broken {
+        /// What took the rows.
+        why: &'static str,
         /// Source topic.
         topic: String,
         /// Source partition.
@@ -253,6 +291,10 @@ pub struct ArchiveStats {
     pub skipped_rows: u64,
     /// Leftover temporary files deleted at start.
     pub removed_temporaries: u64,
+    /// Partitions this sink fenced (took over as their archive writer).
+    pub fences: u64,
+    /// Partitions another replica fenced while this sink held rows of them.
+    pub fenced_out: u64,
     /// Files open now.
     pub open_files: u64,
     /// Rows in the open files, not yet visible.
@@ -356,8 +398,12 @@ pub struct ArchiveSink {
     files: BTreeMap<MarkKey, OpenFile>,
     /// Complete files not yet stored (a store failure; retried first at every call).
     closed: Vec<Closed>,
-    /// Partitions whose rows from an offset on were lost to an encoding failure.
-    broken: HashMap<(String, i32), i64>,
+    /// Partitions whose rows from an offset on were dropped, and why.
+    broken: HashMap<(String, i32), (i64, &'static str)>,
+    /// The temporary directory of each partition this sink fenced, and so owns.
+    owned: HashMap<(String, i32), String>,
+    /// Fences made, to name each temporary directory once.
+    fences: u64,
     /// Highest archived offset (`None`: nothing archived) per key, as far as known.
     marks: HashMap<MarkKey, Option<i64>>,
     /// Last offset of the previous batch per (topic, partition), and when it was written.
@@ -436,6 +482,8 @@ impl ArchiveSink {
             files: BTreeMap::new(),
             closed: Vec::new(),
             broken: HashMap::new(),
+            owned: HashMap::new(),
+            fences: 0,
             marks: HashMap::new(),
             last_offsets: HashMap::new(),
             clock: Box::new(|| chrono::Utc::now().timestamp_millis()),
@@ -467,9 +515,9 @@ impl ArchiveSink {
         }
     }
 
-    /// Deletes every file in `_tmp/`: writes a crashed process left unfinished. With
-    /// several replicas on one root this may also hit a write in flight on another
-    /// replica; its rename then fails and that cycle is retried.
+    /// Deletes the files directly in `_tmp/`, which versions before partition
+    /// fencing left there. The temporary directories of partitions are deleted
+    /// when a sink fences them ([`ArchiveSink::fence`]).
     fn remove_temporaries(&mut self) -> Result<(), ArchiveError> {
         let leftovers = self.store.list(TMP_DIR)?;
         for name in &leftovers {
@@ -526,12 +574,16 @@ impl ArchiveSink {
     /// Adds the partition batch's new rows to the open files, one per scenario and hour.
     fn take(&mut self, batch: &PartitionBatch) -> Result<(), ArchiveError> {
         let tp = (batch.topic.clone(), batch.partition);
-        if let Some(from) = self.broken.get(&tp) {
+        if let Some(&(from, why)) = self.broken.get(&tp) {
             return Err(ArchiveError::Broken {
+                why,
                 topic: batch.topic.clone(),
                 partition: batch.partition,
-                from: *from,
+                from,
             });
+        }
+        if !self.owned.contains_key(&tp) {
+            self.fence(&tp)?;
         }
         let now = (self.clock)();
         let follows = self.last_offsets.get(&tp).is_some_and(|&(last, at)| {
@@ -615,10 +667,73 @@ impl ArchiveSink {
                 "archive: rows could not be encoded; the partition's commits stop here until a restart replays it"
             );
             self.files.remove(key);
-            let from = self.broken.entry((key.2.clone(), key.3)).or_insert(first);
-            *from = (*from).min(first);
+            self.break_partition(&(key.2.clone(), key.3), first, "an encoding failure");
         }
         result
+    }
+
+    /// Notes that the rows of `tp` from `from` on were dropped: its commits stay
+    /// below them and it takes no more rows until it is revoked.
+    fn break_partition(&mut self, tp: &(String, i32), from: i64, why: &'static str) {
+        let entry = self.broken.entry(tp.clone()).or_insert((from, why));
+        entry.0 = entry.0.min(from);
+    }
+
+    /// Takes `tp` over: deletes its temporary directory, with the files every
+    /// earlier writer of the partition has in flight, makes a new one of this
+    /// sink's own, and forgets what it knew of the partition's marks, so they are
+    /// read after the fence. See the module doc for why no two files overlap.
+    fn fence(&mut self, tp: &(String, i32)) -> Result<(), ArchiveError> {
+        let partition_dir = format!("{TMP_DIR}/{}-{}", escape(&tp.0), tp.1);
+        self.store.delete_dir(&partition_dir)?;
+        self.fences += 1;
+        let dir = format!("{partition_dir}/{}-{}", self.tmp_prefix, self.fences);
+        self.store.make_dir(&dir)?;
+        self.marks
+            .retain(|(_, _, t, p), _| !(t == &tp.0 && *p == tp.1));
+        self.last_offsets.remove(tp);
+        tracing::info!(topic = %tp.0, partition = tp.1, dir = %dir, "archive: partition fenced");
+        self.stats.fences += 1;
+        self.owned.insert(tp.clone(), dir);
+        Ok(())
+    }
+
+    /// After a put of a file of `tp` found its temporary file or directory gone:
+    /// when this sink's temporary directory
+    /// is gone, another replica fenced the partition, and what this sink holds of
+    /// it must never be renamed. It is dropped, and the partition broken.
+    /// True when it was.
+    fn check_fence(&mut self, tp: &(String, i32)) -> bool {
+        let Some(dir) = self.owned.get(tp).cloned() else {
+            return false;
+        };
+        if !matches!(self.store.is_dir(&dir), Ok(false)) {
+            return false;
+        }
+        let ours = |key: &MarkKey| key.2 == tp.0 && key.3 == tp.1;
+        let from = self
+            .files
+            .iter()
+            .filter(|(key, _)| ours(key))
+            .filter_map(|(_, file)| file.first())
+            .chain(self.closed.iter().filter(|c| ours(&c.key)).map(|c| c.first))
+            .min();
+        self.files.retain(|key, _| !ours(key));
+        self.closed.retain(|c| !ours(&c.key));
+        self.marks.retain(|key, _| !ours(key));
+        self.owned.remove(tp);
+        self.stats.fenced_out += 1;
+        tracing::warn!(
+            topic = %tp.0,
+            partition = tp.1,
+            from,
+            "archive: another replica fenced this partition (it took it over); the rows held \
+             for it here are dropped and will be archived by its owner"
+        );
+        if let Some(from) = from {
+            self.break_partition(tp, from, "another replica fenced the partition");
+        }
+        true
     }
 
     fn encode_rows(&mut self, key: &MarkKey) -> Result<(), ArchiveError> {
@@ -704,13 +819,15 @@ impl ArchiveSink {
             })?;
         self.tmp_counter += 1;
         let (first, last) = (encoded.first, encoded.last);
+        let tmp_dir = self
+            .owned
+            .get(&(topic.clone(), *partition))
+            .cloned()
+            .unwrap_or_else(|| format!("{TMP_DIR}/{}-{partition}/unfenced", escape(topic)));
         Ok(Closed {
             file: StoreFile {
                 path: format!("{dir}/{topic}-{partition}-{first}-{last}.parquet"),
-                tmp: format!(
-                    "{TMP_DIR}/{}-{}.parquet.tmp",
-                    self.tmp_prefix, self.tmp_counter
-                ),
+                tmp: format!("{tmp_dir}/{}.parquet.tmp", self.tmp_counter),
                 bytes,
             },
             key: key.clone(),
@@ -791,7 +908,8 @@ impl ArchiveSink {
                 .map(|c| (c.file, (c.key, c.first, c.last, c.rows)))
                 .unzip();
             let results = self.store.put_all(&files);
-            let mut failed_keys = Vec::new();
+            let mut failed_keys: Vec<MarkKey> = Vec::new();
+            let mut gone: Vec<(String, i32)> = Vec::new();
             for ((file, (key, first, last, rows)), result) in
                 files.into_iter().zip(notes).zip(results)
             {
@@ -808,8 +926,11 @@ impl ArchiveSink {
                         *mark = (*mark).max(Some(last));
                     }
                     Err(e) => {
-                        // Best effort: what is left is removed at the next start anyway.
+                        // Best effort: what is left is removed at the next fence anyway.
                         let _ = self.store.delete(&file.tmp);
+                        if matches!(e, ArchiveError::Gone { .. }) {
+                            gone.push((key.2.clone(), key.3));
+                        }
                         failed_keys.push(key.clone());
                         self.closed.push(Closed {
                             file,
@@ -827,6 +948,9 @@ impl ArchiveSink {
                 .partition(|c| failed_keys.contains(&c.key));
             self.closed.extend(blocked);
             waiting = rest;
+            gone.dedup();
+            gone.retain(|tp| self.check_fence(tp));
+            waiting.retain(|c| !gone.iter().any(|(t, p)| &c.key.2 == t && c.key.3 == *p));
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -880,7 +1004,11 @@ impl Sink for ArchiveSink {
             .filter(|(key, _)| ours(key))
             .filter_map(|(_, file)| file.first())
             .chain(self.closed.iter().filter(|c| ours(&c.key)).map(|c| c.first))
-            .chain(self.broken.get(&(topic.to_owned(), partition)).copied())
+            .chain(
+                self.broken
+                    .get(&(topic.to_owned(), partition))
+                    .map(|(from, _)| *from),
+            )
             .min()
     }
 
@@ -901,6 +1029,21 @@ impl Sink for ArchiveSink {
             .map_err(Self::sink_error)
     }
 
+    fn counts(&self) -> Vec<SinkCount> {
+        vec![
+            SinkCount {
+                name: "archive_fences",
+                help: "Partitions the archive took over as their writer (fenced their earlier writers).",
+                value: self.stats.fences,
+            },
+            SinkCount {
+                name: "archive_fenced_out",
+                help: "Partitions another replica's archive fenced while this one held rows of them; those rows were dropped here and are archived by the owner.",
+                value: self.stats.fenced_out,
+            },
+        ]
+    }
+
     fn revoked(&mut self, partitions: &[(String, i32)]) {
         let gone = |key: &MarkKey| partitions.iter().any(|(t, p)| &key.2 == t && key.3 == *p);
         let before = self.files.len();
@@ -913,6 +1056,7 @@ impl Sink for ArchiveSink {
         for tp in partitions {
             self.last_offsets.remove(tp);
             self.broken.remove(tp);
+            self.owned.remove(tp);
         }
         if before != self.files.len() {
             tracing::info!(
@@ -988,6 +1132,15 @@ mod tests {
         fn delete(&mut self, _path: &str) -> Result<(), ArchiveError> {
             Ok(())
         }
+        fn delete_dir(&mut self, _dir: &str) -> Result<(), ArchiveError> {
+            Ok(())
+        }
+        fn make_dir(&mut self, _dir: &str) -> Result<(), ArchiveError> {
+            Ok(())
+        }
+        fn is_dir(&mut self, _dir: &str) -> Result<bool, ArchiveError> {
+            Ok(true)
+        }
         fn root(&self) -> String {
             "picky".into()
         }
@@ -1044,6 +1197,111 @@ mod tests {
             "in offset order, one per wave"
         );
         assert_eq!(sink.pending_from("t", 0), None);
+    }
+
+    /// A batch of `offsets` of partition 0 of `t` for scenario `s`, one record each,
+    /// in one hour.
+    fn batch(offsets: std::ops::RangeInclusive<i64>) -> PartitionBatch {
+        use crate::pipeline::sink::{EventMeta, ScenarioBatch};
+        let mut result = crate::runtime::BatchResult::default();
+        let mut events = Vec::new();
+        for offset in offsets.clone() {
+            let record = format!("{{\"n\":{offset}}}");
+            result.push_outcome(Status::Emitted, true, None, [record.as_bytes()]);
+            events.push(EventMeta {
+                offset,
+                timestamp_ms: Some(1_795_698_000_000 + offset),
+            });
+        }
+        PartitionBatch {
+            topic: "t".into(),
+            partition: 0,
+            first_offset: *offsets.start(),
+            last_offset: *offsets.end(),
+            processed_ms: 1_795_698_000_000,
+            scenarios: vec![ScenarioBatch {
+                scenario: "s".into(),
+                plugin: "p@1".into(),
+                events,
+                result,
+            }],
+        }
+    }
+
+    /// `(first, last)` of every final file of the test's one key.
+    fn ranges(root: &std::path::Path) -> Vec<(i64, i64)> {
+        let dir = root.join(hour_dir("s", 1_795_698_000_000 / HOUR_MS));
+        let mut ranges: Vec<(i64, i64)> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| parse_file_name(&e.ok()?.file_name().to_string_lossy()))
+                    .map(|(_, _, first, last)| (first, last))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ranges.sort();
+        ranges
+    }
+
+    fn two_sinks(name: &str) -> (std::path::PathBuf, ArchiveSink, ArchiveSink) {
+        let root = std::env::temp_dir().join(format!("weir-fence-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let config = ArchiveConfig {
+            max_file_age_secs: 3600,
+            ..ArchiveConfig::default()
+        };
+        let sink =
+            || ArchiveSink::with_store(&config, Box::new(LocalStore::new(&root).unwrap())).unwrap();
+        let (a, b) = (sink(), sink());
+        (root, a, b)
+    }
+
+    #[test]
+    fn a_zombie_that_renames_after_the_new_owner_listed_its_marks_is_fenced() {
+        let (root, mut a, mut b) = two_sinks("zombie");
+        // A holds 100..=420 open; B takes the partition over from the commit (100)
+        // and lists the marks (none); then A renames, then B does.
+        a.write(&[batch(100..=420)]).unwrap();
+        b.write(&[batch(100..=150)]).unwrap();
+        let err = a.flush().expect_err("the zombie's rename fails");
+        assert!(
+            err.reason.contains("rename") || err.reason.contains("write"),
+            "{err}"
+        );
+        assert_eq!(a.stats().fenced_out, 1);
+        assert_eq!(
+            a.pending_from("t", 0),
+            Some(100),
+            "the zombie's commits stay below the rows it dropped"
+        );
+        assert!(
+            a.write(&[batch(421..=430)]).is_err(),
+            "and it takes no more"
+        );
+        b.flush().unwrap();
+        assert_eq!(ranges(&root), [(100, 150)]);
+
+        // Revoked and assigned again, A fences in turn and carries on from B's mark.
+        a.revoked(&[("t".into(), 0)]);
+        a.write(&[batch(100..=300)]).unwrap();
+        a.flush().unwrap();
+        assert_eq!(ranges(&root), [(100, 150), (151, 300)]);
+        assert!(b.write(&[batch(151..=200)]).is_ok(), "B's open file is new");
+        assert!(b.flush().is_err(), "and B, fenced in turn, renames nothing");
+        assert_eq!(ranges(&root), [(100, 150), (151, 300)]);
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
+    fn a_rename_before_the_fence_is_seen_by_the_new_owner() {
+        let (root, mut a, mut b) = two_sinks("before");
+        a.write(&[batch(100..=420)]).unwrap();
+        a.flush().unwrap();
+        b.write(&[batch(100..=500)]).unwrap();
+        b.flush().unwrap();
+        assert_eq!(ranges(&root), [(100, 420), (421, 500)]);
+        assert_eq!(b.stats().skipped_rows, 321);
+        std::fs::remove_dir_all(&root).ok();
     }
 
     #[test]

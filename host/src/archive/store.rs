@@ -1,9 +1,15 @@
 //! Where archive files go: a small seam with a local directory and HDFS behind it.
 //!
-//! A [`Store`] knows three things: make a file visible under its final name all at once
-//! ([`Store::put`]: write a temporary file, close it, rename it), list the files of a
-//! directory, delete a file. Paths are relative to the store's root and use `/`.
-//! An object store (S3) fits the same seam: `put` is a single PUT, which is atomic there.
+//! A [`Store`] knows a few things: make a file visible under its final name all at
+//! once ([`Store::put`]: write a temporary file, close it, rename it), list the files
+//! of a directory, delete a file, and make or delete a directory of temporary files.
+//! Paths are relative to the store's root and use `/`.
+//!
+//! `put` never creates the temporary file's directory and never replaces a final
+//! file: the archive fences a partition's writers by deleting their temporary
+//! directories (see the archive module doc), and a writer whose directory is gone
+//! can neither start a file nor rename one. An object store (S3) fits the same seam
+//! with a conditional PUT (`If-None-Match: *`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,8 +35,10 @@ pub struct StoreFile {
 /// A file system the archive writes to.
 pub trait Store: Send + std::fmt::Debug {
     /// Writes `bytes` under the temporary path `tmp`, closes the file and renames it to
-    /// `path`, creating `path`'s directories. Returns `false` and removes the temporary
-    /// file when `path` already exists (the file there is left as it is).
+    /// `path`, creating `path`'s directories but not `tmp`'s: a missing temporary
+    /// directory fails the put. Returns `false` and removes the temporary file when
+    /// `path` already exists (the file there is left as it is; nothing is replaced,
+    /// whoever renames first).
     fn put(&mut self, path: &str, tmp: &str, bytes: &[u8]) -> Result<bool, ArchiveError>;
 
     /// [`Store::put`] for each file, concurrently where the store gains from it; one
@@ -48,6 +56,16 @@ pub trait Store: Send + std::fmt::Debug {
     /// Deletes the file at `path`; a missing file is not an error.
     fn delete(&mut self, path: &str) -> Result<(), ArchiveError>;
 
+    /// Deletes the directory `dir` with everything in it, at once; a missing
+    /// directory is not an error.
+    fn delete_dir(&mut self, dir: &str) -> Result<(), ArchiveError>;
+
+    /// Creates the directory `dir` and its parents.
+    fn make_dir(&mut self, dir: &str) -> Result<(), ArchiveError>;
+
+    /// Whether `dir` exists as a directory.
+    fn is_dir(&mut self, dir: &str) -> Result<bool, ArchiveError>;
+
     /// Where the store's root is, for logs.
     fn root(&self) -> String;
 }
@@ -57,6 +75,29 @@ fn store_error(op: &'static str, path: &str, reason: impl ToString) -> ArchiveEr
         op,
         path: path.to_owned(),
         reason: reason.to_string(),
+    }
+}
+
+/// A put's error: [`ArchiveError::Gone`] when what was missing is the temporary
+/// file or its directory (`gone`), else a store error.
+fn put_error(op: &'static str, path: &str, gone: bool, reason: impl ToString) -> ArchiveError {
+    if gone {
+        ArchiveError::Gone {
+            op,
+            path: path.to_owned(),
+            reason: reason.to_string(),
+        }
+    } else {
+        store_error(op, path, reason)
+    }
+}
+
+/// Whether an HDFS error says a path does not exist.
+fn not_found(e: &HdfsError) -> bool {
+    match e {
+        HdfsError::FileNotFound(_) => true,
+        HdfsError::RPCError(class, _) => class.ends_with("FileNotFoundException"),
+        _ => false,
     }
 }
 
@@ -89,25 +130,34 @@ impl Store for LocalStore {
     fn put(&mut self, path: &str, tmp: &str, bytes: &[u8]) -> Result<bool, ArchiveError> {
         let (tmp_full, full) = (self.full(tmp), self.full(path));
         let write = || -> std::io::Result<()> {
-            if let Some(parent) = tmp_full.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
             let mut file = std::fs::File::create(&tmp_full)?;
             file.write_all(bytes)?;
             file.sync_all()
         };
-        write().map_err(|e| store_error("write", tmp, e))?;
+        write()
+            .map_err(|e| put_error("write", tmp, e.kind() == std::io::ErrorKind::NotFound, e))?;
         if full.exists() {
             std::fs::remove_file(&tmp_full).map_err(|e| store_error("delete", tmp, e))?;
             return Ok(false);
         }
-        let rename = || -> std::io::Result<()> {
-            let parent = full.parent().unwrap_or(&self.root);
-            std::fs::create_dir_all(parent)?;
-            std::fs::rename(&tmp_full, &full)?;
-            sync_dir(parent)
-        };
-        rename().map_err(|e| store_error("rename", path, e))?;
+        // A hard link is the rename that never replaces: it fails when `full`
+        // exists, and when another replica deleted the temporary directory.
+        let parent = full.parent().unwrap_or(&self.root);
+        std::fs::create_dir_all(parent).map_err(|e| store_error("create directory", path, e))?;
+        match std::fs::hard_link(&tmp_full, &full) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::fs::remove_file(&tmp_full).map_err(|e| store_error("delete", tmp, e))?;
+                return Ok(false);
+            }
+            Err(e) => {
+                let gone = e.kind() == std::io::ErrorKind::NotFound;
+                return Err(put_error("rename", path, gone, e));
+            }
+        }
+        std::fs::remove_file(&tmp_full)
+            .and_then(|()| sync_dir(parent))
+            .map_err(|e| store_error("rename", path, e))?;
         Ok(true)
     }
 
@@ -134,6 +184,23 @@ impl Store for LocalStore {
             }
             _ => Ok(()),
         }
+    }
+
+    fn delete_dir(&mut self, dir: &str) -> Result<(), ArchiveError> {
+        match std::fs::remove_dir_all(self.full(dir)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(store_error("delete directory", dir, e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn make_dir(&mut self, dir: &str) -> Result<(), ArchiveError> {
+        std::fs::create_dir_all(self.full(dir)).map_err(|e| store_error("create directory", dir, e))
+    }
+
+    fn is_dir(&mut self, dir: &str) -> Result<bool, ArchiveError> {
+        Ok(self.full(dir).is_dir())
     }
 
     fn root(&self) -> String {
@@ -223,15 +290,18 @@ async fn hdfs_put(
     tmp_full: &str,
     full: &str,
     data: Bytes,
-) -> Result<bool, (&'static str, HdfsError)> {
+) -> Result<bool, (&'static str, bool, HdfsError)> {
     let mut writer = client
-        .create(tmp_full, WriteOptions::default().create_parent(true))
+        .create(tmp_full, WriteOptions::default().create_parent(false))
         .await
-        .map_err(|e| ("write", e))?;
-    writer.write_bytes(data).await.map_err(|e| ("write", e))?;
+        .map_err(|e| ("write", not_found(&e), e))?;
+    writer
+        .write_bytes(data)
+        .await
+        .map_err(|e| ("write", false, e))?;
     // Dropping a writer without `close` loses what it buffered. `close` waits until
     // the NameNode has heard of the block from the DataNode: most of the time of a put.
-    writer.close().await.map_err(|e| ("close", e))?;
+    writer.close().await.map_err(|e| ("close", false, e))?;
     let renamed = async {
         match client.get_file_info(full).await {
             Ok(_) => return Ok(false),
@@ -248,12 +318,12 @@ async fn hdfs_put(
         }
     }
     .await
-    .map_err(|e| ("rename", e))?;
+    .map_err(|e| ("rename", not_found(&e), e))?;
     if !renamed {
         client
             .delete(tmp_full, false)
             .await
-            .map_err(|e| ("delete", e))?;
+            .map_err(|e| ("delete", false, e))?;
     }
     Ok(renamed)
 }
@@ -290,7 +360,7 @@ impl Store for HdfsStore {
             .zip(tasks)
             .map(|(file, task)| match self.runtime.block_on(task) {
                 Ok(Ok(Ok(renamed))) => Ok(renamed),
-                Ok(Ok(Err((op, e)))) => Err(store_error(op, &file.path, e)),
+                Ok(Ok(Err((op, gone, e)))) => Err(put_error(op, &file.path, gone, e)),
                 Ok(Err(_)) => Err(store_error(
                     "put",
                     &file.path,
@@ -328,6 +398,34 @@ impl Store for HdfsStore {
         let client = &self.client;
         self.run("delete", path, async {
             client.delete(&full, false).await.map(|_| ())
+        })
+    }
+
+    fn delete_dir(&mut self, dir: &str) -> Result<(), ArchiveError> {
+        let full = self.full(dir);
+        let client = &self.client;
+        self.run("delete directory", dir, async {
+            client.delete(&full, true).await.map(|_| ())
+        })
+    }
+
+    fn make_dir(&mut self, dir: &str) -> Result<(), ArchiveError> {
+        let full = self.full(dir);
+        let client = &self.client;
+        self.run("create directory", dir, async {
+            client.mkdirs(&full, 0o755, true).await
+        })
+    }
+
+    fn is_dir(&mut self, dir: &str) -> Result<bool, ArchiveError> {
+        let full = self.full(dir);
+        let client = &self.client;
+        self.run("stat", dir, async {
+            match client.get_file_info(&full).await {
+                Ok(status) => Ok(status.isdir),
+                Err(HdfsError::FileNotFound(_)) => Ok(false),
+                Err(e) => Err(e),
+            }
         })
     }
 

@@ -152,6 +152,8 @@ pub struct Metrics {
     /// Times the sinks failed to take committed results, which were kept and
     /// handed again.
     pub sink_failures: AtomicU64,
+    /// The sinks' own counters ([`sink::Sink::counts`]), by metric name.
+    pub sink_counts: Mutex<BTreeMap<&'static str, sink::SinkCount>>,
 }
 
 /// The running pipeline. Build it with [`Pipeline::new`], then call [`Pipeline::run`]
@@ -469,18 +471,31 @@ impl Pipeline {
                 self.metrics.sink_failures.fetch_add(1, Ordering::Relaxed);
                 self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %err, "a sink did not take committed results; handing them again");
+                self.note_sink_counts();
                 return false;
             }
         }
         self.unsunk.clear();
         self.note_ready();
+        self.note_sink_counts();
         true
+    }
+
+    /// Copies the sinks' own counters into the metrics.
+    fn note_sink_counts(&self) {
+        let mut counts = self.metrics.sink_counts.lock().expect("metrics lock");
+        for sink in &self.sinks {
+            for count in sink.counts() {
+                counts.insert(count.name, count);
+            }
+        }
     }
 
     /// No events came: lets the sinks make durable what is due by time, and commits
     /// what that allows. A failure is retried at the next turn; nothing is lost.
     /// A fatal Kafka error (this producer was fenced) stops the pipeline.
     fn idle(&mut self) -> Result<(), PipelineError> {
+        self.note_sink_counts();
         for sink in &mut self.sinks {
             if let Err(err) = sink.tick() {
                 self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);

@@ -125,6 +125,23 @@ pub trait Sink: Send {
     /// The pipeline lost these partitions to a rebalance: forget what is held for them.
     /// It was not committed, so their next owner consumes it again.
     fn revoked(&mut self, _partitions: &[(String, i32)]) {}
+
+    /// Counters of what the sink did that an operator should see, exported as
+    /// Prometheus counters `weir_<name>_total` with the help text given.
+    fn counts(&self) -> Vec<SinkCount> {
+        Vec::new()
+    }
+}
+
+/// One counter a sink exports; see [`Sink::counts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkCount {
+    /// Metric name between `weir_` and `_total`.
+    pub name: &'static str,
+    /// Prometheus help text.
+    pub help: &'static str,
+    /// The count so far.
+    pub value: u64,
 }
 
 #[cfg(test)]
