@@ -88,6 +88,7 @@ fn cycles(events: usize, partitions: usize) -> (Vec<Vec<PartitionBatch>>, usize)
                 events: metas,
                 result,
             }],
+            ..PartitionBatch::default()
         });
     }
     (out, output_bytes)

@@ -249,6 +249,7 @@ impl Scenarios {
             last_offset: offsets.end - 1,
             processed_ms: chrono::Utc::now().timestamp_millis(),
             scenarios,
+            ..PartitionBatch::default()
         }
     }
 
@@ -1582,10 +1583,10 @@ impl Sink for FailsFirstTick {
     fn tick(&mut self) -> Result<(), weir::pipeline::sink::SinkError> {
         if self.1 == Some(false) {
             self.1 = Some(true);
-            return Err(weir::pipeline::sink::SinkError {
-                sink: "archive",
-                reason: "the first put fails (test)".into(),
-            });
+            return Err(weir::pipeline::sink::SinkError::new(
+                "archive",
+                "the first put fails (test)",
+            ));
         }
         self.0.tick()
     }

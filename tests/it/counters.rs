@@ -87,15 +87,19 @@ fn expected(events: &[Event]) -> BTreeMap<String, Totals> {
     totals
 }
 
+/// Counters on the stack's Redis under key prefix `prefix`, for a consumer group
+/// of their own.
 async fn counters(prefix: &str) -> Counters {
-    counters_of(prefix, "weir-test").await
+    counters_of(prefix, &unique("group")).await
 }
 
-/// Counters on the stack's Redis under key prefix `prefix`, for consumer group `group`.
+/// Counters on the stack's Redis under key prefix `prefix`, for consumer group
+/// `group`, which also writes the success-ratio views.
 pub(crate) async fn counters_of(prefix: &str, group: &str) -> Counters {
     let config = CountersConfig {
         url: Service::Redis.addr(),
         key_prefix: prefix.into(),
+        success_ratio_group: group.into(),
         ..CountersConfig::default()
     };
     Counters::connect(&config, group)
@@ -223,7 +227,7 @@ async fn a_replay_with_other_batch_boundaries_counts_each_event_once() {
             key_prefix: "weirtest".into(),
             ..CountersConfig::default()
         },
-        "another-group",
+        &unique("another-group"),
     )
     .await
     .expect("connect");
@@ -278,4 +282,215 @@ async fn success_ratio_json_matches_the_dashboard_format() {
     assert!(value["updated_at"].is_string());
     let parsed: SuccessRatio = serde_json::from_str(&raw).expect("round trip");
     assert_eq!(parsed.total_count, 100);
+}
+
+/// Copies `from` to `to`, holding every chunk for `delay`.
+async fn pass_late(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: std::time::Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        tokio::time::sleep(delay).await;
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// A TCP proxy to `upstream` that holds every chunk for `delay` in both directions:
+/// a replica whose Redis writes arrive late. Returns its port.
+async fn delaying_proxy(upstream: String, delay: std::time::Duration) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(&upstream)
+                .await
+                .expect("upstream");
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(pass_late(client_read, server_write, delay));
+            tokio::spawn(pass_late(server_read, client_write, delay));
+        }
+    });
+    port
+}
+
+/// Two replicas of one group count one scenario from different partitions; one
+/// replica's Redis traffic is held back 150 ms each way, so its success-ratio
+/// views are computed from older counts than the other's when they arrive. The
+/// view read by dashboards never goes back, and ends equal to the counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_success_ratio_view_never_goes_back_when_a_replica_is_slow() {
+    let tag = unique("ratio");
+    let group = unique("group");
+    let scenario = format!("{tag}-s");
+    let fast = counters_of("weirtest", &group).await;
+    let addr = Service::Redis.addr();
+    let upstream = addr
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
+    let port = delaying_proxy(upstream, std::time::Duration::from_millis(150)).await;
+    let slow = Counters::connect(
+        &CountersConfig {
+            url: format!("redis://127.0.0.1:{port}/"),
+            key_prefix: "weirtest".into(),
+            success_ratio_group: group.clone(),
+            ..CountersConfig::default()
+        },
+        &group,
+    )
+    .await
+    .expect("connect through the proxy");
+
+    let batch = |partition: i32, from: i64| {
+        let mut tally = BatchTally::new("events", partition);
+        for offset in from..from + 10 {
+            tally
+                .record(
+                    &scenario,
+                    "scenario@1",
+                    offset,
+                    0,
+                    Tallied::Emitted,
+                    offset % 3 == 0,
+                )
+                .expect("tally");
+        }
+        tally
+    };
+    let key = format!("scenario:{scenario}:success_ratio");
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let key = key.clone();
+        let watching = watching.clone();
+        tokio::spawn(async move {
+            let mut conn = redis::Client::open(Service::Redis.addr())
+                .expect("client")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect");
+            let mut seen = Vec::new();
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                let raw: Option<String> = conn.get(&key).await.expect("GET");
+                if let Some(raw) = raw {
+                    let view: SuccessRatio = serde_json::from_str(&raw).expect("JSON");
+                    if seen.last() != Some(&view.total_count) {
+                        seen.push(view.total_count);
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            seen
+        })
+    };
+    let now = Utc::now();
+    let slow_side = {
+        let (slow, batches) = (
+            slow.clone(),
+            (0..20).map(|i| batch(1, i * 10)).collect::<Vec<_>>(),
+        );
+        tokio::spawn(async move {
+            for b in &batches {
+                slow.apply(b, now).await.expect("slow apply");
+            }
+        })
+    };
+    for i in 0..200 {
+        fast.apply(&batch(0, i * 10), now)
+            .await
+            .expect("fast apply");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    slow_side.await.expect("slow side");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let seen = watcher.await.expect("watcher");
+    assert!(seen.len() > 10, "the view was watched moving: {seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "the view went back: {seen:?}"
+    );
+    let totals = fast.totals(&scenario).await.expect("totals");
+    assert_eq!(totals.total, 2_200);
+    let mut conn = redis::Client::open(Service::Redis.addr())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let raw: String = conn.get(&key).await.expect("GET");
+    let view: SuccessRatio = serde_json::from_str(&raw).expect("JSON");
+    assert_eq!(
+        (view.total_count, view.success_count),
+        (totals.total, totals.matched),
+        "the view ends equal to the counts"
+    );
+}
+
+/// Two consumer groups on one topic, one Redis, the default key prefix: each
+/// group counts every event once in keys of its own, and only the group named by
+/// `success_ratio_group` writes the dashboards' view.
+#[tokio::test]
+async fn two_consumer_groups_on_one_topic_each_count_every_event_once() {
+    let tag = unique("groups");
+    let events = stream(&tag, 2, 2_000);
+    let want = expected(&events);
+    let (blue, green) = (unique("blue"), unique("green"));
+    let connect = |group: String, ratio: String| async move {
+        Counters::connect(
+            &CountersConfig {
+                url: Service::Redis.addr(),
+                success_ratio_group: ratio,
+                ..CountersConfig::default()
+            },
+            &group,
+        )
+        .await
+        .expect("connect")
+    };
+    let blue_counters = connect(blue.clone(), blue.clone()).await;
+    let green_counters = connect(green.clone(), blue.clone()).await;
+    let now = Utc::now();
+    for partition in 0..2 {
+        let part: Vec<Event> = events
+            .iter()
+            .filter(|e| e.partition == partition)
+            .cloned()
+            .collect();
+        // Each group reads the topic with batches of its own.
+        for batch in batches("events", &part, 300) {
+            blue_counters.apply(&batch, now).await.expect("blue");
+        }
+        for batch in batches("events", &part, 170) {
+            green_counters.apply(&batch, now).await.expect("green");
+        }
+    }
+    assert_eq!(observed(&blue_counters, want.keys()).await, want, "blue");
+    assert_eq!(observed(&green_counters, want.keys()).await, want, "green");
+
+    let mut conn = redis::Client::open(Service::Redis.addr())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    for (scenario, totals) in &want {
+        let raw: String = conn
+            .get(format!("scenario:{scenario}:success_ratio"))
+            .await
+            .expect("GET");
+        let view: SuccessRatio = serde_json::from_str(&raw).expect("JSON");
+        assert_eq!(
+            view.total_count, totals.total,
+            "the view shows one group's counts"
+        );
+    }
 }

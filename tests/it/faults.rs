@@ -83,6 +83,13 @@ impl PrivateRedis {
         }
     }
 
+    /// Writes a snapshot (`dump.rdb`) now; the next start loads it.
+    fn save(&self) {
+        let client = redis::Client::open(self.url()).expect("client");
+        let mut conn = client.get_connection().expect("connect");
+        redis::cmd("SAVE").query::<()>(&mut conn).expect("SAVE");
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().expect("kill -9 redis-server");
@@ -101,7 +108,9 @@ impl Drop for PrivateRedis {
 /// Runs scenario events through the pipeline with counters on a private Redis that
 /// is killed after the first wave and restarted during the second. Returns the
 /// counters' totals, when Redis was killed, `since`, and how many cycles failed.
-async fn kill_and_restart_redis(persistent: bool) -> (u64, u64, i64, Option<i64>, u64) {
+async fn kill_and_restart_redis(
+    persistent: bool,
+) -> (u64, u64, i64, Option<i64>, u64, Vec<weir::aggregate::Gap>) {
     let brokers = Service::Kafka.addr();
     let u = unique("fault");
     let (events_topic, out, dlq) = (
@@ -236,18 +245,21 @@ async fn kill_and_restart_redis(persistent: bool) -> (u64, u64, i64, Option<i64>
 
     let totals = counters.totals(&id).await.expect("totals");
     let since = counters.counting_since(&id).await.expect("since");
+    let gaps = counters.gaps().await.expect("gaps");
     (
         totals.total,
         totals.matched,
         killed_at,
         since,
         metrics.failed_cycles.load(Ordering::Relaxed),
+        gaps,
     )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_with_persistence_killed_and_restarted_keeps_counts_exact() {
-    let (total, matched, killed_at, since, failed) = kill_and_restart_redis(true).await;
+    let (total, matched, killed_at, since, failed, gaps) = kill_and_restart_redis(true).await;
+    assert_eq!(gaps, [], "nothing was lost");
     assert!(failed > 0, "the outage was noticed and retried");
     assert_eq!(
         (total, matched),
@@ -262,7 +274,7 @@ async fn redis_with_persistence_killed_and_restarted_keeps_counts_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_counts_from_the_restart_and_says_so() {
-    let (total, matched, killed_at, since, failed) = kill_and_restart_redis(false).await;
+    let (total, matched, killed_at, since, failed, gaps) = kill_and_restart_redis(false).await;
     assert!(failed > 0, "the outage was noticed and retried");
     // The first 10,000 were counted in the Redis that was lost; the 20,000 handled
     // after the restart (10,000 of them retried) are counted once.
@@ -270,6 +282,11 @@ async fn redis_restarted_empty_counts_from_the_restart_and_says_so() {
     assert!(
         since.is_some_and(|s| s > killed_at),
         "`since` marks the fresh start: {since:?}"
+    );
+    let uncounted: i64 = gaps.iter().map(|g| g.until - g.from).sum();
+    assert_eq!(
+        uncounted, 10_000,
+        "the lost counts are reported as gaps, exactly: {gaps:?}"
     );
 }
 
@@ -429,4 +446,277 @@ async fn a_namenode_stopped_for_40_s_stalls_the_archive_only_for_that_long() {
         .await
         .expect("join");
     check(&rows, &expected, &events_topic);
+}
+
+/// What a rollback test sets up: a private Redis without AOF, a pipeline with
+/// the counters on it and a journal topic of its own, and the events so far.
+struct RollbackSetup {
+    redis: PrivateRedis,
+    brokers: String,
+    u: String,
+    events_topic: String,
+    journal_topic: String,
+    ids: [String; 2],
+    counters: Counters,
+    running: crate::pipeline::Running,
+    expected: crate::archive::Expected,
+}
+
+impl RollbackSetup {
+    async fn start(first: i64) -> Self {
+        let redis = PrivateRedis::start(false);
+        let brokers = Service::Kafka.addr();
+        let u = unique("rollback");
+        let crate::archive::PipelineSetup {
+            registry,
+            events_topic,
+            dlq,
+            expected,
+            ..
+        } = crate::archive::pipeline_setup(&brokers, &u, first).await;
+        let counters = Counters::connect(
+            &CountersConfig {
+                url: redis.url(),
+                success_ratio_group: u.clone(),
+                ..CountersConfig::default()
+            },
+            &u,
+        )
+        .await
+        .expect("counters");
+        let journal_topic = format!("{u}-journal");
+        let config = PipelineConfig {
+            journal_topic: journal_topic.clone(),
+            retry_backoff_ms: 50,
+            ..crate::archive::archive_pipeline(&brokers, &u, (&events_topic, &dlq), 500, 20)
+        };
+        let sinks: Vec<Box<dyn Sink>> = vec![Box::new(CountersSink::new(
+            counters.clone(),
+            tokio::runtime::Handle::current(),
+        ))];
+        let running = crate::pipeline::Running::start(config, &registry, sinks).await;
+        let ids = [format!("{u}-a"), format!("{u}-b")];
+        let mut setup = Self {
+            redis,
+            brokers,
+            u,
+            events_topic,
+            journal_topic,
+            ids,
+            counters,
+            running,
+            expected,
+        };
+        setup.settle().await;
+        setup
+    }
+
+    /// Produces events `seqs`.
+    async fn produce(&mut self, seqs: std::ops::Range<i64>) {
+        let more =
+            crate::archive::produce_events(&self.brokers, &self.events_topic, &self.ids, seqs)
+                .await;
+        self.expected.extend(more);
+    }
+
+    /// The counted total of both scenarios.
+    async fn counted(&self) -> u64 {
+        let mut total = 0;
+        for id in &self.ids {
+            total += self.counters.totals(id).await.map_or(0, |t| t.total);
+        }
+        total
+    }
+
+    /// Waits until every event produced was handled and the counters stopped moving.
+    async fn settle(&mut self) {
+        let total = self.expected.len() as u64;
+        self.running.wait_for(total).await;
+        let started = Instant::now();
+        let mut last = (u64::MAX, Instant::now());
+        loop {
+            let now = self.counted().await;
+            if now != last.0 {
+                last = (now, Instant::now());
+            } else if now >= total || last.1.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the counters did not settle: {now} of {total}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Each scenario's count, independently of the counters.
+    fn independent(&self) -> Vec<u64> {
+        self.ids
+            .iter()
+            .map(|id| self.expected.values().filter(|(s, _, _)| s == id).count() as u64)
+            .collect()
+    }
+
+    async fn totals(&self) -> Vec<u64> {
+        let mut totals = Vec::new();
+        for id in &self.ids {
+            totals.push(self.counters.totals(id).await.expect("totals").total);
+        }
+        totals
+    }
+
+    fn sink_count(&self, name: &str) -> u64 {
+        self.running
+            .metrics
+            .sink_counts
+            .lock()
+            .unwrap()
+            .get(name)
+            .map_or(0, |c| c.value)
+    }
+}
+
+/// Redis without AOF, killed with SIGKILL a few seconds after a snapshot while
+/// events flow, restarts from the snapshot: counts and fences rolled back
+/// together. The pipeline finds the fence below what it knows was counted,
+/// recounts the lost range from the journal, and the counts end equal to an
+/// independent count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_back_from_an_older_snapshot_is_recounted_from_the_journal() {
+    let mut setup = RollbackSetup::start(5_000).await;
+    // Load: 500 events every 100 ms until told to stop.
+    let producing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load = {
+        let (brokers, topic, ids, producing) = (
+            setup.brokers.clone(),
+            setup.events_topic.clone(),
+            setup.ids.clone(),
+            producing.clone(),
+        );
+        tokio::spawn(async move {
+            let mut expected = crate::archive::Expected::new();
+            let mut next = 5_000i64;
+            while producing.load(Ordering::Relaxed) {
+                expected.extend(
+                    crate::archive::produce_events(&brokers, &topic, &ids, next..next + 500).await,
+                );
+                next += 500;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            expected
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    setup.redis.save();
+    let at_snapshot = setup.counted().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    setup.redis.kill();
+    let before_kill = setup.counted().await.max(at_snapshot);
+    setup.redis.spawn();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    producing.store(false, Ordering::Relaxed);
+    setup.expected.extend(load.await.expect("load"));
+    setup.settle().await;
+
+    let recounted = setup.running.metrics.recounted.load(Ordering::Relaxed);
+    println!(
+        "counted {at_snapshot} at the snapshot, more before the kill; {recounted} events recounted;          {} in all",
+        setup.expected.len()
+    );
+    assert!(
+        before_kill > at_snapshot || recounted > 0,
+        "the kill came after counts moved on"
+    );
+    assert!(
+        setup.sink_count("counters_rollbacks") > 0,
+        "the rollback was found"
+    );
+    assert!(recounted > 0, "the lost range was recounted");
+    assert_eq!(
+        setup.totals().await,
+        setup.independent(),
+        "every event counted once"
+    );
+    assert_eq!(setup.counters.gaps().await.expect("gaps"), []);
+    let metrics = setup.running.stop().await;
+    assert_eq!(metrics.replay_missing.load(Ordering::Relaxed), 0);
+    let _ = &setup.u;
+}
+
+/// The same rollback after the journal lost the range (its records deleted, as
+/// retention would): the counts miss exactly that range, and it is reported as a
+/// gap (stats API, metric) of exactly its size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_the_journal_cannot_repair_is_reported_exactly() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let mut setup = RollbackSetup::start(5_000).await;
+    setup.redis.save();
+    setup.produce(5_000..10_000).await;
+    setup.settle().await;
+    assert_eq!(setup.counted().await, 10_000);
+    setup.redis.kill();
+
+    // The journal loses everything it holds.
+    let admin: AdminClient<DefaultClientContext> = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &setup.brokers)
+        .create()
+        .expect("admin");
+    let probe: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &setup.brokers)
+        .create()
+        .expect("consumer");
+    let metadata = probe
+        .fetch_metadata(Some(&setup.journal_topic), Duration::from_secs(10))
+        .expect("journal metadata");
+    let mut cut = rdkafka::TopicPartitionList::new();
+    for partition in metadata.topics()[0].partitions() {
+        let (_, high) = probe
+            .fetch_watermarks(
+                &setup.journal_topic,
+                partition.id(),
+                Duration::from_secs(10),
+            )
+            .expect("watermarks");
+        cut.add_partition_offset(
+            &setup.journal_topic,
+            partition.id(),
+            rdkafka::Offset::Offset(high),
+        )
+        .unwrap();
+    }
+    admin
+        .delete_records(&cut, &AdminOptions::new())
+        .await
+        .expect("delete the journal's records");
+
+    setup.redis.spawn();
+    setup.produce(10_000..12_000).await;
+    setup.settle().await;
+    let gaps = setup.counters.gaps().await.expect("gaps");
+    let uncounted: i64 = gaps.iter().map(|g| g.until - g.from).sum();
+    println!("gaps: {gaps:?}");
+    assert_eq!(
+        setup.counted().await,
+        7_000,
+        "the snapshot's 5,000 and the last 2,000"
+    );
+    assert_eq!(uncounted, 5_000, "the lost range, exactly");
+    assert_eq!(setup.sink_count("counters_uncounted_offsets"), 5_000);
+    // Each gap is the part of its partition counted after the snapshot.
+    for gap in &gaps {
+        let in_gap = setup
+            .expected
+            .keys()
+            .filter(|(p, o)| *p == gap.partition && (gap.from..gap.until).contains(o))
+            .count() as i64;
+        assert_eq!(
+            in_gap,
+            gap.until - gap.from,
+            "{gap:?} holds only real events"
+        );
+    }
+    setup.running.stop().await;
 }

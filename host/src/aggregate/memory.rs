@@ -1,21 +1,25 @@
 //! Counters kept in the process, for the embedded defaults. The same rules as
 //! `fenced_add.lua`, step for step, over the same tally encoding: a fence per
-//! (scenario, group, topic, partition), events at or below it skipped, minute
-//! buckets dropped after the retention.
+//! (topic, partition), events at or below it skipped, a batch refused when the
+//! fence is below what the caller knows was counted, minute buckets dropped after
+//! the retention.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 
-use super::{Applied, BatchTally, MinuteCounts, SuccessRatio, Totals, minute_range};
+use super::{
+    Applied, BatchTally, Behind, CountersError, Gap, MinuteCounts, SuccessRatio, Totals,
+    minute_range,
+};
 
 #[derive(Debug, Default)]
 struct State {
     /// Per scenario: field (`total`, `v:<plugin>:total`, ...) → count.
     counts: HashMap<String, HashMap<String, u64>>,
-    /// (scenario, fence field) → last applied offset.
-    fences: HashMap<(String, String), i64>,
+    /// (topic, partition) → last applied offset.
+    fences: HashMap<(String, i32), i64>,
     /// (scenario, unix minute) → [total, success, errors] and the unix minute of the
     /// last write (a bucket expires `retention` after it, like the Redis key's EXPIRE).
     minutes: HashMap<(String, i64), ([u64; 3], i64)>,
@@ -23,27 +27,44 @@ struct State {
     views: HashMap<String, SuccessRatio>,
     /// Scenario → when counting began, unix milliseconds.
     since: HashMap<String, i64>,
+    /// Ranges noted as not counted.
+    gaps: Vec<Gap>,
 }
 
 #[derive(Debug, Clone)]
 pub(super) struct MemoryCounters {
-    group: String,
     retention_minutes: i64,
     state: Arc<Mutex<State>>,
 }
 
 impl MemoryCounters {
-    pub(super) fn new(group: &str, retention_secs: u64) -> Self {
+    pub(super) fn new(retention_secs: u64) -> Self {
         Self {
-            group: group.to_owned(),
             retention_minutes: (retention_secs / 60).max(1) as i64,
             state: Arc::default(),
         }
     }
 
-    pub(super) fn apply(&self, tally: &BatchTally, now: DateTime<Utc>) -> Vec<Applied> {
-        let fence_field = format!("{}|{}|{}", self.group, tally.topic, tally.partition);
+    pub(super) fn apply(
+        &self,
+        tally: &BatchTally,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Applied>, CountersError> {
+        let Some(last_offset) = tally.last() else {
+            return Ok(Vec::new());
+        };
+        let tp = (tally.topic.clone(), tally.partition);
         let mut state = self.state.lock().expect("counters lock");
+        let fence = state.fences.get(&tp).copied().unwrap_or(-1);
+        if fence < tally.counted_through {
+            return Err(CountersError::Behind(Behind {
+                topic: tally.topic.clone(),
+                partition: tally.partition,
+                counted_through: fence,
+                journal: None,
+                expected: tally.counted_through,
+            }));
+        }
         let now_minute = now.timestamp().div_euclid(60);
         let retention = self.retention_minutes;
         state
@@ -51,8 +72,6 @@ impl MemoryCounters {
             .retain(|_, (_, written)| now_minute - *written < retention);
         let mut applied = Vec::with_capacity(tally.scenarios.len());
         for (scenario, events) in &tally.scenarios {
-            let key = (scenario.clone(), fence_field.clone());
-            let fence = state.fences.get(&key).copied().unwrap_or(-1);
             let mut offset = events.first_offset;
             let mut added = Totals {
                 total: 0,
@@ -60,7 +79,6 @@ impl MemoryCounters {
                 errors: 0,
                 dropped: 0,
             };
-            let mut last = fence;
             for token in events.tokens.split(' ').filter(|t| !t.is_empty()) {
                 let code_at = token
                     .find(|c: char| c.is_ascii_alphabetic())
@@ -86,7 +104,6 @@ impl MemoryCounters {
                 slot[1] += u64::from(matched);
                 slot[2] += u64::from(failed);
                 *written = now_minute;
-                last = offset;
             }
             if added.total > 0 {
                 state
@@ -104,7 +121,6 @@ impl MemoryCounters {
                         *counts.entry(format!("{prefix}{field}")).or_default() += n;
                     }
                 }
-                state.fences.insert(key, last);
             }
             let totals = read(&state, scenario, "");
             state
@@ -116,7 +132,30 @@ impl MemoryCounters {
                 totals,
             });
         }
-        applied
+        if last_offset > fence {
+            state.fences.insert(tp, last_offset);
+        }
+        Ok(applied)
+    }
+
+    pub(super) fn note_gap(
+        &self,
+        topic: &str,
+        partition: i32,
+        (from, until): (i64, i64),
+        now: DateTime<Utc>,
+    ) {
+        self.state.lock().expect("counters lock").gaps.push(Gap {
+            topic: topic.to_owned(),
+            partition,
+            from,
+            until,
+            noted_ms: now.timestamp_millis(),
+        });
+    }
+
+    pub(super) fn gaps(&self) -> Vec<Gap> {
+        self.state.lock().expect("counters lock").gaps.clone()
     }
 
     pub(super) fn fields(&self, scenario: &str) -> std::collections::BTreeMap<String, u64> {
@@ -210,7 +249,7 @@ mod tests {
 
     #[tokio::test]
     async fn in_memory_counters_fence_replays_like_the_script() {
-        let counters = Counters::in_memory("g", 7 * 24 * 3600);
+        let counters = Counters::in_memory(7 * 24 * 3600);
         let now = Utc::now();
         for range in [0..100, 100..170] {
             counters.apply(&batch(range), now).await.unwrap();

@@ -2,55 +2,80 @@
 //!
 //! The pipeline tallies each partition batch as it comes back from the plugins (a
 //! [`BatchTally`]: per scenario, which offsets were emitted, dropped or failed and
-//! whether each matched) and hands it to [`Counters::apply`] before it commits the
-//! batch's Kafka offsets. `apply` sends one Lua script call per scenario, all in one
-//! pipelined round trip; each call adds the scenario's counts, its per-plugin-version
-//! counts and its per-minute buckets, and moves a fence, atomically.
+//! whether each matched) and hands it to [`Counters::apply`] once the batch's Kafka
+//! transaction committed. `apply` sends one Lua script call per partition batch;
+//! it adds every scenario's counts, its per-plugin-version counts and its
+//! per-minute buckets, and moves the partition's fence, atomically.
 //!
 //! # Exactly once
 //!
-//! The fence is the last offset applied per (consumer group, topic, partition), kept
-//! per scenario. The script counts only events above it, so a batch replayed after a
-//! crash or a rebalance, with the same or with other batch boundaries, is never
-//! counted twice, and a batch that was not applied is applied on replay. Offsets are
-//! committed to Kafka only after `apply` returned, so nothing is skipped either.
+//! The fence is the last offset counted per (topic, partition) of one consumer
+//! group. A batch carries every scenario's events of its offset range, so the script
+//! counts only events above the fence: a batch replayed after a crash or a rebalance,
+//! with the same or with other batch boundaries, is never counted twice, and a batch
+//! that was not applied is applied on replay. The consumer group's offsets are
+//! committed only past what `apply` counted, so nothing is skipped either.
 //!
-//! # Keys
+//! # Per consumer group
 //!
-//! Every key of a scenario carries the same hash tag, `{<prefix>:<scenario id>}`, so
-//! the script's keys share one slot and the script runs unchanged on Redis Cluster:
+//! Every key of a group carries the hash tag `{<prefix>:<group>}`: two groups on one
+//! topic and one Redis (a blue/green deploy, a renamed group) each count every event
+//! once, in keys of their own, and each replica's stats report its own group's
+//! counts. All of a group's keys share one slot, so the script runs unchanged on
+//! Redis Cluster, on the node that holds the slot (one script call per partition
+//! batch, not per event, keeps that node's load small; the price is that one group's
+//! counters do not spread over the cluster's nodes):
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `weir:{weir:5}:counts` | hash | `total`, `matched`, `errors`, `dropped`, and `v:<plugin>@<version>:<field>` |
-//! | `weir:{weir:5}:fence` | hash | `<group>\|<topic>\|<partition>` → last applied offset |
-//! | `weir:{weir:5}:minute:<unix minute>` | hash | `total`, `success`, `errors`; expires after the retention |
+//! | `weir:{weir:g}:s:5:counts` | hash | `total`, `matched`, `errors`, `dropped`, `since`, and `v:<plugin>@<version>:<field>` |
+//! | `weir:{weir:g}:s:5:minute:<unix minute>` | hash | `total`, `success`, `errors`; expires after the retention |
+//! | `weir:{weir:g}:fence` | hash | `<topic>\|<partition>` → last counted offset `@` where the journal holds that batch |
+//! | `weir:{weir:g}:gaps` | hash | `<topic>\|<partition>\|<from>\|<until>` → when the loss was found |
 //! | `scenario:5:success_ratio` | string | the JSON dashboards read (below) |
 //!
+//! (`g` is the group, with `%`, `{` and `}` escaped as `%25`, `%7B`, `%7D`.)
 //! `scenario:<id>:success_ratio` keeps the name and format that existing dashboards
 //! read: `{"success_ratio": 0.85, "total_count": 100, "success_count": 85,
 //! "updated_at": "2025-06-18 12:50:10"}` (ratio rounded to 4 decimals, cumulative
-//! counts, UTC time). It is a view derived from the exact counters and rewritten
-//! after every applied batch; it has no hash tag, so on Redis Cluster it may live on
-//! another node, which is why it is written after the script rather than by it.
+//! counts, UTC time). It belongs to one group, `counters.success_ratio_group`
+//! (default `weir`, the default group), whose replicas rewrite it after every batch
+//! with a script that keeps the stored view when it counts more events: a replica
+//! whose write was delayed never sets it back. It has no hash tag, so on Redis
+//! Cluster it lives on another node, which is why it is a script of its own.
 //!
-//! # Redis down, or restarted
+//! # Rollbacks
+//!
+//! Redis can lose writes it acknowledged without coming back empty: a restart from
+//! an RDB snapshot, an AOF without `appendfsync always`, a failover to a replica
+//! that lagged. Counts and fences then roll back together, and a fence alone would
+//! let the next batch count on from where it stands, missing the lost range
+//! silently. So the script takes the lowest fence the caller knows was counted
+//! before (the partition's committed Kafka offset minus one when it took the
+//! partition over: offsets are committed only past what the counters counted; then
+//! the last batch it applied) and refuses a batch when the fence is below it. The
+//! caller then recounts the lost range from the pipeline's journal (results only, no
+//! plugin runs), starting where the fence's journal position says, and hands the
+//! batch again. A range the journal no longer holds is a gap: it is logged with the
+//! range, counted in `weir_counters_uncounted_offsets_total`, and kept in the gaps
+//! hash, which the stats API shows. Never a silent loss.
+//!
+//! # Redis down
 //!
 //! When Redis is unreachable or slow (bounded by a 10 s response timeout),
-//! `apply` fails, the pipeline aborts the cycle, pauses consumption and retries with
-//! backoff; nothing is committed meanwhile, so when Redis is back every event is
-//! counted once. A Redis with persistence (AOF, `appendfsync always` for no loss at
-//! all) restarted keeps every count exact. A Redis restarted *without* persistence
-//! comes back empty, fences included: weir does not guess what was lost, it counts
-//! every event handled from then on exactly once and marks the fresh start in the
-//! `since` field of the counts hash ([`Counters::counting_since`]), so a dashboard
-//! can show "counting since". The full history stays in the Parquet archive.
+//! `apply` fails, the pipeline pauses consumption and retries with backoff; nothing
+//! is committed past it meanwhile, so when Redis is back every event is counted
+//! once. A Redis that comes back empty has lost everything: the partitions' whole
+//! committed ranges are reported as gaps, counting goes on from there, and the
+//! `since` field of the counts hash ([`Counters::counting_since`]) says when it
+//! started again. The full history stays in the Parquet archive.
 //!
 //! Minute buckets are placed by the event's time (the caller's choice of timestamp,
 //! see [`BatchTally::record`]), so a replay lands in the same buckets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
@@ -61,8 +86,11 @@ mod sink;
 
 pub use sink::{CountersSink, tally};
 
-/// The script that applies one scenario's share of a batch; see the file for its contract.
+/// The script that applies one partition batch; see the file for its contract.
 const FENCED_ADD: &str = include_str!("fenced_add.lua");
+
+/// The script that writes a success-ratio view unless a newer one is stored.
+const RATIO_VIEW: &str = include_str!("ratio_view.lua");
 
 /// Longest wait for one Redis reply; a slower Redis fails the cycle, which is retried.
 pub const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -78,6 +106,9 @@ pub struct CountersConfig {
     pub key_prefix: String,
     /// How long per-minute buckets are kept, in seconds (default: 7 days).
     pub bucket_retention_secs: u64,
+    /// The consumer group whose counts the dashboards' `scenario:<id>:success_ratio`
+    /// keys show; replicas of other groups leave those keys alone.
+    pub success_ratio_group: String,
 }
 
 impl Default for CountersConfig {
@@ -86,6 +117,7 @@ impl Default for CountersConfig {
             url: "redis://127.0.0.1:6379/".into(),
             key_prefix: "weir".into(),
             bucket_retention_secs: 7 * 24 * 3600,
+            success_ratio_group: "weir".into(),
         }
     }
 }
@@ -104,6 +136,9 @@ pub enum CountersError {
         /// What went wrong.
         source: redis::RedisError,
     },
+    /// Redis has lost counts it had: see "Rollbacks" in the module doc.
+    #[error(transparent)]
+    Behind(#[from] Behind),
     /// The pipeline handed in events that break the batch rules.
     #[error("scenario {scenario}: {reason}")]
     Tally {
@@ -112,6 +147,41 @@ pub enum CountersError {
         /// What rule was broken.
         reason: String,
     },
+}
+
+/// Redis counted a partition less far than it had before: it lost writes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "redis has counted {topic} partition {partition} through offset {counted_through}, but \
+     offsets through {expected} were counted before: it lost writes (a restart from a \
+     snapshot, an AOF without fsync on every write, a failover to a replica that lagged)"
+)]
+pub struct Behind {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// The fence Redis has (-1: none).
+    pub counted_through: i64,
+    /// Where the journal holds the batch that ended at the fence, when Redis knows.
+    pub journal: Option<(i32, i64)>,
+    /// How far the caller knows it was counted.
+    pub expected: i64,
+}
+
+/// A range of source offsets whose events the counters lost and could not recount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gap {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// First offset not counted.
+    pub from: i64,
+    /// Offset after the last one not counted.
+    pub until: i64,
+    /// When the loss was found, unix milliseconds.
+    pub noted_ms: i64,
 }
 
 /// What a plugin did with one event, as far as counting goes.
@@ -155,10 +225,16 @@ struct ScenarioEvents {
 }
 
 /// The counts of one partition batch, per scenario, ready for [`Counters::apply`].
+///
+/// A tally stands for every event of its offset range: events of a scenario that
+/// are left out of it are never counted.
 #[derive(Debug)]
 pub struct BatchTally {
     topic: String,
     partition: i32,
+    last_offset: Option<i64>,
+    journal: Option<(i32, i64)>,
+    counted_through: i64,
     scenarios: BTreeMap<String, ScenarioEvents>,
 }
 
@@ -168,7 +244,48 @@ impl BatchTally {
         Self {
             topic: topic.into(),
             partition,
+            last_offset: None,
+            journal: None,
+            counted_through: -1,
             scenarios: BTreeMap::new(),
+        }
+    }
+
+    /// The batch ends at `last_offset`, also when no scenario has an event there.
+    pub fn ending_at(mut self, last_offset: i64) -> Self {
+        self.last_offset = Some(last_offset);
+        self
+    }
+
+    /// Where the journal holds the batch's results, kept with the fence so that a
+    /// loss after it can be recounted from there.
+    pub fn journaled_at(mut self, at: Option<(i32, i64)>) -> Self {
+        self.journal = at;
+        self
+    }
+
+    /// The caller knows the partition was counted through `offset` before this
+    /// batch: a fence below it means Redis lost writes, and the batch is refused
+    /// with [`CountersError::Behind`]. -1: nothing known.
+    pub fn counted_through(mut self, offset: i64) -> Self {
+        self.counted_through = offset;
+        self
+    }
+
+    /// The batch's last offset: the one given, else the last event's.
+    fn last(&self) -> Option<i64> {
+        self.scenarios
+            .values()
+            .map(|s| s.last_offset)
+            .chain(self.last_offset)
+            .max()
+    }
+
+    /// The fence value the batch leaves: its last offset and its journal place.
+    fn fence_value(&self, last: i64) -> String {
+        match self.journal {
+            Some((partition, offset)) => format!("{last}@{partition}:{offset}"),
+            None => last.to_string(),
         }
     }
 
@@ -247,6 +364,24 @@ impl BatchTally {
     }
 }
 
+/// `(fence, journal place)` out of a stored fence value (`""`: none).
+fn parse_fence(value: &str) -> (i64, Option<(i32, i64)>) {
+    let (last, at) = value.split_once('@').unwrap_or((value, ""));
+    let journal = at.split_once(':').and_then(|(partition, offset)| {
+        Some((partition.parse::<i32>().ok()?, offset.parse::<i64>().ok()?))
+    });
+    (last.parse().unwrap_or(-1), journal)
+}
+
+/// A consumer group's name as it goes into keys: `%`, `{` and `}` escaped, so the
+/// hash tag ends where it should.
+fn key_group(group: &str) -> String {
+    group
+        .replace('%', "%25")
+        .replace('{', "%7B")
+        .replace('}', "%7D")
+}
+
 /// A scenario's cumulative counts after a batch was applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Totals {
@@ -322,7 +457,13 @@ struct RedisCounters {
     retention_secs: u64,
     /// Consumer group whose offsets the fences follow.
     group: String,
+    /// Whether this group writes the dashboards' success-ratio keys.
+    owns_ratio: bool,
     script: redis::Script,
+    ratio_script: redis::Script,
+    /// After a gap was noted: the scenarios whose view was written since, whatever
+    /// was stored (the counts fell below it for good).
+    forced: Arc<Mutex<Option<HashSet<String>>>>,
     conn: ConnectionManager,
 }
 
@@ -371,27 +512,71 @@ impl RedisCounters {
             prefix: config.key_prefix.clone(),
             retention_secs: config.bucket_retention_secs,
             group: group.to_owned(),
+            owns_ratio: config.success_ratio_group == group,
             script: redis::Script::new(FENCED_ADD),
+            ratio_script: redis::Script::new(RATIO_VIEW),
+            forced: Arc::default(),
             conn,
         })
     }
 
-    fn tag(&self, scenario: &str) -> String {
-        format!("{}:{{{}:{}}}", self.prefix, self.prefix, scenario)
+    /// `<prefix>:{<prefix>:<group>}`: the start of every key of the group.
+    fn tag(&self) -> String {
+        format!(
+            "{}:{{{}:{}}}",
+            self.prefix,
+            self.prefix,
+            key_group(&self.group)
+        )
     }
 
     fn counts_key(&self, scenario: &str) -> String {
-        format!("{}:counts", self.tag(scenario))
+        format!("{}:s:{scenario}:counts", self.tag())
     }
 
     fn minute_key(&self, scenario: &str, minute: i64) -> String {
-        format!("{}:minute:{minute}", self.tag(scenario))
+        format!("{}:s:{scenario}:minute:{minute}", self.tag())
+    }
+
+    fn fence_key(&self) -> String {
+        format!("{}:fence", self.tag())
+    }
+
+    fn gaps_key(&self) -> String {
+        format!("{}:gaps", self.tag())
     }
 
     fn redis_error(&self, source: redis::RedisError) -> CountersError {
         CountersError::Redis {
             url: self.url.clone(),
             source,
+        }
+    }
+
+    /// Runs `invocation`, loading `script` first when the server has forgotten it
+    /// (restarted, flushed, failed over).
+    async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, CountersError> {
+        let mut conn = self.conn.clone();
+        match invocation.invoke_async(&mut conn).await {
+            Ok(value) => Ok(value),
+            Err(err)
+                if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                script
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(|e| self.redis_error(e))?;
+                invocation
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| self.redis_error(e))
+            }
+            Err(err) => Err(self.redis_error(err)),
         }
     }
 
@@ -404,73 +589,138 @@ impl RedisCounters {
         tally: &BatchTally,
         now: DateTime<Utc>,
     ) -> Result<Vec<Applied>, CountersError> {
-        if tally.is_empty() {
+        let Some(last) = tally.last() else {
             return Ok(Vec::new());
-        }
-        let fence_field = format!("{}|{}|{}", self.group, tally.topic, tally.partition);
-        let mut pipe = redis::pipe();
-        for (scenario, events) in &tally.scenarios {
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(self.script.get_hash())
-                .arg(2 + events.minutes.len());
-            cmd.arg(self.counts_key(scenario))
-                .arg(format!("{}:fence", self.tag(scenario)));
-            for minute in &events.minutes {
-                cmd.arg(self.minute_key(scenario, *minute));
-            }
-            cmd.arg(&fence_field)
-                .arg(format!("v:{}:", events.plugin))
-                .arg(self.retention_secs)
-                .arg(events.first_offset)
-                .arg(&events.tokens)
-                .arg(now.timestamp_millis());
-        }
-        let mut conn = self.conn.clone();
-        let replies: Vec<(u64, u64, u64, u64, u64)> = match pipe.query_async(&mut conn).await {
-            Ok(replies) => replies,
-            Err(err)
-                if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
-                // A restarted or flushed server has forgotten the script. Calls that ran
-                // before the error moved their fences, so sending everything again is safe.
-                self.script
-                    .prepare_invoke()
-                    .load_async(&mut conn)
-                    .await
-                    .map_err(|e| self.redis_error(e))?;
-                pipe.query_async(&mut conn)
-                    .await
-                    .map_err(|e| self.redis_error(e))?
-            }
-            Err(err) => return Err(self.redis_error(err)),
         };
-
-        let mut applied = Vec::with_capacity(replies.len());
-        let mut views = redis::pipe();
-        for ((scenario, _), (newly, total, matched, errors, dropped)) in
-            tally.scenarios.iter().zip(replies)
-        {
-            let totals = Totals {
-                total,
-                matched,
-                errors,
-                dropped,
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(self.fence_key())
+            .arg(format!("{}|{}", tally.topic, tally.partition))
+            .arg(tally.counted_through)
+            .arg(last)
+            .arg(tally.fence_value(last))
+            .arg(self.retention_secs)
+            .arg(now.timestamp_millis())
+            .arg(tally.scenarios.len());
+        for (scenario, events) in &tally.scenarios {
+            invocation.key(self.counts_key(scenario));
+            for minute in &events.minutes {
+                invocation.key(self.minute_key(scenario, *minute));
+            }
+            invocation
+                .arg(format!("v:{}:", events.plugin))
+                .arg(events.minutes.len())
+                .arg(events.first_offset)
+                .arg(&events.tokens);
+        }
+        let reply: Vec<redis::Value> = self.run_script(&self.script, &invocation).await?;
+        let int = |value: Option<&redis::Value>| -> Result<u64, CountersError> {
+            match value {
+                Some(redis::Value::Int(n)) => Ok(u64::try_from(*n).unwrap_or(0)),
+                other => Err(self.redis_error(redis::RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "unexpected reply of the counters script",
+                    format!("{other:?}"),
+                )))),
+            }
+        };
+        if int(reply.first())? == 0 {
+            let stored = match reply.get(1) {
+                Some(redis::Value::BulkString(bytes)) => {
+                    String::from_utf8_lossy(bytes).into_owned()
+                }
+                _ => String::new(),
             };
-            let view = serde_json::to_string(&SuccessRatio::new(totals, now))
-                .expect("the success-ratio view always serialises");
-            views.set(success_ratio_key(scenario), view).ignore();
+            let (counted_through, journal) = parse_fence(&stored);
+            return Err(CountersError::Behind(Behind {
+                topic: tally.topic.clone(),
+                partition: tally.partition,
+                counted_through,
+                journal,
+                expected: tally.counted_through,
+            }));
+        }
+        let mut applied = Vec::with_capacity(tally.scenarios.len());
+        for (i, scenario) in tally.scenarios.keys().enumerate() {
+            let at = |k: usize| int(reply.get(1 + i * 5 + k));
+            let totals = Totals {
+                total: at(1)?,
+                matched: at(2)?,
+                errors: at(3)?,
+                dropped: at(4)?,
+            };
             applied.push(Applied {
                 scenario: scenario.clone(),
-                newly_counted: newly,
+                newly_counted: at(0)?,
                 totals,
             });
         }
-        views
+        if self.owns_ratio {
+            for done in &applied {
+                self.write_view(&done.scenario, done.totals, now).await?;
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Writes a scenario's success-ratio view unless a newer one is stored (after
+    /// a gap, once whatever is stored: the counts fell below it for good).
+    async fn write_view(
+        &self,
+        scenario: &str,
+        totals: Totals,
+        now: DateTime<Utc>,
+    ) -> Result<(), CountersError> {
+        let force = self
+            .forced
+            .lock()
+            .expect("forced lock")
+            .as_mut()
+            .is_some_and(|done| done.insert(scenario.to_owned()));
+        let view = serde_json::to_string(&SuccessRatio::new(totals, now))
+            .expect("the success-ratio view always serialises");
+        let mut invocation = self.ratio_script.prepare_invoke();
+        invocation
+            .key(success_ratio_key(scenario))
+            .arg(view)
+            .arg(totals.total)
+            .arg(if force { "force" } else { "" });
+        self.run_script::<i64>(&self.ratio_script, &invocation)
+            .await
+            .map(|_| ())
+    }
+
+    /// Notes that offsets `from..until` of a partition are not counted and cannot be.
+    async fn note_gap(
+        &self,
+        topic: &str,
+        partition: i32,
+        (from, until): (i64, i64),
+        now: DateTime<Utc>,
+    ) -> Result<(), CountersError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("HSET")
+            .arg(self.gaps_key())
+            .arg(format!("{topic}|{partition}|{from}|{until}"))
+            .arg(now.timestamp_millis())
             .query_async::<()>(&mut conn)
             .await
             .map_err(|e| self.redis_error(e))?;
-        Ok(applied)
+        *self.forced.lock().expect("forced lock") = Some(HashSet::new());
+        Ok(())
+    }
+
+    async fn gaps(&self) -> Result<Vec<Gap>, CountersError> {
+        let mut conn = self.conn.clone();
+        let fields: BTreeMap<String, i64> = redis::cmd("HGETALL")
+            .arg(self.gaps_key())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(fields
+            .into_iter()
+            .filter_map(|(field, noted_ms)| gap_of(&field, noted_ms))
+            .collect())
     }
 
     /// The counts under `prefix` (`""` overall, `v:<plugin>:` per version).
@@ -553,6 +803,22 @@ impl RedisCounters {
     }
 }
 
+/// A gap out of its field in the gaps hash, `<topic>|<partition>|<from>|<until>`.
+fn gap_of(field: &str, noted_ms: i64) -> Option<Gap> {
+    let mut parts = field.rsplitn(4, '|');
+    let until = parts.next()?.parse().ok()?;
+    let from = parts.next()?.parse().ok()?;
+    let partition = parts.next()?.parse().ok()?;
+    let topic = parts.next()?.to_owned();
+    Some(Gap {
+        topic,
+        partition,
+        from,
+        until,
+        noted_ms,
+    })
+}
+
 /// The key dashboards read a scenario's success-ratio JSON from.
 pub fn success_ratio_key(scenario: &str) -> String {
     format!("scenario:{scenario}:success_ratio")
@@ -580,10 +846,11 @@ impl Counters {
         })
     }
 
-    /// Counters kept in this process, for a first run without Redis.
-    pub fn in_memory(group: &str, bucket_retention_secs: u64) -> Self {
+    /// Counters kept in this process, for a first run without Redis (one
+    /// consumer group's: the process's).
+    pub fn in_memory(bucket_retention_secs: u64) -> Self {
         Self {
-            store: Store::Memory(memory::MemoryCounters::new(group, bucket_retention_secs)),
+            store: Store::Memory(memory::MemoryCounters::new(bucket_retention_secs)),
         }
     }
 
@@ -606,7 +873,7 @@ impl Counters {
     ) -> Result<Vec<Applied>, CountersError> {
         match &self.store {
             Store::Redis(redis) => redis.apply(tally, now).await,
-            Store::Memory(memory) => Ok(memory.apply(tally, now)),
+            Store::Memory(memory) => memory.apply(tally, now),
         }
     }
 
@@ -637,6 +904,34 @@ impl Counters {
         match &self.store {
             Store::Redis(redis) => redis.counting_since(scenario).await,
             Store::Memory(memory) => Ok(memory.since(scenario)),
+        }
+    }
+
+    /// Notes that offsets `from..until` of `topic`/`partition` were lost by the
+    /// store and cannot be recounted: the stats API lists them ([`Counters::gaps`]).
+    pub async fn note_gap(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        until: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), CountersError> {
+        match &self.store {
+            Store::Redis(redis) => redis.note_gap(topic, partition, (from, until), now).await,
+            Store::Memory(memory) => {
+                memory.note_gap(topic, partition, (from, until), now);
+                Ok(())
+            }
+        }
+    }
+
+    /// The ranges of source offsets whose events the counts miss, as noted by
+    /// [`Counters::note_gap`].
+    pub async fn gaps(&self) -> Result<Vec<Gap>, CountersError> {
+        match &self.store {
+            Store::Redis(redis) => redis.gaps().await,
+            Store::Memory(memory) => Ok(memory.gaps()),
         }
     }
 

@@ -1,10 +1,16 @@
 //! The Redis counters as a pipeline sink: each committed partition batch is
-//! tallied per scenario and applied with the counters' fenced script.
+//! tallied per scenario and applied with the counters' fenced script. The sink
+//! knows how far each of its partitions was counted (from the committed offset
+//! when it took the partition, then from what it applied), so a Redis that lost
+//! writes is found at the next batch and the lost range recounted from the
+//! journal ("Rollbacks" in the module doc of `aggregate`).
+
+use std::collections::HashMap;
 
 use chrono::Utc;
 
 use super::{BatchTally, Counters, CountersError, Tallied};
-use crate::pipeline::sink::{PartitionBatch, Sink, SinkError};
+use crate::pipeline::sink::{PartitionBatch, Recount, Sink, SinkCount, SinkError};
 use crate::runtime::Status;
 
 /// The Redis counters as a sink.
@@ -12,18 +18,33 @@ use crate::runtime::Status;
 pub struct CountersSink {
     counters: Counters,
     runtime: tokio::runtime::Handle,
+    /// Per partition, the highest offset known counted (-1: accept any fence, as
+    /// after a gap was noted).
+    counted: HashMap<(String, i32), i64>,
+    /// Offsets noted as not counted by this sink.
+    uncounted: u64,
+    /// Rollbacks found.
+    rollbacks: u64,
 }
 
 impl CountersSink {
     /// A sink writing to `counters`, running its Redis calls on `runtime`.
     pub fn new(counters: Counters, runtime: tokio::runtime::Handle) -> Self {
-        Self { counters, runtime }
+        Self {
+            counters,
+            runtime,
+            counted: HashMap::new(),
+            uncounted: 0,
+            rollbacks: 0,
+        }
     }
 }
 
 /// The per-scenario tallies of a partition batch.
 pub fn tally(batch: &PartitionBatch) -> Result<BatchTally, CountersError> {
-    let mut tally = BatchTally::new(&batch.topic, batch.partition);
+    let mut tally = BatchTally::new(&batch.topic, batch.partition)
+        .ending_at(batch.last_offset)
+        .journaled_at(batch.journal);
     for scenario in &batch.scenarios {
         for (event, outcome) in scenario.events.iter().zip(scenario.result.outcomes()) {
             let tallied = match outcome.status {
@@ -51,16 +72,91 @@ impl Sink for CountersSink {
 
     fn write(&mut self, batches: &[PartitionBatch]) -> Result<(), SinkError> {
         let now = Utc::now();
-        let error = |reason: String| SinkError {
-            sink: "counters",
-            reason,
-        };
+        let error = |reason: String| SinkError::new("counters", reason);
         for batch in batches {
-            let tally = tally(batch).map_err(|e| error(e.to_string()))?;
-            self.runtime
-                .block_on(self.counters.apply(&tally, now))
-                .map_err(|e| error(e.to_string()))?;
+            let tp = (batch.topic.clone(), batch.partition);
+            // Taking a partition over: everything below its committed offset was
+            // counted, by whichever replica.
+            let known = *self
+                .counted
+                .entry(tp.clone())
+                .or_insert_with(|| batch.durable_below.map_or(-1, |c| c - 1));
+            let tally = tally(batch)
+                .map_err(|e| error(e.to_string()))?
+                .counted_through(known);
+            match self.runtime.block_on(self.counters.apply(&tally, now)) {
+                Ok(_) => {
+                    let counted = self.counted.entry(tp).or_insert(-1);
+                    *counted = (*counted).max(batch.last_offset);
+                }
+                Err(CountersError::Behind(behind)) => {
+                    self.rollbacks += 1;
+                    tracing::warn!(
+                        topic = %behind.topic,
+                        partition = behind.partition,
+                        counted_through = behind.counted_through,
+                        expected = behind.expected,
+                        "counters: redis lost writes; recounting the range from the journal"
+                    );
+                    // The recount starts where Redis stands.
+                    self.counted.insert(tp, behind.counted_through);
+                    let mut err = error(behind.to_string());
+                    err.recount = Some(Recount {
+                        topic: behind.topic,
+                        partition: behind.partition,
+                        from: behind.counted_through + 1,
+                        until: behind.expected + 1,
+                        journal: behind.journal,
+                    });
+                    return Err(err);
+                }
+                Err(e) => return Err(error(e.to_string())),
+            }
         }
         Ok(())
+    }
+
+    fn revoked(&mut self, partitions: &[(String, i32)]) {
+        for tp in partitions {
+            self.counted.remove(tp);
+        }
+    }
+
+    fn uncounted(&mut self, topic: &str, partition: i32, from: i64, until: i64) {
+        let offsets = (until - from).max(0) as u64;
+        self.uncounted += offsets;
+        tracing::error!(
+            topic,
+            partition,
+            from,
+            until,
+            "counters: redis lost the counts of this range and the journal no longer holds it \
+             (retention): its events are not counted; the archive and the outputs have them"
+        );
+        if let Err(e) =
+            self.runtime.block_on(
+                self.counters
+                    .note_gap(topic, partition, from, until, Utc::now()),
+            )
+        {
+            tracing::error!(topic, partition, from, until, error = %e, "counters: the gap could not be noted in redis");
+        }
+        // Go on from wherever Redis stands now.
+        self.counted.insert((topic.to_owned(), partition), -1);
+    }
+
+    fn counts(&self) -> Vec<SinkCount> {
+        vec![
+            SinkCount {
+                name: "counters_rollbacks",
+                help: "Times Redis was found to have lost counts it had (a restart from a snapshot, an AOF without fsync, a failover); the range was recounted from the journal.",
+                value: self.rollbacks,
+            },
+            SinkCount {
+                name: "counters_uncounted_offsets",
+                help: "Source offsets whose counts Redis lost and the journal no longer held; the stats API and a log line name each range.",
+                value: self.uncounted,
+            },
+        ]
     }
 }

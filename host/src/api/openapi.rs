@@ -177,6 +177,11 @@ fn schemas() -> Value {
             "scenario_id": string,
             "counting_since": {"type": ["string", "null"], "format": "date-time",
                 "description": "when the counters started counting this scenario (a Redis restarted without persistence starts again)"},
+            "uncounted": {"type": "array", "description": "ranges of source offsets whose events the counts miss: Redis lost them and the journal no longer held them (for every scenario of the consumer group)",
+                "items": object(json!({
+                    "topic": string, "partition": integer, "from_offset": integer,
+                    "until_offset": integer, "noted_at": time,
+                }), &[])},
             "total": integer, "matched": integer, "errors": integer, "dropped": integer,
             "success_ratio": {"type": "number"},
             "versions": {"type": "array", "items": object(json!({

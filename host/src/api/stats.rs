@@ -90,6 +90,7 @@ pub(super) async fn scenario(
     let totals = counters.totals(&id).await.map_err(internal)?;
     let since = counters.counting_since(&id).await.map_err(internal)?;
     let versions = counters.by_version(&id).await.map_err(internal)?;
+    let gaps = counters.gaps().await.map_err(internal)?;
     let minutes = counters
         .minutes(&id, from, to, MAX_MINUTES)
         .await
@@ -110,6 +111,12 @@ pub(super) async fn scenario(
     Ok(Json(json!({
         "scenario_id": id,
         "counting_since": since.map(rfc3339),
+        // Ranges of source offsets the counts miss: Redis lost them and the
+        // journal no longer held them (they hold for every scenario of the group).
+        "uncounted": gaps.iter().map(|g| json!({
+            "topic": g.topic, "partition": g.partition, "from_offset": g.from,
+            "until_offset": g.until, "noted_at": rfc3339(g.noted_ms),
+        })).collect::<Vec<_>>(),
         "total": totals.total,
         "matched": totals.matched,
         "errors": totals.errors,
@@ -168,6 +175,11 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         "weir_replay_missing_events_total",
         "Events a replay needed whose results the journal no longer had; the sinks miss them (a log line names each range).",
         m.replay_missing.load(Ordering::Relaxed),
+    );
+    counter(
+        "weir_recounted_events_total",
+        "Events whose results were read back from the journal for a sink that had lost them (Redis rolled back).",
+        m.recounted.load(Ordering::Relaxed),
     );
     counter(
         "weir_sink_failures_total",

@@ -956,10 +956,7 @@ impl ArchiveSink {
     }
 
     fn sink_error(e: ArchiveError) -> SinkError {
-        SinkError {
-            sink: "archive",
-            reason: e.to_string(),
-        }
+        SinkError::new("archive", e.to_string())
     }
 }
 
@@ -1225,6 +1222,7 @@ mod tests {
                 events,
                 result,
             }],
+            ..PartitionBatch::default()
         }
     }
 

@@ -219,8 +219,12 @@ impl Pipeline {
             events,
             "results replayed to the sinks from the journal: their outputs were produced before"
         );
-        for sink in &mut self.sinks {
-            sink.write(&replay.batches).map_err(CycleError::Sink)?;
+        let mut batches = replay.placed_batches();
+        for batch in &mut batches {
+            batch.durable_below = position.committed;
+        }
+        for index in 0..self.sinks.len() {
+            self.write_sink(index, &batches).map_err(CycleError::Sink)?;
         }
         for placed in replay.placed {
             self.placements.note(tp, placed);

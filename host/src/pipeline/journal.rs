@@ -257,6 +257,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Piece, String> {
         last_offset,
         processed_ms,
         scenarios: Vec::new(),
+        ..PartitionBatch::default()
     };
     for _ in 0..scenarios {
         let scenario = r.str()?;
@@ -455,6 +456,20 @@ pub(crate) struct Replay {
     pub(crate) missing_from: Option<i64>,
 }
 
+impl Replay {
+    /// The batches, each with where the journal holds it.
+    pub(crate) fn placed_batches(&self) -> Vec<PartitionBatch> {
+        self.batches
+            .iter()
+            .zip(&self.placed)
+            .map(|(batch, placed)| PartitionBatch {
+                journal: Some(placed.at),
+                ..batch.clone()
+            })
+            .collect()
+    }
+}
+
 /// Reads the results of `topic`/`partition` for offsets `from..until` back from
 /// the journal, starting at `at` (partition, offset). Waits at most `timeout`
 /// (the journal is read with `read_committed`, so another replica's open
@@ -636,6 +651,7 @@ mod tests {
                 ),
                 scenario("9", &[(102, Status::Emitted, true, &["x"; 3])]),
             ],
+            ..PartitionBatch::default()
         }
     }
 

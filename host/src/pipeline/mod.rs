@@ -79,7 +79,7 @@ use journal::{Deliveries, Placed, Placements};
 use offsets::Position;
 use produce::DeadLetter;
 use route::DeadLetterReason;
-use sink::{EventMeta, PartitionBatch, ScenarioBatch, Sink};
+use sink::{EventMeta, PartitionBatch, Recount, ScenarioBatch, Sink, SinkError};
 
 pub use config::PipelineConfig;
 pub use offsets::PRODUCED_METADATA;
@@ -152,6 +152,9 @@ pub struct Metrics {
     /// Times the sinks failed to take committed results, which were kept and
     /// handed again.
     pub sink_failures: AtomicU64,
+    /// Events whose results were read back from the journal for a sink that had
+    /// lost them (Redis rolled back).
+    pub recounted: AtomicU64,
     /// The sinks' own counters ([`sink::Sink::counts`]), by metric name.
     pub sink_counts: Mutex<BTreeMap<&'static str, sink::SinkCount>>,
 }
@@ -198,6 +201,8 @@ pub struct Pipeline {
 /// [`RECREATION_WINDOW`]; one more means another live process shares this
 /// replica's transactional id, and this one stops.
 const MAX_RECREATIONS: usize = 3;
+/// Most recounts one write to a sink asks for before it fails as it is.
+const MAX_RECOUNTS: usize = 3;
 const RECREATION_WINDOW: Duration = Duration::from_secs(300);
 
 /// Whether the producer may be recreated at `now`, given when it was lately;
@@ -466,8 +471,13 @@ impl Pipeline {
         if self.unsunk.is_empty() {
             return true;
         }
-        for sink in &mut self.sinks {
-            if let Err(err) = sink.write(&self.unsunk).and_then(|()| sink.tick()) {
+        let unsunk = std::mem::take(&mut self.unsunk);
+        for index in 0..self.sinks.len() {
+            if let Err(err) = self
+                .write_sink(index, &unsunk)
+                .and_then(|()| self.sinks[index].tick())
+            {
+                self.unsunk = unsunk;
                 self.metrics.sink_failures.fetch_add(1, Ordering::Relaxed);
                 self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %err, "a sink did not take committed results; handing them again");
@@ -475,10 +485,67 @@ impl Pipeline {
                 return false;
             }
         }
-        self.unsunk.clear();
         self.note_ready();
         self.note_sink_counts();
         true
+    }
+
+    /// Writes `batches` to sink `index`. A sink that finds it lost results it
+    /// had made durable (Redis restarted from a snapshot) asks for them again:
+    /// they are read back from the journal and written to it alone, then
+    /// `batches` again.
+    fn write_sink(&mut self, index: usize, batches: &[PartitionBatch]) -> Result<(), SinkError> {
+        for _ in 0..MAX_RECOUNTS {
+            match self.sinks[index].write(batches) {
+                Err(SinkError {
+                    recount: Some(recount),
+                    ..
+                }) => self.recount(index, &recount)?,
+                other => return other,
+            }
+        }
+        self.sinks[index].write(batches)
+    }
+
+    /// Gives sink `index` the results of `recount`'s range again, from the
+    /// journal; what the journal no longer holds, the sink notes as lost.
+    fn recount(&mut self, index: usize, recount: &Recount) -> Result<(), SinkError> {
+        let name = self.sinks[index].name();
+        let timeout = Duration::from_millis(self.config.call_timeout_ms);
+        let replay = journal::read(
+            &self.journal_reader,
+            &self.config.journal_topic,
+            (&recount.topic, recount.partition),
+            (recount.from, recount.until),
+            recount.journal,
+            timeout,
+        )
+        .map_err(|e| SinkError::new(name, format!("reading the journal for a recount: {e}")))?;
+        let events: usize = replay
+            .batches
+            .iter()
+            .flat_map(|b| &b.scenarios)
+            .map(|s| s.events.len())
+            .sum();
+        let batches = replay.placed_batches();
+        self.sinks[index].write(&batches)?;
+        if let Some(missing) = replay.missing_from {
+            self.sinks[index].uncounted(&recount.topic, recount.partition, missing, recount.until);
+        }
+        tracing::warn!(
+            sink = name,
+            topic = %recount.topic,
+            partition = recount.partition,
+            from = recount.from,
+            until = recount.until,
+            events,
+            missing_from = replay.missing_from,
+            "recounted from the journal what the sink had lost"
+        );
+        self.metrics
+            .recounted
+            .fetch_add(events as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Copies the sinks' own counters into the metrics.
@@ -820,6 +887,11 @@ impl Pipeline {
             commit_ms = (started.elapsed() - ran).as_millis() as u64,
             "cycle committed"
         );
+        for batch in &mut processed {
+            let tp = (batch.topic.clone(), batch.partition);
+            batch.journal = self.placements.from(&tp, batch.first_offset);
+            batch.durable_below = self.positions.get(&tp).and_then(|p| p.committed);
+        }
         self.unsunk.extend(processed);
 
         self.metrics.events.fetch_add(handled, Ordering::Relaxed);
@@ -955,6 +1027,7 @@ impl Pipeline {
                 last_offset,
                 processed_ms,
                 scenarios,
+                ..PartitionBatch::default()
             },
             outputs,
             dead,

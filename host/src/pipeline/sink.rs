@@ -60,7 +60,7 @@ pub struct ScenarioBatch {
 }
 
 /// One partition's share of a batch cycle.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct PartitionBatch {
     /// Source topic.
     pub topic: String,
@@ -77,6 +77,14 @@ pub struct PartitionBatch {
     pub processed_ms: i64,
     /// Per scenario that had events in it.
     pub scenarios: Vec<ScenarioBatch>,
+    /// Where the journal holds this batch's results (partition, offset of its
+    /// first record), when known: a sink that later finds it lost what came
+    /// after the batch asks for a recount from there ([`Recount`]).
+    pub journal: Option<(i32, i64)>,
+    /// The partition's committed offset when the batch was made: every sink
+    /// made every offset below it durable before, so a sink that does not have
+    /// them lost them.
+    pub durable_below: Option<i64>,
 }
 
 /// Why a sink could not make a cycle durable.
@@ -87,6 +95,37 @@ pub struct SinkError {
     pub sink: &'static str,
     /// What went wrong.
     pub reason: String,
+    /// The sink found it lost results it had made durable before: give it
+    /// these again from the journal, then the batches again.
+    pub recount: Option<Recount>,
+}
+
+impl SinkError {
+    /// An error of `sink` for `reason`, with no recount asked for.
+    pub fn new(sink: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            sink,
+            reason: reason.into(),
+            recount: None,
+        }
+    }
+}
+
+/// Results a sink lost (its store rolled back) and asks for again: offsets
+/// `from..until` of a partition, read back from the journal from `journal` on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recount {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// First offset lost.
+    pub from: i64,
+    /// Offset after the last one lost.
+    pub until: i64,
+    /// Where the journal holds the results of the batch that ended at `from - 1`,
+    /// when the sink knows it; the recount reads from there.
+    pub journal: Option<(i32, i64)>,
 }
 
 /// Something that must be durable before offsets are committed.
@@ -125,6 +164,11 @@ pub trait Sink: Send {
     /// The pipeline lost these partitions to a rebalance: forget what is held for them.
     /// It was not committed, so their next owner consumes it again.
     fn revoked(&mut self, _partitions: &[(String, i32)]) {}
+
+    /// The journal no longer holds results of offsets `from..until` of a
+    /// partition that the sink asked to recount ([`SinkError::recount`]): it
+    /// must say so where an operator looks, and go on without them.
+    fn uncounted(&mut self, _topic: &str, _partition: i32, _from: i64, _until: i64) {}
 
     /// Counters of what the sink did that an operator should see, exported as
     /// Prometheus counters `weir_<name>_total` with the help text given.

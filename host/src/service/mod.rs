@@ -30,6 +30,9 @@ pub struct CountersSection {
     pub key_prefix: Option<String>,
     /// How long per-minute buckets are kept, seconds (default 7 days).
     pub bucket_retention_secs: Option<u64>,
+    /// The consumer group whose counts the dashboards' `scenario:<id>:success_ratio`
+    /// keys show (default `weir`, the default group); other groups leave them alone.
+    pub success_ratio_group: Option<String>,
 }
 
 /// What the service runs besides the API.
@@ -121,6 +124,11 @@ pub async fn start(
                     .clone()
                     .unwrap_or_else(|| "weir".into()),
                 bucket_retention_secs: retention,
+                success_ratio_group: plan
+                    .counters
+                    .success_ratio_group
+                    .clone()
+                    .unwrap_or_else(|| CountersConfig::default().success_ratio_group),
             };
             Counters::connect(&counters_config, &config.group_id)
                 .await
@@ -128,7 +136,7 @@ pub async fn start(
         }
         None => {
             eprintln!("weir: no Redis configured (--redis); counting in memory (lost on exit)");
-            Counters::in_memory(&config.group_id, retention)
+            Counters::in_memory(retention)
         }
     };
 
