@@ -154,6 +154,14 @@ impl MemoryCounters {
         });
     }
 
+    pub(super) fn fences(&self, partitions: &[(String, i32)]) -> Vec<(i64, Option<(i32, i64)>)> {
+        let state = self.state.lock().expect("counters lock");
+        partitions
+            .iter()
+            .map(|tp| (state.fences.get(tp).copied().unwrap_or(-1), None))
+            .collect()
+    }
+
     pub(super) fn gaps(&self) -> Vec<Gap> {
         self.state.lock().expect("counters lock").gaps.clone()
     }

@@ -53,7 +53,9 @@
 //! silently. So the script takes the lowest fence the caller knows was counted
 //! before (the partition's committed Kafka offset minus one when it took the
 //! partition over: offsets are committed only past what the counters counted; then
-//! the last batch it applied) and refuses a batch when the fence is below it. The
+//! the last batch it applied) and refuses a batch when the fence is below it; the
+//! sink also compares every partition's fence with what it knows every 5 s, for
+//! partitions that get no new batch. The
 //! caller then recounts the lost range from the pipeline's journal (results only, no
 //! plugin runs), starting where the fence's journal position says, and hands the
 //! batch again. A range the journal no longer holds is a gap: it is logged with the
@@ -710,6 +712,27 @@ impl RedisCounters {
         Ok(())
     }
 
+    async fn fences(
+        &self,
+        partitions: &[(String, i32)],
+    ) -> Result<Vec<(i64, Option<(i32, i64)>)>, CountersError> {
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let fields: Vec<String> = partitions.iter().map(|(t, p)| format!("{t}|{p}")).collect();
+        let values: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.fence_key())
+            .arg(&fields)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))?;
+        Ok(values
+            .iter()
+            .map(|v| parse_fence(v.as_deref().unwrap_or("")))
+            .collect())
+    }
+
     async fn gaps(&self) -> Result<Vec<Gap>, CountersError> {
         let mut conn = self.conn.clone();
         let fields: BTreeMap<String, i64> = redis::cmd("HGETALL")
@@ -923,6 +946,18 @@ impl Counters {
                 memory.note_gap(topic, partition, (from, until), now);
                 Ok(())
             }
+        }
+    }
+
+    /// The stored fence of each partition (-1: none) and where the journal holds
+    /// the batch that ended there, when known.
+    pub async fn fences(
+        &self,
+        partitions: &[(String, i32)],
+    ) -> Result<Vec<(i64, Option<(i32, i64)>)>, CountersError> {
+        match &self.store {
+            Store::Redis(redis) => redis.fences(partitions).await,
+            Store::Memory(memory) => Ok(memory.fences(partitions)),
         }
     }
 

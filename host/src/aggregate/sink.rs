@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use chrono::Utc;
 
-use super::{BatchTally, Counters, CountersError, Tallied};
+use super::{BatchTally, Behind, Counters, CountersError, Tallied};
 use crate::pipeline::sink::{PartitionBatch, Recount, Sink, SinkCount, SinkError};
 use crate::runtime::Status;
 
@@ -25,7 +25,13 @@ pub struct CountersSink {
     uncounted: u64,
     /// Rollbacks found.
     rollbacks: u64,
+    /// When the fences were last compared with what is known counted.
+    verified: std::time::Instant,
 }
+
+/// How often the fences of every partition are compared with what is known
+/// counted, so that a rollback is found on partitions that get no new batch.
+const VERIFY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl CountersSink {
     /// A sink writing to `counters`, running its Redis calls on `runtime`.
@@ -36,6 +42,7 @@ impl CountersSink {
             counted: HashMap::new(),
             uncounted: 0,
             rollbacks: 0,
+            verified: std::time::Instant::now(),
         }
     }
 }
@@ -65,6 +72,34 @@ pub fn tally(batch: &PartitionBatch) -> Result<BatchTally, CountersError> {
     Ok(tally)
 }
 
+impl CountersSink {
+    /// Redis is behind what is known counted: the error that asks for a recount
+    /// of the lost range, which starts where Redis stands.
+    fn behind(&mut self, behind: Behind) -> SinkError {
+        self.rollbacks += 1;
+        tracing::warn!(
+            topic = %behind.topic,
+            partition = behind.partition,
+            counted_through = behind.counted_through,
+            expected = behind.expected,
+            "counters: redis lost writes; recounting the range from the journal"
+        );
+        self.counted.insert(
+            (behind.topic.clone(), behind.partition),
+            behind.counted_through,
+        );
+        let mut err = SinkError::new("counters", behind.to_string());
+        err.recount = Some(Recount {
+            topic: behind.topic,
+            partition: behind.partition,
+            from: behind.counted_through + 1,
+            until: behind.expected + 1,
+            journal: behind.journal,
+        });
+        err
+    }
+}
+
 impl Sink for CountersSink {
     fn name(&self) -> &'static str {
         "counters"
@@ -89,28 +124,39 @@ impl Sink for CountersSink {
                     let counted = self.counted.entry(tp).or_insert(-1);
                     *counted = (*counted).max(batch.last_offset);
                 }
-                Err(CountersError::Behind(behind)) => {
-                    self.rollbacks += 1;
-                    tracing::warn!(
-                        topic = %behind.topic,
-                        partition = behind.partition,
-                        counted_through = behind.counted_through,
-                        expected = behind.expected,
-                        "counters: redis lost writes; recounting the range from the journal"
-                    );
-                    // The recount starts where Redis stands.
-                    self.counted.insert(tp, behind.counted_through);
-                    let mut err = error(behind.to_string());
-                    err.recount = Some(Recount {
-                        topic: behind.topic,
-                        partition: behind.partition,
-                        from: behind.counted_through + 1,
-                        until: behind.expected + 1,
-                        journal: behind.journal,
-                    });
-                    return Err(err);
-                }
+                Err(CountersError::Behind(behind)) => return Err(self.behind(behind)),
                 Err(e) => return Err(error(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self) -> Result<(), SinkError> {
+        if self.verified.elapsed() < VERIFY_EVERY {
+            return Ok(());
+        }
+        let known: Vec<((String, i32), i64)> = self
+            .counted
+            .iter()
+            .filter(|(_, counted)| **counted >= 0)
+            .map(|(tp, &counted)| (tp.clone(), counted))
+            .collect();
+        let partitions: Vec<(String, i32)> = known.iter().map(|(tp, _)| tp.clone()).collect();
+        let fences = self
+            .runtime
+            .block_on(self.counters.fences(&partitions))
+            .map_err(|e| SinkError::new("counters", e.to_string()))?;
+        self.verified = std::time::Instant::now();
+        for (((topic, partition), expected), (counted_through, journal)) in known.into_iter().zip(fences)
+        {
+            if counted_through < expected {
+                return Err(self.behind(Behind {
+                    topic,
+                    partition,
+                    counted_through,
+                    journal,
+                    expected,
+                }));
             }
         }
         Ok(())

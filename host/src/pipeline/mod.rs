@@ -475,7 +475,7 @@ impl Pipeline {
         for index in 0..self.sinks.len() {
             if let Err(err) = self
                 .write_sink(index, &unsunk)
-                .and_then(|()| self.sinks[index].tick())
+                .and_then(|()| self.tick_sink(index))
             {
                 self.unsunk = unsunk;
                 self.metrics.sink_failures.fetch_add(1, Ordering::Relaxed);
@@ -505,6 +505,17 @@ impl Pipeline {
             }
         }
         self.sinks[index].write(batches)
+    }
+
+    /// Ticks sink `index`; a recount it asks for is done at once.
+    fn tick_sink(&mut self, index: usize) -> Result<(), SinkError> {
+        match self.sinks[index].tick() {
+            Err(SinkError {
+                recount: Some(recount),
+                ..
+            }) => self.recount(index, &recount),
+            other => other,
+        }
     }
 
     /// Gives sink `index` the results of `recount`'s range again, from the
@@ -563,8 +574,8 @@ impl Pipeline {
     /// A fatal Kafka error (this producer was fenced) stops the pipeline.
     fn idle(&mut self) -> Result<(), PipelineError> {
         self.note_sink_counts();
-        for sink in &mut self.sinks {
-            if let Err(err) = sink.tick() {
+        for index in 0..self.sinks.len() {
+            if let Err(err) = self.tick_sink(index) {
                 self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %err, "sink could not make held events durable; retrying");
                 return Ok(());
