@@ -53,7 +53,8 @@ def main(directory):
 
     con = duckdb.connect()
     relation = con.execute(
-        "SELECT * FROM read_parquet(?, union_by_name = true, hive_partitioning = true, "
+        "SELECT * EXCLUDE (event_time) FROM read_parquet(?, union_by_name = true, "
+        "hive_partitioning = true, "
         "hive_types = {'year': VARCHAR, 'month': VARCHAR, 'day': VARCHAR, 'hour': VARCHAR})",
         [directory.rstrip("/") + "/**/*.parquet"])
     names = [d[0] for d in relation.description]

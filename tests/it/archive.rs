@@ -52,13 +52,22 @@ fn event(scenario: &str, seq: i64) -> Value {
 
 /// Runs `tests/archive_reader.py` on a local copy of an archive.
 pub(crate) fn read_back(root: &Path) -> Value {
+    run_reader(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/archive_reader.py"),
+        root,
+    )
+}
+
+/// Runs the Python reader `script` on `root` (see `tests/stack install`) and parses
+/// the JSON it prints.
+fn run_reader(script: &str, root: &Path) -> Value {
     let python = std::env::var("WEIR_TEST_PYTHON").unwrap_or_else(|_| {
         panic!(
-            "WEIR_TEST_PYTHON is not set: install pyarrow with `tests/stack install` and load \
-             the variables with `eval \"$(tests/stack env)\"`, or run every test with `tests/run`"
+            "WEIR_TEST_PYTHON is not set: install pyarrow and duckdb with `tests/stack install` \
+             and load the variables with `eval \"$(tests/stack env)\"`, or run every test with \
+             `tests/run`"
         )
     });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/archive_reader.py");
     let output = std::process::Command::new(&python)
         .arg(script)
         .arg(root)
@@ -1668,11 +1677,14 @@ async fn every_sink_agrees_through_a_quarantine_a_failed_put_and_a_crash() {
                 }
                 let producer = producer.clone();
                 let topic = topic.clone();
+                // Keyed by member: every partition gets events all through the
+                // wave, so events follow the spin in its partition.
+                let key = format!("m{}", n % 20);
                 async move {
                     let value = serde_json::to_vec(&value).unwrap();
                     producer
                         .send(
-                            FutureRecord::<(), _>::to(&topic).payload(&value),
+                            FutureRecord::to(&topic).payload(&value).key(&key),
                             Duration::from_secs(30),
                         )
                         .await
@@ -2101,4 +2113,180 @@ async fn a_replica_stopped_past_its_session_timeout_renames_nothing_over_its_suc
     assert_eq!(outputs.len(), total, "each output once, no dead letters");
     client.delete(&root, true).await.expect("clean up");
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Two scenarios whose fields change type between batches, archived by two sinks one
+/// after the other (a restart, with fresh caches) that keep their column types in the
+/// registry: `x` is 1.5 first and 2^53 + 1 later, `v` drifts from integers to
+/// strings. Every file types a column alike, so pyarrow (unified schemas) and DuckDB
+/// (`union_by_name`) read each scenario's directory as one table, and every value
+/// comes back exactly, from its column or from `extra`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scenarios_columns_keep_one_type_across_files_and_read_as_one_table() {
+    use weir::archive::columns::RegistryColumns;
+
+    let root = std::env::temp_dir().join(unique("weir-columns"));
+    let registry = Registry::connect(
+        &format!("sqlite://{}", root.with_extension("db").display()),
+        Runtime::new(RuntimeConfig::default()).expect("runtime"),
+    )
+    .await
+    .expect("registry");
+    let (float_id, drift_id) = (unique("float"), unique("drift"));
+    let records = |offset: i64| -> (Value, Value) {
+        let float = match offset {
+            0..10 => json!({"x": 1.5 + offset as f64, "y": offset}),
+            10..15 => json!({"x": 9_007_199_254_740_993i64 + offset, "y": "late"}),
+            _ => json!({"x": offset, "y": offset, "z": [offset]}),
+        };
+        let drift = if offset < 10 {
+            json!({"v": offset})
+        } else {
+            json!({"v": format!("v{offset}")})
+        };
+        (float, drift)
+    };
+    let batch = |offsets: Range<i64>| {
+        let mut scenarios = Vec::new();
+        for (id, pick) in [(&float_id, 0), (&drift_id, 1)] {
+            let mut result = weir::runtime::BatchResult::default();
+            let mut events = Vec::new();
+            for offset in offsets.clone() {
+                let (float, drift) = records(offset);
+                let record = if pick == 0 { float } else { drift }.to_string();
+                result.push_outcome(
+                    weir::runtime::Status::Emitted,
+                    true,
+                    None,
+                    [record.as_bytes()],
+                );
+                events.push(EventMeta {
+                    offset,
+                    timestamp_ms: Some(BASE_MS + offset),
+                });
+            }
+            scenarios.push(ScenarioBatch {
+                scenario: id.clone(),
+                plugin: "p@1".into(),
+                events,
+                result,
+            });
+        }
+        PartitionBatch {
+            topic: "events".into(),
+            partition: 0,
+            first_offset: offsets.start,
+            last_offset: offsets.end - 1,
+            processed_ms: BASE_MS,
+            scenarios,
+            ..PartitionBatch::default()
+        }
+    };
+    let config = ArchiveConfig {
+        max_file_age_secs: 0,
+        ..ArchiveConfig::default()
+    };
+    let sink = || {
+        let (registry, root, config) = (registry.clone(), root.clone(), config.clone());
+        let handle = tokio::runtime::Handle::current();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                ArchiveSink::with_store(&config, Box::new(LocalStore::new(&root).unwrap()))
+                    .unwrap()
+                    .with_columns(RegistryColumns::new(registry, handle))
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let write_all = |mut sink: ArchiveSink, batches: Vec<PartitionBatch>| async move {
+        tokio::task::spawn_blocking(move || {
+            for b in &batches {
+                sink.write(std::slice::from_ref(b)).expect("archive write");
+            }
+            sink.flush().expect("flush");
+        })
+        .await
+        .unwrap()
+    };
+    write_all(sink().await, vec![batch(0..5), batch(5..10)]).await;
+    // A restart: the next sink knows nothing but what the registry kept.
+    write_all(sink().await, vec![batch(10..15), batch(15..20)]).await;
+
+    let learned = registry.archive_columns(&float_id).await.expect("columns");
+    assert_eq!(
+        learned.into_iter().collect::<Vec<_>>(),
+        [
+            ("x".to_owned(), "float64".to_owned()),
+            ("y".to_owned(), "int64".to_owned())
+        ],
+        "learned once, from the first batch; z is nested and has none"
+    );
+    let files = read_back(&root);
+    for file in files["files"].as_array().unwrap() {
+        let columns = &file["columns"];
+        let path = file["path"].as_str().unwrap();
+        if path.contains(&float_id) {
+            assert_eq!(columns["x"], "double", "{path}");
+            assert_eq!(columns["y"], "int64", "{path}");
+        } else {
+            assert_eq!(columns["v"], "int64", "{path}");
+        }
+    }
+    assert!(
+        files["files"].as_array().unwrap().len() >= 8,
+        "one file per cycle and scenario"
+    );
+
+    for (id, pick) in [(&float_id, 0), (&drift_id, 1)] {
+        let dir = root.join(format!("scenario_id={id}"));
+        let tables = run_reader(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/archive_tables.py"),
+            &dir,
+        );
+        for reader in ["pyarrow", "duckdb"] {
+            let rows = tables[reader].as_array().unwrap();
+            assert_eq!(
+                rows.len(),
+                20,
+                "{reader} read every file of {id} as one table"
+            );
+            for row in rows {
+                let offset = row["offset"].as_i64().unwrap();
+                let (float, drift) = records(offset);
+                let want = if pick == 0 { float } else { drift };
+                assert_same(
+                    &row["fields"],
+                    &want,
+                    &format!("{reader} {id} offset {offset}"),
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Whether a value read back is the value written: the same JSON, where a number
+/// may come back as a float of the same value (a float64 column), but an integer
+/// over 2^53 only as that exact integer.
+fn assert_same(got: &Value, want: &Value, what: &str) {
+    match (got, want) {
+        (Value::Object(g), Value::Object(w)) => {
+            assert_eq!(
+                g.keys().collect::<BTreeSet<_>>(),
+                w.keys().collect::<BTreeSet<_>>(),
+                "{what}: fields"
+            );
+            for (name, value) in w {
+                assert_same(&g[name], value, &format!("{what}.{name}"));
+            }
+        }
+        (Value::Number(g), Value::Number(w)) => match w.as_i64() {
+            Some(i) if i.unsigned_abs() > 1 << 53 => {
+                assert_eq!(g.as_i64(), Some(i), "{what}: exact integer")
+            }
+            _ => assert_eq!(g.as_f64(), w.as_f64(), "{what}"),
+        },
+        _ => assert_eq!(got, want, "{what}"),
+    }
 }

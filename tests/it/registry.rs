@@ -185,6 +185,40 @@ async fn a_second_replica_sees_every_write_through_the_generation(db: Database) 
     test_db.drop_database().await;
 }
 
+/// Two replicas learn the archive columns of one scenario at once: the first to
+/// write a column wins, the other gets its type back, and generations do not move.
+async fn archive_column_types_are_learned_once_by_the_first_writer(db: Database) {
+    let test_db = TestDb::create(db).await;
+    let one = Registry::connect(&test_db.url, runtime()).await.unwrap();
+    let other = Registry::connect(&test_db.url, runtime()).await.unwrap();
+    let generation = one.generation().await.unwrap();
+    let proposal = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(n, k)| ((*n).to_owned(), (*k).to_owned()))
+            .collect()
+    };
+    let first = one
+        .learn_archive_columns("5", &proposal(&[("x", "float64"), ("y", "int64")]))
+        .await
+        .unwrap();
+    assert_eq!(first, proposal(&[("x", "float64"), ("y", "int64")]));
+    let second = other
+        .learn_archive_columns("5", &proposal(&[("x", "int64"), ("z", "string")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        second,
+        proposal(&[("x", "float64"), ("y", "int64"), ("z", "string")]),
+        "x keeps the first writer's type"
+    );
+    assert_eq!(other.archive_columns("6").await.unwrap(), proposal(&[]));
+    assert_eq!(one.generation().await.unwrap(), generation);
+    one.close().await;
+    other.close().await;
+    test_db.drop_database().await;
+}
+
 macro_rules! on_every_database {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -208,4 +242,5 @@ on_every_database!(
     reconnecting_keeps_the_data_and_migrations_run_once,
     components_larger_than_a_packet_round_trip,
     a_second_replica_sees_every_write_through_the_generation,
+    archive_column_types_are_learned_once_by_the_first_writer,
 );

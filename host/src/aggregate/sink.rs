@@ -147,7 +147,8 @@ impl Sink for CountersSink {
             .block_on(self.counters.fences(&partitions))
             .map_err(|e| SinkError::new("counters", e.to_string()))?;
         self.verified = std::time::Instant::now();
-        for (((topic, partition), expected), (counted_through, journal)) in known.into_iter().zip(fences)
+        for (((topic, partition), expected), (counted_through, journal)) in
+            known.into_iter().zip(fences)
         {
             if counted_through < expected {
                 return Err(self.behind(Behind {

@@ -13,10 +13,11 @@
 //! Hive-style directories, so Spark, Trino, DuckDB and pyarrow discover the partitions;
 //! `first`/`last` are the lowest and highest source offsets of the rows in the file.
 //! The event time is the Kafka record timestamp, or the processing time for a record
-//! without one. Columns are described in [`schema`]; the schema is typed
-//! per file from the records in it, so every file describes itself and files of one
-//! scenario may differ: a field appears when a plugin starts writing it, and a field
-//! typed int64 in one file may be utf8 in another when its values were mixed there.
+//! without one. Columns are described in [`schema`]; each field of a scenario's
+//! records gets one type, learned the first time it comes and kept in the registry
+//! ([`columns`]), so every file of a scenario types a column alike and readers that
+//! merge files by column name take them as one table; a value its column's type does
+//! not hold exactly stays, as written, in the row's `extra` JSON column.
 //! Readers merge by column name (pyarrow: `pa.unify_schemas`; Spark: `mergeSchema`;
 //! DuckDB: `union_by_name`). `scenario_id` is both a directory key and a utf8 column, so
 //! readers must take the key as a string, not infer it (a numeric id would become an
@@ -90,6 +91,7 @@
 //! metric shows it), and a restart replays that much to the plugins; merging small
 //! files into larger ones (compaction) is left to a later job.
 
+pub mod columns;
 pub mod schema;
 pub mod store;
 
@@ -103,7 +105,8 @@ use serde::Deserialize;
 
 use crate::pipeline::sink::{PartitionBatch, Sink, SinkCount, SinkError};
 use crate::runtime::Status;
-use schema::{Kinds, Row};
+use columns::{ColumnCatalog, Columns, MemoryColumns};
+use schema::Row;
 pub use store::{HdfsStore, LocalStore, Store, StoreFile};
 
 /// Directory, under the root, of files being written.
@@ -252,6 +255,14 @@ pub enum ArchiveError {
         /// The store's error.
         reason: String,
     },
+    /// The scenario's column types could not be read or kept.
+    #[error("archive columns: scenario {scenario}: {reason}")]
+    Columns {
+        /// Which scenario.
+        scenario: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// Rows could not be encoded as Parquet.
     #[error("archive encode: scenario {scenario}: {reason}")]
     Encode {
@@ -320,7 +331,7 @@ struct Held {
 /// The encoded row groups of an open file.
 struct Encoded {
     writer: ArrowWriter<Vec<u8>>,
-    columns: Kinds,
+    columns: Columns,
     first: i64,
     last: i64,
     rows: usize,
@@ -404,6 +415,10 @@ pub struct ArchiveSink {
     owned: HashMap<(String, i32), String>,
     /// Fences made, to name each temporary directory once.
     fences: u64,
+    /// Where each scenario's column types are kept.
+    catalog: Box<dyn ColumnCatalog>,
+    /// The column types known per scenario, as far as this sink knows them.
+    columns: HashMap<String, Columns>,
     /// Highest archived offset (`None`: nothing archived) per key, as far as known.
     marks: HashMap<MarkKey, Option<i64>>,
     /// Last offset of the previous batch per (topic, partition), and when it was written.
@@ -484,6 +499,8 @@ impl ArchiveSink {
             broken: HashMap::new(),
             owned: HashMap::new(),
             fences: 0,
+            catalog: Box::new(MemoryColumns::default()),
+            columns: HashMap::new(),
             marks: HashMap::new(),
             last_offsets: HashMap::new(),
             clock: Box::new(|| chrono::Utc::now().timestamp_millis()),
@@ -493,6 +510,14 @@ impl ArchiveSink {
         };
         sink.remove_temporaries()?;
         Ok(sink)
+    }
+
+    /// Keeps the scenarios' column types in `catalog` (the registry's, for every
+    /// replica and restart) instead of in this sink alone.
+    pub fn with_columns(mut self, catalog: impl ColumnCatalog + 'static) -> Self {
+        self.catalog = Box::new(catalog);
+        self.columns.clear();
+        self
     }
 
     /// Uses `clock` (milliseconds since the epoch) as the processing time of records
@@ -658,6 +683,11 @@ impl ArchiveSink {
     fn encode(&mut self, key: &MarkKey) -> Result<(), ArchiveError> {
         let first = self.files.get(key).and_then(OpenFile::first);
         let result = self.encode_rows(key);
+        // The column types not at hand (the registry down): nothing was taken
+        // from the file, and the cycle is retried.
+        if let Err(ArchiveError::Columns { .. }) = &result {
+            return result;
+        }
         if let (Err(err), Some(first)) = (&result, first) {
             tracing::error!(
                 topic = %key.2,
@@ -737,42 +767,42 @@ impl ArchiveSink {
     }
 
     fn encode_rows(&mut self, key: &MarkKey) -> Result<(), ArchiveError> {
-        let Some(file) = self.files.get_mut(key) else {
+        let Some(file) = self.files.get(key) else {
             return Ok(());
         };
         if file.held.is_empty() {
             return Ok(());
         }
+        let records = schema::parse(file.held.iter().map(|h| h.record.as_slice()));
+        let observed = schema::observe(&records);
+        let (scenario, _, topic, partition) = key;
+        let known = self.scenario_columns(scenario, &observed)?;
+        let file = self.files.get_mut(key).expect("open file");
         let held = std::mem::take(&mut file.held);
         file.held_bytes = 0;
-        let (scenario, _, topic, partition) = key;
         let encode_error = |reason: String| ArchiveError::Encode {
             scenario: scenario.clone(),
             reason,
         };
-        let rows: Vec<Row<'_>> = held
+        let rows: Vec<Row> = held
             .iter()
             .map(|h| Row {
                 offset: h.offset,
                 event_time_ms: h.event_time_ms,
                 event_time_valid: h.event_time_valid,
                 success: h.success,
-                record: &h.record,
             })
             .collect();
-        let records = schema::parse(&rows);
-        let observed = schema::observe(&records);
-        let columns = match &file.encoded {
-            Some(encoded) if schema::fit(&encoded.columns, &observed) => None,
-            Some(encoded) => Some(schema::widen(&encoded.columns, &observed)),
-            None => Some(schema::columns(observed)),
+        let reopen = match &file.encoded {
+            Some(encoded) => schema::lacks(&encoded.columns, &known, &observed),
+            None => true,
         };
-        if let Some(columns) = columns {
+        if reopen {
             if let Some(done) = file.encoded.take() {
                 let closed = self.finish(key, done)?;
                 self.closed.push(closed);
             }
-            let batch = schema::build(scenario, topic, *partition, &[], &[], &columns)
+            let batch = schema::build(scenario, topic, *partition, &[], &[], &known)
                 .map_err(|e| encode_error(e.to_string()))?;
             let writer =
                 ArrowWriter::try_new(Vec::new(), batch.schema(), Some(self.properties.clone()))
@@ -780,7 +810,7 @@ impl ArchiveSink {
             let file = self.files.get_mut(key).expect("open file");
             file.encoded = Some(Encoded {
                 writer,
-                columns,
+                columns: known,
                 first: rows[0].offset,
                 last: rows[0].offset,
                 rows: 0,
@@ -805,6 +835,37 @@ impl ArchiveSink {
         encoded.last = rows[rows.len() - 1].offset;
         encoded.rows += rows.len();
         Ok(())
+    }
+
+    /// The column types of `scenario`, having learned types for the fields
+    /// `observed` that had none (from the catalog, where another writer may have
+    /// learned them first).
+    fn scenario_columns(
+        &mut self,
+        scenario: &str,
+        observed: &schema::Kinds,
+    ) -> Result<Columns, ArchiveError> {
+        if !self.columns.contains_key(scenario) {
+            let known = self.catalog.known(scenario)?;
+            self.columns.insert(scenario.to_owned(), known);
+        }
+        let known = &self.columns[scenario];
+        let proposed = schema::proposed(observed, known);
+        if !proposed.is_empty() {
+            let learned = self.catalog.learn(scenario, &proposed)?;
+            for (name, column) in &proposed {
+                if learned.get(name) != Some(column) {
+                    tracing::info!(
+                        scenario,
+                        column = %name,
+                        kept = learned.get(name).map(|c| c.name()),
+                        "archive: another writer learned this column's type first; keeping its type"
+                    );
+                }
+            }
+            self.columns.insert(scenario.to_owned(), learned);
+        }
+        Ok(self.columns[scenario].clone())
     }
 
     /// Ends an encoded file: the Parquet footer, its final and temporary names.

@@ -1,23 +1,22 @@
-//! Output records → Arrow record batches, with a schema typed from what the records hold.
+//! Output records → Arrow record batches, under the scenario's column types.
 //!
 //! Fixed columns come first, in this order: `scenario_id` (utf8), `success` (int8, 1 when
 //! the event matched), `date` (utf8 `YYYY-MM-DD`: the record's own `date`, else the UTC
 //! day of `event_time`), `event_time` (timestamp ms, UTC), `event_time_valid` (bool:
 //! false when the record's timestamp was missing or outside 2000-01-01 .. a day ahead,
 //! and `event_time` is the processing time instead), `topic` (utf8), `partition`
-//! (int32), `offset` (int64). Then every other top-level field of the records, in name
-//! order, typed by what the batch holds: all integers → int64, numbers → float64,
-//! booleans → bool, strings → utf8, anything mixed → utf8 (strings as they are, other
-//! values as JSON text); JSON `null` is a null. Last, `extra` (utf8, JSON object or null):
-//! fields with nested values (objects, arrays), fields whose names clash with the fixed
-//! columns, and a record that is not a JSON object (under `_record`).
+//! (int32), `offset` (int64). Then a column per field the scenario's column types
+//! know ([`super::columns`]), in name order. Last, `extra` (utf8, JSON object or
+//! null): what has no column or does not fit its column, exactly as the plugin wrote
+//! it: fields without a column (nested values, names over 255 bytes, fields that
+//! were only ever null), values of another type than their column's (a string in an
+//! int64 column, an integer over 2^53 in a float64 column), fields whose names
+//! clash with the fixed columns, and a record that is not a JSON object (under
+//! `_record`). So every value the plugin wrote can be read back exactly, from its
+//! column or from `extra`.
 //!
-//! A file is written in several record batches (row groups) with the schema of its
-//! first one; later rows `fit` it when each of their fields has a column that takes
-//! its values (an int64 column takes integers, float64 numbers, a utf8 column anything
-//! but nested values, and every column nulls) or no column and only null or nested
-//! values (those go to `extra`). Rows that do not fit start a new file whose schema is
-//! the old one `widen`ed by theirs, so a scenario's schema settles after a few files.
+//! A file has the columns its scenario knew when it opened; rows with a value for a
+//! column learned since close it, and the next file has that column too.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,9 +30,12 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value};
 
-/// One output record to archive.
+use super::columns::{ColumnType, Columns};
+use crate::registry::MAX_COLUMN_NAME;
+
+/// What the archive knows of an output record besides its fields.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Row<'a> {
+pub(crate) struct Row {
     /// Source offset of the event the record came from.
     pub offset: i64,
     /// Event time, milliseconds since the Unix epoch.
@@ -43,8 +45,6 @@ pub(crate) struct Row<'a> {
     pub event_time_valid: bool,
     /// Whether the event matched the scenario.
     pub success: bool,
-    /// The record bytes as the plugin wrote them.
-    pub record: &'a [u8],
 }
 
 /// Names of the fixed columns, and of the fields the plugin writes that they replace.
@@ -93,43 +93,39 @@ fn merge(a: Kind, b: Kind) -> Kind {
     }
 }
 
-fn as_text(value: &Value) -> Option<String> {
-    match value {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    }
-}
-
 fn utc_date(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.format("%Y-%m-%d").to_string())
         .unwrap_or_default()
 }
 
-/// The typed columns of a file besides the fixed ones: field name → kind.
+/// What each field of some records held: field name → kind.
 pub(crate) type Kinds = BTreeMap<String, Kind>;
 
-/// The records of the rows as JSON objects (anything else under `_record`).
-pub(crate) fn parse(rows: &[Row<'_>]) -> Vec<Map<String, Value>> {
-    rows.iter()
-        .map(|row| match serde_json::from_slice::<Value>(row.record) {
+/// The records of `rows` as JSON objects (anything else under `_record`).
+pub(crate) fn parse<'r>(rows: impl IntoIterator<Item = &'r [u8]>) -> Vec<Map<String, Value>> {
+    rows.into_iter()
+        .map(|record| match serde_json::from_slice::<Value>(record) {
             Ok(Value::Object(map)) => map,
             Ok(other) => Map::from_iter([("_record".to_owned(), other)]),
             Err(_) => Map::from_iter([(
                 "_record".to_owned(),
-                Value::String(String::from_utf8_lossy(row.record).into_owned()),
+                Value::String(String::from_utf8_lossy(record).into_owned()),
             )]),
         })
         .collect()
 }
 
-/// The kind of every field the records hold, nested ones included.
+/// The kind of every field the records hold that could have a column.
 pub(crate) fn observe(records: &[Map<String, Value>]) -> Kinds {
     let mut kinds = Kinds::new();
     for record in records {
         for (name, value) in record {
-            if FIXED.contains(&name.as_str()) || name == EXTRA || name == "_record" {
+            if FIXED.contains(&name.as_str())
+                || name == EXTRA
+                || name == "_record"
+                || name.len() > MAX_COLUMN_NAME
+            {
                 continue;
             }
             let merged = merge(
@@ -142,39 +138,57 @@ pub(crate) fn observe(records: &[Map<String, Value>]) -> Kinds {
     kinds
 }
 
-/// The columns for what was observed: nested fields go to `extra`.
-pub(crate) fn columns(mut observed: Kinds) -> Kinds {
-    observed.retain(|_, kind| *kind != Kind::Nested);
-    observed
-}
-
-/// Whether records with the `observed` kinds can be written under a file's `columns`.
-pub(crate) fn fit(columns: &Kinds, observed: &Kinds) -> bool {
+/// Column types for the fields `observed` that `known` has none for: integers →
+/// int64, numbers → float64, booleans → bool, strings or a mix → string. Fields that
+/// were only null, or nested, get none (their values go to `extra`).
+pub(crate) fn proposed(observed: &Kinds, known: &Columns) -> Columns {
     observed
         .iter()
-        .all(|(name, &seen)| match columns.get(name) {
-            None => matches!(seen, Kind::Null | Kind::Nested),
-            Some(&column) => match (column, seen) {
-                (_, Kind::Null) => true,
-                (_, Kind::Nested) => false,
-                (Kind::Int, seen) => seen == Kind::Int,
-                (Kind::Float, seen) => matches!(seen, Kind::Int | Kind::Float),
-                (Kind::Bool, seen) => seen == Kind::Bool,
-                // A column of nulls so far: text joins it, a typed value gets a new file.
-                (Kind::Null, seen) => seen == Kind::Text,
-                (Kind::Text | Kind::Mixed | Kind::Nested, _) => true,
-            },
+        .filter(|(name, _)| !known.contains_key(name.as_str()))
+        .filter_map(|(name, kind)| {
+            let column = match kind {
+                Kind::Int => ColumnType::Int64,
+                Kind::Float => ColumnType::Float64,
+                Kind::Bool => ColumnType::Bool,
+                Kind::Text | Kind::Mixed => ColumnType::Utf8,
+                Kind::Null | Kind::Nested => return None,
+            };
+            Some((name.clone(), column))
         })
+        .collect()
 }
 
-/// The columns of a new file for records that did not [`fit`] the old `columns`.
-pub(crate) fn widen(columns: &Kinds, observed: &Kinds) -> Kinds {
-    let mut widened = columns.clone();
-    for (name, &seen) in observed {
-        let before = widened.get(name).copied().unwrap_or(Kind::Null);
-        widened.insert(name.clone(), merge(before, seen));
+/// Whether records with the `observed` kinds have values for a column `known` has
+/// and a file's `columns` lack (the file must close first).
+pub(crate) fn lacks(columns: &Columns, known: &Columns, observed: &Kinds) -> bool {
+    observed.iter().any(|(name, kind)| {
+        !matches!(kind, Kind::Null | Kind::Nested)
+            && known.contains_key(name.as_str())
+            && !columns.contains_key(name.as_str())
+    })
+}
+
+/// The largest integer every float64 holds exactly, and all below it: 2^53.
+const EXACT_IN_FLOAT: u64 = 1 << 53;
+
+/// Whether `value` goes to a column of type `column` exactly (`null` does, as a null).
+fn fits(column: ColumnType, value: &Value) -> bool {
+    match (column, value) {
+        (_, Value::Null) => true,
+        (ColumnType::Int64, Value::Number(n)) => n.is_i64(),
+        (ColumnType::Float64, Value::Number(n)) => {
+            if let Some(i) = n.as_i64() {
+                i.unsigned_abs() <= EXACT_IN_FLOAT
+            } else if let Some(u) = n.as_u64() {
+                u <= EXACT_IN_FLOAT
+            } else {
+                true
+            }
+        }
+        (ColumnType::Bool, Value::Bool(_)) => true,
+        (ColumnType::Utf8, Value::String(_)) => true,
+        _ => false,
     }
-    self::columns(widened)
 }
 
 /// The rows of one scenario, topic and partition as a record batch with the columns
@@ -184,22 +198,23 @@ pub(crate) fn record_batch(
     scenario_id: &str,
     topic: &str,
     partition: i32,
-    rows: &[Row<'_>],
+    rows: &[(Row, &str)],
 ) -> Result<RecordBatch, ArrowError> {
-    let records = parse(rows);
-    let kinds = columns(observe(&records));
-    build(scenario_id, topic, partition, rows, &records, &kinds)
+    let records = parse(rows.iter().map(|(_, record)| record.as_bytes()));
+    let columns = proposed(&observe(&records), &Columns::new());
+    let rows: Vec<Row> = rows.iter().map(|(row, _)| *row).collect();
+    build(scenario_id, topic, partition, &rows, &records, &columns)
 }
 
-/// The rows with their parsed `records` as a record batch with the given `kinds` of
-/// columns (fields without a column go to `extra`).
+/// The rows with their parsed `records` as a record batch with the given `columns`
+/// (what has no column, or does not fit its column, goes to `extra`).
 pub(crate) fn build(
     scenario_id: &str,
     topic: &str,
     partition: i32,
-    rows: &[Row<'_>],
+    rows: &[Row],
     records: &[Map<String, Value>],
-    kinds: &Kinds,
+    columns: &Columns,
 ) -> Result<RecordBatch, ArrowError> {
     let mut fields = vec![
         Field::new("scenario_id", DataType::Utf8, false),
@@ -215,7 +230,7 @@ pub(crate) fn build(
         Field::new("partition", DataType::Int32, false),
         Field::new("offset", DataType::Int64, false),
     ];
-    let mut columns: Vec<ArrayRef> = vec![
+    let mut arrays: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![scenario_id; rows.len()])),
         Arc::new(Int8Array::from_iter_values(
             rows.iter().map(|r| i8::from(r.success)),
@@ -238,30 +253,33 @@ pub(crate) fn build(
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.offset))),
     ];
 
-    for (name, &kind) in kinds {
-        let values = records.iter().map(|r| r.get(name).unwrap_or(&Value::Null));
-        let (data_type, column): (DataType, ArrayRef) = match kind {
-            Kind::Int => (
+    for (name, &column) in columns {
+        // A value that does not fit is null here and kept in `extra`.
+        let values = records.iter().map(|r| {
+            r.get(name)
+                .filter(|value| fits(column, value))
+                .unwrap_or(&Value::Null)
+        });
+        let (data_type, array): (DataType, ArrayRef) = match column {
+            ColumnType::Int64 => (
                 DataType::Int64,
                 Arc::new(values.map(Value::as_i64).collect::<Int64Array>()),
             ),
-            Kind::Float => (
+            ColumnType::Float64 => (
                 DataType::Float64,
                 Arc::new(values.map(Value::as_f64).collect::<Float64Array>()),
             ),
-            Kind::Bool => (
+            ColumnType::Bool => (
                 DataType::Boolean,
                 Arc::new(values.map(Value::as_bool).collect::<BooleanArray>()),
             ),
-            // A field that was null in every record still gets a (null) column, so its
-            // name is there for readers.
-            Kind::Null | Kind::Text | Kind::Mixed | Kind::Nested => (
+            ColumnType::Utf8 => (
                 DataType::Utf8,
-                Arc::new(values.map(as_text).collect::<StringArray>()),
+                Arc::new(values.map(Value::as_str).collect::<StringArray>()),
             ),
         };
         fields.push(Field::new(name, data_type, true));
-        columns.push(column);
+        arrays.push(array);
     }
 
     let extra: StringArray = records
@@ -269,9 +287,12 @@ pub(crate) fn build(
         .map(|record| {
             let rest: Map<String, Value> = record
                 .iter()
-                .filter(|(name, _)| {
+                .filter(|(name, value)| {
                     let name = name.as_str();
-                    !kinds.contains_key(name) && !matches!(name, "success" | "scenario_id" | "date")
+                    if matches!(name, "success" | "scenario_id" | "date") {
+                        return false;
+                    }
+                    columns.get(name).is_none_or(|&column| !fits(column, value))
                 })
                 .map(|(name, value)| (name.clone(), value.clone()))
                 .collect();
@@ -279,25 +300,27 @@ pub(crate) fn build(
         })
         .collect();
     fields.push(Field::new(EXTRA, DataType::Utf8, true));
-    columns.push(Arc::new(extra));
+    arrays.push(Arc::new(extra));
 
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use arrow::array::{Array, AsArray};
-    use arrow::datatypes::Int64Type;
+    use arrow::datatypes::{Float64Type, Int64Type};
 
-    fn row(offset: i64, record: &str) -> Row<'_> {
-        Row {
-            offset,
-            event_time_ms: 1_764_151_200_000, // 2025-11-26T10:00:00Z
-            event_time_valid: true,
-            success: offset % 2 == 0,
-            record: record.as_bytes(),
-        }
+    fn row(offset: i64, record: &str) -> (Row, &str) {
+        (
+            Row {
+                offset,
+                event_time_ms: 1_764_151_200_000, // 2025-11-26T10:00:00Z
+                event_time_valid: true,
+                success: offset % 2 == 0,
+            },
+            record,
+        )
     }
 
     #[test]
@@ -309,7 +332,7 @@ mod tests {
             ),
             row(
                 11,
-                r#"{"age":null,"score":2.5,"ok":false,"name":"b","mixed":"x","tags":[1],"offset":9}"#,
+                r#"{"age":null,"score":2.5,"ok":false,"name":"b","mixed":"x","tags":[1],"offset":9,"never":null}"#,
             ),
         ];
         let batch = record_batch("5", "t", 3, &rows).unwrap();
@@ -344,16 +367,19 @@ mod tests {
         assert_eq!(age.as_primitive::<Int64Type>().value(0), 31);
         assert!(age.is_null(1));
         let mixed = column("mixed");
-        assert_eq!(mixed.as_string::<i32>().value(0), "1");
+        assert!(
+            mixed.is_null(0),
+            "an integer does not go to a string column"
+        );
         assert_eq!(mixed.as_string::<i32>().value(1), "x");
         let date = column("date");
         assert_eq!(date.as_string::<i32>().value(0), "2024-05-01");
         assert_eq!(date.as_string::<i32>().value(1), "2025-11-26");
         let extra = column("extra");
-        assert!(extra.is_null(0));
+        assert_eq!(extra.as_string::<i32>().value(0), r#"{"mixed":1}"#);
         assert_eq!(
             extra.as_string::<i32>().value(1),
-            r#"{"offset":9,"tags":[1]}"#
+            r#"{"never":null,"offset":9,"tags":[1]}"#
         );
         let success = column("success");
         assert_eq!(
@@ -364,73 +390,71 @@ mod tests {
         );
     }
 
-    fn kinds(pairs: &[(&str, Kind)]) -> Kinds {
-        pairs.iter().map(|(n, k)| ((*n).to_owned(), *k)).collect()
+    fn columns(pairs: &[(&str, ColumnType)]) -> Columns {
+        pairs.iter().map(|(n, t)| ((*n).to_owned(), *t)).collect()
     }
 
     #[test]
-    fn later_rows_fit_a_file_when_its_columns_take_their_values() {
-        let file = kinds(&[
-            ("n", Kind::Int),
-            ("x", Kind::Float),
-            ("s", Kind::Text),
-            ("m", Kind::Mixed),
-            ("z", Kind::Null),
+    fn only_new_fields_get_a_type_proposed() {
+        let records = parse([
+            br#"{"n":1,"x":1,"s":"a","deep":{"a":1},"nothing":null}"#.as_slice(),
+            br#"{"n":2,"x":2.5,"s":3,"b":true}"#.as_slice(),
         ]);
-        let fits = |pairs: &[(&str, Kind)]| fit(&file, &kinds(pairs));
-        assert!(fits(&[
-            ("n", Kind::Int),
-            ("x", Kind::Int),
-            ("s", Kind::Text)
-        ]));
-        assert!(fits(&[
-            ("n", Kind::Null),
-            ("m", Kind::Bool),
-            ("z", Kind::Text)
-        ]));
-        assert!(
-            fits(&[("new", Kind::Null), ("deep", Kind::Nested)]),
-            "to extra"
+        let observed = observe(&records);
+        let known = columns(&[("n", ColumnType::Utf8)]);
+        assert_eq!(
+            proposed(&observed, &known),
+            columns(&[
+                ("b", ColumnType::Bool),
+                ("s", ColumnType::Utf8),
+                ("x", ColumnType::Float64),
+            ]),
+            "known columns keep their type; nested and null-only fields get none"
         );
-        assert!(!fits(&[("n", Kind::Float)]), "a float in an int64 column");
-        assert!(!fits(&[("s", Kind::Nested)]), "nested values go to extra");
+        let file = columns(&[("n", ColumnType::Utf8)]);
+        let all = columns(&[("n", ColumnType::Utf8), ("x", ColumnType::Float64)]);
         assert!(
-            !fits(&[("z", Kind::Int)]),
-            "a typed value for a column of nulls"
+            lacks(&file, &all, &observed),
+            "x has values and no column in the file"
         );
-        assert!(!fits(&[("new", Kind::Int)]), "a new field");
-
-        let widened = widen(&file, &kinds(&[("n", Kind::Float), ("new", Kind::Bool)]));
-        assert_eq!(widened["n"], Kind::Float);
-        assert_eq!(widened["new"], Kind::Bool);
-        assert_eq!(widened["s"], Kind::Text);
-        let widened = widen(&file, &kinds(&[("s", Kind::Nested)]));
-        assert!(
-            !widened.contains_key("s"),
-            "a nested field leaves the columns"
-        );
+        assert!(!lacks(&all, &all, &observed));
     }
 
     #[test]
-    fn rows_built_under_a_files_columns_keep_its_types() {
-        let rows = [row(1, r#"{"n":2,"extra_field":true}"#)];
-        let records = parse(&rows);
-        let columns = kinds(&[("n", Kind::Float), ("s", Kind::Text)]);
-        let batch = build("5", "t", 0, &rows, &records, &columns).unwrap();
-        let schema = batch.schema();
-        assert_eq!(
-            schema.field_with_name("n").unwrap().data_type(),
-            &DataType::Float64
-        );
-        assert!(batch.column_by_name("s").unwrap().is_null(0));
-        assert_eq!(
-            batch
-                .column_by_name("extra")
-                .unwrap()
-                .as_string::<i32>()
-                .value(0),
-            r#"{"extra_field":true}"#
-        );
+    fn a_value_goes_to_its_column_only_when_the_type_holds_it_exactly() {
+        let rows = [
+            row(1, r#"{"x":1.5,"n":7,"s":"a"}"#),
+            row(2, r#"{"x":9007199254740993,"n":2.5,"s":4}"#),
+            row(3, r#"{"x":9007199254740992,"n":"7","s":null}"#),
+            row(4, r#"{"x":-3,"n":18446744073709551615,"s":"b"}"#),
+        ];
+        let records = parse(rows.iter().map(|(_, r)| r.as_bytes()));
+        let known = columns(&[
+            ("x", ColumnType::Float64),
+            ("n", ColumnType::Int64),
+            ("s", ColumnType::Utf8),
+        ]);
+        let plain: Vec<Row> = rows.iter().map(|(r, _)| *r).collect();
+        let batch = build("5", "t", 0, &plain, &records, &known).unwrap();
+        let x = batch
+            .column_by_name("x")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        assert_eq!(x.value(0), 1.5);
+        assert!(x.is_null(1), "2^53 + 1 is not exact in a float64");
+        assert_eq!(x.value(2), 9_007_199_254_740_992.0);
+        assert_eq!(x.value(3), -3.0);
+        let n = batch
+            .column_by_name("n")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        assert_eq!(n.value(0), 7);
+        assert!(n.is_null(1) && n.is_null(2) && n.is_null(3));
+        let extra = batch.column_by_name("extra").unwrap().as_string::<i32>();
+        assert!(extra.is_null(0));
+        assert_eq!(extra.value(1), r#"{"n":2.5,"s":4,"x":9007199254740993}"#);
+        assert_eq!(extra.value(2), r#"{"n":"7"}"#);
+        assert_eq!(extra.value(3), r#"{"n":18446744073709551615}"#);
     }
 
     #[test]

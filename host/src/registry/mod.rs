@@ -22,6 +22,7 @@
 //! change nothing (an upload of bytes already current) rolls back, increment
 //! included.
 
+mod columns;
 mod members;
 mod plugins;
 mod scenarios;
@@ -35,6 +36,7 @@ use sqlx::{Any, AnyPool, AssertSqlSafe, Transaction};
 
 use crate::runtime::{Runtime, RuntimeError};
 
+pub use columns::MAX_COLUMN_NAME;
 pub use members::{Member, MemberFormat, parse_members};
 pub use plugins::{
     MakeCurrent, PluginDetail, PluginRef, PluginSummary, PluginVersion, Upload, valid_plugin_name,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::aggregate::{Counters, CountersConfig, CountersSink};
+use crate::archive::columns::RegistryColumns;
 use crate::archive::{ArchiveConfig, ArchiveSink};
 use crate::pipeline::sink::Sink;
 use crate::pipeline::{Metrics, Pipeline, PipelineConfig, PipelineError};
@@ -171,6 +172,10 @@ pub async fn start(
             .await
             .context("opening the archive")?
             .with_context(|| format!("opening the archive at {}", plan.archive.root))?
+            .with_columns(RegistryColumns::new(
+                registry.clone(),
+                tokio::runtime::Handle::current(),
+            ))
     };
     eprintln!("weir: archiving Parquet under {}", plan.archive.root);
     let sinks: Vec<Box<dyn Sink>> = vec![
