@@ -22,6 +22,12 @@ pub enum Service {
     MariaDb,
     /// PostgreSQL; the variable holds a `postgres://` URL.
     Postgres,
+    /// The cluster profile's three Kafka brokers; the variable holds their
+    /// `host:port`s, comma-separated.
+    KafkaCluster,
+    /// The cluster profile's Redis Cluster; the variable holds its nodes'
+    /// `redis://` URLs, comma-separated.
+    RedisCluster,
 }
 
 impl Service {
@@ -33,6 +39,8 @@ impl Service {
             Service::Redis => "WEIR_TEST_REDIS",
             Service::MariaDb => "WEIR_TEST_MARIADB",
             Service::Postgres => "WEIR_TEST_POSTGRES",
+            Service::KafkaCluster => "WEIR_TEST_KAFKA_CLUSTER",
+            Service::RedisCluster => "WEIR_TEST_REDIS_CLUSTER",
         }
     }
 
@@ -44,6 +52,8 @@ impl Service {
             Service::Redis => "redis",
             Service::MariaDb => "mariadb",
             Service::Postgres => "postgres",
+            Service::KafkaCluster => "kafka1 kafka2 kafka3",
+            Service::RedisCluster => "rcluster1 .. rcluster6",
         }
     }
 
@@ -53,11 +63,20 @@ impl Service {
     /// When the variable is unset or nothing listens at the address, with a message
     /// that says how to start the service.
     pub fn addr(self) -> String {
-        let how = "start the test servers with `tests/stack up` and load their addresses with \
-             `eval \"$(tests/stack env)\"`, or run every test with `tests/run`";
+        let how = match self {
+            Service::KafkaCluster | Service::RedisCluster => {
+                "start the cluster profile with `tests/stack up cluster` and load the addresses \
+                 with `eval \"$(tests/stack env)\"`, or run every test with `tests/run`"
+            }
+            _ => {
+                "start the test servers with `tests/stack up` and load their addresses with \
+                 `eval \"$(tests/stack env)\"`, or run every test with `tests/run`"
+            }
+        };
         let value = std::env::var(self.var())
             .unwrap_or_else(|_| panic!("{} is not set: {how}", self.var()));
-        let hostport = host_port(&value)
+        let first = value.split(',').next().unwrap_or_default();
+        let hostport = host_port(first)
             .unwrap_or_else(|| panic!("{}={value} has no host:port in it", self.var()));
         let reachable = hostport
             .to_socket_addrs()

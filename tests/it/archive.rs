@@ -628,10 +628,13 @@ pub(crate) async fn produce_events(
     seqs: Range<i64>,
 ) -> Expected {
     // 108 ms of event time apart (100,000 events span three hours), keyed by member.
+    // Idempotent: a broker that fails while the events go out (the cluster tests)
+    // does not make the retries write an event twice.
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "10")
         .set("message.timeout.ms", "60000")
+        .set("enable.idempotence", "true")
         .create()
         .expect("producer");
     let sends = seqs.map(|seq| {
@@ -760,7 +763,7 @@ pub(crate) fn archive_pipeline(
 
 /// Reads the archive under `root` on HDFS back with pyarrow and checks it against
 /// `expected`: no temporary file left, every row once. Returns the relative paths.
-async fn check_hdfs_archive(
+pub(crate) async fn check_hdfs_archive(
     client: &Client,
     root: &str,
     expected: &Expected,
@@ -1978,7 +1981,7 @@ async fn a_replica_restarted_every_30_s_beside_a_steady_one_keeps_every_sink_exa
 
 /// The final files of every key under `paths` (relative archive paths): no two
 /// of one (scenario, hour, topic, partition) overlap in offsets.
-fn assert_no_overlaps(paths: &[String]) {
+pub(crate) fn assert_no_overlaps(paths: &[String]) {
     let mut by_key: BTreeMap<(String, String, i32), Vec<(i64, i64)>> = BTreeMap::new();
     for path in paths.iter().filter(|p| !p.starts_with(TMP_DIR)) {
         let (dir, name) = path.rsplit_once('/').expect("a file in an hour directory");

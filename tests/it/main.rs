@@ -6,6 +6,7 @@
 
 mod api;
 mod archive;
+mod cluster;
 mod counters;
 mod embedded;
 mod faults;

@@ -33,7 +33,8 @@ pub(crate) async fn create_topics(brokers: &str, topics: &[&str]) {
         .expect("admin client");
     let new: Vec<NewTopic> = topics
         .iter()
-        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
+        // The brokers' default replication: 1 on the single broker, 3 on the cluster.
+        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(-1)))
         .collect();
     for result in admin
         .create_topics(

@@ -101,8 +101,11 @@ pub const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CountersConfig {
-    /// Redis URL, `redis://host:port/db`.
+    /// Redis URL, `redis://host:port/db`; for a Redis Cluster, the URLs of one or
+    /// more of its nodes, separated by commas (with `cluster`, or more than one).
     pub url: String,
+    /// The URL names nodes of a Redis Cluster (implied by more than one URL).
+    pub cluster: bool,
     /// First part of every key weir writes (the dashboards' `scenario:<id>:success_ratio`
     /// key keeps its fixed name).
     pub key_prefix: String,
@@ -117,6 +120,7 @@ impl Default for CountersConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379/".into(),
+            cluster: false,
             key_prefix: "weir".into(),
             bucket_retention_secs: 7 * 24 * 3600,
             success_ratio_group: "weir".into(),
@@ -466,7 +470,45 @@ struct RedisCounters {
     /// After a gap was noted: the scenarios whose view was written since, whatever
     /// was stored (the counts fell below it for good).
     forced: Arc<Mutex<Option<HashSet<String>>>>,
-    conn: ConnectionManager,
+    conn: Conn,
+}
+
+/// A connection to one Redis or to a Redis Cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisCounters {
@@ -498,17 +540,37 @@ impl RedisCounters {
             url: config.url.clone(),
             source,
         };
-        let client = redis::Client::open(config.url.as_str()).map_err(redis_error)?;
-        // Bounded waits: a hung Redis fails the cycle (which is retried) instead of
-        // stalling the pipeline; reconnects happen behind the manager.
-        let manager = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(std::time::Duration::from_secs(2));
-        let conn = ConnectionManager::new_with_config(client, manager)
-            .await
-            .map_err(redis_error)?;
+        let urls: Vec<&str> = config
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let conn = if config.cluster || urls.len() > 1 {
+            // Bounded waits, as below; the cluster client follows MOVED and ASK
+            // and finds a promoted replica by itself.
+            let client = redis::cluster::ClusterClient::builder(urls)
+                .connection_timeout(std::time::Duration::from_secs(5))
+                .response_timeout(RESPONSE_TIMEOUT)
+                .retries(4)
+                .build()
+                .map_err(redis_error)?;
+            Conn::Cluster(client.get_async_connection().await.map_err(redis_error)?)
+        } else {
+            let client = redis::Client::open(config.url.as_str()).map_err(redis_error)?;
+            // Bounded waits: a hung Redis fails the cycle (which is retried) instead of
+            // stalling the pipeline; reconnects happen behind the manager.
+            let manager = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                .set_number_of_retries(2)
+                .set_max_delay(std::time::Duration::from_secs(2));
+            Conn::Single(
+                ConnectionManager::new_with_config(client, manager)
+                    .await
+                    .map_err(redis_error)?,
+            )
+        };
         Ok(Self {
             url: config.url.clone(),
             prefix: config.key_prefix.clone(),

@@ -25,8 +25,11 @@ use tokio_util::sync::CancellationToken;
 #[serde(deny_unknown_fields)]
 pub struct CountersSection {
     /// Redis URL (env `WEIR_REDIS`, flag `--redis`); without one the counters are
-    /// kept in the process and lost when it stops.
+    /// kept in the process and lost when it stops. For a Redis Cluster, the URLs of
+    /// some of its nodes, separated by commas.
     pub redis: Option<String>,
+    /// The URL names a Redis Cluster node (implied by more than one URL).
+    pub cluster: Option<bool>,
     /// Prefix of every counter key (default `weir`).
     pub key_prefix: Option<String>,
     /// How long per-minute buckets are kept, seconds (default 7 days).
@@ -59,10 +62,13 @@ impl PipelinePlan {
         }
         let mut problems = check.problems();
         if let Some(url) = &self.counters.redis
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+            && !url
+                .split(',')
+                .all(|u| u.trim().starts_with("redis://") || u.trim().starts_with("rediss://"))
         {
             problems.push(format!(
-                "counters.redis = {url:?}: expected redis://HOST:PORT[/DB]"
+                "counters.redis = {url:?}: expected redis://HOST:PORT[/DB], or for a Redis \
+                 Cluster several such URLs separated by commas"
             ));
         }
         if self.counters.bucket_retention_secs == Some(0) {
@@ -119,6 +125,7 @@ pub async fn start(
         Some(url) => {
             let counters_config = CountersConfig {
                 url: url.clone(),
+                cluster: plan.counters.cluster.unwrap_or(false),
                 key_prefix: plan
                     .counters
                     .key_prefix
