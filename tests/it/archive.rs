@@ -2135,7 +2135,22 @@ async fn a_scenarios_columns_keep_one_type_across_files_and_read_as_one_table() 
     )
     .await
     .expect("registry");
-    let (float_id, drift_id) = (unique("float"), unique("drift"));
+    let (float_id, drift_id, declared_id) = (unique("float"), unique("drift"), unique("declared"));
+    // The third scenario declares its field's type ahead of the first records.
+    let bytes = std::fs::read(weir_artifacts::PLUGIN_SCENARIO).expect("plugin artifact");
+    registry
+        .upload_plugin(bytes, Some("scenario"), "test", MakeCurrent::IfNew)
+        .await
+        .expect("plugin");
+    registry
+        .put_scenario(
+            json!({"scenario_id": declared_id, "archive_columns": {"n": "float64"}}),
+            None,
+            PutMode::Create,
+            "test",
+        )
+        .await
+        .expect("scenario");
     let records = |offset: i64| -> (Value, Value) {
         let float = match offset {
             0..10 => json!({"x": 1.5 + offset as f64, "y": offset}),
@@ -2151,12 +2166,17 @@ async fn a_scenarios_columns_keep_one_type_across_files_and_read_as_one_table() 
     };
     let batch = |offsets: Range<i64>| {
         let mut scenarios = Vec::new();
-        for (id, pick) in [(&float_id, 0), (&drift_id, 1)] {
+        for (id, pick) in [(&float_id, 0), (&drift_id, 1), (&declared_id, 2)] {
             let mut result = weir::runtime::BatchResult::default();
             let mut events = Vec::new();
             for offset in offsets.clone() {
                 let (float, drift) = records(offset);
-                let record = if pick == 0 { float } else { drift }.to_string();
+                let record = match pick {
+                    0 => float,
+                    1 => drift,
+                    _ => json!({"n": offset}),
+                }
+                .to_string();
                 result.push_outcome(
                     weir::runtime::Status::Emitted,
                     true,
@@ -2232,6 +2252,8 @@ async fn a_scenarios_columns_keep_one_type_across_files_and_read_as_one_table() 
         if path.contains(&float_id) {
             assert_eq!(columns["x"], "double", "{path}");
             assert_eq!(columns["y"], "int64", "{path}");
+        } else if path.contains(&declared_id) {
+            assert_eq!(columns["n"], "double", "declared, not learned: {path}");
         } else {
             assert_eq!(columns["v"], "int64", "{path}");
         }

@@ -971,7 +971,14 @@ async fn every_hostile_class_stays_in_its_own_scenario() {
                     Some("cpu_limit"),
                     Some("plugin_quarantined"),
                 ],
-                _ => &[None, Some("output_limit"), Some("plugin_quarantined")],
+                // The CPU budget is wall time: on a machine loaded by the rest of
+                // the suite a slow batch meets it too, and fails only its own events.
+                _ => &[
+                    None,
+                    Some("output_limit"),
+                    Some("cpu_limit"),
+                    Some("plugin_quarantined"),
+                ],
             };
             assert!(allowed.contains(&reason), "{name}: {reason:?}");
         }

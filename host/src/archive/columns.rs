@@ -11,6 +11,11 @@
 //! goes to its column only when the column's type holds it exactly (an integer in a
 //! float64 column only up to 2^53 in size); any other value is kept, as written, in
 //! the row's `extra` JSON column, and the typed column is null there.
+//!
+//! A scenario's document may declare types ahead of the first records
+//! (`"archive_columns": {"price": "float64", "sku": "string"}`): they are kept
+//! first, for fields not learned yet. A declaration never changes a type already
+//! learned; to give a field another type, give it another name.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -123,10 +128,27 @@ impl RegistryColumns {
 }
 
 impl ColumnCatalog for RegistryColumns {
+    /// What the registry keeps, after keeping first the types the scenario's
+    /// document declares (`archive_columns`) for fields not learned yet.
     fn known(&mut self, scenario: &str) -> Result<Columns, ArchiveError> {
+        let registry = &self.registry;
         let names = self
             .runtime
-            .block_on(self.registry.archive_columns(scenario))
+            .block_on(async {
+                let declared = match registry.scenario(scenario).await {
+                    Ok(found) => found
+                        .spec()
+                        .map(|spec| spec.archive_columns)
+                        .unwrap_or_default(),
+                    Err(crate::registry::RegistryError::ScenarioNotFound { .. }) => BTreeMap::new(),
+                    Err(e) => return Err(e),
+                };
+                if declared.is_empty() {
+                    registry.archive_columns(scenario).await
+                } else {
+                    registry.learn_archive_columns(scenario, &declared).await
+                }
+            })
             .map_err(|e| Self::error(scenario, e))?;
         Self::typed(scenario, names)
     }

@@ -32,8 +32,31 @@ use super::{FieldError, Registry, RegistryError, db, get, now_ms, rfc3339};
 pub const DEFAULT_PLUGIN: &str = "scenario";
 
 /// Fields of a scenario document that are weir's and not passed to the plugin.
-pub const WEIR_SCENARIO_FIELDS: &[&str] =
-    &["plugin", "source", "output_topic", "enrich", "enabled"];
+pub const WEIR_SCENARIO_FIELDS: &[&str] = &[
+    "plugin",
+    "source",
+    "output_topic",
+    "enrich",
+    "enabled",
+    "archive_columns",
+];
+
+/// Types an `archive_columns` declaration may give a field.
+pub const ARCHIVE_COLUMN_TYPES: &[&str] = &["int64", "float64", "bool", "string"];
+
+/// Names the archive's fixed columns take, which no declared column may.
+const ARCHIVE_FIXED_COLUMNS: &[&str] = &[
+    "scenario_id",
+    "success",
+    "date",
+    "event_time",
+    "event_time_valid",
+    "topic",
+    "partition",
+    "offset",
+    "extra",
+    "_record",
+];
 
 /// Most field errors reported for one document or import; the rest are counted.
 const MAX_ERRORS: usize = 50;
@@ -60,6 +83,9 @@ pub struct ScenarioSpec {
     pub enrich: Option<Enrich>,
     /// Whether the pipeline runs it.
     pub enabled: bool,
+    /// Types its plugin's output fields take in the archive, declared ahead of
+    /// the first records (field → `int64`, `float64`, `bool` or `string`).
+    pub archive_columns: std::collections::BTreeMap<String, String>,
     /// The document as written.
     pub document: Map<String, Value>,
 }
@@ -213,6 +239,51 @@ impl ScenarioSpec {
             }
         };
 
+        let mut archive_columns = std::collections::BTreeMap::new();
+        match object.get("archive_columns") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(fields)) => {
+                for (name, kind) in fields {
+                    let at = format!("archive_columns.{name}");
+                    if name.is_empty()
+                        || name.len() > crate::registry::MAX_COLUMN_NAME
+                        || ARCHIVE_FIXED_COLUMNS.contains(&name.as_str())
+                    {
+                        errors.push(FieldError::new(
+                            at,
+                            format!(
+                                "not a column name: 1 to {} bytes, none of {}",
+                                crate::registry::MAX_COLUMN_NAME,
+                                ARCHIVE_FIXED_COLUMNS.join(", ")
+                            ),
+                        ));
+                        continue;
+                    }
+                    match kind.as_str() {
+                        Some(k) if ARCHIVE_COLUMN_TYPES.contains(&k) => {
+                            archive_columns.insert(name.clone(), k.to_owned());
+                        }
+                        _ => errors.push(FieldError::new(
+                            at,
+                            format!(
+                                "got {}; expected one of {}",
+                                short(kind),
+                                ARCHIVE_COLUMN_TYPES.join(", ")
+                            ),
+                        )),
+                    }
+                }
+            }
+            Some(other) => errors.push(FieldError::new(
+                "archive_columns",
+                format!(
+                    "got {}; expected an object of field names and types, e.g. \
+                     {{\"price\": \"float64\"}}",
+                    json_type(other)
+                ),
+            )),
+        }
+
         match (id, plugin) {
             (Some(id), Some(plugin)) if errors.is_empty() => Ok(Self {
                 id,
@@ -221,6 +292,7 @@ impl ScenarioSpec {
                 output_topic,
                 enrich,
                 enabled,
+                archive_columns,
                 document: object.clone(),
             }),
             _ => Err(errors),
@@ -745,6 +817,28 @@ mod tests {
         assert!(config.get("source").is_none() && config.get("enrich").is_none());
         assert_eq!(config["filters"][0]["operator"], ">");
         assert_eq!(config["scenario_id"], 5);
+    }
+
+    #[test]
+    fn archive_column_declarations_are_checked_and_kept_from_the_plugin() {
+        let mut doc = scenario5();
+        doc["archive_columns"] = json!({"h": "float64", "name": "string"});
+        let spec = ScenarioSpec::parse(&doc).unwrap();
+        assert_eq!(spec.archive_columns["h"], "float64");
+        assert!(spec.plugin_config().get("archive_columns").is_none());
+        doc["archive_columns"] = json!({"h": "double", "offset": "int64", "": "bool"});
+        let errors = ScenarioSpec::parse(&doc).unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "archive_columns.",
+                "archive_columns.h",
+                "archive_columns.offset"
+            ]
+        );
+        doc["archive_columns"] = json!(["h"]);
+        assert!(ScenarioSpec::parse(&doc).is_err());
     }
 
     #[test]
