@@ -9,4 +9,4 @@ CREATE TABLE archive_columns (
     kind VARCHAR(16) NOT NULL,
     learned_at BIGINT NOT NULL,
     PRIMARY KEY (scenario_id, name)
-);
+) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;

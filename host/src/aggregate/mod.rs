@@ -739,8 +739,8 @@ impl RedisCounters {
             .forced
             .lock()
             .expect("forced lock")
-            .as_mut()
-            .is_some_and(|done| done.insert(scenario.to_owned()));
+            .as_ref()
+            .is_some_and(|done| !done.contains(scenario));
         let view = serde_json::to_string(&SuccessRatio::new(totals, now))
             .expect("the success-ratio view always serialises");
         let mut invocation = self.ratio_script.prepare_invoke();
@@ -750,8 +750,12 @@ impl RedisCounters {
             .arg(totals.total)
             .arg(if force { "force" } else { "" });
         self.run_script::<i64>(&self.ratio_script, &invocation)
-            .await
-            .map(|_| ())
+            .await?;
+        if force && let Some(done) = self.forced.lock().expect("forced lock").as_mut() {
+            // Only once it was written: a failed write is forced again next time.
+            done.insert(scenario.to_owned());
+        }
+        Ok(())
     }
 
     /// Notes that offsets `from..until` of a partition are not counted and cannot be.

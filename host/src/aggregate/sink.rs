@@ -25,6 +25,10 @@ pub struct CountersSink {
     uncounted: u64,
     /// Rollbacks found.
     rollbacks: u64,
+    /// Per partition Redis was found behind on, the range to recount: asked for
+    /// again at every write and tick until recounted or noted as a gap, so a
+    /// recount that fails (the journal slow, Redis failing again) loses nothing.
+    pending: HashMap<(String, i32), Recount>,
     /// When the fences were last compared with what is known counted.
     verified: std::time::Instant,
 }
@@ -42,6 +46,7 @@ impl CountersSink {
             counted: HashMap::new(),
             uncounted: 0,
             rollbacks: 0,
+            pending: HashMap::new(),
             verified: std::time::Instant::now(),
         }
     }
@@ -84,20 +89,31 @@ impl CountersSink {
             expected = behind.expected,
             "counters: redis lost writes; recounting the range from the journal"
         );
-        self.counted.insert(
-            (behind.topic.clone(), behind.partition),
-            behind.counted_through,
-        );
-        let mut err = SinkError::new("counters", behind.to_string());
-        err.recount = Some(Recount {
-            topic: behind.topic,
+        let recount = Recount {
+            topic: behind.topic.clone(),
             partition: behind.partition,
             from: behind.counted_through + 1,
             until: behind.expected + 1,
             journal: behind.journal,
-        });
+        };
+        let err = recount_error(&recount);
+        self.pending
+            .insert((behind.topic, behind.partition), recount);
         err
     }
+}
+
+/// The error that asks the pipeline for `recount`.
+fn recount_error(recount: &Recount) -> SinkError {
+    let mut err = SinkError::new(
+        "counters",
+        format!(
+            "redis lost the counts of {} partition {} offsets {}..{}; recounting them from the journal",
+            recount.topic, recount.partition, recount.from, recount.until
+        ),
+    );
+    err.recount = Some(recount.clone());
+    err
 }
 
 impl Sink for CountersSink {
@@ -110,6 +126,9 @@ impl Sink for CountersSink {
         let error = |reason: String| SinkError::new("counters", reason);
         for batch in batches {
             let tp = (batch.topic.clone(), batch.partition);
+            if let Some(recount) = self.pending.get(&tp) {
+                return Err(recount_error(recount));
+            }
             // Taking a partition over: everything below its committed offset was
             // counted, by whichever replica.
             let known = *self
@@ -132,6 +151,9 @@ impl Sink for CountersSink {
     }
 
     fn tick(&mut self) -> Result<(), SinkError> {
+        if let Some(recount) = self.pending.values().next() {
+            return Err(recount_error(recount));
+        }
         if self.verified.elapsed() < VERIFY_EVERY {
             return Ok(());
         }
@@ -163,9 +185,37 @@ impl Sink for CountersSink {
         Ok(())
     }
 
+    fn recount(&mut self, recount: &Recount, batches: &[PartitionBatch]) -> Result<(), SinkError> {
+        let now = Utc::now();
+        let tp = (recount.topic.clone(), recount.partition);
+        // Redis stands just below the range: each batch follows the one before.
+        let mut through = recount.from - 1;
+        for batch in batches {
+            let tally = tally(batch)
+                .map_err(|e| SinkError::new("counters", e.to_string()))?
+                .counted_through(through);
+            match self.runtime.block_on(self.counters.apply(&tally, now)) {
+                Ok(_) => through = through.max(batch.last_offset),
+                // Redis lost writes again, further back: recount from there.
+                Err(CountersError::Behind(behind)) => {
+                    return Err(self.behind(Behind {
+                        expected: recount.until - 1,
+                        ..behind
+                    }));
+                }
+                Err(e) => return Err(SinkError::new("counters", e.to_string())),
+            }
+        }
+        if through >= recount.until - 1 {
+            self.pending.remove(&tp);
+        }
+        Ok(())
+    }
+
     fn revoked(&mut self, partitions: &[(String, i32)]) {
         for tp in partitions {
             self.counted.remove(tp);
+            self.pending.remove(tp);
         }
     }
 
@@ -189,7 +239,9 @@ impl Sink for CountersSink {
             tracing::error!(topic, partition, from, until, error = %e, "counters: the gap could not be noted in redis");
         }
         // Go on from wherever Redis stands now.
-        self.counted.insert((topic.to_owned(), partition), -1);
+        let tp = (topic.to_owned(), partition);
+        self.pending.remove(&tp);
+        self.counted.insert(tp, -1);
     }
 
     fn counts(&self) -> Vec<SinkCount> {

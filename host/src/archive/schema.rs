@@ -121,10 +121,14 @@ pub(crate) fn observe(records: &[Map<String, Value>]) -> Kinds {
     let mut kinds = Kinds::new();
     for record in records {
         for (name, value) in record {
+            // Names a column cannot carry in every registry database (a NUL byte,
+            // control characters) stay in `extra`.
             if FIXED.contains(&name.as_str())
                 || name == EXTRA
                 || name == "_record"
+                || name.is_empty()
                 || name.len() > MAX_COLUMN_NAME
+                || name.chars().any(char::is_control)
             {
                 continue;
             }
@@ -288,11 +292,14 @@ pub(crate) fn build(
             let rest: Map<String, Value> = record
                 .iter()
                 .filter(|(name, value)| {
-                    let name = name.as_str();
-                    if matches!(name, "success" | "scenario_id" | "date") {
+                    // A string `date` is the `date` column; any other value of a
+                    // field named like a fixed column is kept here.
+                    if name.as_str() == "date" && value.is_string() {
                         return false;
                     }
-                    columns.get(name).is_none_or(|&column| !fits(column, value))
+                    columns
+                        .get(name.as_str())
+                        .is_none_or(|&column| !fits(column, value))
                 })
                 .map(|(name, value)| (name.clone(), value.clone()))
                 .collect();
@@ -376,7 +383,11 @@ mod tests {
         assert_eq!(date.as_string::<i32>().value(0), "2024-05-01");
         assert_eq!(date.as_string::<i32>().value(1), "2025-11-26");
         let extra = column("extra");
-        assert_eq!(extra.as_string::<i32>().value(0), r#"{"mixed":1}"#);
+        assert_eq!(
+            extra.as_string::<i32>().value(0),
+            r#"{"mixed":1,"scenario_id":5,"success":1}"#,
+            "fields named like fixed columns are kept"
+        );
         assert_eq!(
             extra.as_string::<i32>().value(1),
             r#"{"never":null,"offset":9,"tags":[1]}"#

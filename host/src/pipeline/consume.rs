@@ -184,7 +184,7 @@ impl Pipeline {
         let timeout = Duration::from_millis(self.config.call_timeout_ms);
         let replay = journal::read(
             &self.journal_reader,
-            &self.config.journal_topic,
+            (&self.config.journal_topic, &self.config.group_id),
             (&tp.0, tp.1),
             (from, until),
             position.journal,

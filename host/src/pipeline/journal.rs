@@ -3,7 +3,7 @@
 //!
 //! A cycle's transaction carries, besides the outputs and dead letters, one or
 //! more journal records per partition batch (topic `pipeline.journal_topic`,
-//! keyed `<topic>/<partition>`): every scenario's outcome for every event, with
+//! keyed `<group>/<topic>/<partition>`): every scenario's outcome for every event, with
 //! the output records, the event times and the cycle's processing time. The
 //! sinks get the batches only after the transaction committed. When they have
 //! not made all of it durable before a restart or a rebalance, the partition's
@@ -39,8 +39,14 @@ const HEADER_FIXED: usize = 4 + 2 + 4 + 8 + 8 + 8 + 4 + 4 + 4;
 /// Bytes of a scenario's header besides its id and plugin label.
 const SCENARIO_FIXED: usize = 2 + 2 + 4;
 
-/// The journal key of a source partition.
-pub(crate) fn key(topic: &str, partition: i32) -> String {
+/// The journal key of a source partition, for consumer group `group`: groups
+/// that share a journal topic never read each other's results.
+pub(crate) fn key(group: &str, topic: &str, partition: i32) -> String {
+    format!("{group}/{topic}/{partition}")
+}
+
+/// The key journal records had before they carried the group; still read.
+fn legacy_key(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
 }
 
@@ -476,7 +482,7 @@ impl Replay {
 /// transaction holds it back until it ends).
 pub(crate) fn read(
     reader: &BaseConsumer,
-    journal_topic: &str,
+    (journal_topic, group): (&str, &str),
     (topic, partition): (&str, i32),
     (from, until): (i64, i64),
     at: Option<(i32, i64)>,
@@ -494,7 +500,8 @@ pub(crate) fn read(
         Offset::Offset(journal_offset),
     )?;
     reader.assign(&assignment)?;
-    let wanted = key(topic, partition);
+    let wanted = key(group, topic, partition);
+    let legacy = legacy_key(topic, partition);
     let started = Instant::now();
     let mut pieces: Vec<Piece> = Vec::new();
     let mut first_at: Option<(i32, i64)> = None;
@@ -536,7 +543,9 @@ pub(crate) fn read(
             }
             Some(Err(err)) => break Err(err),
             Some(Ok(message)) => {
-                if message.key() != Some(wanted.as_bytes()) {
+                if message.key() != Some(wanted.as_bytes())
+                    && message.key() != Some(legacy.as_bytes())
+                {
                     continue;
                 }
                 let piece = match decode(message.payload().unwrap_or_default()) {

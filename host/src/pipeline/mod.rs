@@ -201,8 +201,9 @@ pub struct Pipeline {
 /// [`RECREATION_WINDOW`]; one more means another live process shares this
 /// replica's transactional id, and this one stops.
 const MAX_RECREATIONS: usize = 3;
-/// Most recounts one write to a sink asks for before it fails as it is.
-const MAX_RECOUNTS: usize = 3;
+/// Most recounts one write to a sink may ask for before it fails as it is (one
+/// per partition the sink lost; what is left is recounted at the next turn).
+const MAX_RECOUNTS: usize = 1_000;
 const RECREATION_WINDOW: Duration = Duration::from_secs(300);
 
 /// Whether the producer may be recreated at `now`, given when it was lately;
@@ -525,7 +526,7 @@ impl Pipeline {
         let timeout = Duration::from_millis(self.config.call_timeout_ms);
         let replay = journal::read(
             &self.journal_reader,
-            &self.config.journal_topic,
+            (&self.config.journal_topic, &self.config.group_id),
             (&recount.topic, recount.partition),
             (recount.from, recount.until),
             recount.journal,
@@ -539,7 +540,7 @@ impl Pipeline {
             .map(|s| s.events.len())
             .sum();
         let batches = replay.placed_batches();
-        self.sinks[index].write(&batches)?;
+        self.sinks[index].recount(recount, &batches)?;
         if let Some(missing) = replay.missing_from {
             self.sinks[index].uncounted(&recount.topic, recount.partition, missing, recount.until);
         }
@@ -891,6 +892,16 @@ impl Pipeline {
         }
 
         let ran = started.elapsed();
+        // What was committed before this cycle: every sink made everything below
+        // it durable (this cycle's commit stays below its fresh batches).
+        let durable_before: HashMap<(String, i32), Option<i64>> = processed
+            .iter()
+            .map(|b| {
+                let tp = (b.topic.clone(), b.partition);
+                let committed = self.positions.get(&tp).and_then(|p| p.committed);
+                (tp, committed)
+            })
+            .collect();
         self.commit_positions(&done, &processed)?;
         tracing::debug!(
             events = messages.len(),
@@ -901,9 +912,12 @@ impl Pipeline {
         for batch in &mut processed {
             let tp = (batch.topic.clone(), batch.partition);
             batch.journal = self.placements.from(&tp, batch.first_offset);
-            batch.durable_below = self.positions.get(&tp).and_then(|p| p.committed);
+            batch.durable_below = durable_before.get(&tp).copied().flatten();
         }
         self.unsunk.extend(processed);
+        // A revocation before the sinks take these batches commits no further
+        // than their first offsets.
+        self.note_ready();
 
         self.metrics.events.fetch_add(handled, Ordering::Relaxed);
         self.metrics.outputs.fetch_add(outputs, Ordering::Relaxed);

@@ -62,8 +62,8 @@ pub(crate) fn fits(limit: usize, value: usize, key: usize, headers: &[(&str, &st
 
 /// The largest journal record for source `topic`: what the producer takes
 /// with the record's key.
-pub(crate) fn journal_budget(limit: usize, topic: &str) -> usize {
-    limit.saturating_sub(OVERHEAD + topic.len() + 12)
+pub(crate) fn journal_budget(limit: usize, key: &str) -> usize {
+    limit.saturating_sub(OVERHEAD + key.len())
 }
 
 /// What a dead letter of a source value of `value` bytes and key of `key`
@@ -139,8 +139,8 @@ fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
 impl Pipeline {
     /// Sends a partition batch's journal records in the open transaction.
     pub(super) fn send_journal(&mut self, batch: &PartitionBatch) -> Result<(), CycleError> {
-        let key = journal::key(&batch.topic, batch.partition);
-        let budget = journal_budget(self.message_limit, &batch.topic);
+        let key = journal::key(&self.config.group_id, &batch.topic, batch.partition);
+        let budget = journal_budget(self.message_limit, &key);
         let tp = (batch.topic.clone(), batch.partition);
         for (index, record) in journal::encode(batch, budget).iter().enumerate() {
             // Only a batch's first record is where a replay of it starts, so
@@ -210,7 +210,12 @@ impl Pipeline {
         messages: &[&OwnedMessage],
         result: &mut BatchResult,
     ) {
-        let budget = journal_budget(self.message_limit, messages[0].topic());
+        let key = journal::key(
+            &self.config.group_id,
+            messages[0].topic(),
+            messages[0].partition(),
+        );
+        let budget = journal_budget(self.message_limit, &key);
         let too_large: Vec<(usize, String)> = share
             .iter()
             .zip(result.outcomes())

@@ -165,6 +165,13 @@ pub trait Sink: Send {
     /// It was not committed, so their next owner consumes it again.
     fn revoked(&mut self, _partitions: &[(String, i32)]) {}
 
+    /// Takes `batches`, the results of `recount`'s range read back from the
+    /// journal, which the sink asked for ([`SinkError::recount`]); it must count
+    /// them even though it knows the range as counted.
+    fn recount(&mut self, _recount: &Recount, batches: &[PartitionBatch]) -> Result<(), SinkError> {
+        self.write(batches)
+    }
+
     /// The journal no longer holds results of offsets `from..until` of a
     /// partition that the sink asked to recount ([`SinkError::recount`]): it
     /// must say so where an operator looks, and go on without them.
