@@ -13,7 +13,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use rdkafka::producer::{Producer, ThreadedProducer};
 
-use super::journal::{self, Deliveries};
+use super::journal::Deliveries;
 use super::offsets::Position;
 use super::{CycleError, Metrics, Pipeline, PipelineError, kafka};
 
@@ -181,22 +181,10 @@ impl Pipeline {
     ) -> Result<(), CycleError> {
         let from = position.committed.unwrap_or(0);
         let until = position.produced;
-        let timeout = Duration::from_millis(self.config.call_timeout_ms);
-        let replay = journal::read(
-            &self.journal_reader,
-            (&self.config.journal_topic, &self.config.group_id),
-            (&tp.0, tp.1),
-            (from, until),
-            position.journal,
-            timeout,
-        )
-        .map_err(CycleError::kafka("reading the journal back"))?;
-        let events: usize = replay
-            .batches
-            .iter()
-            .flat_map(|b| &b.scenarios)
-            .map(|s| s.events.len())
-            .sum();
+        let replay = self
+            .read_journal((&tp.0, tp.1), (from, until), position.journal)
+            .map_err(CycleError::kafka("reading the journal back"))?;
+        let events = replay.events();
         if let Some(missing) = replay.missing_from {
             tracing::error!(
                 topic = %tp.0,

@@ -463,6 +463,15 @@ pub(crate) struct Replay {
 }
 
 impl Replay {
+    /// How many scenario events the batches hold.
+    pub(crate) fn events(&self) -> usize {
+        self.batches
+            .iter()
+            .flat_map(|b| &b.scenarios)
+            .map(|s| s.events.len())
+            .sum()
+    }
+
     /// The batches, each with where the journal holds it.
     pub(crate) fn placed_batches(&self) -> Vec<PartitionBatch> {
         self.batches

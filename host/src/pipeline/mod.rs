@@ -508,6 +508,24 @@ impl Pipeline {
         self.sinks[index].write(batches)
     }
 
+    /// The results of offsets `range` of `tp` read back from this group's
+    /// journal, from `at` on (see `journal::read`).
+    fn read_journal(
+        &self,
+        tp: (&str, i32),
+        range: (i64, i64),
+        at: Option<(i32, i64)>,
+    ) -> Result<journal::Replay, KafkaError> {
+        journal::read(
+            &self.journal_reader,
+            (&self.config.journal_topic, &self.config.group_id),
+            tp,
+            range,
+            at,
+            Duration::from_millis(self.config.call_timeout_ms),
+        )
+    }
+
     /// Ticks sink `index`; a recount it asks for is done at once.
     fn tick_sink(&mut self, index: usize) -> Result<(), SinkError> {
         match self.sinks[index].tick() {
@@ -523,22 +541,14 @@ impl Pipeline {
     /// journal; what the journal no longer holds, the sink notes as lost.
     fn recount(&mut self, index: usize, recount: &Recount) -> Result<(), SinkError> {
         let name = self.sinks[index].name();
-        let timeout = Duration::from_millis(self.config.call_timeout_ms);
-        let replay = journal::read(
-            &self.journal_reader,
-            (&self.config.journal_topic, &self.config.group_id),
-            (&recount.topic, recount.partition),
-            (recount.from, recount.until),
-            recount.journal,
-            timeout,
-        )
-        .map_err(|e| SinkError::new(name, format!("reading the journal for a recount: {e}")))?;
-        let events: usize = replay
-            .batches
-            .iter()
-            .flat_map(|b| &b.scenarios)
-            .map(|s| s.events.len())
-            .sum();
+        let replay = self
+            .read_journal(
+                (&recount.topic, recount.partition),
+                (recount.from, recount.until),
+                recount.journal,
+            )
+            .map_err(|e| SinkError::new(name, format!("reading the journal for a recount: {e}")))?;
+        let events = replay.events();
         let batches = replay.placed_batches();
         self.sinks[index].recount(recount, &batches)?;
         if let Some(missing) = replay.missing_from {

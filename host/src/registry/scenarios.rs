@@ -44,19 +44,11 @@ pub const WEIR_SCENARIO_FIELDS: &[&str] = &[
 /// Types an `archive_columns` declaration may give a field.
 pub const ARCHIVE_COLUMN_TYPES: &[&str] = &["int64", "float64", "bool", "string"];
 
-/// Names the archive's fixed columns take, which no declared column may.
-const ARCHIVE_FIXED_COLUMNS: &[&str] = &[
-    "scenario_id",
-    "success",
-    "date",
-    "event_time",
-    "event_time_valid",
-    "topic",
-    "partition",
-    "offset",
-    "extra",
-    "_record",
-];
+/// Whether `name` is one the archive keeps for itself (its fixed columns,
+/// `extra`, `_record`), which no declared column may take.
+fn archive_reserved(name: &str) -> bool {
+    crate::archive::schema::FIXED.contains(&name) || matches!(name, "extra" | "_record")
+}
 
 /// Most field errors reported for one document or import; the rest are counted.
 const MAX_ERRORS: usize = 50;
@@ -247,14 +239,14 @@ impl ScenarioSpec {
                     let at = format!("archive_columns.{name}");
                     if name.is_empty()
                         || name.len() > crate::registry::MAX_COLUMN_NAME
-                        || ARCHIVE_FIXED_COLUMNS.contains(&name.as_str())
+                        || archive_reserved(name)
                     {
                         errors.push(FieldError::new(
                             at,
                             format!(
-                                "not a column name: 1 to {} bytes, none of {}",
+                                "not a column name: 1 to {} bytes, none of {}, extra, _record",
                                 crate::registry::MAX_COLUMN_NAME,
-                                ARCHIVE_FIXED_COLUMNS.join(", ")
+                                crate::archive::schema::FIXED.join(", ")
                             ),
                         ));
                         continue;
