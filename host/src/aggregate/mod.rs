@@ -617,31 +617,17 @@ impl RedisCounters {
         }
     }
 
-    /// Runs `invocation`, loading `script` first when the server has forgotten it
-    /// (restarted, flushed, failed over).
+    /// Runs `invocation` (redis-rs loads the script again itself when the server
+    /// has forgotten it: restarted, flushed, failed over).
     async fn run_script<T: redis::FromRedisValue>(
         &self,
-        script: &redis::Script,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, CountersError> {
         let mut conn = self.conn.clone();
-        match invocation.invoke_async(&mut conn).await {
-            Ok(value) => Ok(value),
-            Err(err)
-                if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
-                script
-                    .prepare_invoke()
-                    .load_async(&mut conn)
-                    .await
-                    .map_err(|e| self.redis_error(e))?;
-                invocation
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(|e| self.redis_error(e))
-            }
-            Err(err) => Err(self.redis_error(err)),
-        }
+        invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.redis_error(e))
     }
 
     /// Applies a batch's counts exactly once, then refreshes the scenarios'
@@ -677,7 +663,7 @@ impl RedisCounters {
                 .arg(events.first_offset)
                 .arg(&events.tokens);
         }
-        let reply: Vec<redis::Value> = self.run_script(&self.script, &invocation).await?;
+        let reply: Vec<redis::Value> = self.run_script(&invocation).await?;
         let int = |value: Option<&redis::Value>| -> Result<u64, CountersError> {
             match value {
                 Some(redis::Value::Int(n)) => Ok(u64::try_from(*n).unwrap_or(0)),
@@ -749,8 +735,7 @@ impl RedisCounters {
             .arg(view)
             .arg(totals.total)
             .arg(if force { "force" } else { "" });
-        self.run_script::<i64>(&self.ratio_script, &invocation)
-            .await?;
+        self.run_script::<i64>(&invocation).await?;
         if force && let Some(done) = self.forced.lock().expect("forced lock").as_mut() {
             // Only once it was written: a failed write is forced again next time.
             done.insert(scenario.to_owned());
