@@ -107,6 +107,15 @@ pub(crate) async fn counters_of(prefix: &str, group: &str) -> Counters {
         .expect("connect counters")
 }
 
+/// A plain connection to the stack's Redis, to read keys as dashboards do.
+async fn raw_redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(Service::Redis.addr())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
 async fn observed(
     counters: &Counters,
     scenarios: impl Iterator<Item = &String>,
@@ -260,11 +269,7 @@ async fn success_ratio_json_matches_the_dashboard_format() {
     let now = Utc.with_ymd_and_hms(2025, 6, 18, 12, 50, 10).unwrap();
     counters.apply(&tally, now).await.expect("apply");
 
-    let mut conn = redis::Client::open(Service::Redis.addr())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut conn = raw_redis().await;
     let raw: String = conn
         .get(format!("scenario:{scenario}:success_ratio"))
         .await
@@ -374,11 +379,7 @@ async fn the_success_ratio_view_never_goes_back_when_a_replica_is_slow() {
         let key = key.clone();
         let watching = watching.clone();
         tokio::spawn(async move {
-            let mut conn = redis::Client::open(Service::Redis.addr())
-                .expect("client")
-                .get_multiplexed_async_connection()
-                .await
-                .expect("connect");
+            let mut conn = raw_redis().await;
             let mut seen = Vec::new();
             while watching.load(std::sync::atomic::Ordering::Relaxed) {
                 let raw: Option<String> = conn.get(&key).await.expect("GET");
@@ -422,11 +423,7 @@ async fn the_success_ratio_view_never_goes_back_when_a_replica_is_slow() {
     );
     let totals = fast.totals(&scenario).await.expect("totals");
     assert_eq!(totals.total, 2_200);
-    let mut conn = redis::Client::open(Service::Redis.addr())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut conn = raw_redis().await;
     let raw: String = conn.get(&key).await.expect("GET");
     let view: SuccessRatio = serde_json::from_str(&raw).expect("JSON");
     assert_eq!(
@@ -477,11 +474,7 @@ async fn two_consumer_groups_on_one_topic_each_count_every_event_once() {
     assert_eq!(observed(&blue_counters, want.keys()).await, want, "blue");
     assert_eq!(observed(&green_counters, want.keys()).await, want, "green");
 
-    let mut conn = redis::Client::open(Service::Redis.addr())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut conn = raw_redis().await;
     for (scenario, totals) in &want {
         let raw: String = conn
             .get(format!("scenario:{scenario}:success_ratio"))
