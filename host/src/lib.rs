@@ -18,6 +18,11 @@
 //! - [`archive`]: the exactly-once Parquet archive (HDFS or a local directory),
 //!   a pipeline sink that writes one file per scenario, hour and partition per cycle.
 //!
+//! - [`collect`]: the front door, a public HTTP listener that turns tracking
+//!   hits (a pixel, the Matomo tracking API) and JSON records into Kafka records,
+//!   acknowledged by the broker before the client hears `2xx`.
+//! - [`http`]: serving a router with connection limits (both listeners).
+//!
 //! - [`service`]: where the service is composed (broker, counters, archive,
 //!   pipeline, demo), for `weir serve` and its tests alike.
 //!
@@ -27,6 +32,8 @@
 pub mod aggregate;
 pub mod api;
 pub mod archive;
+pub mod collect;
+pub mod http;
 pub mod pipeline;
 pub mod registry;
 pub mod service;

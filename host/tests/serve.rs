@@ -24,6 +24,8 @@ async fn serve_demo_counts_live_and_drains_on_sigterm() {
             "--data-dir",
         ])
         .arg(&data)
+        // The collector on a free port: tests run side by side.
+        .env("WEIR_COLLECT__LISTEN", "127.0.0.1:0")
         .env_remove("WEIR_KAFKA")
         .env_remove("WEIR_REDIS")
         .env_remove("WEIR_DATABASE")
@@ -68,6 +70,26 @@ async fn serve_demo_counts_live_and_drains_on_sigterm() {
     );
     assert_eq!(stats["versions"][0]["plugin"], "scenario@1", "{stats}");
     assert_eq!(stats["errors"], 0);
+    // The demo's events came in through the collector, as pixel hits.
+    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    let metrics = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let pixel_hits: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weir_collect_events_total{endpoint=\"pixel\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        pixel_hits >= 500,
+        "the demo feeds the collector over HTTP: {pixel_hits} pixel hits\n{metrics}"
+    );
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

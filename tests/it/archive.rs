@@ -1133,6 +1133,8 @@ pub(crate) fn serve(config: &Path, log: &Path) -> std::process::Child {
         .arg("serve")
         .arg("--config")
         .arg(config)
+        // The collector on a free port: tests run side by side.
+        .env("WEIR_COLLECT__LISTEN", "127.0.0.1:0")
         .env_remove("WEIR_KAFKA")
         .env_remove("WEIR_REDIS")
         .env_remove("WEIR_DATABASE")

@@ -49,6 +49,10 @@ async fn the_demo_runs_on_the_embedded_broker_and_counts_exactly() {
             root: dir.join("archive").display().to_string(),
             ..ArchiveConfig::default()
         },
+        collect: weir::collect::CollectConfig {
+            listen: "127.0.0.1:0".into(),
+            ..weir::collect::CollectConfig::default()
+        },
         demo: false,
     };
     let service = weir::service::start(plan, registry, stop.clone())

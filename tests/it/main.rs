@@ -7,6 +7,7 @@
 mod api;
 mod archive;
 mod cluster;
+mod collect;
 mod counters;
 mod embedded;
 mod faults;

@@ -104,6 +104,13 @@ pub(crate) struct ReadBack {
     pub(crate) headers: HashMap<String, String>,
 }
 
+impl ReadBack {
+    /// The record's value.
+    pub(crate) fn value(&self) -> &[u8] {
+        &self.value
+    }
+}
+
 /// Reads every committed record of `topics` from the start, until `want` arrived and
 /// nothing more came for a moment.
 pub(crate) fn read_committed(brokers: &str, topics: &[&str], want: usize) -> Vec<ReadBack> {

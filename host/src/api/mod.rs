@@ -168,6 +168,8 @@ pub struct PipelineView {
     pub counters: crate::aggregate::Counters,
     /// The pipeline's own counters.
     pub metrics: Arc<crate::pipeline::Metrics>,
+    /// The collector's counters, when it runs.
+    pub collect: Option<Arc<crate::collect::CollectMetrics>>,
 }
 
 impl AppState {

@@ -250,6 +250,9 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
          # TYPE weir_registry_generation gauge\nweir_registry_generation {}",
         m.generation.load(Ordering::Relaxed)
     );
+    if let Some(collect) = &pipeline.collect {
+        collect.render(&mut out);
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 

@@ -22,6 +22,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use weir::api::{ApiConfig, AppState, PipelineView, router};
 use weir::archive::ArchiveConfig;
+use weir::collect::CollectConfig;
 use weir::pipeline::PipelineConfig;
 use weir::registry::{Backend, Registry, redact_url};
 use weir::runtime::{Runtime, RuntimeConfig};
@@ -60,6 +61,10 @@ pub(crate) struct ServeConfig {
     /// `hdfs://host:port/path` or a directory, default `<data_dir>/archive`),
     /// compression, row groups.
     pub(crate) archive: Option<ArchiveConfig>,
+    /// The collector: its public listener (`listen`, default 127.0.0.1:8090),
+    /// topics, streams, limits (docs/collect.md).
+    #[serde(default)]
+    pub(crate) collect: CollectConfig,
 }
 
 /// `weir serve` flags.
@@ -229,6 +234,7 @@ impl ServeArgs {
             pipeline,
             counters,
             archive,
+            collect: config.collect,
             demo: self.demo,
         };
         problems.extend(plan.problems());
@@ -437,6 +443,10 @@ async fn serve(mut config: Resolved) -> anyhow::Result<()> {
     let view = PipelineView {
         counters: pipeline.counters.clone(),
         metrics: pipeline.metrics.clone(),
+        collect: pipeline
+            .collect
+            .as_ref()
+            .map(|(_, metrics)| metrics.clone()),
     };
     let app = router(AppState::new(registry.clone(), &config.api).with_pipeline(view));
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -450,14 +460,18 @@ async fn serve(mut config: Resolved) -> anyhow::Result<()> {
     eprintln!("weir: serving the API on http://{}", config.listen);
     // One stop signal for every task of the process; each drains within DRAIN.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut http = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let mut stopped = stopped;
-                let _ = stopped.wait_for(|stop| *stop).await;
-            })
-            .into_future(),
-    );
+    let mut http = tokio::spawn(weir::http::serve(
+        listener,
+        app,
+        weir::http::HttpLimits {
+            drain: DRAIN,
+            ..weir::http::HttpLimits::default()
+        },
+        async move {
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|stop| *stop).await;
+        },
+    ));
     let pipeline_ended = async {
         while !pipeline.ended() {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -476,23 +490,14 @@ async fn serve(mut config: Resolved) -> anyhow::Result<()> {
     let drained = pipeline.finish(DRAIN).await;
     let result = match early {
         // The server ended on its own: that is an error worth reporting.
-        Some(ended) => ended
-            .context("the HTTP server task failed")?
-            .context("serving HTTP"),
+        Some(ended) => {
+            ended.context("the HTTP server task failed")?;
+            Err(anyhow::anyhow!("the API's listener stopped on its own"))
+        }
         None => {
             let _ = stop.send(true);
-            match tokio::time::timeout(DRAIN, http).await {
-                Ok(ended) => ended
-                    .context("the HTTP server task failed")?
-                    .context("serving HTTP"),
-                Err(_) => {
-                    tracing::warn!(
-                        seconds = DRAIN.as_secs(),
-                        "requests still running after the drain timeout; stopping anyway"
-                    );
-                    Ok(())
-                }
-            }
+            // `serve` itself bounds the drain of open requests.
+            http.await.context("the HTTP server task failed")
         }
     };
     registry.close().await;

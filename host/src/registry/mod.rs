@@ -44,6 +44,7 @@ pub use plugins::{
 pub use scenarios::{
     DEFAULT_PLUGIN, Enrich, PutMode, Scenario, ScenarioSpec, WEIR_SCENARIO_FIELDS,
 };
+pub(crate) use scenarios::{valid_id, valid_topic};
 
 static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
 static MYSQL: Migrator = sqlx::migrate!("migrations/mysql");

@@ -1,6 +1,8 @@
 //! `weir serve --demo`: the example scenario 5 ("adult male users who clicked buy
 //! after 9 o'clock"), the members it is enriched from, and a feed of generated
-//! tracking events, so a first run shows live counts within seconds.
+//! tracking hits sent to the collector over HTTP as a tracking pixel would
+//! (`GET /5?memberId=…&h=…`), so a first run exercises the front door and shows
+//! live counts within seconds.
 
 use std::time::Duration;
 
@@ -66,7 +68,69 @@ pub fn event(i: u64, now_ms: i64) -> Vec<u8> {
     serde_json::to_vec(&value).expect("event JSON")
 }
 
-/// Produces `rate` demo events per second to `topic` until `stop`.
+/// The query of demo hit number `i`, at `now_ms`: the fields of [`event`] as
+/// tracking parameters.
+pub fn hit(i: u64, now_ms: i64) -> Vec<(&'static str, String)> {
+    let actions = ["조회", "장바구니", "구매"];
+    vec![
+        ("memberId", format!("m{:04}", (i * 37) % MEMBERS)),
+        ("h", ((i / 7) % 24).to_string()),
+        ("e_n", actions[(i % 3) as usize].to_owned()),
+        ("url", format!("/goods/{}", i % 120)),
+        ("ts", now_ms.to_string()),
+    ]
+}
+
+/// Sends `rate` demo hits per second to the collector at `addr` until `stop`,
+/// each a pixel request on a kept-alive connection.
+pub async fn feed_http(addr: std::net::SocketAddr, rate: u32, stop: CancellationToken) {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::error!(error = %err, "demo feed could not start");
+            return;
+        }
+    };
+    let url = format!("http://{addr}/{SCENARIO_ID}");
+    let period = Duration::from_millis(100);
+    let per_tick = (rate / 10).max(1) as u64;
+    let mut i = 0u64;
+    let mut warned = false;
+    tracing::info!(%url, rate, "demo feed started (through the collector)");
+    while !stop.is_cancelled() {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut sends = tokio::task::JoinSet::new();
+        for _ in 0..per_tick {
+            let request = client.get(&url).query(&hit(i, now_ms));
+            sends.spawn(async move { request.send().await.map(|r| r.status()) });
+            i += 1;
+        }
+        while let Some(sent) = sends.join_next().await {
+            let failed = match sent {
+                Ok(Ok(status)) if status.is_success() => None,
+                Ok(Ok(status)) => Some(status.to_string()),
+                Ok(Err(err)) => Some(err.to_string()),
+                Err(err) => Some(err.to_string()),
+            };
+            if let Some(reason) = failed
+                && !warned
+            {
+                warned = true;
+                tracing::warn!(%reason, "a demo hit was not taken (further ones are not logged)");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
+/// Produces `rate` demo events per second to `topic` until `stop` (when the
+/// collector is turned off).
 pub async fn feed(brokers: String, topic: String, rate: u32, stop: CancellationToken) {
     let producer: ThreadedProducer<DefaultProducerContext> = match ClientConfig::new()
         .set("bootstrap.servers", &brokers)

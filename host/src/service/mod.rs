@@ -1,5 +1,6 @@
 //! Where the service is composed: Kafka (or the embedded broker), the counters
-//! (Redis, or in memory), the archive, the pipeline thread and the `--demo` feed,
+//! (Redis, or in memory), the archive, the pipeline thread, the collector's
+//! listener and the `--demo` feed (through the collector over HTTP),
 //! under one stop signal. `weir serve` calls [`start`], and so do the tests of the
 //! service, so the wiring exists once.
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 use crate::aggregate::{Counters, CountersConfig, CountersSink};
 use crate::archive::columns::RegistryColumns;
 use crate::archive::{ArchiveConfig, ArchiveSink};
+use crate::collect::{CollectConfig, CollectMetrics, Front};
 use crate::pipeline::sink::Sink;
 use crate::pipeline::{Metrics, Pipeline, PipelineConfig, PipelineError};
 use crate::registry::{PutMode, Registry};
@@ -48,6 +50,8 @@ pub struct PipelinePlan {
     pub counters: CountersSection,
     /// Where the Parquet archive goes.
     pub archive: ArchiveConfig,
+    /// The collector (its own public listener).
+    pub collect: CollectConfig,
     /// Create scenario 5 and feed it generated events.
     pub demo: bool,
 }
@@ -75,7 +79,22 @@ impl PipelinePlan {
             problems.push("counters.bucket_retention_secs: use at least 1".into());
         }
         problems.extend(self.archive.problems());
+        if self.collect.enabled {
+            problems.extend(self.collect.problems());
+        }
         problems
+    }
+
+    /// The topic tracking hits go to: `[collect] topic`, else the first topic
+    /// the pipeline consumes.
+    pub fn hits_topic(&self) -> String {
+        self.collect.topic.clone().unwrap_or_else(|| {
+            self.pipeline
+                .topics
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "weir.events".into())
+        })
     }
 }
 
@@ -89,6 +108,9 @@ pub struct Running {
     /// The Kafka bootstrap servers the pipeline uses (the embedded broker's
     /// address when none was configured).
     pub brokers: String,
+    /// The collector's address and counters, when it runs.
+    pub collect: Option<(std::net::SocketAddr, Arc<CollectMetrics>)>,
+    collector: Option<(tokio::task::JoinHandle<()>, Arc<Front>)>,
     _broker: Option<EmbeddedBroker>,
 }
 
@@ -104,11 +126,22 @@ pub async fn start(
     registry: Registry,
     stop: CancellationToken,
 ) -> anyhow::Result<Running> {
+    let hits_topic = plan.hits_topic();
+    let collect_topics = if plan.collect.enabled {
+        plan.collect.topics(&hits_topic)
+    } else {
+        Vec::new()
+    };
     let mut config = plan.pipeline;
     let broker = if config.brokers.is_empty() {
         let mut topics: Vec<(&str, i32)> = config.topics.iter().map(|t| (t.as_str(), 3)).collect();
         topics.push((config.dlq_topic.as_str(), 1));
         topics.push((config.journal_topic.as_str(), 3));
+        for topic in &collect_topics {
+            if !topics.iter().any(|(t, _)| t == topic) {
+                topics.push((topic.as_str(), 3));
+            }
+        }
         let broker = EmbeddedBroker::start(&topics).context("starting the embedded broker")?;
         config.brokers = broker.bootstrap_servers().to_owned();
         eprintln!(
@@ -157,12 +190,6 @@ pub async fn start(
             .put_scenario(demo::scenario(), None, PutMode::Upsert, "demo")
             .await
             .context("creating the demo scenario 5")?;
-        let topic = config
-            .topics
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "weir.events".into());
-        tokio::spawn(demo::feed(config.brokers.clone(), topic, 500, stop.clone()));
         tokio::spawn(report(
             counters.clone(),
             demo::SCENARIO_ID.to_owned(),
@@ -193,10 +220,49 @@ pub async fn start(
         Box::new(archive),
     ];
     let brokers = config.brokers.clone();
-    let pipeline = Pipeline::new(config, registry, sinks, stop)
+    let pipeline = Pipeline::new(config, registry, sinks, stop.clone())
         .await
         .context("starting the pipeline")?;
     let metrics = pipeline.metrics();
+    let collector = if plan.collect.enabled {
+        let addr = plan.collect.listen.clone();
+        let front = Arc::new(
+            Front::new(plan.collect.clone(), &brokers, &hits_topic)
+                .context("starting the collector's producer")?,
+        );
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("listening on {addr} for the collector ([collect] listen)"))?;
+        let local = listener.local_addr().context("the collector's address")?;
+        eprintln!(
+            "weir: collecting tracking hits and JSON records on http://{local} (to {})",
+            front.hits_topic()
+        );
+        let server = tokio::spawn(crate::http::serve(
+            listener,
+            crate::collect::router(front.clone()),
+            plan.collect.http_limits(),
+            stop.clone().cancelled_owned(),
+        ));
+        Some((local, server, front))
+    } else {
+        None
+    };
+    if plan.demo {
+        match &collector {
+            Some((addr, ..)) => {
+                tokio::spawn(demo::feed_http(*addr, 500, stop.clone()));
+            }
+            None => {
+                tokio::spawn(demo::feed(
+                    brokers.clone(),
+                    hits_topic.clone(),
+                    500,
+                    stop.clone(),
+                ));
+            }
+        }
+    }
     let thread = std::thread::Builder::new()
         .name("weir-pipeline".into())
         .spawn(move || pipeline.run())
@@ -206,6 +272,10 @@ pub async fn start(
         metrics,
         counters,
         brokers,
+        collect: collector
+            .as_ref()
+            .map(|(addr, _, front)| (*addr, front.metrics())),
+        collector: collector.map(|(_, server, front)| (server, front)),
         _broker: broker,
     })
 }
@@ -213,6 +283,11 @@ pub async fn start(
 impl Running {
     /// Waits for the pipeline thread after the stop signal, at most `drain`.
     pub async fn finish(self, drain: Duration) -> anyhow::Result<()> {
+        if let Some((server, front)) = self.collector {
+            // The listener stopped with the stop signal; its open requests finish.
+            let _ = tokio::time::timeout(drain, server).await;
+            let _ = tokio::task::spawn_blocking(move || front.flush(Duration::from_secs(5))).await;
+        }
         let thread = self.thread;
         let joined =
             tokio::time::timeout(drain, tokio::task::spawn_blocking(move || thread.join())).await;
