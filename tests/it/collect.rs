@@ -800,3 +800,105 @@ fn form(params: &[(&str, String)]) -> String {
         .collect::<Vec<_>>()
         .join("&")
 }
+
+/// nginx from apt as a reverse proxy in front of `upstream`, on a free port
+/// of 127.0.0.1, connecting to the upstream from 127.0.0.2; stopped when dropped.
+struct Nginx {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl Nginx {
+    fn start(upstream: SocketAddr) -> Self {
+        let dir = std::env::temp_dir().join(unique("weir-nginx"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = dir.display();
+        let conf = format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n\
+               proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n\
+               uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+                 proxy_pass http://{upstream};\n      proxy_bind 127.0.0.2;\n\
+                 proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
+                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n    }}\n  }}\n}}\n"
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&path)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx from apt (`tests/stack install` installs it)");
+        let nginx = Self { child, dir, port };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "nginx did not listen; its log: {}",
+                std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        nginx
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_nginx_the_client_address_comes_from_the_trusted_proxy_only() {
+    let c = Collector::start(&Service::Kafka.addr(), |config| {
+        config.trusted_proxies = vec!["127.0.0.2/32".into()];
+    })
+    .await;
+    let nginx = Nginx::start(c.addr);
+    // The client speaks from 127.0.0.3, nginx to the collector from 127.0.0.2.
+    let http = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 3]))
+        .build()
+        .unwrap();
+    for (via, base) in [
+        ("nginx", format!("http://127.0.0.1:{}", nginx.port)),
+        ("direct", format!("http://{}", c.addr)),
+    ] {
+        for spoof in [None, Some("6.6.6.6")] {
+            let mut request = http.get(format!("{base}/5?via={via}&spoof={}", spoof.is_some()));
+            if let Some(ip) = spoof {
+                request = request.header("x-forwarded-for", ip);
+            }
+            let answer = request.send().await.unwrap();
+            assert_eq!(answer.status(), 200, "{via}");
+        }
+    }
+    let hits = c.read(&c.hits, 4);
+    assert_eq!(hits.len(), 4, "{hits:#?}");
+    for hit in &hits {
+        assert_eq!(
+            hit["client_ip"], "127.0.0.3",
+            "the real client, neither the proxy nor a spoofed address: {hit}"
+        );
+    }
+    assert!(
+        hits.iter().filter(|h| h["via"] == "nginx").count() == 2,
+        "two hits came through nginx: {hits:#?}"
+    );
+}

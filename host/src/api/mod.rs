@@ -573,8 +573,17 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.upload_limit))
+        // A request, its upload included, is read and answered within this long
+        // (the listener's header timeout covers the time before it).
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .with_state(state)
 }
+
+/// How long one API request may take, body included.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 async fn require_role(
     State((state, needed)): State<(AppState, Role)>,
