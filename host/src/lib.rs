@@ -22,6 +22,7 @@
 //!   hits (a pixel, the Matomo tracking API) and JSON records into Kafka records,
 //!   acknowledged by the broker before the client hears `2xx`.
 //! - [`http`]: serving a router with connection limits (both listeners).
+//! - [`generate`]: seeded generated traffic for `weir generate`.
 //!
 //! - [`service`]: where the service is composed (broker, counters, archive,
 //!   pipeline, demo), for `weir serve` and its tests alike.
@@ -33,6 +34,7 @@ pub mod aggregate;
 pub mod api;
 pub mod archive;
 pub mod collect;
+pub mod generate;
 pub mod http;
 pub mod pipeline;
 pub mod registry;

@@ -1082,7 +1082,7 @@ async fn a_crash_with_open_files_replays_them_to_the_archive_only() {
 }
 
 /// The `weir` binary `cargo test --workspace` built next to this test binary.
-fn weir_binary() -> PathBuf {
+pub(crate) fn weir_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let binary = exe
         .parent()

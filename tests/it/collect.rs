@@ -902,3 +902,96 @@ async fn behind_nginx_the_client_address_comes_from_the_trusted_proxy_only() {
         "two hits came through nginx: {hits:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weir_generate_feeds_the_collector_and_kafka_repeatably() {
+    let c = Collector::start(&Service::Kafka.addr(), |_| {}).await;
+    let generate = |args: &[&str]| {
+        let output = Command::new(crate::archive::weir_binary())
+            .arg("generate")
+            .args(args)
+            .env_remove("WEIR_KAFKA")
+            .output()
+            .expect("weir generate");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "weir generate failed:\n{stderr}");
+        stderr
+    };
+    let to = format!("http://{}", c.addr);
+    let said = generate(&[
+        "--count",
+        "300",
+        "--rate",
+        "1000",
+        "--to",
+        &to,
+        "--scenario",
+        "5",
+        "--scenario",
+        "6",
+    ]);
+    assert!(said.contains("300 sent, 0 failed"), "{said}");
+    let hits = c.read(&c.hits, 300);
+    assert_eq!(hits.len(), 300);
+    assert!(
+        hits.iter()
+            .all(|h| h["scenario_id"] == "5" || h["scenario_id"] == "6")
+    );
+    assert!(
+        hits.iter()
+            .all(|h| h["client_ip"] == "127.0.0.1" && h["memberId"].is_string())
+    );
+    let said = generate(&[
+        "--profile",
+        "services",
+        "--count",
+        "200",
+        "--rate",
+        "1000",
+        "--to",
+        &to,
+    ]);
+    assert!(said.contains("200 sent, 0 failed"), "{said}");
+    assert_eq!(
+        c.read(&c.logs, 200).len(),
+        200,
+        "the service mix through the logs stream"
+    );
+
+    // Straight to Kafka: the same seed gives the same events.
+    let topics = [unique("gen-a"), unique("gen-b")];
+    create_topics(&c.brokers, &[&topics[0], &topics[1]]).await;
+    for topic in &topics {
+        generate(&[
+            "--profile",
+            "services",
+            "--count",
+            "500",
+            "--rate",
+            "5000",
+            "--seed",
+            "42",
+            "--kafka",
+            &c.brokers,
+            "--topic",
+            topic,
+        ]);
+    }
+    let strip = |topic: &str| {
+        let mut events: Vec<String> = c
+            .read(topic, 500)
+            .into_iter()
+            .map(|mut e| {
+                e.as_object_mut().unwrap().remove("ts");
+                e.to_string()
+            })
+            .collect();
+        events.sort();
+        events
+    };
+    let (a, b) = (strip(&topics[0]), strip(&topics[1]));
+    assert_eq!(a.len(), 500);
+    assert_eq!(a, b, "one seed, one run");
+    let errors = a.iter().filter(|e| e.contains("\"ERROR\"")).count();
+    assert!(errors < 50, "about 2% errors: {errors}");
+}

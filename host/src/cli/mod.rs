@@ -2,6 +2,7 @@
 //! and in `main.rs` only.
 
 mod client;
+mod generate;
 mod plugin;
 mod serve;
 
@@ -31,8 +32,10 @@ pub(crate) enum Command {
     /// Import and inspect members (user attributes) on a weir server.
     #[command(subcommand)]
     Member(client::MemberCommand),
-    /// Run the service: the pipeline and the control plane API.
+    /// Run the service: the pipeline, the collector and the control plane API.
     Serve(serve::ServeArgs),
+    /// Send generated traffic to the collector or to Kafka.
+    Generate(generate::GenerateArgs),
 }
 
 impl Command {
@@ -42,6 +45,7 @@ impl Command {
             Command::Scenario(command) => command.run(),
             Command::Member(command) => command.run(),
             Command::Serve(args) => args.run(),
+            Command::Generate(args) => args.run(),
         }
     }
 }
