@@ -116,6 +116,98 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos}-{n}", std::process::id())
 }
 
+/// Servers of a test's own: a second `tests/stack` in a scratch directory on
+/// shifted ports, so that stopping or restarting them stalls no other test.
+/// Dropped, it resumes what it stopped, stops its servers and removes the
+/// directory.
+#[derive(Debug)]
+pub struct PrivateStack {
+    dir: std::path::PathBuf,
+    /// The port offset (`WEIR_STACK_PORT_OFFSET`): its servers listen on the
+    /// shared stack's ports plus this.
+    pub offset: u16,
+    services: Vec<String>,
+}
+
+impl PrivateStack {
+    /// Starts `services` (names of `tests/stack`) at an offset no other private
+    /// stack of this process has, whose `probe` port (a shared-stack port, e.g.
+    /// 19000 for the NameNode) is free once shifted.
+    pub fn start(services: &[&str], probe: u16) -> Self {
+        static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(700);
+        let offset = loop {
+            let offset = NEXT.fetch_add(10, std::sync::atomic::Ordering::Relaxed);
+            assert!(offset < 2_000, "no free port offset for a private stack");
+            if std::net::TcpListener::bind(("127.0.0.1", probe + offset)).is_ok() {
+                break offset;
+            }
+        };
+        let stack = Self {
+            dir: std::env::temp_dir().join(unique("weir-private-stack")),
+            offset,
+            services: services.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let mut up = vec!["up"];
+        up.extend(services);
+        let started = stack.run(&up);
+        assert!(
+            started.status.success(),
+            "a private {services:?} did not start (`tests/stack install` fetches the jars): {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        stack
+    }
+
+    /// Runs `tests/stack` with `args` on this stack.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/stack"))
+            .args(args)
+            .env("WEIR_STACK_DIR", &self.dir)
+            .env("WEIR_STACK_PORT_OFFSET", self.offset.to_string())
+            .output()
+            .expect("running tests/stack")
+    }
+
+    /// Runs `tests/stack` with `args` and fails the test if it fails.
+    pub fn must(&self, args: &[&str]) {
+        let done = self.run(args);
+        assert!(
+            done.status.success(),
+            "tests/stack {args:?} failed (logs under {}): {}",
+            self.dir.display(),
+            String::from_utf8_lossy(&done.stderr)
+        );
+    }
+
+    /// Sends `signal` (e.g. `-STOP`) to `service`'s process.
+    pub fn signal(&self, service: &str, signal: &str) {
+        let pid = std::fs::read_to_string(self.dir.join(service).join("pid"))
+            .unwrap_or_else(|_| panic!("{service} has no pid file"));
+        let done = std::process::Command::new("kill")
+            .args([signal, pid.trim()])
+            .status()
+            .expect("kill");
+        assert!(done.success(), "kill {signal} {service}");
+    }
+}
+
+impl Drop for PrivateStack {
+    fn drop(&mut self) {
+        // A test that failed while a server was stopped: let it stop for good.
+        for service in &self.services {
+            if let Ok(pid) = std::fs::read_to_string(self.dir.join(service).join("pid")) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-CONT", pid.trim()])
+                    .status();
+            }
+        }
+        let mut down = vec!["down"];
+        down.extend(self.services.iter().map(String::as_str));
+        let _ = self.run(&down);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::host_port;

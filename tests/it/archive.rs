@@ -1287,77 +1287,20 @@ async fn weir_serve_killed_while_files_are_open_restarts_exactly_once() {
     let _ = std::fs::remove_dir_all(&data);
 }
 
-/// A NameNode and DataNode of this test's own, started by `tests/stack` in a scratch
-/// directory on shifted ports, so restarting its DataNode leaves the shared one alone.
-struct PrivateHdfs {
-    stack: String,
-    dir: PathBuf,
-    offset: u16,
-}
-
-impl PrivateHdfs {
-    fn start() -> Self {
-        let stack = std::env::var("WEIR_TEST_STACK").unwrap_or_else(|_| {
-            panic!(
-                "WEIR_TEST_STACK is not set: load the test environment with \
-                 `eval \"$(tests/stack env)\"`, or run every test with `tests/run`"
-            )
-        });
-        // A port offset whose NameNode port is free now.
-        let offset = (700..1000)
-            .step_by(10)
-            .find(|offset| std::net::TcpListener::bind(("127.0.0.1", 19000 + offset)).is_ok())
-            .expect("a free port range");
-        let hdfs = Self {
-            stack,
-            dir: std::env::temp_dir().join(unique("weir-hdfs")),
-            offset,
-        };
-        hdfs.stack(&["up", "namenode", "datanode"]);
-        hdfs
-    }
-
-    fn stack(&self, args: &[&str]) {
-        let status = std::process::Command::new(&self.stack)
-            .args(args)
-            .env("WEIR_STACK_DIR", &self.dir)
-            .env("WEIR_STACK_PORT_OFFSET", self.offset.to_string())
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("run tests/stack");
-        assert!(
-            status.success(),
-            "tests/stack {args:?} failed (logs under {})",
-            self.dir.display()
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("hdfs://127.0.0.1:{}", 19000 + self.offset)
-    }
-}
-
-impl Drop for PrivateHdfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(&self.stack)
-            .args(["down", "datanode", "namenode"])
-            .env("WEIR_STACK_DIR", &self.dir)
-            .env("WEIR_STACK_PORT_OFFSET", self.offset.to_string())
-            .stdout(std::process::Stdio::null())
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// The DataNode stops mid-stream: the pipeline fails its cycles, keeps consumption
 /// paused and commits nothing past the files it could not store; when the DataNode is
 /// back it catches up, and the archive holds every event once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_datanode_restarted_mid_stream_loses_nothing_and_doubles_nothing() {
     let brokers = Service::Kafka.addr();
-    let hdfs = tokio::task::spawn_blocking(PrivateHdfs::start)
-        .await
-        .expect("join");
+    // A NameNode and DataNode of the test's own, so restarting its DataNode
+    // leaves the shared one alone.
+    let hdfs = tokio::task::spawn_blocking(|| {
+        weir_integration::PrivateStack::start(&["namenode", "datanode"], 19_000)
+    })
+    .await
+    .expect("join");
+    let hdfs_url = format!("hdfs://127.0.0.1:{}", 19_000 + hdfs.offset);
     let u = unique("dn");
     let total = 40_000i64;
     let PipelineSetup {
@@ -1369,7 +1312,7 @@ async fn a_datanode_restarted_mid_stream_loses_nothing_and_doubles_nothing() {
     } = pipeline_setup(&brokers, &u, total).await;
     let root = format!("/weir-archive/{u}");
     let sink = archive_sink(ArchiveConfig {
-        root: format!("{}{root}", hdfs.url()),
+        root: format!("{}{root}", hdfs_url.clone()),
         max_file_age_secs: 1,
         idle_secs: 1,
         hdfs_timeout_secs: 5,
@@ -1398,7 +1341,7 @@ async fn a_datanode_restarted_mid_stream_loses_nothing_and_doubles_nothing() {
     let failed = || metrics.failed_cycles.load(Ordering::Relaxed);
     tokio::task::block_in_place(|| {
         wait_for("5,000 events", &|| events() >= 5_000);
-        hdfs.stack(&["down", "datanode"]);
+        hdfs.must(&["down", "datanode"]);
         let stopped_at = events();
         wait_for("a failed cycle", &|| failed() >= 1);
         let during = events();
@@ -1409,7 +1352,7 @@ async fn a_datanode_restarted_mid_stream_loses_nothing_and_doubles_nothing() {
             "consumption is paused while files cannot be stored: {during} then {}",
             events()
         );
-        hdfs.stack(&["up", "datanode"]);
+        hdfs.must(&["up", "datanode"]);
         wait_for("every event", &|| events() >= total as u64);
     });
     stop.cancel();
@@ -1420,7 +1363,7 @@ async fn a_datanode_restarted_mid_stream_loses_nothing_and_doubles_nothing() {
         .expect("pipeline run");
 
     let client = ClientBuilder::new()
-        .with_url(hdfs.url())
+        .with_url(hdfs_url.clone())
         .build()
         .expect("HDFS client");
     check_hdfs_archive(&client, &root, &expected, &events_topic).await;

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use weir::collect::{CollectConfig, CollectMetrics, Front, StreamConfig};
-use weir_integration::{Service, unique};
+use weir_integration::{PrivateStack, Service, unique};
 
 use crate::pipeline::{create_topics, read_committed};
 
@@ -387,6 +387,7 @@ async fn browsers_get_cors_and_slow_or_oversized_clients_are_cut_off() {
         config.header_timeout_ms = 500;
         config.request_timeout_ms = 1_000;
         config.max_query_bytes = 2048;
+        config.max_bulk_requests = 3;
     })
     .await;
     let http = client();
@@ -433,6 +434,17 @@ async fn browsers_get_cors_and_slow_or_oversized_clients_are_cut_off() {
         .await
         .unwrap();
     assert_eq!(big_header.status(), 431);
+    let bulk = http
+        .post(c.url("/matomo.php"))
+        .body(json!({"requests": vec!["?idsite=1&rec=1"; 4]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        bulk.status(),
+        413,
+        "more tracking requests than a bulk may hold"
+    );
 
     // Headers a byte at a time: the connection is closed at the header timeout.
     let mut slow = tokio::net::TcpStream::connect(c.addr).await.unwrap();
@@ -471,65 +483,14 @@ async fn browsers_get_cors_and_slow_or_oversized_clients_are_cut_off() {
     assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
 }
 
-/// A Kafka broker of its own (a second `tests/stack` with a port offset), so
-/// stopping it stalls no other test; stopped when dropped.
-struct PrivateKafka {
-    dir: std::path::PathBuf,
-    offset: u16,
-}
-
-impl PrivateKafka {
-    fn stack(&self, args: &[&str]) -> std::process::Output {
-        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/stack"))
-            .args(args)
-            .env("WEIR_STACK_DIR", &self.dir)
-            .env("WEIR_STACK_PORT_OFFSET", self.offset.to_string())
-            .output()
-            .expect("running tests/stack")
-    }
-
-    fn start() -> Self {
-        let kafka = Self {
-            dir: std::env::temp_dir().join(unique("weir-private-kafka")),
-            offset: 800,
-        };
-        let up = kafka.stack(&["up", "kafka"]);
-        assert!(
-            up.status.success(),
-            "a second Kafka did not start (`tests/stack install` fetches its jars): {}",
-            String::from_utf8_lossy(&up.stderr)
-        );
-        kafka
-    }
-
-    fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", 19_092 + self.offset)
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = std::fs::read_to_string(self.dir.join("kafka/pid")).expect("Kafka pid file");
-        let done = Command::new("kill")
-            .args([signal, pid.trim()])
-            .status()
-            .expect("kill");
-        assert!(done.success(), "kill {signal} Kafka");
-    }
-}
-
-impl Drop for PrivateKafka {
-    fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("kafka/pid")) {
-            let _ = Command::new("kill").args(["-CONT", pid.trim()]).status();
-        }
-        let _ = self.stack(&["down"]);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_broker_gets_503s_and_loses_no_acknowledged_hit() {
-    let kafka = PrivateKafka::start();
-    let c = Collector::start(&kafka.brokers(), |config| {
+    // A broker of the test's own, so stopping it stalls no other test.
+    let kafka = tokio::task::spawn_blocking(|| PrivateStack::start(&["kafka"], 19_092))
+        .await
+        .expect("join");
+    let brokers = format!("127.0.0.1:{}", 19_092 + kafka.offset);
+    let c = Collector::start(&brokers, |config| {
         config.produce_timeout_ms = 2_000;
     })
     .await;
@@ -555,7 +516,7 @@ async fn a_stopped_broker_gets_503s_and_loses_no_acknowledged_hit() {
     }
     assert_eq!(acknowledged.len(), 200, "all taken while the broker runs");
 
-    kafka.signal("-STOP");
+    kafka.signal("kafka", "-STOP");
     let mut unavailable = 0;
     for i in 200..210 {
         let started = Instant::now();
@@ -578,7 +539,7 @@ async fn a_stopped_broker_gets_503s_and_loses_no_acknowledged_hit() {
         unavailable >= 8,
         "{unavailable} of 10 answered 503 while the broker was stopped"
     );
-    kafka.signal("-CONT");
+    kafka.signal("kafka", "-CONT");
 
     // Back: hits are taken again (the producer reconnects by itself).
     let back = Instant::now();

@@ -16,7 +16,7 @@ use weir::pipeline::sink::Sink;
 use weir::pipeline::{Pipeline, PipelineConfig};
 use weir::registry::{MakeCurrent, PutMode, Registry};
 use weir::runtime::{Runtime, RuntimeConfig};
-use weir_integration::{Service, unique};
+use weir_integration::{PrivateStack, Service, unique};
 
 /// A redis-server of this test's own.
 struct PrivateRedis {
@@ -302,68 +302,6 @@ async fn redis_restarted_empty_counts_from_the_restart_and_says_so() {
     );
 }
 
-/// A NameNode and DataNode of their own (a second `tests/stack` beside the
-/// shared one, so stopping it stalls no other test), stopped when dropped.
-struct PrivateHdfs {
-    dir: PathBuf,
-    offset: u16,
-}
-
-impl PrivateHdfs {
-    fn stack(&self, args: &[&str]) -> std::process::Output {
-        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/stack"))
-            .args(args)
-            .env("WEIR_STACK_DIR", &self.dir)
-            .env("WEIR_STACK_PORT_OFFSET", self.offset.to_string())
-            .output()
-            .expect("running tests/stack")
-    }
-
-    fn start() -> Self {
-        let hdfs = Self {
-            dir: std::env::temp_dir().join(unique("weir-private-hdfs")),
-            offset: 700,
-        };
-        let up = hdfs.stack(&["up", "namenode", "datanode"]);
-        assert!(
-            up.status.success(),
-            "a second HDFS did not start (`tests/stack install` fetches its jars): {}",
-            String::from_utf8_lossy(&up.stderr)
-        );
-        hdfs
-    }
-
-    fn url(&self) -> String {
-        format!("hdfs://127.0.0.1:{}", 19_000 + self.offset)
-    }
-
-    fn namenode_pid(&self) -> String {
-        std::fs::read_to_string(self.dir.join("namenode/pid"))
-            .expect("NameNode pid file")
-            .trim()
-            .to_owned()
-    }
-
-    fn signal(&self, signal: &str) {
-        let done = Command::new("kill")
-            .args([signal, &self.namenode_pid()])
-            .status()
-            .expect("kill");
-        assert!(done.success(), "kill {signal} the NameNode");
-    }
-}
-
-impl Drop for PrivateHdfs {
-    fn drop(&mut self) {
-        // A test that failed while it was stopped: let it stop for good.
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("namenode/pid")) {
-            let _ = Command::new("kill").args(["-CONT", pid.trim()]).status();
-        }
-        let _ = self.stack(&["down", "namenode", "datanode"]);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// The NameNode stopped with SIGSTOP for 40 s under load, with the default
 /// timeouts: the pipeline keeps running (its transactions do not wait for the
 /// archive), catches up after SIGCONT, and nothing is lost or doubled in the
@@ -372,7 +310,9 @@ impl Drop for PrivateHdfs {
 async fn a_namenode_stopped_for_40_s_stalls_the_archive_only_for_that_long() {
     use crate::archive::{PipelineSetup, archive_pipeline, check, copy_from_hdfs, read_back};
 
-    let hdfs = PrivateHdfs::start();
+    // A NameNode and DataNode of the test's own, so stopping them stalls no other test.
+    let hdfs = PrivateStack::start(&["namenode", "datanode"], 19_000);
+    let hdfs_url = format!("hdfs://127.0.0.1:{}", 19_000 + hdfs.offset);
     let brokers = Service::Kafka.addr();
     let u = unique("stall");
     let first = 20_000i64;
@@ -387,7 +327,7 @@ async fn a_namenode_stopped_for_40_s_stalls_the_archive_only_for_that_long() {
     let counters = crate::counters::counters_of(&format!("weirtest-{u}"), &u).await;
     let root = format!("/weir-archive/{u}");
     let archive = weir::archive::ArchiveConfig {
-        root: format!("{}{root}", hdfs.url()),
+        root: format!("{}{root}", hdfs_url.clone()),
         max_file_age_secs: 0,
         ..weir::archive::ArchiveConfig::default()
     };
@@ -409,7 +349,7 @@ async fn a_namenode_stopped_for_40_s_stalls_the_archive_only_for_that_long() {
     let mut running = crate::pipeline::Running::start(config, &registry, sinks).await;
     running.wait_for(5_000).await;
 
-    hdfs.signal("-STOP");
+    hdfs.signal("namenode", "-STOP");
     let stopped = Instant::now();
     // More load while it is stopped.
     let ids = [format!("{u}-a"), format!("{u}-b")];
@@ -425,7 +365,7 @@ async fn a_namenode_stopped_for_40_s_stalls_the_archive_only_for_that_long() {
             "the pipeline stopped while the NameNode was"
         );
     }
-    hdfs.signal("-CONT");
+    hdfs.signal("namenode", "-CONT");
     let resumed = Instant::now();
     running.wait_for(2 * first as u64).await;
     println!(
@@ -450,7 +390,7 @@ async fn a_namenode_stopped_for_40_s_stalls_the_archive_only_for_that_long() {
         "counted once each"
     );
     let client = hdfs_native::ClientBuilder::new()
-        .with_url(hdfs.url())
+        .with_url(hdfs_url.clone())
         .build()
         .expect("HDFS client");
     let (local, _) = copy_from_hdfs(&client, &root).await;

@@ -346,6 +346,19 @@ async fn bulk(front: &Front, client: &Client, body: &[u8]) -> Response {
                 .into_response();
         }
     };
+    let max = front.config().max_bulk_requests;
+    if entries.len() > max {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-many-requests-in-bulk",
+            format!(
+                "the bulk request holds {} tracking requests; at most {max} are taken at once \
+                 (split it)",
+                entries.len()
+            ),
+        )
+        .into_response();
+    }
     let mut records = Vec::new();
     let mut invalid = Vec::new();
     let mut errors = Vec::new();

@@ -82,6 +82,9 @@ pub struct CollectConfig {
     pub max_body_bytes: usize,
     /// Largest record of a JSON stream or bulk request, bytes (default 64 KiB).
     pub max_record_bytes: usize,
+    /// Most tracking requests in one Matomo bulk request (default 1,000; the
+    /// JavaScript tracker sends 50); more get 413.
+    pub max_bulk_requests: usize,
     /// Largest request target (path and query), bytes (default 8 KiB); longer
     /// ones get 414.
     pub max_query_bytes: usize,
@@ -146,6 +149,7 @@ impl Default for CollectConfig {
             cors_origins: vec!["*".into()],
             max_body_bytes: 1 << 20,
             max_record_bytes: 64 << 10,
+            max_bulk_requests: 1_000,
             max_query_bytes: 8 << 10,
             max_header_bytes: 16 << 10,
             header_timeout_ms: 10_000,
