@@ -635,6 +635,7 @@ async fn hits_over_every_endpoint_are_counted_by_their_scenario() {
             streams: Default::default(),
             ..CollectConfig::default()
         },
+        data_dir: dir.clone(),
         demo: false,
     };
     let service = weir::service::start(plan, registry, stop.clone())
@@ -762,8 +763,8 @@ fn form(params: &[(&str, String)]) -> String {
         .join("&")
 }
 
-/// nginx from apt as a reverse proxy in front of `upstream`, on a free port
-/// of 127.0.0.1, connecting to the upstream from 127.0.0.2; stopped when dropped.
+/// nginx from apt on a free port of 127.0.0.1, its access log in
+/// `<dir>/access.log`; stopped when dropped.
 struct Nginx {
     child: std::process::Child,
     dir: std::path::PathBuf,
@@ -771,7 +772,17 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start(upstream: SocketAddr) -> Self {
+    /// A reverse proxy in front of `upstream`, connecting to it from 127.0.0.2.
+    fn proxy(upstream: SocketAddr) -> Self {
+        Self::start(&format!(
+            "proxy_pass http://{upstream};\n      proxy_bind 127.0.0.2;\n\
+             proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
+             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"
+        ))
+    }
+
+    /// `location /` doing `location`.
+    fn start(location: &str) -> Self {
         let dir = std::env::temp_dir().join(unique("weir-nginx"));
         std::fs::create_dir_all(&dir).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -786,10 +797,7 @@ impl Nginx {
              http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n\
                proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n\
                uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
-                 proxy_pass http://{upstream};\n      proxy_bind 127.0.0.2;\n\
-                 proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
-                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n    }}\n  }}\n}}\n"
+               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      {location}\n    }}\n  }}\n}}\n"
         );
         let path = dir.join("nginx.conf");
         std::fs::write(&path, conf).unwrap();
@@ -817,9 +825,27 @@ impl Nginx {
     }
 }
 
+impl Nginx {
+    /// `nginx -s <signal>` to this nginx (e.g. `reopen` after a rotation).
+    fn signal(&self, signal: &str) {
+        let done = Command::new("nginx")
+            .arg("-c")
+            .arg(self.dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(&self.dir)
+            .args(["-s", signal])
+            .status()
+            .expect("nginx -s");
+        assert!(done.success(), "nginx -s {signal}");
+    }
+}
+
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM: the master stops its workers (SIGKILL would orphan them).
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -831,7 +857,7 @@ async fn behind_nginx_the_client_address_comes_from_the_trusted_proxy_only() {
         config.trusted_proxies = vec!["127.0.0.2/32".into()];
     })
     .await;
-    let nginx = Nginx::start(c.addr);
+    let nginx = Nginx::proxy(c.addr);
     // The client speaks from 127.0.0.3, nginx to the collector from 127.0.0.2.
     let http = reqwest::Client::builder()
         .local_address(std::net::IpAddr::from([127, 0, 0, 3]))
@@ -955,4 +981,154 @@ async fn weir_generate_feeds_the_collector_and_kafka_repeatably() {
     assert_eq!(a, b, "one seed, one run");
     let errors = a.iter().filter(|e| e.contains("\"ERROR\"")).count();
     assert!(errors < 50, "about 2% errors: {errors}");
+}
+
+/// Lines `text` holds, counted by line.
+fn line_counts<'a>(
+    lines: impl Iterator<Item = &'a str>,
+) -> std::collections::BTreeMap<&'a str, u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for line in lines {
+        *counts.entry(line).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nginx_access_log_rotated_and_weir_killed_arrives_whole_and_parsed() {
+    use weir::registry::{MakeCurrent, PutMode, Registry};
+    use weir::runtime::{Runtime, RuntimeConfig};
+
+    let brokers = Service::Kafka.addr();
+    let u = unique("tail");
+    let data = std::env::temp_dir().join(&u);
+    std::fs::create_dir_all(&data).unwrap();
+    let (lines_topic, parsed, dlq) = (
+        format!("{u}-lines"),
+        format!("{u}-parsed"),
+        format!("{u}-dlq"),
+    );
+    create_topics(&brokers, &[&lines_topic, &parsed, &dlq]).await;
+    // The access-log scenario parses the tailed lines in the same weir.
+    let registry_url = format!("sqlite://{}", data.join("registry.db").display());
+    {
+        let registry = Registry::connect(
+            &registry_url,
+            Runtime::new(RuntimeConfig::default()).unwrap(),
+        )
+        .await
+        .expect("registry");
+        let bytes = std::fs::read(weir_artifacts::PLUGIN_ACCESS_LOG).expect("artifact");
+        registry
+            .upload_plugin(bytes, Some("access-log"), "test", MakeCurrent::IfNew)
+            .await
+            .expect("upload");
+        registry
+            .put_scenario(
+                json!({"scenario_id": "nginx", "plugin": "access-log", "source": [lines_topic], "output_topic": parsed}),
+                None,
+                PutMode::Create,
+                "test",
+            )
+            .await
+            .expect("scenario");
+        registry.close().await;
+    }
+    let nginx = Nginx::start("return 204;");
+    let log = nginx.dir.join("access.log");
+    let config = data.join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {data:?}\ndatabase = {registry_url:?}\nlisten = \"127.0.0.1:0\"\n\
+             [pipeline]\nbrokers = {brokers:?}\ngroup_id = {u:?}\ntopics = [{lines_topic:?}]\n\
+             dlq_topic = {dlq:?}\n[pipeline.kafka]\n\"session.timeout.ms\" = \"6000\"\n\
+             [archive]\nroot = {:?}\n[collect]\nlisten = \"127.0.0.1:0\"\nbad_topic = \"{u}-bad\"\n\
+             [[collect.tail]]\npath = {:?}\ntopic = {lines_topic:?}\n",
+            data.join("archive").display().to_string(),
+            log.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let serve_log = |n: u32| data.join(format!("weir-{n}.log"));
+    // Ready once it serves: the tailer runs from then on.
+    let serving = |n: u32| {
+        let started = Instant::now();
+        while !std::fs::read_to_string(serve_log(n))
+            .unwrap_or_default()
+            .contains("serving the API")
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "weir serve did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut weir = crate::archive::serve(&config, &serve_log(1));
+    serving(1);
+    let url = format!("http://127.0.0.1:{}/goods?id=7", nginx.port);
+    let hey = || {
+        Command::new("hey")
+            .args(["-n", "50000", "-c", "20", &url])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("hey from apt (`tests/stack install` installs it)")
+    };
+
+    // 50,000 requests, the log rotated (mv, then nginx reopens) during them.
+    let mut load = hey();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    std::fs::rename(&log, nginx.dir.join("access.log.1")).unwrap();
+    nginx.signal("reopen");
+    assert!(load.wait().unwrap().success());
+    // 50,000 more, weir killed during them and started again.
+    let mut load = hey();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    weir.kill().unwrap();
+    let _ = weir.wait();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut weir = crate::archive::serve(&config, &serve_log(2));
+    assert!(load.wait().unwrap().success());
+
+    let mut written = std::fs::read_to_string(nginx.dir.join("access.log.1")).unwrap();
+    written.push_str(&std::fs::read_to_string(&log).unwrap());
+    let written_counts = line_counts(written.lines());
+    let total: u64 = written_counts.values().sum();
+    assert_eq!(total, 100_000, "nginx logged every request");
+
+    let read = read_committed(&brokers, &[&lines_topic], total as usize);
+    let got: Vec<String> = read
+        .iter()
+        .map(|r| String::from_utf8(r.value().to_vec()).expect("a UTF-8 line"))
+        .collect();
+    let got_counts = line_counts(got.iter().map(String::as_str));
+    let missing: Vec<(&str, u64)> = written_counts
+        .iter()
+        .filter(|(line, n)| got_counts.get(*line).copied().unwrap_or(0) < **n)
+        .map(|(line, n)| (*line, *n))
+        .take(5)
+        .collect();
+    assert!(missing.is_empty(), "lines missing from Kafka: {missing:?}");
+    let extra = got.len() as u64 - total;
+    let second = std::fs::read_to_string(serve_log(2)).unwrap_or_default();
+    let reported: u64 = second
+        .lines()
+        .filter_map(|l| l.split_once(" lines were in flight"))
+        .filter_map(|(before, _)| before.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        extra <= reported,
+        "{extra} lines came twice, more than the {reported} reported in flight"
+    );
+    println!("{total} lines, {extra} twice ({reported} reported in flight)");
+
+    // The access-log plugin parsed every line: one output each, no dead letter.
+    let outputs = read_committed(&brokers, &[&parsed, &dlq], got.len());
+    let dead = read_committed(&brokers, &[&dlq], 0);
+    assert_eq!(dead.len(), 0, "no line failed to parse");
+    assert_eq!(outputs.len(), got.len(), "one parsed output per line");
+    let _ = weir.kill();
+    let _ = weir.wait();
+    let _ = std::fs::remove_dir_all(&data);
 }

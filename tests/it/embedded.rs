@@ -53,6 +53,7 @@ async fn the_demo_runs_on_the_embedded_broker_and_counts_exactly() {
             listen: "127.0.0.1:0".into(),
             ..weir::collect::CollectConfig::default()
         },
+        data_dir: dir.clone(),
         demo: false,
     };
     let service = weir::service::start(plan, registry, stop.clone())

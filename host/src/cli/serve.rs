@@ -235,6 +235,7 @@ impl ServeArgs {
             counters,
             archive,
             collect: config.collect,
+            data_dir: data_dir.clone(),
             demo: self.demo,
         };
         problems.extend(plan.problems());

@@ -22,6 +22,7 @@ mod client;
 mod hit;
 mod ingest;
 mod produce;
+pub mod tail;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -110,6 +111,8 @@ pub struct CollectConfig {
     pub retry_after_secs: u64,
     /// Extra librdkafka producer settings (e.g. `compression.type`).
     pub kafka: BTreeMap<String, String>,
+    /// Log files to follow into Kafka (`[[collect.tail]]`).
+    pub tail: Vec<tail::TailConfig>,
 }
 
 /// One JSON stream of `[collect.streams.<name>]`.
@@ -160,6 +163,7 @@ impl Default for CollectConfig {
             produce_timeout_ms: 5_000,
             retry_after_secs: 5,
             kafka: BTreeMap::new(),
+            tail: Vec::new(),
         }
     }
 }
@@ -185,6 +189,7 @@ impl CollectConfig {
     /// Every topic the collector writes, given the hits topic.
     pub fn topics(&self, hits_topic: &str) -> Vec<String> {
         let mut topics = vec![hits_topic.to_owned(), self.bad_topic.clone()];
+        topics.extend(self.tail.iter().map(|t| t.topic.clone()));
         for stream in self.streams_with(hits_topic).into_values() {
             if !topics.contains(&stream.topic) {
                 topics.push(stream.topic);
@@ -323,6 +328,9 @@ impl CollectConfig {
             100,
             &mut problems,
         );
+        for (index, tail) in self.tail.iter().enumerate() {
+            problems.extend(tail.problems(index));
+        }
         problems
     }
 

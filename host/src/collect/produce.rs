@@ -34,6 +34,8 @@ pub struct CollectMetrics {
     pub bad_records_lost: AtomicU64,
     /// Matomo requests without `rec=1`, answered but not recorded (as Matomo does).
     pub not_recorded: AtomicU64,
+    /// The file tailer's counters.
+    pub tail: Arc<super::tail::TailMetrics>,
 }
 
 impl CollectMetrics {
@@ -78,6 +80,31 @@ impl CollectMetrics {
                 "weir_collect_not_recorded_total",
                 "Matomo requests without rec=1: answered, not recorded, as Matomo does.",
                 &self.not_recorded,
+            ),
+            (
+                "weir_tail_lines_total",
+                "Lines of tailed files the broker acknowledged.",
+                &self.tail.lines,
+            ),
+            (
+                "weir_tail_resent_lines_total",
+                "Tailed lines sent again after a restart: they were in flight when weir stopped, and may be in Kafka twice.",
+                &self.tail.resent,
+            ),
+            (
+                "weir_tail_cut_lines_total",
+                "Tailed lines longer than max_line_bytes, cut there.",
+                &self.tail.cut,
+            ),
+            (
+                "weir_tail_truncations_total",
+                "Tailed files found shorter than their offset (copytruncate) and read again from the start.",
+                &self.tail.truncations,
+            ),
+            (
+                "weir_tail_failures_total",
+                "Tailed lines the broker did not acknowledge, or reads that failed (retried).",
+                &self.tail.failures,
             ),
         ] {
             let _ = writeln!(
@@ -329,6 +356,11 @@ impl Front {
                 tracing::warn!(%error, reason, "a refused record did not reach the bad-records topic");
             }
         }
+    }
+
+    /// The producer, for the file tailer.
+    pub fn producer(&self) -> FutureProducer {
+        self.producer.clone()
     }
 
     /// Matomo requests answered but not recorded.

@@ -50,8 +50,10 @@ pub struct PipelinePlan {
     pub counters: CountersSection,
     /// Where the Parquet archive goes.
     pub archive: ArchiveConfig,
-    /// The collector (its own public listener).
+    /// The collector (its own public listener) and its tailed files.
     pub collect: CollectConfig,
+    /// Where state of this process is kept (the tailer's checkpoints).
+    pub data_dir: std::path::PathBuf,
     /// Create scenario 5 and feed it generated events.
     pub demo: bool,
 }
@@ -244,6 +246,23 @@ pub async fn start(
             plan.collect.http_limits(),
             stop.clone().cancelled_owned(),
         ));
+        if let Err(error) = std::fs::create_dir_all(&plan.data_dir) {
+            anyhow::bail!(
+                "creating the data directory {}: {error}",
+                plan.data_dir.display()
+            );
+        }
+        for (index, tail) in plan.collect.tail.iter().enumerate() {
+            eprintln!("weir: tailing {} into {}", tail.path, tail.topic);
+            tokio::spawn(crate::collect::tail::run(
+                index,
+                tail.clone(),
+                front.producer(),
+                plan.data_dir.clone(),
+                front.metrics().tail.clone(),
+                stop.clone(),
+            ));
+        }
         Some((local, server, front))
     } else {
         None
