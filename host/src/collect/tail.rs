@@ -148,6 +148,19 @@ struct Followed {
     unseen: u32,
 }
 
+impl Followed {
+    /// `file` (open at `path`) followed from `offset`.
+    fn at(path: PathBuf, mut file: std::fs::File, offset: u64, unseen: u32) -> Self {
+        let _ = file.seek(SeekFrom::Start(offset));
+        Self {
+            path,
+            file,
+            offset,
+            unseen,
+        }
+    }
+}
+
 /// Most bytes read from one file in one pass.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -211,7 +224,7 @@ pub async fn run(
                 f.path = path;
                 continue;
             }
-            let Ok(mut file) = std::fs::File::open(&path) else {
+            let Ok(file) = std::fs::File::open(&path) else {
                 continue;
             };
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -220,34 +233,16 @@ pub async fn run(
                 None if first_scan && config.start_at == StartAt::End => len,
                 None => 0,
             };
-            let _ = file.seek(SeekFrom::Start(offset));
-            followed.insert(
-                id,
-                Followed {
-                    path,
-                    file,
-                    offset,
-                    unseen: 0,
-                },
-            );
+            followed.insert(id, Followed::at(path, file, offset, 0));
         }
         // Known files no longer at a matching path (renamed by a rotation):
         // found again in their directory by inode after a restart.
         if first_scan {
             for (id, (offset, old)) in std::mem::take(&mut resume) {
                 if let Some(path) = find_inode(Path::new(&old), id)
-                    && let Ok(mut file) = std::fs::File::open(&path)
+                    && let Ok(file) = std::fs::File::open(&path)
                 {
-                    let _ = file.seek(SeekFrom::Start(offset));
-                    followed.insert(
-                        id,
-                        Followed {
-                            path,
-                            file,
-                            offset,
-                            unseen: 1,
-                        },
-                    );
+                    followed.insert(id, Followed::at(path, file, offset, 1));
                 }
             }
         }
