@@ -134,9 +134,28 @@ struct Tokens {
     viewer: Option<[u8; 32]>,
 }
 
+/// A token's sha256 digest: tokens are kept and compared only as digests.
+pub(crate) fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Whether `presented` is the token whose digest is `known`, compared in
+/// constant time.
+pub(crate) fn token_matches(presented: &str, known: &[u8; 32]) -> bool {
+    bool::from(token_digest(presented).ct_eq(known))
+}
+
+/// The token of an `Authorization` header value `Bearer <token>` (or `bearer`).
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
 impl Tokens {
     fn role_of(&self, presented: &str) -> Option<Role> {
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let digest = token_digest(presented);
         let matches =
             |known: &Option<[u8; 32]>| known.is_some_and(|k| bool::from(k.ct_eq(&digest)));
         // Both comparisons always run, so timing says nothing about which matched.
@@ -175,7 +194,7 @@ pub struct PipelineView {
 impl AppState {
     /// State for [`router`].
     pub fn new(registry: Registry, config: &ApiConfig) -> Self {
-        let digest = |t: &Option<String>| t.as_ref().map(|t| Sha256::digest(t.as_bytes()).into());
+        let digest = |t: &Option<String>| t.as_deref().map(token_digest);
         Self {
             registry,
             tokens: Arc::new(Tokens {
@@ -609,11 +628,8 @@ fn authenticate(state: &AppState, headers: &HeaderMap, needed: Role) -> Result<R
         })?
         .to_str()
         .map_err(|_| unauthorized("the Authorization header is not ASCII; send `Bearer <token>`"))?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?
-        .trim();
+    let token = bearer_token(value)
+        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
     let role = state
         .tokens
         .role_of(token)

@@ -14,8 +14,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::hit::read_body;
 use super::produce::{Front, Outgoing, Refusal, encode};
@@ -104,9 +102,13 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| headers.get("x-weir-key").and_then(|v| v.to_str().ok()))
-        .map(str::trim)
+        .and_then(crate::api::bearer_token)
+        .or_else(|| {
+            headers
+                .get("x-weir-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        })
 }
 
 pub(super) async fn collect(
@@ -128,9 +130,7 @@ pub(super) async fn collect(
     };
     let trusted = match digest {
         Some(expected) => {
-            let given: [u8; 32] =
-                Sha256::digest(presented_key(&headers).unwrap_or("").as_bytes()).into();
-            if !bool::from(given.ct_eq(&expected)) {
+            if !crate::api::token_matches(presented_key(&headers).unwrap_or(""), &expected) {
                 return ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",

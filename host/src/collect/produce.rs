@@ -12,7 +12,6 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::client::{Client, ClientRules, cut};
@@ -191,10 +190,7 @@ impl Front {
             .streams_with(&hits_topic)
             .into_iter()
             .map(|(name, stream)| {
-                let digest = stream
-                    .key
-                    .as_ref()
-                    .map(|k| Sha256::digest(k.as_bytes()).into());
+                let digest = stream.key.as_deref().map(crate::api::token_digest);
                 (name, (stream, digest))
             })
             .collect();
