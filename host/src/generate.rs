@@ -53,7 +53,6 @@ pub struct Generator {
     rng: fastrand::Rng,
     scenarios: Vec<String>,
     error_rate: f64,
-    members: u64,
     n: u64,
 }
 
@@ -70,7 +69,6 @@ impl Generator {
                 scenarios
             },
             error_rate: error_rate.clamp(0.0, 1.0),
-            members: 200,
             n: 0,
         }
     }
@@ -86,7 +84,8 @@ impl Generator {
     /// The next event, stamped `now_ms`.
     pub fn next(&mut self, now_ms: i64) -> Generated {
         self.n += 1;
-        let member = format!("m{:04}", self.rng.u64(0..self.members));
+        // The demo's members, so generated hits are enriched as the demo's are.
+        let member = format!("m{:04}", self.rng.u64(0..crate::service::demo::MEMBERS));
         match self.profile {
             Profile::Hits => {
                 let scenario = self.scenarios[self.rng.usize(0..self.scenarios.len())].clone();

@@ -7,7 +7,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,7 +51,7 @@ impl Default for HttpLimits {
 
 /// Serves `app` on `listener` until `stop` resolves, then lets open requests
 /// finish for at most `limits.drain`. Handlers see the client's socket address
-/// as [`ConnectInfo<SocketAddr>`].
+/// as `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -131,13 +130,4 @@ fn infallible<T>(result: Result<T, Infallible>) -> T {
         Ok(value) => value,
         Err(never) => match never {},
     }
-}
-
-/// The client's socket address, for tests that call a router without a socket.
-pub fn with_peer<B>(
-    mut request: axum::http::Request<B>,
-    peer: SocketAddr,
-) -> axum::http::Request<B> {
-    request.extensions_mut().insert(ConnectInfo(peer));
-    request
 }

@@ -16,8 +16,8 @@ use crate::registry::Member;
 /// Id of the demo scenario.
 pub const SCENARIO_ID: &str = "5";
 
-/// How many members the demo imports.
-const MEMBERS: u64 = 200;
+/// How many members the demo imports (`m0000` to `m0199`).
+pub const MEMBERS: u64 = 200;
 
 /// Scenario 5 as users write it, plus weir's fields: the shipped `scenario` plugin,
 /// enrichment by `memberId`.
