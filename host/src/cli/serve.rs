@@ -600,6 +600,48 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    #[test]
+    fn collector_settings_are_checked_and_each_problem_named() {
+        let dir = std::env::temp_dir().join(format!("weir-serve-collect-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("weir.toml");
+        std::fs::write(
+            &file,
+            "[collect]\nlisten = \"nowhere\"\ntrusted_proxies = [\"10.0.0.0/33\"]\n\
+             max_header_bytes = 100\nvisitor_cookie = \"a b\"\n\
+             [collect.streams.logs]\ntopic = \"bad topic\"\nkey = \"short\"\n\
+             [[collect.tail]]\npath = \"relative.log\"\ntopic = \"t\"\n\
+             [[collect.tail]]\npath = \"/var/*/x.log\"\ntopic = \"t\"\n",
+        )
+        .unwrap();
+        let problems = args(Some(file.clone())).resolve(&|_| None).unwrap_err();
+        let all = problems.join("\n");
+        for expected in [
+            "collect.listen = \"nowhere\"",
+            "collect.trusted_proxies: \"10.0.0.0/33\"",
+            "collect.max_header_bytes = 100",
+            "collect.visitor_cookie = \"a b\"",
+            "collect.streams.logs.topic",
+            "collect.streams.logs.key",
+            "collect.tail[0].path",
+            "collect.tail[1].path",
+        ] {
+            assert!(all.contains(expected), "{expected} in {all}");
+        }
+        assert_eq!(problems.len(), 8, "{problems:#?}");
+
+        // Tailing needs the collector, whose producer it uses.
+        std::fs::write(
+            &file,
+            "[collect]\nenabled = false\n[[collect.tail]]\npath = \"/var/log/x.log\"\ntopic = \"t\"\n",
+        )
+        .unwrap();
+        let problems = args(Some(file)).resolve(&|_| None).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(problems[0].starts_with("collect.tail: files are tailed by the collector"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// Any key of the file's sections can be set from the environment.
     #[test]
     fn weir_section_key_variables_set_any_key() {

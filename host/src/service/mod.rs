@@ -83,6 +83,12 @@ impl PipelinePlan {
         problems.extend(self.archive.problems());
         if self.collect.enabled {
             problems.extend(self.collect.problems());
+        } else if !self.collect.tail.is_empty() {
+            // The tailer produces through the collector's producer.
+            problems.push(
+                "collect.tail: files are tailed by the collector; set collect.enabled = true                  (or remove the [[collect.tail]] entries)"
+                    .into(),
+            );
         }
         problems
     }
