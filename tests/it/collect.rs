@@ -584,25 +584,14 @@ async fn a_stopped_broker_gets_503s_and_loses_no_acknowledged_hit() {
 async fn hits_over_every_endpoint_are_counted_by_their_scenario() {
     use weir::archive::ArchiveConfig;
     use weir::pipeline::PipelineConfig;
-    use weir::registry::{MakeCurrent, PutMode, Registry};
-    use weir::runtime::{Runtime, RuntimeConfig};
+    use weir::registry::PutMode;
     use weir::service::{CountersSection, PipelinePlan, demo};
 
     let brokers = Service::Kafka.addr();
     let u = unique("collect-e2e");
     let dir = std::env::temp_dir().join(&u);
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let registry = Registry::connect(
-        &format!("sqlite://{}", dir.join("registry.db").display()),
-        Runtime::new(RuntimeConfig::default()).expect("runtime"),
-    )
-    .await
-    .expect("registry");
-    let bytes = std::fs::read(weir_artifacts::PLUGIN_SCENARIO).expect("artifact");
-    registry
-        .upload_plugin(bytes, Some("scenario"), "test", MakeCurrent::IfNew)
-        .await
-        .expect("upload");
+    let registry = crate::pipeline::registry_in(&dir).await;
     registry
         .import_members(&demo::members())
         .await
@@ -996,8 +985,7 @@ fn line_counts<'a>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_nginx_access_log_rotated_and_weir_killed_arrives_whole_and_parsed() {
-    use weir::registry::{MakeCurrent, PutMode, Registry};
-    use weir::runtime::{Runtime, RuntimeConfig};
+    use weir::registry::PutMode;
 
     let brokers = Service::Kafka.addr();
     let u = unique("tail");
@@ -1012,17 +1000,7 @@ async fn an_nginx_access_log_rotated_and_weir_killed_arrives_whole_and_parsed() 
     // The access-log scenario parses the tailed lines in the same weir.
     let registry_url = format!("sqlite://{}", data.join("registry.db").display());
     {
-        let registry = Registry::connect(
-            &registry_url,
-            Runtime::new(RuntimeConfig::default()).unwrap(),
-        )
-        .await
-        .expect("registry");
-        let bytes = std::fs::read(weir_artifacts::PLUGIN_ACCESS_LOG).expect("artifact");
-        registry
-            .upload_plugin(bytes, Some("access-log"), "test", MakeCurrent::IfNew)
-            .await
-            .expect("upload");
+        let registry = crate::pipeline::registry_in(&data).await;
         registry
             .put_scenario(
                 json!({"scenario_id": "nginx", "plugin": "access-log", "source": [lines_topic], "output_topic": parsed}),

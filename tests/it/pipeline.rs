@@ -81,6 +81,12 @@ async fn produce(brokers: &str, topic: &str, events: Vec<(Option<String>, Vec<u8
 async fn registry() -> Registry {
     let dir = std::env::temp_dir().join(unique("weir-pipeline"));
     std::fs::create_dir_all(&dir).expect("temp dir");
+    registry_in(&dir).await
+}
+
+/// A registry on `<dir>/registry.db` with the shipped plugins (`scenario`,
+/// `access-log`).
+pub(crate) async fn registry_in(dir: &std::path::Path) -> Registry {
     let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
     let url = format!("sqlite://{}", dir.join("registry.db").display());
     let registry = Registry::connect(&url, runtime).await.expect("registry");
