@@ -492,6 +492,9 @@ async fn a_stopped_broker_gets_503s_and_loses_no_acknowledged_hit() {
     let brokers = format!("127.0.0.1:{}", 19_092 + kafka.offset);
     let c = Collector::start(&brokers, |config| {
         config.produce_timeout_ms = 2_000;
+        // Room for two pixel hits waiting on the broker at once.
+        config.max_body_bytes = 1024;
+        config.max_in_flight_bytes = 2_200;
     })
     .await;
     let http = reqwest::Client::builder()
@@ -539,6 +542,33 @@ async fn a_stopped_broker_gets_503s_and_loses_no_acknowledged_hit() {
         unavailable >= 8,
         "{unavailable} of 10 answered 503 while the broker was stopped"
     );
+    // Four at once while the broker is stopped: two wait on it, the others find
+    // no room among the bytes in flight and are turned away after a second.
+    let waits: Vec<_> = (0..4)
+        .map(|i| {
+            let request = http.get(c.url(&format!("/5?held={i}")));
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let response = request.send().await.expect("an answer");
+                let status = response.status().as_u16();
+                let body = response.text().await.unwrap_or_default();
+                (status, body, started.elapsed())
+            })
+        })
+        .collect();
+    let mut no_room = 0;
+    for wait in waits {
+        let (status, body, took) = wait.await.unwrap();
+        assert_eq!(status, 503, "{body}");
+        if body.contains("request bytes") {
+            no_room += 1;
+            assert!(
+                took < Duration::from_millis(1_900),
+                "turned away at once: {took:?}"
+            );
+        }
+    }
+    assert!(no_room >= 2, "{no_room} of 4 turned away for lack of room");
     kafka.signal("kafka", "-CONT");
 
     // Back: hits are taken again (the producer reconnects by itself).
