@@ -149,7 +149,15 @@ async fn main() {
             key_field: None,
         },
     );
-    let front = Arc::new(Front::new(config.clone(), &brokers, &hits_topic).expect("front"));
+    let front = Arc::new(
+        Front::new(
+            config.clone(),
+            &brokers,
+            &hits_topic,
+            weir::telemetry::Telemetry::new(),
+        )
+        .expect("front"),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

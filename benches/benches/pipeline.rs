@@ -191,9 +191,15 @@ async fn main() {
     producer.flush(Duration::from_secs(120)).expect("flush");
 
     let stop = CancellationToken::new();
-    let pipeline = Pipeline::new(config, registry, Vec::new(), stop.clone())
-        .await
-        .expect("pipeline");
+    let pipeline = Pipeline::new(
+        config,
+        registry,
+        Vec::new(),
+        weir::telemetry::Telemetry::new(),
+        stop.clone(),
+    )
+    .await
+    .expect("pipeline");
     let metrics = pipeline.metrics();
     let started = Instant::now();
     let thread = std::thread::spawn(move || pipeline.run());

@@ -24,6 +24,10 @@
 //! - [`http`]: serving a router with connection limits (both listeners).
 //! - [`generate`]: seeded generated traffic for `weir generate`.
 //!
+//! - [`alert`]: alert rules over the pipeline's figures, notifying webhooks.
+//! - [`telemetry`]: every metric weir exports, recorded through the `metrics`
+//!   facade into one Prometheus recorder per service (`GET /metrics`).
+//!
 //! - [`service`]: where the service is composed (broker, counters, archive,
 //!   pipeline, demo), for `weir serve` and its tests alike.
 //!
@@ -31,6 +35,7 @@
 //! over these modules.
 
 pub mod aggregate;
+pub mod alert;
 pub mod api;
 pub mod archive;
 pub mod collect;
@@ -39,4 +44,5 @@ pub mod http;
 pub mod pipeline;
 pub mod registry;
 pub mod service;
+pub mod telemetry;
 pub use weir_runtime as runtime;

@@ -1321,10 +1321,15 @@ async fn a_datanode_restarted_mid_stream_loses_nothing_and_doubles_nothing() {
     .await;
     let config = archive_pipeline(&brokers, &u, (&events_topic, &dlq), 500, 20);
     let stop = tokio_util::sync::CancellationToken::new();
-    let pipeline =
-        weir::pipeline::Pipeline::new(config, registry, vec![Box::new(sink)], stop.clone())
-            .await
-            .expect("pipeline");
+    let pipeline = weir::pipeline::Pipeline::new(
+        config,
+        registry,
+        vec![Box::new(sink)],
+        weir::telemetry::Telemetry::new(),
+        stop.clone(),
+    )
+    .await
+    .expect("pipeline");
     let metrics = pipeline.metrics();
     let thread = std::thread::spawn(move || pipeline.run());
     let wait_for = |what: &'static str, done: &dyn Fn() -> bool| {

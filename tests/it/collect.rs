@@ -59,7 +59,15 @@ impl Collector {
         };
         tune(&mut config);
         assert!(config.problems().is_empty(), "{:?}", config.problems());
-        let front = Arc::new(Front::new(config.clone(), brokers, &hits).expect("producer"));
+        let front = Arc::new(
+            Front::new(
+                config.clone(),
+                brokers,
+                &hits,
+                weir::telemetry::Telemetry::new(),
+            )
+            .expect("producer"),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -656,6 +664,8 @@ async fn hits_over_every_endpoint_are_counted_by_their_scenario() {
         },
         data_dir: dir.clone(),
         demo: false,
+        demo_events: None,
+        alerts: Default::default(),
     };
     let service = weir::service::start(plan, registry, stop.clone())
         .await

@@ -55,6 +55,8 @@ async fn the_demo_runs_on_the_embedded_broker_and_counts_exactly() {
         },
         data_dir: dir.clone(),
         demo: false,
+        demo_events: None,
+        alerts: Default::default(),
     };
     let service = weir::service::start(plan, registry, stop.clone())
         .await

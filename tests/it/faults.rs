@@ -16,6 +16,7 @@ use weir::pipeline::sink::Sink;
 use weir::pipeline::{Pipeline, PipelineConfig};
 use weir::registry::{MakeCurrent, PutMode, Registry};
 use weir::runtime::{Runtime, RuntimeConfig};
+use weir::telemetry::Telemetry;
 use weir_integration::{PrivateStack, Service, unique};
 
 /// A redis-server of this test's own.
@@ -186,9 +187,15 @@ async fn kill_and_restart_redis(
         ..PipelineConfig::default()
     };
     let stop = CancellationToken::new();
-    let pipeline = Pipeline::new(pipeline_config, registry, sinks, stop.clone())
-        .await
-        .expect("pipeline");
+    let pipeline = Pipeline::new(
+        pipeline_config,
+        registry,
+        sinks,
+        Telemetry::new(),
+        stop.clone(),
+    )
+    .await
+    .expect("pipeline");
     let metrics = pipeline.metrics();
     let thread = std::thread::spawn(move || pipeline.run());
     let wait_for = |n: u64| {

@@ -18,3 +18,4 @@ mod redis;
 mod registry;
 mod soak;
 mod sql;
+mod window;

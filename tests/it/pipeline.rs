@@ -21,6 +21,7 @@ use weir::pipeline::sink::Sink;
 use weir::pipeline::{Metrics, Pipeline, PipelineConfig};
 use weir::registry::{MakeCurrent, Member, PutMode, Registry};
 use weir::runtime::{Runtime, RuntimeConfig};
+use weir::telemetry::Telemetry;
 use weir_integration::{Service, unique};
 
 const PARTITIONS: i32 = 3;
@@ -48,7 +49,7 @@ pub(crate) async fn create_topics(brokers: &str, topics: &[&str]) {
     }
 }
 
-async fn produce(brokers: &str, topic: &str, events: Vec<(Option<String>, Vec<u8>)>) {
+pub(crate) async fn produce(brokers: &str, topic: &str, events: Vec<(Option<String>, Vec<u8>)>) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "10")
@@ -184,9 +185,15 @@ impl Running {
         sinks: Vec<Box<dyn Sink>>,
     ) -> Self {
         let stop = CancellationToken::new();
-        let pipeline = Pipeline::new(config, registry.clone(), sinks, stop.clone())
-            .await
-            .expect("pipeline");
+        let pipeline = Pipeline::new(
+            config,
+            registry.clone(),
+            sinks,
+            Telemetry::new(),
+            stop.clone(),
+        )
+        .await
+        .expect("pipeline");
         let metrics = pipeline.metrics();
         let thread = Some(std::thread::spawn(move || pipeline.run()));
         Self {
@@ -616,9 +623,15 @@ async fn a_plugin_swap_under_load_takes_effect_between_batches() {
     let stop = CancellationToken::new();
     let mut config = pipeline_config(&brokers, &group, &[&events_topic], &dlq);
     config.batch_max_events = 500;
-    let pipeline = Pipeline::new(config, registry.clone(), Vec::new(), stop.clone())
-        .await
-        .expect("pipeline");
+    let pipeline = Pipeline::new(
+        config,
+        registry.clone(),
+        Vec::new(),
+        Telemetry::new(),
+        stop.clone(),
+    )
+    .await
+    .expect("pipeline");
     let metrics = pipeline.metrics();
     let thread = std::thread::spawn(move || pipeline.run());
 
@@ -1199,18 +1212,30 @@ async fn a_second_replica_joining_mid_stream_loses_and_doubles_nothing() {
     let stop = CancellationToken::new();
     // Two replicas of one group need names of their own in the transactional id.
     config.instance = Some("replica-1".into());
-    let first = Pipeline::new(config.clone(), registry.clone(), Vec::new(), stop.clone())
-        .await
-        .expect("first");
+    let first = Pipeline::new(
+        config.clone(),
+        registry.clone(),
+        Vec::new(),
+        Telemetry::new(),
+        stop.clone(),
+    )
+    .await
+    .expect("first");
     let first_metrics = first.metrics();
     let first_thread = std::thread::spawn(move || first.run());
     wave(0).await;
     wave(10_000).await;
     // The second replica joins while the first is busy: the group rebalances.
     config.instance = Some("replica-2".into());
-    let second = Pipeline::new(config, registry.clone(), Vec::new(), stop.clone())
-        .await
-        .expect("second");
+    let second = Pipeline::new(
+        config,
+        registry.clone(),
+        Vec::new(),
+        Telemetry::new(),
+        stop.clone(),
+    )
+    .await
+    .expect("second");
     let second_metrics = second.metrics();
     let second_thread = std::thread::spawn(move || second.run());
     // Waves go on until the second replica has taken a share (and two more after).

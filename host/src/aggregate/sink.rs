@@ -31,6 +31,8 @@ pub struct CountersSink {
     pending: HashMap<(String, i32), Recount>,
     /// When the fences were last compared with what is known counted.
     verified: std::time::Instant,
+    /// Time of each counting call (`weir_redis_script_seconds`).
+    script_time: Option<metrics::Histogram>,
 }
 
 /// How often the fences of every partition are compared with what is known
@@ -48,7 +50,14 @@ impl CountersSink {
             rollbacks: 0,
             pending: HashMap::new(),
             verified: std::time::Instant::now(),
+            script_time: None,
         }
+    }
+
+    /// Records the time of each counting call into `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: &crate::telemetry::Telemetry) -> Self {
+        self.script_time = Some(telemetry.histogram("weir_redis_script_seconds", &[]));
+        self
     }
 }
 
@@ -138,7 +147,12 @@ impl Sink for CountersSink {
             let tally = tally(batch)
                 .map_err(|e| error(e.to_string()))?
                 .counted_through(known);
-            match self.runtime.block_on(self.counters.apply(&tally, now)) {
+            let called = std::time::Instant::now();
+            let applied = self.runtime.block_on(self.counters.apply(&tally, now));
+            if let Some(histogram) = &self.script_time {
+                histogram.record(called.elapsed().as_secs_f64());
+            }
+            match applied {
                 Ok(_) => {
                     let counted = self.counted.entry(tp).or_insert(-1);
                     *counted = (*counted).max(batch.last_offset);
@@ -194,7 +208,12 @@ impl Sink for CountersSink {
             let tally = tally(batch)
                 .map_err(|e| SinkError::new("counters", e.to_string()))?
                 .counted_through(through);
-            match self.runtime.block_on(self.counters.apply(&tally, now)) {
+            let called = std::time::Instant::now();
+            let applied = self.runtime.block_on(self.counters.apply(&tally, now));
+            if let Some(histogram) = &self.script_time {
+                histogram.record(called.elapsed().as_secs_f64());
+            }
+            match applied {
                 Ok(_) => through = through.max(batch.last_offset),
                 // Redis lost writes again, further back: recount from there.
                 Err(CountersError::Behind(behind)) => {

@@ -23,6 +23,7 @@ mod plugins;
 mod problem;
 mod scenarios;
 mod stats;
+mod ui;
 
 use std::sync::Arc;
 
@@ -31,7 +32,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -189,6 +190,8 @@ pub struct PipelineView {
     pub metrics: Arc<crate::pipeline::Metrics>,
     /// The collector's counters, when it runs.
     pub collect: Option<Arc<crate::collect::CollectMetrics>>,
+    /// The alert rules and their state, when any are configured.
+    pub alerts: Option<Arc<crate::alert::Alerts>>,
 }
 
 impl AppState {
@@ -292,6 +295,34 @@ pub static ROUTES: &[Route] = &[
         body_schema: None,
         response_schema: None,
         handler: |m| on(m, openapi::serve),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/whoami",
+        access: Access::Read,
+        operation: "whoami",
+        summary: "The role of the caller's token (`viewer` or `admin`)",
+        query: &[],
+        request: &[],
+        success: (200, "`{\"role\": ...}`", JSON),
+        errors: &[],
+        body_schema: None,
+        response_schema: Some("Whoami"),
+        handler: |m| on(m, whoami),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/pipeline",
+        access: Access::Read,
+        operation: "getPipeline",
+        summary: "The pipeline's health: events/s, totals, lag per partition, failing sinks, quarantines, the latest dead letters, alerts firing",
+        query: &[],
+        request: &[],
+        success: (200, "the pipeline's state", JSON),
+        errors: &[503],
+        body_schema: None,
+        response_schema: Some("PipelineStatus"),
+        handler: |m| on(m, stats::pipeline),
     },
     Route {
         method: Method::GET,
@@ -589,6 +620,7 @@ pub fn router(state: AppState) -> Router {
         router = router.route(route.path, method_router);
     }
     router
+        .merge(ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.upload_limit))
@@ -621,15 +653,33 @@ async fn require_role(
 fn authenticate(state: &AppState, headers: &HeaderMap, needed: Role) -> Result<Role, ApiError> {
     let unauthorized =
         |detail: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail);
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| {
-            unauthorized("no Authorization header; send `Authorization: Bearer <token>` with the admin or viewer token")
-        })?
-        .to_str()
-        .map_err(|_| unauthorized("the Authorization header is not ASCII; send `Bearer <token>`"))?;
-    let token = bearer_token(value)
-        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
+    let token = match headers.get(header::AUTHORIZATION) {
+        Some(value) => {
+            let value = value.to_str().map_err(|_| {
+                unauthorized("the Authorization header is not ASCII; send `Bearer <token>`")
+            })?;
+            bearer_token(value)
+                .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?
+        }
+        None => {
+            let token = ui::session_token(headers).ok_or_else(|| {
+                unauthorized("no Authorization header; send `Authorization: Bearer <token>` with the admin or viewer token, or log in at /")
+            })?;
+            // The dashboard's cookie: a write must also carry the header only
+            // the page's own script sets (a form or link from another site cannot).
+            if needed == Role::Admin && !headers.contains_key(ui::WRITE_HEADER) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!(
+                        "a write with the dashboard's session needs the {} header",
+                        ui::WRITE_HEADER
+                    ),
+                ));
+            }
+            token
+        }
+    };
     let role = state
         .tokens
         .role_of(token)
@@ -692,6 +742,10 @@ async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Value>
     Ok(Json(
         serde_json::json!({"status": "ok", "generation": generation}),
     ))
+}
+
+async fn whoami(Extension(Caller(role)): Extension<Caller>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({"role": role.as_str()}))
 }
 
 async fn generation(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -173,6 +173,24 @@ fn schemas() -> Value {
     json!({
         "Health": object(json!({"status": {"const": "ok"}, "generation": integer}), &[]),
         "Generation": object(json!({"generation": integer}), &[]),
+        "Whoami": object(json!({"role": {"enum": ["viewer", "admin"]}}), &[]),
+        "PipelineStatus": object(json!({
+            "events_total": integer, "outputs_total": integer, "dead_letters_total": integer,
+            "cycles_total": integer, "failed_cycles_total": integer,
+            "events_per_second": {"type": "number", "description": "events committed per second over about 15 s"},
+            "generation": integer,
+            "lag": {"type": "array", "items": object(json!({"topic": string, "partition": integer, "lag": integer}), &[])},
+            "failing_sinks": {"type": "array", "items": object(json!({"sink": string, "since": time, "seconds": integer, "error": string}), &[])},
+            "quarantined": {"type": "array", "items": object(json!({"scenario": string, "plugin": string, "reason": string, "until": time}), &[])},
+            "dead_letters_by_reason": {"type": "object", "additionalProperties": integer},
+            "recent_dead_letters": {"type": "array", "description": "the latest dead letters, newest first", "items": object(json!({
+                "at": time, "reason": string, "error": string,
+                "scenario": {"type": ["string", "null"]}, "plugin": {"type": ["string", "null"]},
+                "topic": string, "partition": integer, "offset": integer,
+                "preview": {"type": "string", "description": "the value's first 200 bytes"},
+            }), &[])},
+            "alerts_firing": {"type": "array", "items": object(json!({"rule": string, "summary": string, "since": time}), &[])},
+        }), &[]),
         "ScenarioStats": object(json!({
             "scenario_id": string,
             "counting_since": {"type": ["string", "null"], "format": "date-time",

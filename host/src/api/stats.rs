@@ -3,9 +3,6 @@
 //! text format (`GET /metrics`). Both read the running service's counters and
 //! metrics; a server without a pipeline answers 503.
 
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -138,128 +135,87 @@ pub(super) async fn scenario(
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let pipeline = state.pipeline.as_ref().ok_or_else(unavailable)?;
-    let m = &pipeline.metrics;
-    let mut out = String::new();
-    let mut counter = |name: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-        );
-    };
-    counter(
-        "weir_events_total",
-        "Events consumed and committed.",
-        m.events.load(Ordering::Relaxed),
-    );
-    counter(
-        "weir_outputs_total",
-        "Output records committed.",
-        m.outputs.load(Ordering::Relaxed),
-    );
-    counter(
-        "weir_cycles_total",
-        "Batch cycles committed.",
-        m.cycles.load(Ordering::Relaxed),
-    );
-    counter(
-        "weir_failed_cycles_total",
-        "Batch cycles aborted and retried (Kafka, Redis or archive trouble).",
-        m.failed_cycles.load(Ordering::Relaxed),
-    );
-    counter(
-        "weir_replayed_events_total",
-        "Events whose results were read back from the journal for the sinks only (outputs produced before a restart or rebalance).",
-        m.replayed.load(Ordering::Relaxed),
-    );
-    counter(
-        "weir_replay_missing_events_total",
-        "Events a replay needed whose results the journal no longer had; the sinks miss them (a log line names each range).",
-        m.replay_missing.load(Ordering::Relaxed),
-    );
-    counter(
-        "weir_recounted_events_total",
-        "Events whose results were read back from the journal for a sink that had lost them (Redis rolled back).",
-        m.recounted.load(Ordering::Relaxed),
-    );
-    counter(
-        "weir_sink_failures_total",
-        "Times a sink did not take committed results, which were handed to it again.",
-        m.sink_failures.load(Ordering::Relaxed),
-    );
-    counter(
-        "weir_unproducible_dead_letters_total",
-        "Dead letters the producer refused even cut down; a marker without the value took their place.",
-        m.unproducible_dead_letters.load(Ordering::Relaxed),
-    );
-    counter(
-        "weir_revoked_partitions_total",
-        "Partitions taken from this replica by consumer-group rebalances.",
-        m.revoked_partitions.load(Ordering::Relaxed),
-    );
-    counter(
-        "weir_revoke_commits_total",
-        "Partitions whose durable offsets were committed as a rebalance took them from this replica.",
-        m.revoke_commits.load(Ordering::Relaxed),
-    );
-    counter(
-        "weir_producer_recreations_total",
-        "Times the transactional producer was made again after a fatal error (fenced, or its transaction aborted by the broker).",
-        m.producer_recreations.load(Ordering::Relaxed),
-    );
-    counter(
-        "weir_quarantines_total",
-        "Times a scenario was set aside because its plugin's failures were costly.",
-        m.quarantines.load(Ordering::Relaxed),
-    );
-    for count in m.sink_counts.lock().expect("metrics lock").values() {
-        counter(
-            &format!("weir_{}_total", count.name),
-            count.help,
-            count.value,
-        );
+    pipeline.metrics.export();
+    if let Some(collect) = &pipeline.collect {
+        collect.export();
     }
-    let _ = writeln!(
-        out,
-        "# HELP weir_dead_letters_total Events sent to the dead-letter topic, by reason.\n\
-         # TYPE weir_dead_letters_total counter"
-    );
-    for (reason, n) in m
-        .dead_letters_by_reason
+    let text = pipeline.metrics.telemetry.render();
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// `GET /api/pipeline`: what the dashboard's health panel and `weir status`
+/// show.
+pub(super) async fn pipeline(State(state): State<AppState>) -> Result<Response, ApiError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let pipeline = state.pipeline.as_ref().ok_or_else(unavailable)?;
+    let m = &pipeline.metrics;
+    let now = Utc::now().timestamp_millis();
+    let lag: Vec<serde_json::Value> = m
+        .lag
         .lock()
         .expect("metrics lock")
         .iter()
-    {
-        let _ = writeln!(out, "weir_dead_letters_total{{reason=\"{reason}\"}} {n}");
-    }
-    let _ = writeln!(
-        out,
-        "# HELP weir_scenario_quarantined 1 while a scenario is set aside for its plugin's failures.\n\
-         # TYPE weir_scenario_quarantined gauge"
-    );
-    for (scenario, q) in m.quarantined.lock().expect("metrics lock").iter() {
-        let _ = writeln!(
-            out,
-            "weir_scenario_quarantined{{scenario=\"{}\",plugin=\"{}\"}} 1",
-            label(scenario),
-            label(&q.plugin)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP weir_registry_generation Registry generation the pipeline runs.\n\
-         # TYPE weir_registry_generation gauge\nweir_registry_generation {}",
-        m.generation.load(Ordering::Relaxed)
-    );
-    if let Some(collect) = &pipeline.collect {
-        collect.render(&mut out);
-    }
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
-}
-
-/// A Prometheus label value: backslash, quote and newline escaped.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+        .map(
+            |((topic, partition), lag)| json!({"topic": topic, "partition": partition, "lag": lag}),
+        )
+        .collect();
+    let failing: Vec<serde_json::Value> = m
+        .sink_failing
+        .lock()
+        .expect("metrics lock")
+        .iter()
+        .map(|(sink, f)| {
+            json!({
+                "sink": sink, "since": rfc3339(f.since_ms),
+                "seconds": (now - f.since_ms).max(0) / 1000, "error": f.error,
+            })
+        })
+        .collect();
+    let quarantined: Vec<serde_json::Value> = m
+        .quarantined_now()
+        .iter()
+        .map(|(scenario, q)| {
+            json!({"scenario": scenario, "plugin": q.plugin, "reason": q.reason, "until": rfc3339(q.until_ms)})
+        })
+        .collect();
+    let recent: Vec<serde_json::Value> = m
+        .recent_dead_letters
+        .lock()
+        .expect("metrics lock")
+        .iter()
+        .rev()
+        .map(|d| {
+            json!({
+                "at": rfc3339(d.at_ms), "reason": d.reason, "error": d.error,
+                "scenario": d.scenario, "plugin": d.plugin, "topic": d.topic,
+                "partition": d.partition, "offset": d.offset, "preview": d.preview,
+            })
+        })
+        .collect();
+    let by_reason = m
+        .dead_letters_by_reason
+        .lock()
+        .expect("metrics lock")
+        .clone();
+    let alerts = pipeline
+        .alerts
+        .as_ref()
+        .map(|a| a.firing())
+        .unwrap_or_default();
+    Ok(Json(json!({
+        "events_total": m.events.load(Relaxed),
+        "outputs_total": m.outputs.load(Relaxed),
+        "dead_letters_total": m.dead_letters.load(Relaxed),
+        "cycles_total": m.cycles.load(Relaxed),
+        "failed_cycles_total": m.failed_cycles.load(Relaxed),
+        "events_per_second": (m.events_per_second() * 10.0).round() / 10.0,
+        "generation": m.generation.load(Relaxed),
+        "lag": lag,
+        "failing_sinks": failing,
+        "quarantined": quarantined,
+        "dead_letters_by_reason": by_reason,
+        "recent_dead_letters": recent,
+        "alerts_firing": alerts,
+    }))
+    .into_response())
 }

@@ -1115,7 +1115,21 @@ impl Sink for ArchiveSink {
                 help: "Partitions another replica's archive fenced while this one held rows of them; those rows were dropped here and are archived by the owner.",
                 value: self.stats.fenced_out,
             },
+            SinkCount {
+                name: "archive_files",
+                help: "Parquet files the archive made durable (renamed into place).",
+                value: self.stats.files,
+            },
+            SinkCount {
+                name: "archive_bytes",
+                help: "Bytes of the Parquet files the archive made durable.",
+                value: self.stats.bytes,
+            },
         ]
+    }
+
+    fn gauges(&self) -> Vec<(&'static str, f64)> {
+        vec![("archive_open_files", self.files.len() as f64)]
     }
 
     fn revoked(&mut self, partitions: &[(String, i32)]) {

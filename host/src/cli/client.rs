@@ -86,6 +86,72 @@ pub(crate) enum ScenarioCommand {
         #[command(flatten)]
         server: Server,
     },
+    /// A scenario's counts and success ratio, as the dashboard shows them.
+    Stats {
+        /// The scenario id.
+        id: String,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+/// `weir status`: the pipeline's health, as the dashboard shows it.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    server: Server,
+}
+
+impl StatusArgs {
+    pub(crate) fn run(self) -> anyhow::Result<ExitCode> {
+        let answer = self.server.call(Method::GET, "/api/pipeline", None)?;
+        self.server.report(answer, |p| {
+            let mut out = format!(
+                "events {} ({} /s), outputs {}, dead letters {}, cycles {} ({} failed), generation {}",
+                p["events_total"],
+                p["events_per_second"],
+                p["outputs_total"],
+                p["dead_letters_total"],
+                p["cycles_total"],
+                p["failed_cycles_total"],
+                p["generation"],
+            );
+            for l in p["lag"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "\nlag {}/{}: {}",
+                    text(&l["topic"]),
+                    l["partition"],
+                    l["lag"]
+                ));
+            }
+            for s in p["failing_sinks"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "\nsink {} failing for {} s: {}",
+                    text(&s["sink"]),
+                    s["seconds"],
+                    text(&s["error"])
+                ));
+            }
+            for q in p["quarantined"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "\nscenario {} quarantined ({}) until {}: {}",
+                    text(&q["scenario"]),
+                    text(&q["plugin"]),
+                    text(&q["until"]),
+                    text(&q["reason"])
+                ));
+            }
+            for a in p["alerts_firing"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "\nalert {} firing since {}: {}",
+                    text(&a["rule"]),
+                    text(&a["since"]),
+                    text(&a["summary"])
+                ));
+            }
+            out
+        })
+    }
 }
 
 /// `weir member ...`.
@@ -226,6 +292,20 @@ impl ScenarioCommand {
                 let answer = server.call(Method::GET, &format!("/api/scenarios/{id}"), None)?;
                 server.report(answer, |body| {
                     serde_json::to_string_pretty(&body["document"]).unwrap_or_default()
+                })
+            }
+            ScenarioCommand::Stats { id, server } => {
+                let answer =
+                    server.call(Method::GET, &format!("/api/scenarios/{id}/stats"), None)?;
+                server.report(answer, |b| {
+                    format!(
+                        "scenario {id}: {} events, {} matched (success ratio {:.2} %), {} dead-lettered, {} dropped",
+                        b["total"],
+                        b["matched"],
+                        b["success_ratio"].as_f64().unwrap_or(0.0) * 100.0,
+                        b["errors"],
+                        b["dropped"],
+                    )
                 })
             }
             ScenarioCommand::Delete { id, server } => {

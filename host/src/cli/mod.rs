@@ -36,6 +36,9 @@ pub(crate) enum Command {
     Serve(serve::ServeArgs),
     /// Send generated traffic to the collector or to Kafka.
     Generate(generate::GenerateArgs),
+    /// The pipeline's health on a weir server: events/s, lag, failing sinks,
+    /// quarantines, alerts firing.
+    Status(client::StatusArgs),
 }
 
 impl Command {
@@ -46,6 +49,7 @@ impl Command {
             Command::Member(command) => command.run(),
             Command::Serve(args) => args.run(),
             Command::Generate(args) => args.run(),
+            Command::Status(args) => args.run(),
         }
     }
 }

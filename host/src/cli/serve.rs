@@ -65,6 +65,9 @@ pub(crate) struct ServeConfig {
     /// topics, streams, limits (docs/collect.md).
     #[serde(default)]
     pub(crate) collect: CollectConfig,
+    /// Alert rules and the webhooks they notify (docs/observability.md).
+    #[serde(default)]
+    pub(crate) alerts: weir::alert::AlertsConfig,
 }
 
 /// `weir serve` flags.
@@ -94,6 +97,9 @@ pub(crate) struct ServeArgs {
     /// Also create scenario 5 and feed it generated tracking events.
     #[arg(long)]
     demo: bool,
+    /// With --demo: stop feeding after this many events (default: never).
+    #[arg(long, requires = "demo")]
+    demo_events: Option<u64>,
 }
 
 /// The configuration after every layer and check.
@@ -237,6 +243,8 @@ impl ServeArgs {
             collect: config.collect,
             data_dir: data_dir.clone(),
             demo: self.demo,
+            demo_events: self.demo_events,
+            alerts: config.alerts,
         };
         problems.extend(plan.problems());
         // Compiled plugins are kept between restarts (a 1.6 MB component compiles in
@@ -448,6 +456,7 @@ async fn serve(mut config: Resolved) -> anyhow::Result<()> {
             .collect
             .as_ref()
             .map(|(_, metrics)| metrics.clone()),
+        alerts: pipeline.alerts.clone(),
     };
     let app = router(AppState::new(registry.clone(), &config.api).with_pipeline(view));
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -458,7 +467,8 @@ async fn serve(mut config: Resolved) -> anyhow::Result<()> {
         database = %redact_url(&config.database),
         "weir control plane serving"
     );
-    eprintln!("weir: serving the API on http://{}", config.listen);
+    let local = listener.local_addr().unwrap_or(config.listen);
+    eprintln!("weir: serving the API and the dashboard on http://{local}/");
     // One stop signal for every task of the process; each drains within DRAIN.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut http = tokio::spawn(weir::http::serve(
@@ -544,6 +554,7 @@ mod tests {
             redis: None,
             archive: None,
             demo: false,
+            demo_events: None,
         }
     }
 

@@ -354,6 +354,7 @@ pub fn router(front: Arc<Front>) -> Router {
     let max_header = config.max_header_bytes;
     let concurrency = config.max_concurrent_requests;
     let retry_after = config.retry_after_secs;
+    let telemetry = front.metrics().telemetry.clone();
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -377,7 +378,11 @@ pub fn router(front: Arc<Front>) -> Router {
         .with_state(front)
         .layer(
             ServiceBuilder::new()
-                // Outermost first: CORS answers preflights before any limit.
+                // Outermost first: every answer is counted, then CORS answers
+                // preflights before any limit.
+                .layer(axum::middleware::from_fn(move |request, next| {
+                    count_request(request, next, telemetry.clone())
+                }))
                 .layer(cors)
                 .layer(axum::middleware::from_fn(move |request, next| {
                     limit_head(request, next, max_query, max_header)
@@ -397,6 +402,39 @@ pub fn router(front: Arc<Front>) -> Router {
                     timeout,
                 )),
         )
+}
+
+/// Counts the answer to `request` by endpoint and status
+/// (`weir_collect_requests_total`).
+async fn count_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+    telemetry: crate::telemetry::Telemetry,
+) -> axum::response::Response {
+    let endpoint = endpoint_of(request.uri().path());
+    let response = next.run(request).await;
+    telemetry
+        .counter(
+            "weir_collect_requests_total",
+            &[
+                ("endpoint", endpoint),
+                ("status", response.status().as_str()),
+            ],
+        )
+        .increment(1);
+    response
+}
+
+/// The endpoint a path names, for metrics (never the path itself: a pixel's
+/// path is a scenario id, and anyone may send any path).
+fn endpoint_of(path: &str) -> &'static str {
+    match path {
+        "/healthz" => "healthz",
+        "/matomo.php" | "/piwik.php" => "matomo",
+        p if p.starts_with("/collect/") => "collect",
+        p if p.len() > 1 && !p[1..].contains('/') => "pixel",
+        _ => "other",
+    }
 }
 
 /// CORS for browsers: any origin (mirrored, with credentials, as Matomo answers)

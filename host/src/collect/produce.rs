@@ -35,6 +35,8 @@ pub struct CollectMetrics {
     pub not_recorded: AtomicU64,
     /// The file tailer's counters.
     pub tail: Arc<super::tail::TailMetrics>,
+    /// Where they are exported from, with the requests by endpoint and status.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl CollectMetrics {
@@ -42,75 +44,31 @@ impl CollectMetrics {
         *map.lock().expect("metrics lock").entry(key).or_default() += n;
     }
 
-    /// Prometheus text of these counters.
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
-        let _ = writeln!(
-            out,
-            "# HELP weir_collect_events_total Events the collector took and the broker acknowledged, by endpoint.\n\
-             # TYPE weir_collect_events_total counter"
-        );
+    /// Copies these counters into their telemetry, before it is rendered.
+    pub fn export(&self) {
+        let t = &self.telemetry;
         for (endpoint, n) in self.accepted.lock().expect("metrics lock").iter() {
-            let _ = writeln!(
-                out,
-                "weir_collect_events_total{{endpoint=\"{endpoint}\"}} {n}"
-            );
+            t.counter("weir_collect_events_total", &[("endpoint", endpoint)])
+                .absolute(*n);
         }
-        let _ = writeln!(
-            out,
-            "# HELP weir_collect_refused_total Records the collector refused for their content (sent to the bad-records topic), by reason.\n\
-             # TYPE weir_collect_refused_total counter"
-        );
         for (reason, n) in self.refused.lock().expect("metrics lock").iter() {
-            let _ = writeln!(out, "weir_collect_refused_total{{reason=\"{reason}\"}} {n}");
+            t.counter("weir_collect_refused_total", &[("reason", reason)])
+                .absolute(*n);
         }
-        for (name, help, value) in [
-            (
-                "weir_collect_unavailable_total",
-                "Requests answered 503: the broker did not acknowledge in time, or the memory for requests in flight was used up.",
-                &self.unavailable,
-            ),
+        for (name, value) in [
+            ("weir_collect_unavailable_total", &self.unavailable),
             (
                 "weir_collect_bad_records_lost_total",
-                "Refused records the bad-records topic did not take (each is logged).",
                 &self.bad_records_lost,
             ),
-            (
-                "weir_collect_not_recorded_total",
-                "Matomo requests without rec=1: answered, not recorded, as Matomo does.",
-                &self.not_recorded,
-            ),
-            (
-                "weir_tail_lines_total",
-                "Lines of tailed files the broker acknowledged.",
-                &self.tail.lines,
-            ),
-            (
-                "weir_tail_resent_lines_total",
-                "Tailed lines sent again after a restart: they were in flight when weir stopped, and may be in Kafka twice.",
-                &self.tail.resent,
-            ),
-            (
-                "weir_tail_cut_lines_total",
-                "Tailed lines longer than max_line_bytes, cut there.",
-                &self.tail.cut,
-            ),
-            (
-                "weir_tail_truncations_total",
-                "Tailed files found shorter than their offset (copytruncate) and read again from the start.",
-                &self.tail.truncations,
-            ),
-            (
-                "weir_tail_failures_total",
-                "Tailed lines the broker did not acknowledge, or reads that failed (retried).",
-                &self.tail.failures,
-            ),
+            ("weir_collect_not_recorded_total", &self.not_recorded),
+            ("weir_tail_lines_total", &self.tail.lines),
+            ("weir_tail_resent_lines_total", &self.tail.resent),
+            ("weir_tail_cut_lines_total", &self.tail.cut),
+            ("weir_tail_truncations_total", &self.tail.truncations),
+            ("weir_tail_failures_total", &self.tail.failures),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
+            t.counter(name, &[]).absolute(value.load(Ordering::Relaxed));
         }
     }
 }
@@ -165,7 +123,12 @@ impl std::fmt::Debug for Front {
 impl Front {
     /// The collector's state over a producer to `brokers`; hits go to
     /// `hits_topic` unless the configuration names another.
-    pub fn new(config: CollectConfig, brokers: &str, hits_topic: &str) -> Result<Self, KafkaError> {
+    pub fn new(
+        config: CollectConfig,
+        brokers: &str,
+        hits_topic: &str,
+        telemetry: crate::telemetry::Telemetry,
+    ) -> Result<Self, KafkaError> {
         let hits_topic = config
             .topic
             .clone()
@@ -200,7 +163,10 @@ impl Front {
             producer,
             hits_topic,
             streams,
-            metrics: Arc::new(CollectMetrics::default()),
+            metrics: Arc::new(CollectMetrics {
+                telemetry,
+                ..CollectMetrics::default()
+            }),
             config,
         })
     }

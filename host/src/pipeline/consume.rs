@@ -90,7 +90,30 @@ impl Context {
     }
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    /// Every `statistics.interval.ms`: each assigned partition's lag, from
+    /// where this replica consumes (its application offset, or the committed
+    /// one before the first fetch) to the last stable offset.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lag = std::collections::BTreeMap::new();
+        for (name, topic) in &statistics.topics {
+            for (&partition, p) in &topic.partitions {
+                if partition < 0 || !p.desired {
+                    continue;
+                }
+                let at = if p.app_offset >= 0 {
+                    p.app_offset
+                } else {
+                    p.committed_offset
+                };
+                if at >= 0 && p.ls_offset >= 0 {
+                    lag.insert((name.clone(), partition), (p.ls_offset - at).max(0));
+                }
+            }
+        }
+        *self.metrics.lag.lock().expect("metrics lock") = lag;
+    }
+}
 
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -107,6 +130,19 @@ impl ConsumerContext for Context {
             }
             self.revoked.lock().expect("revoked lock").extend(gone);
             tracing::info!(partitions = list.count(), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            // librdkafka keeps a partition's pause across a revoke and a new
+            // assignment: one paused by `wait_paused` and taken away meanwhile
+            // would come back paused, and never be fetched again. A wait in
+            // progress pauses it again on its next turn.
+            if let Err(err) = consumer.resume(list) {
+                tracing::warn!(error = %err, "resuming newly assigned partitions");
+            }
+            tracing::info!(partitions = list.count(), "partitions assigned");
         }
     }
 }
@@ -228,7 +264,8 @@ impl Pipeline {
     pub(super) fn gather(&mut self) -> Vec<OwnedMessage> {
         let linger = Duration::from_millis(self.config.batch_linger_ms);
         let started = Instant::now();
-        let mut messages = Vec::new();
+        // What a wait for the sinks polled first (see `Pipeline::run`).
+        let mut messages = std::mem::take(&mut self.carried);
         while messages.len() < self.config.batch_max_events && !self.stop.is_cancelled() {
             let left = linger.saturating_sub(started.elapsed());
             if left.is_zero() && !messages.is_empty() {

@@ -56,10 +56,11 @@ pub mod produce;
 pub mod route;
 mod run;
 pub mod sink;
+mod stats;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -73,6 +74,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::registry::Registry;
 use crate::runtime::{Batch, EventInput, Instance, Status};
+use crate::telemetry::Telemetry;
 use catalog::{Catalog, Route};
 use consume::Context;
 use journal::{Deliveries, Placed, Placements};
@@ -88,6 +90,7 @@ pub use produce::{
     HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
 };
 pub use run::Quarantine;
+pub use stats::{Metrics, RecentDeadLetter, SinkFailing};
 
 /// Errors that stop the pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -110,53 +113,6 @@ pub enum PipelineError {
 
 fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> PipelineError {
     move |source| PipelineError::Kafka { context, source }
-}
-
-/// Counters of what the pipeline did, for metrics and tests.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Events consumed and handled (committed); not those replayed to the sinks.
-    pub events: AtomicU64,
-    /// Output records produced (committed).
-    pub outputs: AtomicU64,
-    /// Events sent to the dead-letter topic (committed).
-    pub dead_letters: AtomicU64,
-    /// Dead letters by reason code.
-    pub dead_letters_by_reason: Mutex<BTreeMap<String, u64>>,
-    /// Batch cycles committed.
-    pub cycles: AtomicU64,
-    /// Batch cycles that failed and were retried, and turns without events whose
-    /// sinks or offset commit failed.
-    pub failed_cycles: AtomicU64,
-    /// Events consumed again for the sinks only: their outputs were produced before a
-    /// restart or rebalance, but a sink had not made them durable yet.
-    pub replayed: AtomicU64,
-    /// Registry generation in use.
-    pub generation: AtomicU64,
-    /// Times a scenario was set aside for its plugin's costly failures.
-    pub quarantines: AtomicU64,
-    /// Scenarios set aside now, by scenario id.
-    pub quarantined: Mutex<BTreeMap<String, Quarantine>>,
-    /// Dead letters the producer refused even cut down: a marker without the
-    /// value was produced instead.
-    pub unproducible_dead_letters: AtomicU64,
-    /// Partitions taken from this replica by rebalances.
-    pub revoked_partitions: AtomicU64,
-    /// Times the producer was made again after a fatal error.
-    pub producer_recreations: AtomicU64,
-    /// Partitions whose durable offsets were committed as they were revoked.
-    pub revoke_commits: AtomicU64,
-    /// Events whose results a replay needed but the journal no longer had (or
-    /// never had): the sinks miss them, and a log line names each range.
-    pub replay_missing: AtomicU64,
-    /// Times the sinks failed to take committed results, which were kept and
-    /// handed again.
-    pub sink_failures: AtomicU64,
-    /// Events whose results were read back from the journal for a sink that had
-    /// lost them (Redis rolled back).
-    pub recounted: AtomicU64,
-    /// The sinks' own counters ([`sink::Sink::counts`]), by metric name.
-    pub sink_counts: Mutex<BTreeMap<&'static str, sink::SinkCount>>,
 }
 
 /// The running pipeline. Build it with [`Pipeline::new`], then call [`Pipeline::run`]
@@ -195,6 +151,17 @@ pub struct Pipeline {
     producer_config: ClientConfig,
     /// When the producer was recreated lately (see [`may_recreate`]).
     recreations: VecDeque<Instant>,
+    /// Time the cycle in progress spent routing, in plugins and producing.
+    stages: Stages,
+    /// Events polled while waiting for the sinks, for the next batch.
+    carried: Vec<OwnedMessage>,
+}
+
+/// Time one cycle spent in the stages inside its run.
+#[derive(Debug, Default)]
+struct Stages {
+    route: Duration,
+    plugin: Duration,
 }
 
 /// A fatal producer error is survived this many times within
@@ -252,6 +219,7 @@ impl Pipeline {
         config: PipelineConfig,
         registry: Registry,
         sinks: Vec<Box<dyn Sink>>,
+        telemetry: Telemetry,
         stop: CancellationToken,
     ) -> Result<Self, PipelineError> {
         let problems = config.problems();
@@ -263,7 +231,7 @@ impl Pipeline {
         for (key, value) in &config.kafka {
             common.set(key, value);
         }
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(telemetry));
         let mut consumer_config = common.clone();
         if !config.kafka.contains_key("fetch.queue.backoff.ms") {
             // The consumer fetches ahead into a local queue; when that queue is over its
@@ -271,6 +239,10 @@ impl Pipeline {
             // Drained in bursts between batches, the queue ran dry for ~300 ms at a time:
             // 134,000 events/s with the default, 190,000 with 10 ms (docs/pipeline.md).
             consumer_config.set("fetch.queue.backoff.ms", "10");
+        }
+        if !config.kafka.contains_key("statistics.interval.ms") {
+            // The consumer's statistics give each partition's lag (`weir_consumer_lag`).
+            consumer_config.set("statistics.interval.ms", "5000");
         }
         if !config.kafka.contains_key("partition.assignment.strategy") {
             // Cooperative rebalancing moves only the partitions that change owner: a
@@ -368,6 +340,8 @@ impl Pipeline {
             unsunk: Vec::new(),
             producer_config,
             recreations: VecDeque::new(),
+            stages: Stages::default(),
+            carried: Vec::new(),
             message_limit,
             config,
             consumer,
@@ -419,13 +393,20 @@ impl Pipeline {
             self.refresh()?;
             if !self.hand_to_sinks() {
                 // Committed results the sinks did not take: nothing new is
-                // consumed until they do (the commit waits for them too).
-                self.wait_paused(backoff, &mut Vec::new());
+                // consumed until they do (the commit waits for them too). What a
+                // partition assigned meanwhile delivers before it is paused is
+                // kept for the next batch: the consumer has moved past it.
+                let mut carried = std::mem::take(&mut self.carried);
+                self.wait_paused(backoff, &mut carried);
+                self.carried = carried;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
             let gathering = Instant::now();
             let mut gathered = self.gather();
+            if !gathered.is_empty() {
+                self.stage_time("gather", gathering.elapsed());
+            }
             tracing::trace!(
                 events = gathered.len(),
                 gather_ms = gathering.elapsed().as_millis() as u64,
@@ -473,7 +454,9 @@ impl Pipeline {
             return true;
         }
         let unsunk = std::mem::take(&mut self.unsunk);
+        let started = Instant::now();
         for index in 0..self.sinks.len() {
+            let name = self.sinks[index].name();
             if let Err(err) = self
                 .write_sink(index, &unsunk)
                 .and_then(|()| self.tick_sink(index))
@@ -481,11 +464,14 @@ impl Pipeline {
                 self.unsunk = unsunk;
                 self.metrics.sink_failures.fetch_add(1, Ordering::Relaxed);
                 self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
+                self.metrics.note_sink(name, Some(err.to_string()));
                 tracing::warn!(error = %err, "a sink did not take committed results; handing them again");
                 self.note_sink_counts();
                 return false;
             }
+            self.metrics.note_sink(name, None);
         }
+        self.stage_time("sinks", started.elapsed());
         self.note_ready();
         self.note_sink_counts();
         true
@@ -570,14 +556,24 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Copies the sinks' own counters into the metrics.
+    /// Copies the sinks' own counters and gauges into the metrics.
     fn note_sink_counts(&self) {
         let mut counts = self.metrics.sink_counts.lock().expect("metrics lock");
+        let mut gauges = self.metrics.sink_gauges.lock().expect("metrics lock");
         for sink in &self.sinks {
             for count in sink.counts() {
                 counts.insert(count.name, count);
             }
+            gauges.extend(sink.gauges());
         }
+    }
+
+    /// Records `took` as the time of `stage` in one cycle.
+    fn stage_time(&self, stage: &'static str, took: Duration) {
+        self.metrics
+            .telemetry
+            .histogram("weir_cycle_stage_seconds", &[("stage", stage)])
+            .record(took.as_secs_f64());
     }
 
     /// No events came: lets the sinks make durable what is due by time, and commits
@@ -586,11 +582,14 @@ impl Pipeline {
     fn idle(&mut self) -> Result<(), PipelineError> {
         self.note_sink_counts();
         for index in 0..self.sinks.len() {
+            let name = self.sinks[index].name();
             if let Err(err) = self.tick_sink(index) {
                 self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
+                self.metrics.note_sink(name, Some(err.to_string()));
                 tracing::warn!(error = %err, "sink could not make held events durable; retrying");
                 return Ok(());
             }
+            self.metrics.note_sink(name, None);
         }
         self.note_ready();
         if let Err(err) = self.commit_positions(&[], &[]) {
@@ -853,6 +852,7 @@ impl Pipeline {
                 .push(message);
         }
         let started = Instant::now();
+        self.stages = Stages::default();
         let partitions: Vec<(&str, i32)> = by_partition.keys().copied().collect();
         self.learn_positions(&partitions)?;
         self.producer
@@ -864,6 +864,8 @@ impl Pipeline {
         let mut outputs = 0u64;
         let mut dead = 0u64;
         let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+        let mut scenario_reasons: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+        let mut recent = Vec::new();
         let mut done = Vec::with_capacity(by_partition.len());
         let mut handled = 0u64;
         for ((topic, partition), batch) in &by_partition {
@@ -892,6 +894,14 @@ impl Pipeline {
                 *reasons
                     .entry(letter.reason.as_str().to_owned())
                     .or_default() += 1;
+                if let Some(route) = letter.scenario {
+                    *scenario_reasons
+                        .entry((route.id.clone(), letter.reason.as_str()))
+                        .or_default() += 1;
+                }
+                if recent.len() < stats::RECENT_DEAD_LETTERS {
+                    recent.push(stats::RecentDeadLetter::of(letter));
+                }
             }
             dead += dead_letters.len() as u64;
             for letter in dead_letters {
@@ -902,6 +912,12 @@ impl Pipeline {
         }
 
         let ran = started.elapsed();
+        self.stage_time("route", self.stages.route);
+        self.stage_time("plugin", self.stages.plugin);
+        self.stage_time(
+            "produce",
+            ran.saturating_sub(self.stages.route + self.stages.plugin),
+        );
         // What was committed before this cycle: every sink made everything below
         // it durable (this cycle's commit stays below its fresh batches).
         let durable_before: HashMap<(String, i32), Option<i64>> = processed
@@ -913,6 +929,7 @@ impl Pipeline {
             })
             .collect();
         self.commit_positions(&done, &processed)?;
+        self.stage_time("commit", started.elapsed() - ran);
         tracing::debug!(
             events = messages.len(),
             run_ms = ran.as_millis() as u64,
@@ -924,6 +941,7 @@ impl Pipeline {
             batch.journal = self.placements.from(&tp, batch.first_offset);
             batch.durable_below = durable_before.get(&tp).copied().flatten();
         }
+        self.note_scenarios(&processed, &scenario_reasons);
         self.unsunk.extend(processed);
         // A revocation before the sinks take these batches commits no further
         // than their first offsets.
@@ -933,6 +951,7 @@ impl Pipeline {
         self.metrics.outputs.fetch_add(outputs, Ordering::Relaxed);
         self.metrics.dead_letters.fetch_add(dead, Ordering::Relaxed);
         self.metrics.cycles.fetch_add(1, Ordering::Relaxed);
+        self.metrics.note_dead_letters(recent);
         if !reasons.is_empty() {
             let mut by_reason = self
                 .metrics
@@ -946,6 +965,43 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Counts a committed cycle's events, matches, outputs and dead letters
+    /// per scenario.
+    fn note_scenarios(
+        &self,
+        processed: &[PartitionBatch],
+        dead: &BTreeMap<(String, &'static str), u64>,
+    ) {
+        let t = &self.metrics.telemetry;
+        let mut per: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
+        for scenario in processed.iter().flat_map(|b| &b.scenarios) {
+            let entry = per.entry(&scenario.scenario).or_default();
+            for outcome in scenario.result.outcomes() {
+                entry.0 += 1;
+                entry.1 += u64::from(outcome.matched);
+                if outcome.status == Status::Emitted {
+                    entry.2 += scenario.result.records(outcome).len() as u64;
+                }
+            }
+        }
+        for (id, (events, matched, outputs)) in per {
+            let labels = [("scenario", id)];
+            t.counter("weir_scenario_events_total", &labels)
+                .increment(events);
+            t.counter("weir_scenario_matched_total", &labels)
+                .increment(matched);
+            t.counter("weir_scenario_outputs_total", &labels)
+                .increment(outputs);
+        }
+        for ((id, reason), n) in dead {
+            t.counter(
+                "weir_scenario_dead_letters_total",
+                &[("scenario", id), ("reason", reason)],
+            )
+            .increment(*n);
+        }
+    }
+
     /// Runs one partition's events through their scenarios and produces the outputs.
     fn run_partition<'m>(
         &mut self,
@@ -955,11 +1011,13 @@ impl Pipeline {
         messages: &[&'m OwnedMessage],
         processed_ms: i64,
     ) -> Result<(PartitionBatch, u64, Vec<DeadLetter<'m>>), CycleError> {
+        let routing_started = Instant::now();
         let routing = route::route(
             catalog,
             topic,
             messages.iter().map(|m| m.payload().unwrap_or_default()),
         );
+        self.stages.route += routing_started.elapsed();
         let shares = routing.shares;
         let mut dead: Vec<DeadLetter<'m>> = routing
             .dead

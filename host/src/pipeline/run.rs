@@ -47,10 +47,21 @@ impl Pipeline {
             self.quarantine.remove(id);
             self.quarantined().remove(id);
         }
-        let result = match self
+        let called = Instant::now();
+        let outcome = self
             .instance(route)
-            .and_then(|instance| instance.process(batch))
-        {
+            .and_then(|instance| instance.process(batch));
+        let took = called.elapsed();
+        self.stages.plugin += took;
+        let labels = [("plugin", route.plugin_label.as_str())];
+        let telemetry = &self.metrics.telemetry;
+        telemetry
+            .histogram("weir_plugin_call_seconds", &labels)
+            .record(took.as_secs_f64());
+        telemetry
+            .histogram("weir_plugin_call_events", &labels)
+            .record(batch.len() as f64);
+        let result = match outcome {
             Ok(result) => result,
             Err(err) => {
                 tracing::warn!(scenario = id, plugin = %route.plugin_label, error = %err, "scenario batch failed");

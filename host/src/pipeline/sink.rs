@@ -182,6 +182,12 @@ pub trait Sink: Send {
     fn counts(&self) -> Vec<SinkCount> {
         Vec::new()
     }
+
+    /// Gauges of the sink's state, exported as `weir_<name>` (the name must be
+    /// listed in [`crate::telemetry::SERIES`]).
+    fn gauges(&self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
 }
 
 /// One counter a sink exports; see [`Sink::counts`].

@@ -83,7 +83,12 @@ pub fn hit(i: u64, now_ms: i64) -> Vec<(&'static str, String)> {
 
 /// Sends `rate` demo hits per second to the collector at `addr` until `stop`,
 /// each a pixel request on a kept-alive connection.
-pub async fn feed_http(addr: std::net::SocketAddr, rate: u32, stop: CancellationToken) {
+pub async fn feed_http(
+    addr: std::net::SocketAddr,
+    rate: u32,
+    limit: Option<u64>,
+    stop: CancellationToken,
+) {
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -100,8 +105,9 @@ pub async fn feed_http(addr: std::net::SocketAddr, rate: u32, stop: Cancellation
     let mut i = 0u64;
     let mut warned = false;
     tracing::info!(%url, rate, "demo feed started (through the collector)");
-    while !stop.is_cancelled() {
+    while !stop.is_cancelled() && limit.is_none_or(|n| i < n) {
         let now_ms = chrono::Utc::now().timestamp_millis();
+        let per_tick = limit.map_or(per_tick, |n| per_tick.min(n - i));
         let mut sends = tokio::task::JoinSet::new();
         for _ in 0..per_tick {
             let request = client.get(&url).query(&hit(i, now_ms));
@@ -131,7 +137,13 @@ pub async fn feed_http(addr: std::net::SocketAddr, rate: u32, stop: Cancellation
 
 /// Produces `rate` demo events per second to `topic` until `stop` (when the
 /// collector is turned off).
-pub async fn feed(brokers: String, topic: String, rate: u32, stop: CancellationToken) {
+pub async fn feed(
+    brokers: String,
+    topic: String,
+    rate: u32,
+    limit: Option<u64>,
+    stop: CancellationToken,
+) {
     let producer: ThreadedProducer<DefaultProducerContext> = match ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("linger.ms", "20")
@@ -147,8 +159,9 @@ pub async fn feed(brokers: String, topic: String, rate: u32, stop: CancellationT
     let per_tick = (rate / 10).max(1) as u64;
     let mut i = 0u64;
     tracing::info!(topic = %topic, rate, "demo feed started");
-    while !stop.is_cancelled() {
+    while !stop.is_cancelled() && limit.is_none_or(|n| i < n) {
         let now_ms = chrono::Utc::now().timestamp_millis();
+        let per_tick = limit.map_or(per_tick, |n| per_tick.min(n - i));
         for _ in 0..per_tick {
             let value = event(i, now_ms);
             let key = format!("m{:04}", (i * 37) % MEMBERS);

@@ -11,12 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::aggregate::{Counters, CountersConfig, CountersSink};
+use crate::alert::{Alerts, AlertsConfig};
 use crate::archive::columns::RegistryColumns;
 use crate::archive::{ArchiveConfig, ArchiveSink};
 use crate::collect::{CollectConfig, CollectMetrics, Front};
 use crate::pipeline::sink::Sink;
 use crate::pipeline::{Metrics, Pipeline, PipelineConfig, PipelineError};
 use crate::registry::{PutMode, Registry};
+use crate::telemetry::Telemetry;
 use anyhow::Context;
 use embedded::EmbeddedBroker;
 use serde::Deserialize;
@@ -56,6 +58,10 @@ pub struct PipelinePlan {
     pub data_dir: std::path::PathBuf,
     /// Create scenario 5 and feed it generated events.
     pub demo: bool,
+    /// With `demo`: stop feeding after this many events (default: never).
+    pub demo_events: Option<u64>,
+    /// Alert rules and their webhooks.
+    pub alerts: AlertsConfig,
 }
 
 impl PipelinePlan {
@@ -81,6 +87,7 @@ impl PipelinePlan {
             problems.push("counters.bucket_retention_secs: use at least 1".into());
         }
         problems.extend(self.archive.problems());
+        problems.extend(self.alerts.problems());
         if self.collect.enabled {
             problems.extend(self.collect.problems());
         } else if !self.collect.tail.is_empty() {
@@ -118,6 +125,8 @@ pub struct Running {
     pub brokers: String,
     /// The collector's address and counters, when it runs.
     pub collect: Option<(std::net::SocketAddr, Arc<CollectMetrics>)>,
+    /// The alert rules, when any are configured.
+    pub alerts: Option<Arc<Alerts>>,
     collector: Option<(tokio::task::JoinHandle<()>, Arc<Front>)>,
     _broker: Option<EmbeddedBroker>,
 }
@@ -220,22 +229,38 @@ pub async fn start(
             ))
     };
     eprintln!("weir: archiving Parquet under {}", plan.archive.root);
+    let telemetry = Telemetry::new();
     let sinks: Vec<Box<dyn Sink>> = vec![
-        Box::new(CountersSink::new(
-            counters.clone(),
-            tokio::runtime::Handle::current(),
-        )),
+        Box::new(
+            CountersSink::new(counters.clone(), tokio::runtime::Handle::current())
+                .with_telemetry(&telemetry),
+        ),
         Box::new(archive),
     ];
     let brokers = config.brokers.clone();
-    let pipeline = Pipeline::new(config, registry, sinks, stop.clone())
+    let pipeline = Pipeline::new(config, registry, sinks, telemetry.clone(), stop.clone())
         .await
         .context("starting the pipeline")?;
     let metrics = pipeline.metrics();
+    tokio::spawn(housekeep(metrics.clone(), stop.clone()));
+    let alerts = (!plan.alerts.rules.is_empty()).then(|| {
+        let alerts = Arc::new(Alerts::new(
+            plan.alerts.clone(),
+            metrics.clone(),
+            counters.clone(),
+        ));
+        eprintln!(
+            "weir: {} alert rules, notifying {} webhooks",
+            plan.alerts.rules.len(),
+            plan.alerts.webhooks.len()
+        );
+        tokio::spawn(alerts.clone().run(stop.clone()));
+        alerts
+    });
     let collector = if plan.collect.enabled {
         let addr = plan.collect.listen.clone();
         let front = Arc::new(
-            Front::new(plan.collect.clone(), &brokers, &hits_topic)
+            Front::new(plan.collect.clone(), &brokers, &hits_topic, telemetry)
                 .context("starting the collector's producer")?,
         );
         let listener = tokio::net::TcpListener::bind(&addr)
@@ -276,13 +301,14 @@ pub async fn start(
     if plan.demo {
         match &collector {
             Some((addr, ..)) => {
-                tokio::spawn(demo::feed_http(*addr, 500, stop.clone()));
+                tokio::spawn(demo::feed_http(*addr, 500, plan.demo_events, stop.clone()));
             }
             None => {
                 tokio::spawn(demo::feed(
                     brokers.clone(),
                     hits_topic.clone(),
                     500,
+                    plan.demo_events,
                     stop.clone(),
                 ));
             }
@@ -300,9 +326,24 @@ pub async fn start(
         collect: collector
             .as_ref()
             .map(|(addr, _, front)| (*addr, front.metrics())),
+        alerts,
         collector: collector.map(|(_, server, front)| (server, front)),
         _broker: broker,
     })
+}
+
+/// Every second, samples the event count for the rate the dashboard shows;
+/// every five, folds the histograms' samples into their buckets.
+async fn housekeep(metrics: Arc<Metrics>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks = 0u64;
+    while tokio::select! { _ = every.tick() => true, () = stop.cancelled() => false } {
+        metrics.sample(chrono::Utc::now().timestamp_millis());
+        ticks += 1;
+        if ticks.is_multiple_of(5) {
+            metrics.telemetry.upkeep();
+        }
+    }
 }
 
 impl Running {

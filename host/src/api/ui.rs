@@ -1,0 +1,223 @@
+//! The dashboard: one page (`GET /`, also under `/ui/`) with its script and
+//! style, served from the binary (nothing from a CDN: it works offline), and
+//! the session it runs with.
+//!
+//! The page holds no data of its own: its script reads the same API the CLI
+//! reads (`/api/whoami`, `/api/pipeline`, `/api/scenarios`, their stats,
+//! `/api/plugins`) and draws the charts itself as SVG, every 5 s. Everything it
+//! shows goes into the page as text, never as markup, so an event's value or a
+//! scenario's title cannot inject script.
+//!
+//! Logging in posts the viewer or admin token to `/ui/login`, which sets it as
+//! an `HttpOnly`, `SameSite=Strict` cookie; the API accepts that cookie as it
+//! accepts a bearer token. A link `/#token=…` logs in too: the fragment never
+//! reaches the server or its logs, and the page removes it from the address bar.
+//! A write with the cookie (a rollback) must carry [`WRITE_HEADER`], which
+//! only the page's own script sends. `docs/observability.md` shows the page.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+
+use super::{ApiError, AppState};
+
+/// The cookie that carries the token.
+pub const SESSION_COOKIE: &str = "weir_session";
+
+/// The header a write with the session cookie must carry.
+pub const WRITE_HEADER: &str = "x-weir-write";
+
+/// How long a session lasts, in seconds.
+const SESSION_SECS: u32 = 12 * 3600;
+
+const INDEX: &str = include_str!("ui/index.html");
+const SCRIPT: &str = include_str!("ui/app.js");
+const STYLE: &str = include_str!("ui/app.css");
+
+/// The dashboard's routes (public: the page has no data; the API behind it
+/// checks the session).
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { page(INDEX, "text/html; charset=utf-8") }),
+        )
+        .route("/ui", get(|| async { Redirect::to("/") }))
+        .route(
+            "/ui/",
+            get(|| async { page(INDEX, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/ui/app.js",
+            get(|| async { page(SCRIPT, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/ui/app.css",
+            get(|| async { page(STYLE, "text/css; charset=utf-8") }),
+        )
+        .route("/ui/login", post(login))
+        .route("/ui/logout", post(logout))
+}
+
+/// A static part of the page, with headers that keep it from being framed,
+/// from running script of other origins, and from leaking its address.
+fn page(body: &'static str, media: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, media),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                 connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            ),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            // `same-origin`, not `no-referrer`: with the latter browsers send
+            // `Origin: null` on the page's own form posts.
+            (header::REFERRER_POLICY, "same-origin"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The token in the session cookie, if the request has one.
+pub(super) fn session_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == SESSION_COOKIE && !value.is_empty()).then_some(value)
+        })
+}
+
+/// A request from another site's page: the browser says so
+/// (`Sec-Fetch-Site`), or its `Origin` is not this server.
+fn cross_site(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return !matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return false;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    origin_host.is_none() || origin_host != host
+}
+
+fn cookie(value: &str, max_age: u32, headers: &HeaderMap) -> HeaderValue {
+    let secure = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+    let text = format!(
+        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+        if secure { "; Secure" } else { "" }
+    );
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn forbidden_origin() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "cross-site",
+        "this form may only be posted from weir's own page",
+    )
+}
+
+/// `POST /ui/login`, a form with `token`: sets the session and goes to the page.
+async fn login(State(state): State<AppState>, headers: HeaderMap, body: String) -> Response {
+    if cross_site(&headers) {
+        return forbidden_origin().into_response();
+    }
+    let token = form_urlencoded::parse(body.as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    // A token with characters a cookie cannot carry is no token of ours either
+    // (tokens are printable ASCII without spaces).
+    let usable = !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b';' && b != b',');
+    if !usable || state.tokens.role_of(&token).is_none() {
+        return Redirect::to("/?login=failed").into_response();
+    }
+    let mut response = Redirect::to("/").into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, cookie(&token, SESSION_SECS, &headers));
+    response
+}
+
+/// `POST /ui/logout`: ends the session.
+async fn logout(headers: HeaderMap) -> Response {
+    if cross_site(&headers) {
+        return forbidden_origin().into_response();
+    }
+    let mut response = Redirect::to("/").into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, cookie("", 0, &headers));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn the_session_comes_from_its_cookie_only() {
+        let h = headers(&[("cookie", "a=b; weir_session=tok-123; c=d")]);
+        assert_eq!(session_token(&h), Some("tok-123"));
+        let h = headers(&[("cookie", "weir_sessionx=no"), ("cookie", "weir_session=")]);
+        assert_eq!(session_token(&h), None);
+        assert_eq!(session_token(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn another_sites_origin_is_cross_site() {
+        let same = headers(&[
+            ("host", "127.0.0.1:8080"),
+            ("origin", "http://127.0.0.1:8080"),
+        ]);
+        assert!(!cross_site(&same));
+        let other = headers(&[
+            ("host", "127.0.0.1:8080"),
+            ("origin", "https://evil.example"),
+        ]);
+        assert!(cross_site(&other));
+        let opaque = headers(&[("host", "127.0.0.1:8080"), ("origin", "null")]);
+        assert!(cross_site(&opaque));
+        assert!(!cross_site(&headers(&[("host", "127.0.0.1:8080")])));
+        let fetch = |site| headers(&[("host", "127.0.0.1:8080"), ("sec-fetch-site", site)]);
+        assert!(!cross_site(&fetch("same-origin")));
+        assert!(cross_site(&fetch("same-site")));
+        assert!(cross_site(&fetch("cross-site")));
+    }
+
+    #[test]
+    fn the_cookie_is_http_only_strict_and_secure_behind_https() {
+        let plain = cookie("t", 60, &HeaderMap::new());
+        let plain = plain.to_str().unwrap();
+        assert!(plain.contains("HttpOnly") && plain.contains("SameSite=Strict"));
+        assert!(!plain.contains("Secure"));
+        let tls = cookie("t", 60, &headers(&[("x-forwarded-proto", "https")]));
+        assert!(tls.to_str().unwrap().ends_with("; Secure"));
+    }
+}
