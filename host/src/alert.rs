@@ -314,13 +314,25 @@ pub struct Notification {
 }
 
 impl Notification {
-    /// The `{"text": …}` line of the `slack` format.
+    /// The `{"text": …}` line of the `slack` format. `&`, `<` and `>` are
+    /// escaped as Slack asks: a summary quotes plugin errors, which may quote
+    /// events, and must not turn into mentions or links.
     pub fn text(&self) -> String {
         let mark = match self.status {
             Status::Firing => "FIRING",
             Status::Resolved => "RESOLVED",
         };
-        format!("[{mark}] weir alert {}: {}", self.rule, self.summary)
+        let escape = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        };
+        let summary = crate::pipeline::cut(&self.summary, SUMMARY_BYTES);
+        format!(
+            "[{mark}] weir alert {}: {}",
+            escape(&self.rule),
+            escape(summary)
+        )
     }
 }
 
@@ -341,6 +353,9 @@ pub struct Alerts {
 /// Notifications in flight at most; more are dropped (and counted).
 const MAX_IN_FLIGHT: usize = 256;
 
+/// Bytes of a summary a notification carries.
+const SUMMARY_BYTES: usize = 1000;
+
 impl Alerts {
     /// The rules of `config`, evaluated over `metrics` and `counters`.
     pub fn new(config: AlertsConfig, metrics: Arc<Metrics>, counters: Counters) -> Self {
@@ -352,7 +367,11 @@ impl Alerts {
         Self {
             config,
             states: Mutex::new(states),
-            client: reqwest::Client::new(),
+            // No redirects: a webhook that answers one is not followed elsewhere.
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             metrics,
             counters,
@@ -725,6 +744,25 @@ mod tests {
             "{problems:#?}"
         );
         assert!(AlertsConfig::default().problems().is_empty());
+    }
+
+    #[test]
+    fn the_slack_text_escapes_what_would_be_markup() {
+        let n = Notification {
+            status: Status::Firing,
+            rule: "q".into(),
+            kind: RuleKind::Quarantined,
+            scenario: None,
+            value: 1.0,
+            threshold: 0.0,
+            summary: "quarantined: <!channel> <https://evil|log in> & more".into(),
+            since: None,
+            at: rfc3339(0),
+        };
+        assert_eq!(
+            n.text(),
+            "[FIRING] weir alert q: quarantined: &lt;!channel&gt; &lt;https://evil|log in&gt; &amp; more"
+        );
     }
 
     #[test]

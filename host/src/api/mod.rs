@@ -177,6 +177,8 @@ impl Tokens {
 pub struct AppState {
     registry: Registry,
     tokens: Arc<Tokens>,
+    /// The dashboard's sessions (`ui.rs`).
+    sessions: Arc<ui::Sessions>,
     upload_limit: usize,
     pipeline: Option<PipelineView>,
 }
@@ -204,6 +206,7 @@ impl AppState {
                 admin: digest(&config.admin_token),
                 viewer: digest(&config.viewer_token),
             }),
+            sessions: Arc::default(),
             upload_limit: config.upload_limit_bytes,
             pipeline: None,
         }
@@ -653,17 +656,24 @@ async fn require_role(
 fn authenticate(state: &AppState, headers: &HeaderMap, needed: Role) -> Result<Role, ApiError> {
     let unauthorized =
         |detail: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail);
-    let token = match headers.get(header::AUTHORIZATION) {
+    let role = match headers.get(header::AUTHORIZATION) {
         Some(value) => {
             let value = value.to_str().map_err(|_| {
                 unauthorized("the Authorization header is not ASCII; send `Bearer <token>`")
             })?;
-            bearer_token(value)
-                .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?
+            let token = bearer_token(value)
+                .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
+            state
+                .tokens
+                .role_of(token)
+                .ok_or_else(|| unauthorized("the bearer token is not one this server knows"))?
         }
         None => {
-            let token = ui::session_token(headers).ok_or_else(|| {
+            let id = ui::session_id(headers).ok_or_else(|| {
                 unauthorized("no Authorization header; send `Authorization: Bearer <token>` with the admin or viewer token, or log in at /")
+            })?;
+            let role = state.sessions.role_of(id).ok_or_else(|| {
+                unauthorized("the dashboard's session has ended (logged out, expired, or the server restarted); log in again at /")
             })?;
             // The dashboard's cookie: a write must also carry the header only
             // the page's own script sets (a form or link from another site cannot).
@@ -677,13 +687,9 @@ fn authenticate(state: &AppState, headers: &HeaderMap, needed: Role) -> Result<R
                     ),
                 ));
             }
-            token
+            role
         }
     };
-    let role = state
-        .tokens
-        .role_of(token)
-        .ok_or_else(|| unauthorized("the bearer token is not one this server knows"))?;
     if role < needed {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -175,7 +175,10 @@ pub(super) async fn pipeline(State(state): State<AppState>) -> Result<Response, 
         .quarantined_now()
         .iter()
         .map(|(scenario, q)| {
-            json!({"scenario": scenario, "plugin": q.plugin, "reason": q.reason, "until": rfc3339(q.until_ms)})
+            json!({
+                "scenario": scenario, "plugin": q.plugin, "until": rfc3339(q.until_ms),
+                "reason": crate::pipeline::cut(&q.reason, crate::pipeline::ERROR_BYTES),
+            })
         })
         .collect();
     let recent: Vec<serde_json::Value> = m

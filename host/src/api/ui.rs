@@ -8,12 +8,20 @@
 //! shows goes into the page as text, never as markup, so an event's value or a
 //! scenario's title cannot inject script.
 //!
-//! Logging in posts the viewer or admin token to `/ui/login`, which sets it as
-//! an `HttpOnly`, `SameSite=Strict` cookie; the API accepts that cookie as it
-//! accepts a bearer token. A link `/#token=…` logs in too: the fragment never
-//! reaches the server or its logs, and the page removes it from the address bar.
-//! A write with the cookie (a rollback) must carry [`WRITE_HEADER`], which
-//! only the page's own script sends. `docs/observability.md` shows the page.
+//! Logging in posts the viewer or admin token to `/ui/login`, which opens a
+//! session: a random id, kept here with the token's role for 12 hours, set as an
+//! `HttpOnly`, `SameSite=Strict` cookie. The token itself never goes into the
+//! cookie, so a cookie that leaks (sent in clear to another port of the host)
+//! gives a session that ends, not the token; logging out ends it here. The API
+//! accepts the session where it accepts a bearer token. A link `/#token=…`
+//! logs in too: the fragment never reaches the server or its logs, and the page
+//! removes it from the address bar. A write with the session (a rollback) must
+//! carry [`WRITE_HEADER`], which only the page's own script sends.
+//! `docs/observability.md` shows the page.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -21,7 +29,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Role, token_digest};
 
 /// The cookie that carries the token.
 pub const SESSION_COOKIE: &str = "weir_session";
@@ -31,6 +39,52 @@ pub const WRITE_HEADER: &str = "x-weir-write";
 
 /// How long a session lasts, in seconds.
 const SESSION_SECS: u32 = 12 * 3600;
+
+/// Sessions open at most; the oldest goes when another opens (only holders
+/// of a token can open one).
+const MAX_SESSIONS: usize = 10_000;
+
+/// The dashboard's open sessions, by the digest of their id.
+#[derive(Debug, Default)]
+pub(super) struct Sessions {
+    open: Mutex<HashMap<[u8; 32], (Role, Instant)>>,
+}
+
+impl Sessions {
+    /// Opens a session with `role`; its id, or `None` when the system has no
+    /// randomness to give.
+    fn open(&self, role: Role) -> Option<String> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).ok()?;
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let now = Instant::now();
+        let until = now + Duration::from_secs(u64::from(SESSION_SECS));
+        let mut open = self.open.lock().expect("sessions lock");
+        open.retain(|_, (_, until)| *until > now);
+        if open.len() >= MAX_SESSIONS
+            && let Some(oldest) = open.iter().min_by_key(|(_, (_, u))| *u).map(|(k, _)| *k)
+        {
+            open.remove(&oldest);
+        }
+        open.insert(token_digest(&id), (role, until));
+        Some(id)
+    }
+
+    /// The role of the open session `id`.
+    pub(super) fn role_of(&self, id: &str) -> Option<Role> {
+        let open = self.open.lock().expect("sessions lock");
+        open.get(&token_digest(id))
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(role, _)| *role)
+    }
+
+    fn close(&self, id: &str) {
+        self.open
+            .lock()
+            .expect("sessions lock")
+            .remove(&token_digest(id));
+    }
+}
 
 const INDEX: &str = include_str!("ui/index.html");
 const SCRIPT: &str = include_str!("ui/app.js");
@@ -84,17 +138,21 @@ fn page(body: &'static str, media: &'static str) -> Response {
         .into_response()
 }
 
-/// The token in the session cookie, if the request has one.
-pub(super) fn session_token(headers: &HeaderMap) -> Option<&str> {
-    headers
+/// The session id in the cookie, if the request has exactly one (several are
+/// refused: one may have been planted for another path by a page of another
+/// port of the same host).
+pub(super) fn session_id(headers: &HeaderMap) -> Option<&str> {
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .filter_map(|pair| {
+            let pair = std::str::from_utf8(pair).ok()?;
             let (name, value) = pair.trim().split_once('=')?;
-            (name == SESSION_COOKIE && !value.is_empty()).then_some(value)
-        })
+            (name == SESSION_COOKIE).then_some(value)
+        });
+    let first = found.next()?;
+    (found.next().is_none() && !first.is_empty()).then_some(first)
 }
 
 /// A request from another site's page: the browser says so
@@ -114,9 +172,13 @@ fn cross_site(headers: &HeaderMap) -> bool {
 }
 
 fn cookie(value: &str, max_age: u32, headers: &HeaderMap) -> HeaderValue {
+    // Behind a TLS proxy: it says so, or the page's own origin does.
     let secure = headers
         .get("x-forwarded-proto")
-        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"))
+        || headers
+            .get(header::ORIGIN)
+            .is_some_and(|o| o.as_bytes().starts_with(b"https://"));
     let text = format!(
         "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
         if secure { "; Secure" } else { "" }
@@ -141,26 +203,31 @@ async fn login(State(state): State<AppState>, headers: HeaderMap, body: String) 
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.trim().to_owned())
         .unwrap_or_default();
-    // A token with characters a cookie cannot carry is no token of ours either
-    // (tokens are printable ASCII without spaces).
-    let usable = !token.is_empty()
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b';' && b != b',');
-    if !usable || state.tokens.role_of(&token).is_none() {
+    let Some(role) = state.tokens.role_of(&token) else {
         return Redirect::to("/?login=failed").into_response();
-    }
+    };
+    let Some(id) = state.sessions.open(role) else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-randomness",
+            "the system gave no random bytes for a session id; try again",
+        )
+        .into_response();
+    };
     let mut response = Redirect::to("/").into_response();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, cookie(&token, SESSION_SECS, &headers));
+        .insert(header::SET_COOKIE, cookie(&id, SESSION_SECS, &headers));
     response
 }
 
 /// `POST /ui/logout`: ends the session.
-async fn logout(headers: HeaderMap) -> Response {
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if cross_site(&headers) {
         return forbidden_origin().into_response();
+    }
+    if let Some(id) = session_id(&headers) {
+        state.sessions.close(id);
     }
     let mut response = Redirect::to("/").into_response();
     response
@@ -182,12 +249,37 @@ mod tests {
     }
 
     #[test]
-    fn the_session_comes_from_its_cookie_only() {
-        let h = headers(&[("cookie", "a=b; weir_session=tok-123; c=d")]);
-        assert_eq!(session_token(&h), Some("tok-123"));
+    fn the_session_comes_from_one_cookie_only() {
+        let h = headers(&[("cookie", "a=b; weir_session=id-123; c=d")]);
+        assert_eq!(session_id(&h), Some("id-123"));
         let h = headers(&[("cookie", "weir_sessionx=no"), ("cookie", "weir_session=")]);
-        assert_eq!(session_token(&h), None);
-        assert_eq!(session_token(&HeaderMap::new()), None);
+        assert_eq!(session_id(&h), None);
+        assert_eq!(session_id(&HeaderMap::new()), None);
+        // Two (one planted for a longer path): neither.
+        let h = headers(&[("cookie", "weir_session=planted; weir_session=mine")]);
+        assert_eq!(session_id(&h), None);
+        // A cookie of another service with bytes that are not ASCII spoils nothing.
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"other=\xc3\xa9; weir_session=id-9").unwrap(),
+        );
+        assert_eq!(session_id(&h), Some("id-9"));
+    }
+
+    #[test]
+    fn sessions_open_answer_their_role_and_close() {
+        let sessions = Sessions::default();
+        let admin = sessions.open(Role::Admin).unwrap();
+        let viewer = sessions.open(Role::Viewer).unwrap();
+        assert_eq!(admin.len(), 64);
+        assert_ne!(admin, viewer);
+        assert_eq!(sessions.role_of(&admin), Some(Role::Admin));
+        assert_eq!(sessions.role_of(&viewer), Some(Role::Viewer));
+        assert_eq!(sessions.role_of("guess"), None);
+        sessions.close(&admin);
+        assert_eq!(sessions.role_of(&admin), None);
+        assert_eq!(sessions.role_of(&viewer), Some(Role::Viewer));
     }
 
     #[test]
@@ -219,5 +311,7 @@ mod tests {
         assert!(!plain.contains("Secure"));
         let tls = cookie("t", 60, &headers(&[("x-forwarded-proto", "https")]));
         assert!(tls.to_str().unwrap().ends_with("; Secure"));
+        let origin = cookie("t", 60, &headers(&[("origin", "https://weir.example.com")]));
+        assert!(origin.to_str().unwrap().ends_with("; Secure"));
     }
 }

@@ -90,7 +90,7 @@ pub use produce::{
     HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
 };
 pub use run::Quarantine;
-pub use stats::{Metrics, RecentDeadLetter, SinkFailing};
+pub use stats::{ERROR_BYTES, Metrics, RecentDeadLetter, SinkFailing, cut};
 
 /// Errors that stop the pipeline.
 #[derive(Debug, thiserror::Error)]

@@ -20,6 +20,19 @@ pub const RECENT_DEAD_LETTERS: usize = 20;
 /// Bytes of a dead letter's value kept for its preview.
 pub const PREVIEW_BYTES: usize = 200;
 
+/// Bytes of an error message kept for the dashboard (plugin errors may echo
+/// the whole event).
+pub const ERROR_BYTES: usize = 300;
+
+/// The first `max` bytes of `text`, cut at a character boundary.
+pub fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// One of the latest dead letters, as the dashboard lists them.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecentDeadLetter {
@@ -49,21 +62,21 @@ impl RecentDeadLetter {
         use rdkafka::message::Message;
         let message = letter.message;
         let value = message.payload().unwrap_or_default();
-        let mut cut = value.len().min(PREVIEW_BYTES);
+        let mut end = value.len().min(PREVIEW_BYTES);
         // Whole characters only: step back off a continuation byte.
-        while cut > 0 && cut < value.len() && (value[cut] & 0xC0) == 0x80 {
-            cut -= 1;
+        while end > 0 && end < value.len() && (value[end] & 0xC0) == 0x80 {
+            end -= 1;
         }
         Self {
             at_ms: chrono::Utc::now().timestamp_millis(),
             reason: letter.reason.as_str().to_owned(),
-            error: letter.error.clone(),
+            error: cut(&letter.error, ERROR_BYTES).to_owned(),
             scenario: letter.scenario.map(|r| r.id.clone()),
             plugin: letter.scenario.map(|r| r.plugin_label.clone()),
             topic: message.topic().to_owned(),
             partition: message.partition(),
             offset: message.offset(),
-            preview: String::from_utf8_lossy(&value[..cut]).into_owned(),
+            preview: String::from_utf8_lossy(&value[..end]).into_owned(),
         }
     }
 }
@@ -180,6 +193,7 @@ impl Metrics {
                 let since_ms = failing
                     .get(sink)
                     .map_or_else(|| chrono::Utc::now().timestamp_millis(), |f| f.since_ms);
+                let error = cut(&error, ERROR_BYTES).to_owned();
                 failing.insert(sink, SinkFailing { since_ms, error });
             }
             None => {
@@ -355,6 +369,13 @@ mod tests {
             text.contains(r#"weir_sink_failing{sink="counters"} 0"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn cuts_fall_on_character_boundaries() {
+        assert_eq!(cut("héllo", 2), "h");
+        assert_eq!(cut("héllo", 3), "hé");
+        assert_eq!(cut("abc", 10), "abc");
     }
 
     #[test]

@@ -74,10 +74,18 @@ function showLogin() {
 
 // A token link (`/#token=...`): the fragment never reaches the server; it is
 // posted like the form, and taken off the address bar first. True when it was one.
+// Someone else's link must not swap a session that is open: ask first.
 function tokenLink() {
   if (!location.hash.startsWith("#token=")) return false;
-  const token = decodeURIComponent(location.hash.slice(7));
+  const raw = location.hash.slice(7);
   history.replaceState(null, "", location.pathname);
+  let token;
+  try {
+    token = decodeURIComponent(raw);
+  } catch (err) {
+    token = raw;
+  }
+  if (state.role && !confirm("Log in again with the token from this link?")) return false;
   $("token").value = token;
   $("login-form").submit();
   return true;
