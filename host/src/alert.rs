@@ -336,6 +336,17 @@ impl Notification {
     }
 }
 
+/// A rule firing now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Firing {
+    /// The rule's name.
+    pub rule: String,
+    /// What it saw last.
+    pub summary: String,
+    /// Since when, Unix ms.
+    pub since_ms: i64,
+}
+
 /// The rules, their state, and the way to the webhooks.
 #[derive(Debug)]
 pub struct Alerts {
@@ -379,15 +390,18 @@ impl Alerts {
         }
     }
 
-    /// The rules firing now: name, summary and since when.
-    pub fn firing(&self) -> Vec<serde_json::Value> {
+    /// The rules firing now.
+    pub fn firing(&self) -> Vec<Firing> {
         self.states
             .lock()
             .expect("alerts lock")
             .iter()
             .filter_map(|(rule, s)| {
-                let since = s.firing_since?;
-                Some(json!({"rule": rule, "summary": s.summary, "since": rfc3339(since)}))
+                Some(Firing {
+                    rule: rule.clone(),
+                    summary: s.summary.clone(),
+                    since_ms: s.firing_since?,
+                })
             })
             .collect()
     }

@@ -3,7 +3,6 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use super::extract::{ApiBody, ApiPath};
 use super::{ApiError, AppState, CSV, NDJSON};
@@ -22,7 +21,10 @@ pub(super) async fn import(
     let members = parse_members(&body.bytes, format)
         .map_err(|errors| RegistryError::InvalidMembers { errors })?;
     let imported = state.registry.import_members(&members).await?;
-    Ok(Json(json!({ "imported": imported })).into_response())
+    Ok(Json(super::bodies::Imported {
+        imported: imported as u64,
+    })
+    .into_response())
 }
 
 pub(super) async fn get(

@@ -16,6 +16,7 @@
 //!
 //! The user's view of the API, the registry and the CLI is `docs/control-plane.md`.
 
+pub mod bodies;
 mod extract;
 mod members;
 mod openapi;
@@ -39,6 +40,7 @@ use subtle::ConstantTimeEq;
 
 use crate::registry::Registry;
 
+pub use bodies::ScenarioDocument;
 pub use problem::{ApiError, PROBLEM_JSON};
 
 /// How the control plane is set up.
@@ -743,20 +745,23 @@ fn path_matches(pattern: &str, path: &str) -> bool {
             .all(|(p, s)| (p.starts_with('{') && !s.is_empty()) || p == s)
 }
 
-async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn health(State(state): State<AppState>) -> Result<Json<bodies::Health>, ApiError> {
     let generation = state.registry.generation().await?;
-    Ok(Json(
-        serde_json::json!({"status": "ok", "generation": generation}),
-    ))
+    Ok(Json(bodies::Health {
+        status: "ok",
+        generation,
+    }))
 }
 
-async fn whoami(Extension(Caller(role)): Extension<Caller>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({"role": role.as_str()}))
+async fn whoami(Extension(Caller(role)): Extension<Caller>) -> Json<bodies::Whoami> {
+    Json(bodies::Whoami {
+        role: role.as_str(),
+    })
 }
 
-async fn generation(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn generation(State(state): State<AppState>) -> Result<Json<bodies::Generation>, ApiError> {
     let generation = state.registry.generation().await?;
-    Ok(Json(serde_json::json!({"generation": generation})))
+    Ok(Json(bodies::Generation { generation }))
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
-//! The OpenAPI 3.1 document, generated from [`ROUTES`](super::ROUTES): the
-//! same table that builds the router and its role checks, so the document
-//! lists exactly the routes that exist and the token each needs.
+//! The OpenAPI 3.1 document. Its paths come from [`ROUTES`](super::ROUTES),
+//! the same table that builds the router and its role checks, so the document
+//! lists exactly the routes that exist and the token each needs. Its schemas
+//! are derived (`utoipa`) from the types the handlers serialize and take
+//! (`bodies.rs`, the registry's types), so a field cannot be added to an answer
+//! without being in the document.
 
 use std::sync::OnceLock;
 
@@ -126,159 +129,43 @@ pub(super) fn document() -> Value {
     })
 }
 
-/// A closed object schema: these properties, all required unless listed in `optional`.
-fn object(properties: Value, optional: &[&str]) -> Value {
-    let required: Vec<&String> = properties
-        .as_object()
-        .map(|p| {
-            p.keys()
-                .filter(|k| !optional.contains(&k.as_str()))
-                .collect()
-        })
-        .unwrap_or_default();
-    json!({
-        "type": "object",
-        "required": required,
-        "properties": properties,
-        "additionalProperties": false,
-    })
-}
-
-fn schema_ref(name: &str) -> Value {
-    json!({"$ref": format!("#/components/schemas/{name}")})
-}
-
-/// The bodies of the API, as the registry and handlers serialize them.
+/// The bodies of the API, derived from the types the handlers serialize
+/// (`bodies.rs`, the registry's types): every type a route names, and every
+/// type those refer to.
 fn schemas() -> Value {
-    let string = json!({"type": "string"});
-    let integer = json!({"type": "integer"});
-    let time = json!({"type": "string", "format": "date-time"});
-    let version_properties = json!({
-        "name": string,
-        "version": {"type": "integer", "minimum": 1, "description": "registry version, monotonic per name"},
-        "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-        "size_bytes": integer,
-        "kind": {"enum": ["filter", "map", "filter-map", "flat-map", "scenario"]},
-        "declared_name": {"type": "string", "description": "the name `describe` reports"},
-        "declared_version": {"type": "string", "description": "the version `describe` reports"},
-        "description": string,
-        "config_schema": {"description": "JSON Schema of the plugin's configuration"},
-        "uploaded_at": time,
-        "uploaded_by": string,
-        "current": {"type": "boolean"},
-    });
-    let mut upload_properties = version_properties.clone();
-    upload_properties["created"] =
-        json!({"type": "boolean", "description": "false when the bytes were already stored"});
-    json!({
-        "Health": object(json!({"status": {"const": "ok"}, "generation": integer}), &[]),
-        "Generation": object(json!({"generation": integer}), &[]),
-        "Whoami": object(json!({"role": {"enum": ["viewer", "admin"]}}), &[]),
-        "PipelineStatus": object(json!({
-            "events_total": integer, "outputs_total": integer, "dead_letters_total": integer,
-            "cycles_total": integer, "failed_cycles_total": integer,
-            "events_per_second": {"type": "number", "description": "events committed per second over about 15 s"},
-            "generation": integer,
-            "lag": {"type": "array", "items": object(json!({"topic": string, "partition": integer, "lag": integer}), &[])},
-            "failing_sinks": {"type": "array", "items": object(json!({"sink": string, "since": time, "seconds": integer, "error": string}), &[])},
-            "quarantined": {"type": "array", "items": object(json!({"scenario": string, "plugin": string, "reason": string, "until": time}), &[])},
-            "dead_letters_by_reason": {"type": "object", "additionalProperties": integer},
-            "recent_dead_letters": {"type": "array", "description": "the latest dead letters, newest first", "items": object(json!({
-                "at": time, "reason": string, "error": string,
-                "scenario": {"type": ["string", "null"]}, "plugin": {"type": ["string", "null"]},
-                "topic": string, "partition": integer, "offset": integer,
-                "preview": {"type": "string", "description": "the value's first 200 bytes"},
-            }), &[])},
-            "alerts_firing": {"type": "array", "items": object(json!({"rule": string, "summary": string, "since": time}), &[])},
-        }), &[]),
-        "ScenarioStats": object(json!({
-            "scenario_id": string,
-            "counting_since": {"type": ["string", "null"], "format": "date-time",
-                "description": "when the counters started counting this scenario (a Redis restarted without persistence starts again)"},
-            "uncounted": {"type": "array", "description": "ranges of source offsets whose events the counts miss: Redis lost them and the journal no longer held them (for every scenario of the consumer group)",
-                "items": object(json!({
-                    "topic": string, "partition": integer, "from_offset": integer,
-                    "until_offset": integer, "noted_at": time,
-                }), &[])},
-            "total": integer, "matched": integer, "errors": integer, "dropped": integer,
-            "success_ratio": {"type": "number"},
-            "versions": {"type": "array", "items": object(json!({
-                "plugin": string, "total": integer, "matched": integer, "errors": integer, "dropped": integer,
-            }), &[])},
-            "from": time, "to": time,
-            "minutes": {"type": "array", "items": object(json!({
-                "minute": time, "total": integer, "success": integer, "errors": integer,
-                "success_ratio": {"type": "number"},
-            }), &[])},
-        }), &[]),
-        "PluginVersion": object(version_properties, &[]),
-        "Upload": object(upload_properties, &[]),
-        "PluginSummary": object(json!({
-            "name": string,
-            "current_version": integer,
-            "latest_version": integer,
-            "current": schema_ref("PluginVersion"),
-        }), &[]),
-        "PluginList": object(json!({"plugins": {"type": "array", "items": schema_ref("PluginSummary")}}), &[]),
-        "PluginDetail": object(json!({
-            "name": string,
-            "current_version": integer,
-            "versions": {"type": "array", "items": schema_ref("PluginVersion")},
-        }), &[]),
-        "Deleted": object(json!({
-            "deleted": string,
-            "version": integer,
-            "disabled_scenarios": {"type": "array", "items": string},
-        }), &["version"]),
-        "Rollback": object(json!({"to": {"type": "integer", "minimum": 1}}), &[]),
-        "ScenarioDocument": {
-            "type": "object",
-            "description": "The scenario as users write it. weir reads the fields below; every \
-                other field (log_format, filters, logical_operator, ...) is the plugin's \
-                configuration, checked against the plugin's config schema.",
-            "required": ["scenario_id"],
-            "properties": {
-                "scenario_id": {"type": ["string", "integer"]},
-                "title": string,
-                "manager": string,
-                "plugin": {"type": "string", "description": "`name` or `name@version`; default `scenario`"},
-                "source": {"type": "array", "items": string, "description": "topics bound to this scenario"},
-                "output_topic": {"type": "string", "description": "default weir.out.<scenario_id>"},
-                "enrich": object(json!({"by": string}), &[]),
-                "enabled": {"type": "boolean"},
-            },
-        },
-        "Scenario": object(json!({
-            "scenario_id": string,
-            "plugin": string,
-            "enabled": {"type": "boolean"},
-            "document": schema_ref("ScenarioDocument"),
-            "created_at": time,
-            "updated_at": time,
-            "updated_by": string,
-        }), &[]),
-        "ScenarioList": object(json!({"scenarios": {"type": "array", "items": schema_ref("Scenario")}}), &[]),
-        "Imported": object(json!({"imported": integer}), &[]),
-        "Member": object(json!({"member_id": string, "attributes": {"type": "object"}}), &[]),
-                "Problem": {
-                    "type": "object",
-                    "required": ["type", "title", "status", "detail"],
-                    "properties": {
-                        "type": {"type": "string", "description": "urn:weir:problem:<kind>"},
-                        "title": {"type": "string"},
-                        "status": {"type": "integer"},
-                        "detail": {"type": "string", "description": "what was wrong with which input, and what would be accepted"},
-                        "errors": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["field", "reason"],
-                                "properties": {"field": {"type": "string"}, "reason": {"type": "string"}}
-                            }
-                        }
-                    }
-                },
-    })
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::Schema;
+
+    use super::bodies::*;
+    use crate::registry::{Member, PluginDetail, PluginVersion, Scenario, Upload};
+
+    fn add<T: utoipa::ToSchema>(all: &mut Vec<(String, RefOr<Schema>)>) {
+        T::schemas(all);
+        all.push((T::name().into_owned(), T::schema()));
+    }
+    let mut all = Vec::new();
+    add::<Health>(&mut all);
+    add::<Generation>(&mut all);
+    add::<Whoami>(&mut all);
+    add::<PipelineStatus>(&mut all);
+    add::<ScenarioStats>(&mut all);
+    add::<PluginVersion>(&mut all);
+    add::<Upload>(&mut all);
+    add::<PluginList>(&mut all);
+    add::<PluginDetail>(&mut all);
+    add::<Deleted>(&mut all);
+    add::<Rollback>(&mut all);
+    add::<ScenarioDocument>(&mut all);
+    add::<Scenario>(&mut all);
+    add::<ScenarioList>(&mut all);
+    add::<Imported>(&mut all);
+    add::<Member>(&mut all);
+    add::<super::problem::Body<'static>>(&mut all);
+    let map: Map<String, Value> = all
+        .into_iter()
+        .map(|(name, schema)| (name, serde_json::to_value(schema).unwrap_or_default()))
+        .collect();
+    Value::Object(map)
 }
 
 #[cfg(test)]

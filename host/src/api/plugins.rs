@@ -5,8 +5,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
-use serde_json::json;
 
+use super::bodies::{Deleted, PluginList, Rollback};
 use super::extract::{ApiBody, ApiPath, ApiQuery, body_error, media_type};
 use super::{ApiError, AppState, Caller, MULTIPART, WASM};
 use crate::registry::MakeCurrent;
@@ -26,14 +26,6 @@ pub(super) struct DeleteQuery {
     /// Delete even while scenarios use it (they are disabled).
     #[serde(default)]
     force: bool,
-}
-
-/// Body of the rollback route.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RollbackBody {
-    /// The version to make current.
-    to: i64,
 }
 
 pub(super) async fn upload(
@@ -110,7 +102,7 @@ pub(super) async fn upload(
 
 pub(super) async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let plugins = state.registry.list_plugins().await?;
-    Ok(Json(json!({ "plugins": plugins })).into_response())
+    Ok(Json(PluginList { plugins }).into_response())
 }
 
 pub(super) async fn get(
@@ -157,7 +149,7 @@ pub(super) async fn rollback(
     ApiPath(name): ApiPath<String>,
     body: ApiBody,
 ) -> Result<Response, ApiError> {
-    let RollbackBody { to } = body.json()?;
+    let Rollback { to } = body.json()?;
     Ok(Json(state.registry.rollback_plugin(&name, to).await?).into_response())
 }
 
@@ -167,7 +159,12 @@ pub(super) async fn delete(
     ApiQuery(query): ApiQuery<DeleteQuery>,
 ) -> Result<Response, ApiError> {
     let disabled = state.registry.delete_plugin(&name, query.force).await?;
-    Ok(Json(json!({ "deleted": name, "disabled_scenarios": disabled })).into_response())
+    Ok(Json(Deleted {
+        deleted: name,
+        version: None,
+        disabled_scenarios: disabled,
+    })
+    .into_response())
 }
 
 pub(super) async fn delete_version(
@@ -179,10 +176,10 @@ pub(super) async fn delete_version(
         .registry
         .delete_plugin_version(&name, version, query.force)
         .await?;
-    Ok(Json(json!({
-        "deleted": name,
-        "version": version,
-        "disabled_scenarios": disabled,
-    }))
+    Ok(Json(Deleted {
+        deleted: name,
+        version: Some(version),
+        disabled_scenarios: disabled,
+    })
     .into_response())
 }

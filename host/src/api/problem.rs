@@ -105,13 +105,21 @@ impl From<RegistryError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// A problem+json body (RFC 9457), the one shape of every error answer.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
+pub(super) struct Body<'a> {
+    /// `urn:weir:problem:<kind>`.
     r#type: String,
+    /// The status' reason phrase.
     title: &'a str,
+    /// The HTTP status.
     status: u16,
+    /// What was wrong with which input, and what would be accepted.
     detail: &'a str,
+    /// Field by field, when the input had several problems.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    #[schema(required = false)]
     errors: &'a [FieldError],
 }
 

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::extract::{ApiBody, ApiPath};
 use super::{ApiError, AppState, Caller};
@@ -12,7 +12,7 @@ use crate::registry::PutMode;
 
 pub(super) async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let scenarios = state.registry.list_scenarios().await?;
-    Ok(Json(json!({ "scenarios": scenarios })).into_response())
+    Ok(Json(super::bodies::ScenarioList { scenarios }).into_response())
 }
 
 pub(super) async fn get(

@@ -9,7 +9,12 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::json;
+
+use super::bodies::{
+    AlertFiring, DeadLetterSeen, FailingSink, Lag, MinuteCounts, PipelineStatus, QuarantinedNow,
+    QuarantinedScenario, ScenarioStats, Uncounted, VersionCounts,
+};
+use crate::pipeline::{ERROR_BYTES, cut};
 
 use super::extract::{ApiPath, ApiQuery};
 use super::{ApiError, AppState};
@@ -93,10 +98,12 @@ pub(super) async fn scenario(
         .await
         .map_err(internal)?;
     let quarantined = state.pipeline.as_ref().and_then(|p| {
-        let quarantined = p.metrics.quarantined.lock().ok()?;
-        quarantined
-            .get(&id)
-            .map(|q| json!({"plugin": q.plugin, "reason": q.reason, "until": rfc3339(q.until_ms)}))
+        let quarantined = p.metrics.quarantined_now();
+        quarantined.get(&id).map(|q| QuarantinedNow {
+            plugin: q.plugin.clone(),
+            reason: cut(&q.reason, ERROR_BYTES).to_owned(),
+            until: rfc3339(q.until_ms),
+        })
     });
     let ratio = |matched: u64, total: u64| {
         if total == 0 {
@@ -105,31 +112,48 @@ pub(super) async fn scenario(
             (matched as f64 / total as f64 * 10_000.0).round() / 10_000.0
         }
     };
-    Ok(Json(json!({
-        "scenario_id": id,
-        "counting_since": since.map(rfc3339),
-        // Ranges of source offsets the counts miss: Redis lost them and the
-        // journal no longer held them (they hold for every scenario of the group).
-        "uncounted": gaps.iter().map(|g| json!({
-            "topic": g.topic, "partition": g.partition, "from_offset": g.from,
-            "until_offset": g.until, "noted_at": rfc3339(g.noted_ms),
-        })).collect::<Vec<_>>(),
-        "total": totals.total,
-        "matched": totals.matched,
-        "errors": totals.errors,
-        "dropped": totals.dropped,
-        "success_ratio": ratio(totals.matched, totals.total),
-        "quarantined": quarantined,
-        "versions": versions.iter().map(|(plugin, t)| json!({
-            "plugin": plugin, "total": t.total, "matched": t.matched, "errors": t.errors, "dropped": t.dropped,
-        })).collect::<Vec<_>>(),
-        "from": rfc3339(from),
-        "to": rfc3339(to),
-        "minutes": minutes.iter().map(|m| json!({
-            "minute": rfc3339(m.minute_ms), "total": m.total, "success": m.success, "errors": m.errors,
-            "success_ratio": ratio(m.success, m.total),
-        })).collect::<Vec<_>>(),
-    }))
+    Ok(Json(ScenarioStats {
+        scenario_id: id,
+        counting_since: since.map(rfc3339),
+        uncounted: gaps
+            .iter()
+            .map(|g| Uncounted {
+                topic: g.topic.clone(),
+                partition: g.partition,
+                from_offset: g.from,
+                until_offset: g.until,
+                noted_at: rfc3339(g.noted_ms),
+            })
+            .collect(),
+        total: totals.total,
+        matched: totals.matched,
+        errors: totals.errors,
+        dropped: totals.dropped,
+        success_ratio: ratio(totals.matched, totals.total),
+        quarantined,
+        versions: versions
+            .iter()
+            .map(|(plugin, t)| VersionCounts {
+                plugin: plugin.clone(),
+                total: t.total,
+                matched: t.matched,
+                errors: t.errors,
+                dropped: t.dropped,
+            })
+            .collect(),
+        from: rfc3339(from),
+        to: rfc3339(to),
+        minutes: minutes
+            .iter()
+            .map(|m| MinuteCounts {
+                minute: rfc3339(m.minute_ms),
+                total: m.total,
+                success: m.success,
+                errors: m.errors,
+                success_ratio: ratio(m.success, m.total),
+            })
+            .collect(),
+    })
     .into_response())
 }
 
@@ -150,75 +174,87 @@ pub(super) async fn pipeline(State(state): State<AppState>) -> Result<Response, 
     let pipeline = state.pipeline.as_ref().ok_or_else(unavailable)?;
     let m = &pipeline.metrics;
     let now = Utc::now().timestamp_millis();
-    let lag: Vec<serde_json::Value> = m
+    let lag = m
         .lag
         .lock()
         .expect("metrics lock")
         .iter()
-        .map(
-            |((topic, partition), lag)| json!({"topic": topic, "partition": partition, "lag": lag}),
-        )
+        .map(|((topic, partition), lag)| Lag {
+            topic: topic.clone(),
+            partition: *partition,
+            lag: *lag,
+        })
         .collect();
-    let failing: Vec<serde_json::Value> = m
+    let failing_sinks = m
         .sink_failing
         .lock()
         .expect("metrics lock")
         .iter()
-        .map(|(sink, f)| {
-            json!({
-                "sink": sink, "since": rfc3339(f.since_ms),
-                "seconds": (now - f.since_ms).max(0) / 1000, "error": f.error,
-            })
+        .map(|(sink, f)| FailingSink {
+            sink: (*sink).to_owned(),
+            since: rfc3339(f.since_ms),
+            seconds: (now - f.since_ms).max(0) / 1000,
+            error: f.error.clone(),
         })
         .collect();
-    let quarantined: Vec<serde_json::Value> = m
+    let quarantined = m
         .quarantined_now()
-        .iter()
-        .map(|(scenario, q)| {
-            json!({
-                "scenario": scenario, "plugin": q.plugin, "until": rfc3339(q.until_ms),
-                "reason": crate::pipeline::cut(&q.reason, crate::pipeline::ERROR_BYTES),
-            })
+        .into_iter()
+        .map(|(scenario, q)| QuarantinedScenario {
+            scenario,
+            plugin: q.plugin,
+            reason: cut(&q.reason, ERROR_BYTES).to_owned(),
+            until: rfc3339(q.until_ms),
         })
         .collect();
-    let recent: Vec<serde_json::Value> = m
+    let recent_dead_letters = m
         .recent_dead_letters
         .lock()
         .expect("metrics lock")
         .iter()
         .rev()
-        .map(|d| {
-            json!({
-                "at": rfc3339(d.at_ms), "reason": d.reason, "error": d.error,
-                "scenario": d.scenario, "plugin": d.plugin, "topic": d.topic,
-                "partition": d.partition, "offset": d.offset, "preview": d.preview,
-            })
+        .map(|d| DeadLetterSeen {
+            at: rfc3339(d.at_ms),
+            reason: d.reason.clone(),
+            error: d.error.clone(),
+            scenario: d.scenario.clone(),
+            plugin: d.plugin.clone(),
+            topic: d.topic.clone(),
+            partition: d.partition,
+            offset: d.offset,
+            preview: d.preview.clone(),
         })
         .collect();
-    let by_reason = m
-        .dead_letters_by_reason
-        .lock()
-        .expect("metrics lock")
-        .clone();
-    let alerts = pipeline
+    let alerts_firing = pipeline
         .alerts
         .as_ref()
         .map(|a| a.firing())
-        .unwrap_or_default();
-    Ok(Json(json!({
-        "events_total": m.events.load(Relaxed),
-        "outputs_total": m.outputs.load(Relaxed),
-        "dead_letters_total": m.dead_letters.load(Relaxed),
-        "cycles_total": m.cycles.load(Relaxed),
-        "failed_cycles_total": m.failed_cycles.load(Relaxed),
-        "events_per_second": (m.events_per_second() * 10.0).round() / 10.0,
-        "generation": m.generation.load(Relaxed),
-        "lag": lag,
-        "failing_sinks": failing,
-        "quarantined": quarantined,
-        "dead_letters_by_reason": by_reason,
-        "recent_dead_letters": recent,
-        "alerts_firing": alerts,
-    }))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| AlertFiring {
+            rule: f.rule,
+            summary: f.summary,
+            since: rfc3339(f.since_ms),
+        })
+        .collect();
+    Ok(Json(PipelineStatus {
+        events_total: m.events.load(Relaxed),
+        outputs_total: m.outputs.load(Relaxed),
+        dead_letters_total: m.dead_letters.load(Relaxed),
+        cycles_total: m.cycles.load(Relaxed),
+        failed_cycles_total: m.failed_cycles.load(Relaxed),
+        events_per_second: (m.events_per_second() * 10.0).round() / 10.0,
+        generation: m.generation.load(Relaxed),
+        lag,
+        failing_sinks,
+        quarantined,
+        dead_letters_by_reason: m
+            .dead_letters_by_reason
+            .lock()
+            .expect("metrics lock")
+            .clone(),
+        recent_dead_letters,
+        alerts_firing,
+    })
     .into_response())
 }

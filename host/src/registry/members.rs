@@ -33,11 +33,13 @@ pub enum MemberFormat {
 }
 
 /// One member.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Member {
     /// The member id, as events carry it.
     pub member_id: String,
     /// Every other field.
+    #[schema(value_type = Object)]
     pub attributes: Map<String, Value>,
 }
 

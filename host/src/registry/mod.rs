@@ -51,7 +51,7 @@ static MYSQL: Migrator = sqlx::migrate!("migrations/mysql");
 static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// One problem with one field of a request, for field-level error lists.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// Where: a field path such as `filters[2].operator`, or `line 3` for imports.
     pub field: String,

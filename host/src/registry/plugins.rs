@@ -23,18 +23,23 @@ pub enum MakeCurrent {
     IfNew,
 }
 
-/// One stored version of a plugin (without its bytes).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One stored version of a plugin (without its bytes). Its schema is open
+/// (no `deny_unknown_fields`): an upload's answer is this object with one more
+/// field (`Upload`), which a closed schema would refuse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PluginVersion {
     /// The plugin's registry name.
     pub name: String,
     /// Registry version number, from 1, monotonic per name.
+    #[schema(minimum = 1)]
     pub version: i64,
     /// sha256 of the component bytes, lowercase hex.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub sha256: String,
     /// Size of the component in bytes.
     pub size_bytes: i64,
     /// What `describe` reported: `filter`, `map`, `filter-map`, `flat-map` or `scenario`.
+    #[schema(pattern = "^(filter|map|filter-map|flat-map|scenario)$")]
     pub kind: String,
     /// The name the plugin gives itself in `describe`.
     pub declared_name: String,
@@ -45,6 +50,7 @@ pub struct PluginVersion {
     /// JSON Schema of the configuration.
     pub config_schema: serde_json::Value,
     /// When it was uploaded, RFC 3339.
+    #[schema(format = DateTime)]
     pub uploaded_at: String,
     /// Who uploaded it: the token's role, or `weir` for shipped plugins.
     pub uploaded_by: String,
@@ -53,7 +59,8 @@ pub struct PluginVersion {
 }
 
 /// A plugin and its current version, for listings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PluginSummary {
     /// The plugin's registry name.
     pub name: String,
@@ -66,7 +73,8 @@ pub struct PluginSummary {
 }
 
 /// A plugin with every stored version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PluginDetail {
     /// The plugin's registry name.
     pub name: String,
@@ -77,7 +85,7 @@ pub struct PluginDetail {
 }
 
 /// The result of an upload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Upload {
     /// The stored version (new, or the one with the same bytes).
     #[serde(flatten)]

@@ -309,7 +309,8 @@ impl ScenarioSpec {
 }
 
 /// A stored scenario.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Scenario {
     /// The scenario id.
     pub scenario_id: String,
@@ -319,10 +320,13 @@ pub struct Scenario {
     pub enabled: bool,
     /// The document as written (with `enabled` set to false if a forced
     /// plugin deletion disabled it).
+    #[schema(value_type = crate::api::ScenarioDocument)]
     pub document: Value,
     /// Creation time, RFC 3339.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// Last change, RFC 3339.
+    #[schema(format = DateTime)]
     pub updated_at: String,
     /// Who changed it last.
     pub updated_by: String,

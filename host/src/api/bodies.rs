@@ -1,0 +1,352 @@
+//! The bodies the API sends and takes, as types: each handler serializes one of
+//! these, and `openapi.rs` derives the document's schemas from the same types
+//! (`utoipa`), so a field added here is in the document by construction. The
+//! registry's own types (plugins, scenarios, members) derive their schemas
+//! where they are defined.
+//!
+//! Closed objects (`deny_unknown_fields`) become `additionalProperties: false`
+//! in the document: the API tests check every answer against it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::registry::{PluginSummary, Scenario};
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(value_type = String, pattern = "^ok$")]
+    pub status: &'static str,
+    /// The registry generation.
+    pub generation: i64,
+}
+
+/// `GET /api/generation`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Generation {
+    /// It grows with every write to the registry.
+    pub generation: i64,
+}
+
+/// `GET /api/whoami`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Whoami {
+    /// `viewer` or `admin`.
+    #[schema(value_type = String, pattern = "^(viewer|admin)$")]
+    pub role: &'static str,
+}
+
+/// `GET /api/plugins`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PluginList {
+    /// Every plugin with its current version.
+    pub plugins: Vec<PluginSummary>,
+}
+
+/// `POST /api/plugins/{name}/rollback`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    /// The stored version to make current.
+    #[schema(minimum = 1)]
+    pub to: i64,
+}
+
+/// What a deletion removed.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Deleted {
+    /// The plugin's name.
+    pub deleted: String,
+    /// The version deleted (a whole plugin: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// Scenarios a forced deletion disabled.
+    pub disabled_scenarios: Vec<String>,
+}
+
+/// `GET /api/scenarios`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioList {
+    /// Every scenario.
+    pub scenarios: Vec<Scenario>,
+}
+
+/// `POST /api/members`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Imported {
+    /// Members written (new or replaced).
+    pub imported: u64,
+}
+
+/// `GET /api/scenarios/{id}/stats`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioStats {
+    /// The scenario.
+    pub scenario_id: String,
+    /// When the counters started counting it (a Redis restarted without
+    /// persistence starts again), RFC 3339.
+    #[schema(format = DateTime)]
+    pub counting_since: Option<String>,
+    /// Ranges of source offsets whose events the counts miss: Redis lost them
+    /// and the journal no longer held them (for every scenario of the group).
+    pub uncounted: Vec<Uncounted>,
+    /// Events routed to it.
+    pub total: u64,
+    /// Events its plugin said matched.
+    pub matched: u64,
+    /// Events that failed (dead-lettered).
+    pub errors: u64,
+    /// Events that produced no output.
+    pub dropped: u64,
+    /// `matched / total`, four decimals (0 without events).
+    pub success_ratio: f64,
+    /// Set while the scenario is set aside for its plugin's failures.
+    pub quarantined: Option<QuarantinedNow>,
+    /// The same counts per plugin version.
+    pub versions: Vec<VersionCounts>,
+    /// Start of the window, RFC 3339.
+    #[schema(format = DateTime)]
+    pub from: String,
+    /// End of the window (exclusive), RFC 3339.
+    #[schema(format = DateTime)]
+    pub to: String,
+    /// The window's minute buckets that have events.
+    pub minutes: Vec<MinuteCounts>,
+}
+
+/// Offsets the counts miss.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Uncounted {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// First offset missed.
+    pub from_offset: i64,
+    /// Offset after the last one missed.
+    pub until_offset: i64,
+    /// When it was noted, RFC 3339.
+    #[schema(format = DateTime)]
+    pub noted_at: String,
+}
+
+/// A scenario set aside now.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantinedNow {
+    /// `name@version` of the plugin whose failures caused it.
+    pub plugin: String,
+    /// The failure (at most 300 bytes).
+    pub reason: String,
+    /// Until when, RFC 3339.
+    #[schema(format = DateTime)]
+    pub until: String,
+}
+
+/// Counts of one plugin version.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VersionCounts {
+    /// `name@version`.
+    pub plugin: String,
+    /// Events.
+    pub total: u64,
+    /// Matched.
+    pub matched: u64,
+    /// Failed.
+    pub errors: u64,
+    /// Without output.
+    pub dropped: u64,
+}
+
+/// One minute's counts.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MinuteCounts {
+    /// The minute, RFC 3339.
+    #[schema(format = DateTime)]
+    pub minute: String,
+    /// Events.
+    pub total: u64,
+    /// Matched (the success count).
+    pub success: u64,
+    /// Failed.
+    pub errors: u64,
+    /// `success / total`, four decimals.
+    pub success_ratio: f64,
+}
+
+/// `GET /api/pipeline`: what the dashboard's health panel and `weir status`
+/// show.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineStatus {
+    /// Events committed.
+    pub events_total: u64,
+    /// Outputs committed.
+    pub outputs_total: u64,
+    /// Dead letters committed.
+    pub dead_letters_total: u64,
+    /// Cycles committed.
+    pub cycles_total: u64,
+    /// Cycles that failed and were retried.
+    pub failed_cycles_total: u64,
+    /// Events committed per second over about 15 s.
+    pub events_per_second: f64,
+    /// The registry generation in use.
+    pub generation: u64,
+    /// Each assigned partition's lag.
+    pub lag: Vec<Lag>,
+    /// Sinks failing now.
+    pub failing_sinks: Vec<FailingSink>,
+    /// Scenarios set aside now.
+    pub quarantined: Vec<QuarantinedScenario>,
+    /// Dead letters by reason.
+    pub dead_letters_by_reason: BTreeMap<String, u64>,
+    /// The latest dead letters, newest first.
+    pub recent_dead_letters: Vec<DeadLetterSeen>,
+    /// Alert rules firing now.
+    pub alerts_firing: Vec<AlertFiring>,
+}
+
+/// A partition's lag.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Lag {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Records not consumed yet.
+    pub lag: i64,
+}
+
+/// A sink that keeps failing.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailingSink {
+    /// `counters` or `archive`.
+    pub sink: String,
+    /// Since when, RFC 3339.
+    #[schema(format = DateTime)]
+    pub since: String,
+    /// For how long, in seconds.
+    pub seconds: i64,
+    /// Its last error (at most 300 bytes).
+    pub error: String,
+}
+
+/// A scenario set aside.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantinedScenario {
+    /// The scenario.
+    pub scenario: String,
+    /// `name@version` of its plugin.
+    pub plugin: String,
+    /// Why (at most 300 bytes).
+    pub reason: String,
+    /// Until when, RFC 3339.
+    #[schema(format = DateTime)]
+    pub until: String,
+}
+
+/// One of the latest dead letters.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterSeen {
+    /// When it was committed, RFC 3339.
+    #[schema(format = DateTime)]
+    pub at: String,
+    /// The reason code.
+    pub reason: String,
+    /// The error (at most 300 bytes).
+    pub error: String,
+    /// The scenario, when the event reached one.
+    pub scenario: Option<String>,
+    /// `name@version` of the plugin, when one ran.
+    pub plugin: Option<String>,
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// The value's first 200 bytes.
+    pub preview: String,
+}
+
+/// An alert rule firing.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertFiring {
+    /// The rule's name.
+    pub rule: String,
+    /// What it saw last.
+    pub summary: String,
+    /// Since when, RFC 3339.
+    #[schema(format = DateTime)]
+    pub since: String,
+}
+
+/// A scenario as users write it (`POST`/`PUT /api/scenarios`). weir reads
+/// these fields; every other field (`log_format`, `filters`,
+/// `logical_operator`, …) is the plugin's configuration, checked against the
+/// plugin's config schema.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScenarioDocument {
+    /// The scenario's id.
+    pub scenario_id: ScenarioId,
+    /// A title for people.
+    #[schema(required = false)]
+    pub title: Option<String>,
+    /// Who manages it.
+    #[schema(required = false)]
+    pub manager: Option<String>,
+    /// `name` or `name@version` (default `scenario`).
+    #[schema(required = false)]
+    pub plugin: Option<String>,
+    /// Topics bound to it (events without `scenario_id` go to every scenario
+    /// bound to their topic).
+    #[schema(required = false)]
+    pub source: Option<Vec<String>>,
+    /// Where its outputs go (default `weir.out.<scenario_id>`).
+    #[schema(required = false)]
+    pub output_topic: Option<String>,
+    /// Member attributes merged into each event, looked up by this field.
+    #[schema(required = false)]
+    pub enrich: Option<Enrich>,
+    /// Whether the pipeline runs it (default true).
+    #[schema(required = false)]
+    pub enabled: Option<bool>,
+}
+
+/// A scenario id: a string or an integer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ScenarioId {
+    /// `"5"`, `"buyers"`.
+    Text(String),
+    /// `5`.
+    Number(i64),
+}
+
+/// `enrich` of a scenario document.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Enrich {
+    /// The event field holding the member id.
+    pub by: String,
+}
