@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::pipeline::RecentDeadLetter;
 use crate::registry::{PluginSummary, Scenario};
 
 /// `GET /healthz`.
@@ -216,7 +217,7 @@ pub struct PipelineStatus {
     /// Dead letters by reason.
     pub dead_letters_by_reason: BTreeMap<String, u64>,
     /// The latest dead letters, newest first.
-    pub recent_dead_letters: Vec<DeadLetterSeen>,
+    pub recent_dead_letters: Vec<RecentDeadLetter>,
     /// Alert rules firing now.
     pub alerts_firing: Vec<AlertFiring>,
 }
@@ -261,31 +262,6 @@ pub struct QuarantinedScenario {
     /// Until when, RFC 3339.
     #[schema(format = DateTime)]
     pub until: String,
-}
-
-/// One of the latest dead letters.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DeadLetterSeen {
-    /// When it was committed, RFC 3339.
-    #[schema(format = DateTime)]
-    pub at: String,
-    /// The reason code.
-    pub reason: String,
-    /// The error (at most 300 bytes).
-    pub error: String,
-    /// The scenario, when the event reached one.
-    pub scenario: Option<String>,
-    /// `name@version` of the plugin, when one ran.
-    pub plugin: Option<String>,
-    /// Source topic.
-    pub topic: String,
-    /// Source partition.
-    pub partition: i32,
-    /// Source offset.
-    pub offset: i64,
-    /// The value's first 200 bytes.
-    pub preview: String,
 }
 
 /// An alert rule firing.

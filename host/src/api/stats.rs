@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::bodies::{
-    AlertFiring, DeadLetterSeen, FailingSink, Lag, MinuteCounts, PipelineStatus, QuarantinedNow,
+    AlertFiring, FailingSink, Lag, MinuteCounts, PipelineStatus, QuarantinedNow,
     QuarantinedScenario, ScenarioStats, Uncounted, VersionCounts,
 };
 use crate::pipeline::{ERROR_BYTES, cut};
@@ -213,17 +213,7 @@ pub(super) async fn pipeline(State(state): State<AppState>) -> Result<Response, 
         .expect("metrics lock")
         .iter()
         .rev()
-        .map(|d| DeadLetterSeen {
-            at: rfc3339(d.at_ms),
-            reason: d.reason.clone(),
-            error: d.error.clone(),
-            scenario: d.scenario.clone(),
-            plugin: d.plugin.clone(),
-            topic: d.topic.clone(),
-            partition: d.partition,
-            offset: d.offset,
-            preview: d.preview.clone(),
-        })
+        .cloned()
         .collect();
     let alerts_firing = pipeline
         .alerts

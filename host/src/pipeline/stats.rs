@@ -33,14 +33,17 @@ pub fn cut(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// One of the latest dead letters, as the dashboard lists them.
-#[derive(Debug, Clone, Serialize)]
+/// One of the latest dead letters, as `/api/pipeline` and the dashboard
+/// list them.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RecentDeadLetter {
-    /// When it was committed, Unix milliseconds.
-    pub at_ms: i64,
+    /// When it was committed, RFC 3339.
+    #[schema(format = DateTime)]
+    pub at: String,
     /// The reason code (`plugin_error`, `unrouted`, …).
     pub reason: String,
-    /// The error message.
+    /// The error message (at most [`ERROR_BYTES`]).
     pub error: String,
     /// The scenario, when the event reached one.
     pub scenario: Option<String>,
@@ -68,7 +71,7 @@ impl RecentDeadLetter {
             end -= 1;
         }
         Self {
-            at_ms: chrono::Utc::now().timestamp_millis(),
+            at: chrono::Utc::now().to_rfc3339(),
             reason: letter.reason.as_str().to_owned(),
             error: cut(&letter.error, ERROR_BYTES).to_owned(),
             scenario: letter.scenario.map(|r| r.id.clone()),
@@ -393,7 +396,7 @@ mod tests {
     fn the_latest_dead_letters_are_kept_newest_last() {
         let metrics = Metrics::default();
         let letter = |offset| RecentDeadLetter {
-            at_ms: 0,
+            at: String::new(),
             reason: "unrouted".to_owned(),
             error: String::new(),
             scenario: None,
