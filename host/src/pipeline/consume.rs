@@ -46,6 +46,16 @@ impl Context {
 
     /// Commits, in a transaction of its own, what is ready of `gone`.
     fn commit_before_revoke(&self, consumer: &BaseConsumer<Self>, gone: &[(String, i32)]) {
+        if consumer.assignment_lost() {
+            // The group already gave them to another member (the session ran
+            // out): a commit would be refused after waiting for its timeouts,
+            // inside the poll, on the pipeline's thread.
+            tracing::info!(
+                partitions = gone.len(),
+                "assignment lost; its next owner replays what was durable"
+            );
+            return;
+        }
         let mut offsets = TopicPartitionList::new();
         {
             let ready = self.ready.lock().expect("ready lock");

@@ -182,9 +182,21 @@ impl Pipeline {
 
     pub(super) fn send(&self, record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), CycleError> {
         let mut record = record;
+        let started = Instant::now();
+        let timeout = Duration::from_millis(self.config.call_timeout_ms);
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
+                // The broker takes nothing (down, or its partitions leaderless):
+                // the cycle fails, is counted and retried, rather than waiting here.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if started.elapsed() >= timeout =>
+                {
+                    return Err(CycleError::Kafka {
+                        context: "producing: the producer's queue stayed full",
+                        source: KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                    });
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
                     std::thread::sleep(Duration::from_millis(5));
