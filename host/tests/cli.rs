@@ -127,3 +127,71 @@ fn fails_when_the_config_is_refused() {
         "{stderr}"
     );
 }
+
+/// `--expect`: the saved output of a run is the golden file; the same run
+/// matches it, a changed answer is shown as `-`/`+` and exits with 1.
+#[test]
+fn expect_compares_answers_with_a_golden_file() {
+    let input = "{\"a\":1}\n{\"trap\":true}\n{\"c\":3}\n";
+    let first = weir_plugin_test(weir_artifacts::FIXTURE_TRAP_AT, "{}", input);
+    assert!(first.status.success());
+    let dir = std::env::temp_dir().join(format!("weir-expect-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let golden = dir.join("golden.jsonl");
+    std::fs::write(&golden, &first.stdout).unwrap();
+    let run = |golden: &std::path::Path| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args([
+                "plugin",
+                "test",
+                weir_artifacts::FIXTURE_TRAP_AT,
+                "--config",
+                "{}",
+            ])
+            .arg("--expect")
+            .arg(golden)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let same = run(&golden);
+    let text = String::from_utf8_lossy(&same.stdout);
+    assert!(same.status.success(), "{text}");
+    assert!(text.contains("all 3 answers match"), "{text}");
+
+    // The golden file says the third event was dropped.
+    let changed: String = String::from_utf8_lossy(&first.stdout)
+        .lines()
+        .map(|l| {
+            if l.starts_with("{") && l.contains("\"offset\":2") {
+                l.replace("\"status\":\"emitted\"", "\"status\":\"dropped\"")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&golden, changed).unwrap();
+    let differs = run(&golden);
+    let text = String::from_utf8_lossy(&differs.stdout);
+    assert_eq!(differs.status.code(), Some(1), "{text}");
+    assert!(text.contains("@@ event 2 @@"), "{text}");
+    assert!(
+        text.contains("- {") && text.contains("\"status\":\"dropped\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("+ {") && text.contains("\"status\":\"emitted\""),
+        "{text}"
+    );
+    assert!(text.contains("1 of 3 answers differ"), "{text}");
+}

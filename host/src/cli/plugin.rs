@@ -48,6 +48,12 @@ pub(crate) struct TestArgs {
     /// Runtime settings as JSON (see `RuntimeConfig`), or `@path`.
     #[arg(long)]
     runtime_config: Option<String>,
+    /// A golden file: the answers of an earlier run (its output, saved). Prints
+    /// every answer that differs, as `-` expected and `+` got, and exits with 1
+    /// when any does; the summary line of the file, with its timings, is not
+    /// compared.
+    #[arg(long)]
+    expect: Option<PathBuf>,
 }
 
 fn inline_or_file(value: &str, what: &str) -> anyhow::Result<String> {
@@ -66,6 +72,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         None => RuntimeConfig::default(),
     };
     let config = inline_or_file(&args.config, "the plugin configuration")?;
+    let expected = args.expect.as_ref().map(|path| golden(path)).transpose()?;
     let bytes = std::fs::read(&args.plugin)
         .with_context(|| format!("reading {}", args.plugin.display()))?;
 
@@ -100,6 +107,8 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout().lock();
     let mut out = BufWriter::new(stdout);
     let mut summary = Summary::default();
+    // With a golden file the answers are kept for the comparison, not printed.
+    let mut answers = expected.as_ref().map(|_| Vec::new());
     let mut batch = Batch::new(&args.scenario_id, "input", 0);
     let mut offset = 0i64;
     for line in input.split(b'\n') {
@@ -113,12 +122,28 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         batch.push(offset, &line)?;
         offset += 1;
         if batch.len() == args.batch_size as usize {
-            run_batch(&mut instance, &batch, &mut out, &mut summary)?;
+            run_batch(&mut instance, &batch, &mut out, &mut summary, &mut answers)?;
             batch.clear();
         }
     }
     if !batch.is_empty() {
-        run_batch(&mut instance, &batch, &mut out, &mut summary)?;
+        run_batch(&mut instance, &batch, &mut out, &mut summary, &mut answers)?;
+    }
+    if let (Some(expected), Some(got), Some(path)) = (&expected, &answers, &args.expect) {
+        let differences = diff(expected, got, &mut out)?;
+        if differences > 0 {
+            writeln!(
+                out,
+                "{differences} of {} answers differ from {}",
+                expected.len().max(got.len()),
+                path.display()
+            )?;
+            out.flush()?;
+            return Ok(ExitCode::from(1));
+        }
+        writeln!(out, "all {} answers match {}", got.len(), path.display())?;
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
     }
     let seconds = summary.busy.as_secs_f64();
     let line = json!({
@@ -152,11 +177,57 @@ struct Summary {
     busy: Duration,
 }
 
+/// The answers of a golden file: every JSON line but the summary.
+fn golden(path: &std::path::Path) -> anyhow::Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the golden file {}", path.display()))?;
+    let mut answers = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: Value = serde_json::from_str(line).with_context(|| {
+            format!(
+                "{} line {}: not JSON (a golden file is the saved output of `weir plugin test`)",
+                path.display(),
+                n + 1
+            )
+        })?;
+        if value.get("summary").is_none() {
+            answers.push(value);
+        }
+    }
+    Ok(answers)
+}
+
+/// Prints the answers that differ, event by event; how many did.
+fn diff(expected: &[Value], got: &[Value], out: &mut impl Write) -> anyhow::Result<usize> {
+    let mut differences = 0;
+    for i in 0..expected.len().max(got.len()) {
+        let (want, have) = (expected.get(i), got.get(i));
+        if want == have {
+            continue;
+        }
+        differences += 1;
+        writeln!(out, "@@ event {i} @@")?;
+        match want {
+            Some(want) => writeln!(out, "- {want}")?,
+            None => writeln!(out, "- (no answer expected)")?,
+        }
+        match have {
+            Some(have) => writeln!(out, "+ {have}")?,
+            None => writeln!(out, "+ (no such event in the input)")?,
+        }
+    }
+    Ok(differences)
+}
+
 fn run_batch(
     instance: &mut Instance,
     batch: &Batch,
     out: &mut impl Write,
     summary: &mut Summary,
+    answers: &mut Option<Vec<Value>>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let result: BatchResult = instance.process(batch)?;
@@ -184,7 +255,10 @@ fn run_batch(
             "records": records,
             "error": outcome.error.as_ref().map(ToString::to_string),
         });
-        writeln!(out, "{line}")?;
+        match answers {
+            Some(answers) => answers.push(line),
+            None => writeln!(out, "{line}")?,
+        }
     }
     Ok(())
 }
