@@ -113,7 +113,7 @@ pub struct ScenarioStats {
     /// `matched / total`, four decimals (0 without events).
     pub success_ratio: f64,
     /// Set while the scenario is set aside for its plugin's failures.
-    pub quarantined: Option<QuarantinedNow>,
+    pub quarantined: Option<QuarantinedScenario>,
     /// The same counts per plugin version.
     pub versions: Vec<VersionCounts>,
     /// Start of the window, RFC 3339.
@@ -141,19 +141,6 @@ pub struct Uncounted {
     /// When it was noted, RFC 3339.
     #[schema(format = DateTime)]
     pub noted_at: String,
-}
-
-/// A scenario set aside now.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct QuarantinedNow {
-    /// `name@version` of the plugin whose failures caused it.
-    pub plugin: String,
-    /// The failure (at most 300 bytes).
-    pub reason: String,
-    /// Until when, RFC 3339.
-    #[schema(format = DateTime)]
-    pub until: String,
 }
 
 /// Counts of one plugin version.
@@ -249,7 +236,7 @@ pub struct FailingSink {
     pub error: String,
 }
 
-/// A scenario set aside.
+/// A scenario set aside for its plugin's failures.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuarantinedScenario {
@@ -262,6 +249,20 @@ pub struct QuarantinedScenario {
     /// Until when, RFC 3339.
     #[schema(format = DateTime)]
     pub until: String,
+}
+
+impl QuarantinedScenario {
+    /// How the API shows `scenario`'s quarantine.
+    pub fn new(scenario: String, q: &crate::pipeline::Quarantine) -> Self {
+        Self {
+            scenario,
+            plugin: q.plugin.clone(),
+            reason: crate::pipeline::cut(&q.reason, crate::pipeline::ERROR_BYTES).to_owned(),
+            until: chrono::DateTime::<chrono::Utc>::from_timestamp_millis(q.until_ms)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// An alert rule firing.

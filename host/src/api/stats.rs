@@ -11,10 +11,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::bodies::{
-    AlertFiring, FailingSink, Lag, MinuteCounts, PipelineStatus, QuarantinedNow,
-    QuarantinedScenario, ScenarioStats, Uncounted, VersionCounts,
+    AlertFiring, FailingSink, Lag, MinuteCounts, PipelineStatus, QuarantinedScenario,
+    ScenarioStats, Uncounted, VersionCounts,
 };
-use crate::pipeline::{ERROR_BYTES, cut};
 
 use super::extract::{ApiPath, ApiQuery};
 use super::{ApiError, AppState};
@@ -99,11 +98,9 @@ pub(super) async fn scenario(
         .map_err(internal)?;
     let quarantined = state.pipeline.as_ref().and_then(|p| {
         let quarantined = p.metrics.quarantined_now();
-        quarantined.get(&id).map(|q| QuarantinedNow {
-            plugin: q.plugin.clone(),
-            reason: cut(&q.reason, ERROR_BYTES).to_owned(),
-            until: rfc3339(q.until_ms),
-        })
+        quarantined
+            .get(&id)
+            .map(|q| QuarantinedScenario::new(id.clone(), q))
     });
     let ratio = |matched: u64, total: u64| {
         if total == 0 {
@@ -200,12 +197,7 @@ pub(super) async fn pipeline(State(state): State<AppState>) -> Result<Response, 
     let quarantined = m
         .quarantined_now()
         .into_iter()
-        .map(|(scenario, q)| QuarantinedScenario {
-            scenario,
-            plugin: q.plugin,
-            reason: cut(&q.reason, ERROR_BYTES).to_owned(),
-            until: rfc3339(q.until_ms),
-        })
+        .map(|(scenario, q)| QuarantinedScenario::new(scenario, &q))
         .collect();
     let recent_dead_letters = m
         .recent_dead_letters
