@@ -422,16 +422,17 @@ impl Alerts {
         let repeat_ms = self.config.repeat_secs.saturating_mul(1000) as i64;
         for rule in &self.config.rules {
             let seen = self.observe(rule, now).await;
-            let (status, since) = {
+            let (status, since, firing) = {
                 let mut states = self.states.lock().expect("alerts lock");
                 let state = states.entry(rule.name.clone()).or_default();
                 let before = state.firing_since;
                 let status = step(state, seen.as_ref(), now, repeat_ms);
-                (status, state.firing_since.or(before))
+                (
+                    status,
+                    state.firing_since.or(before),
+                    state.firing_since.is_some(),
+                )
             };
-            let firing = self.states.lock().expect("alerts lock")[&rule.name]
-                .firing_since
-                .is_some();
             self.metrics
                 .telemetry
                 .gauge("weir_alert_firing", &[("rule", &rule.name)])
