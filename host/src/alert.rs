@@ -762,6 +762,43 @@ mod tests {
     }
 
     #[test]
+    fn notices_beyond_the_in_flight_bound_are_dropped_and_counted() {
+        let config: AlertsConfig = toml::from_str(
+            r#"
+            [[webhooks]]
+            name = "ops"
+            url = "http://127.0.0.1:9/hook"
+            [[rules]]
+            name = "lag"
+            kind = "lag_above"
+            threshold = 10
+            "#,
+        )
+        .unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let mut alerts = Alerts::new(config.clone(), metrics.clone(), Counters::in_memory(3600));
+        // Every permit in use: the next notice cannot be delivered.
+        alerts.in_flight = Arc::new(Semaphore::new(0));
+        let notice = Notification {
+            status: Status::Firing,
+            rule: "lag".into(),
+            kind: RuleKind::LagAbove,
+            scenario: None,
+            value: 11.0,
+            threshold: 10.0,
+            summary: "lag".into(),
+            since: None,
+            at: rfc3339(0),
+        };
+        alerts.notify(&config.rules[0], notice);
+        let text = metrics.telemetry.render();
+        assert!(
+            text.contains(r#"weir_alert_notifications_total{webhook="ops",outcome="dropped"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn the_slack_text_escapes_what_would_be_markup() {
         let n = Notification {
             status: Status::Firing,

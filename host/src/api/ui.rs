@@ -45,9 +45,20 @@ const SESSION_SECS: u32 = 12 * 3600;
 const MAX_SESSIONS: usize = 10_000;
 
 /// The dashboard's open sessions, by the digest of their id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Sessions {
     open: Mutex<HashMap<[u8; 32], (Role, Instant)>>,
+    /// At most this many ([`MAX_SESSIONS`]).
+    cap: usize,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            open: Mutex::default(),
+            cap: MAX_SESSIONS,
+        }
+    }
 }
 
 impl Sessions {
@@ -61,7 +72,7 @@ impl Sessions {
         let until = now + Duration::from_secs(u64::from(SESSION_SECS));
         let mut open = self.open.lock().expect("sessions lock");
         open.retain(|_, (_, until)| *until > now);
-        if open.len() >= MAX_SESSIONS
+        if open.len() >= self.cap
             && let Some(oldest) = open.iter().min_by_key(|(_, (_, u))| *u).map(|(k, _)| *k)
         {
             open.remove(&oldest);
@@ -280,6 +291,22 @@ mod tests {
         sessions.close(&admin);
         assert_eq!(sessions.role_of(&admin), None);
         assert_eq!(sessions.role_of(&viewer), Some(Role::Viewer));
+    }
+
+    #[test]
+    fn past_the_cap_the_oldest_session_ends() {
+        let sessions = Sessions {
+            cap: 3,
+            ..Sessions::default()
+        };
+        let ids: Vec<String> = (0..4)
+            .map(|_| sessions.open(Role::Viewer).unwrap())
+            .collect();
+        assert_eq!(sessions.open.lock().unwrap().len(), 3);
+        assert_eq!(sessions.role_of(&ids[0]), None, "the oldest went");
+        for id in &ids[1..] {
+            assert_eq!(sessions.role_of(id), Some(Role::Viewer));
+        }
     }
 
     #[test]
