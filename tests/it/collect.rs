@@ -338,6 +338,11 @@ async fn json_batches_deliver_the_good_records_once_and_name_each_refused_one() 
         .unwrap();
     assert_eq!(huge.status(), 413);
     assert_eq!(
+        huge.headers()["connection"],
+        "close",
+        "the unread body ends the connection, and the answer says so"
+    );
+    assert_eq!(
         http.post(c.url("/collect/nope"))
             .body("{}")
             .send()
@@ -667,7 +672,7 @@ async fn hits_over_every_endpoint_are_counted_by_their_scenario() {
         demo_events: None,
         alerts: Default::default(),
     };
-    let service = weir::service::start(plan, registry, stop.clone())
+    let service = weir::service::start(plan, registry, Default::default(), stop.clone())
         .await
         .expect("service");
     let (addr, _) = service.collect.clone().expect("the collector runs");

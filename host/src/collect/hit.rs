@@ -184,8 +184,12 @@ pub(super) async fn read_body(
     }
 }
 
+/// The 413 for a body over the limit. The body is left unread, so the
+/// connection cannot carry another request: `Connection: close` says so, and a
+/// client with a pool does not send its next request down a socket that the
+/// server is about to shut.
 fn too_large(len: usize, max: usize) -> Response {
-    ApiError::new(
+    let mut response = ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "body-too-large",
         format!(
@@ -194,7 +198,11 @@ fn too_large(len: usize, max: usize) -> Response {
             if len > max { "more than " } else { "" }
         ),
     )
-    .into_response()
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// What one Matomo request asks.
