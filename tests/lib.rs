@@ -96,7 +96,7 @@ impl Service {
 }
 
 /// `host:port` out of `scheme://user:pass@host:port/path` or a bare `host:port`.
-fn host_port(value: &str) -> Option<String> {
+pub fn host_port(value: &str) -> Option<String> {
     let rest = value.split_once("://").map_or(value, |(_, rest)| rest);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
     let hostport = rest.split(['/', '?']).next()?;

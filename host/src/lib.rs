@@ -28,6 +28,11 @@
 //! - [`telemetry`]: every metric weir exports, recorded through the `metrics`
 //!   facade into one Prometheus recorder per service (`GET /metrics`).
 //!
+//! - [`health`]: whether each dependency (registry, Kafka, Redis, archive) is
+//!   reachable, the retry rule at start, and what `/readyz` and `/livez` say.
+//! - [`logs`]: librdkafka's log lines through `tracing`, at most one a minute
+//!   of each kind.
+//!
 //! - [`service`]: where the service is composed (broker, counters, archive,
 //!   pipeline, demo), for `weir serve` and its tests alike.
 //!
@@ -40,7 +45,9 @@ pub mod api;
 pub mod archive;
 pub mod collect;
 pub mod generate;
+pub mod health;
 pub mod http;
+pub mod logs;
 pub mod pipeline;
 pub mod registry;
 pub mod service;

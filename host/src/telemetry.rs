@@ -117,6 +117,11 @@ pub const SERIES: &[(&str, Kind, &str)] = &[
         "1 while a scenario is set aside for its plugin's failures, else 0.",
     ),
     (
+        "weir_dependency_up",
+        Kind::Gauge,
+        "1 while a dependency (registry, kafka, redis, archive) is reachable, else 0.",
+    ),
+    (
         "weir_registry_generation",
         Kind::Gauge,
         "Registry generation the pipeline runs.",

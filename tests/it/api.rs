@@ -1071,9 +1071,17 @@ async fn generation_grows_with_every_write(db: Database) {
 
 async fn service_routes_answer(db: Database) {
     let api = Api::start(db).await;
-    let health = api.call(Method::GET, "/healthz", None, None).await;
-    assert_eq!(health.status, StatusCode::OK);
-    assert_eq!(health.body["status"], "ok");
+    for path in ["/healthz", "/readyz"] {
+        let health = api.call(Method::GET, path, None, None).await;
+        assert_eq!(health.status, StatusCode::OK, "{path}");
+        assert_eq!(health.body["status"], "ready", "{path}");
+        assert_eq!(health.body["dependencies"][0]["name"], "registry");
+        assert_eq!(health.body["dependencies"][0]["state"], "up");
+        assert_eq!(health.body["pipeline"]["state"], "none");
+    }
+    let live = api.call(Method::GET, "/livez", None, None).await;
+    assert_eq!(live.status, StatusCode::OK);
+    assert_eq!(live.body["status"], "live");
 
     let openapi = api.call(Method::GET, "/api/openapi.json", None, None).await;
     assert_eq!(openapi.status, StatusCode::OK);

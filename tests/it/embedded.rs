@@ -58,7 +58,7 @@ async fn the_demo_runs_on_the_embedded_broker_and_counts_exactly() {
         demo_events: None,
         alerts: Default::default(),
     };
-    let service = weir::service::start(plan, registry, stop.clone())
+    let service = weir::service::start(plan, registry, Default::default(), stop.clone())
         .await
         .expect("service");
     let brokers = service.brokers.clone();

@@ -9,6 +9,7 @@ mod archive;
 mod cluster;
 mod collect;
 mod counters;
+mod deps;
 mod embedded;
 mod faults;
 mod hdfs;

@@ -92,9 +92,26 @@ impl Serve {
                 .and_then(|rest| rest.trim_end_matches('/').parse().ok())
             {
                 serve.api = addr;
-                return serve;
+                break;
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+        // The API answers before the pipeline runs: wait until it is ready.
+        loop {
+            crate::archive::still_serving(&mut serve.child, started, &serve.log, "not ready");
+            let ready = std::net::TcpStream::connect(serve.api)
+                .ok()
+                .and_then(|mut s| {
+                    use std::io::{Read, Write};
+                    s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").ok()?;
+                    let mut head = [0u8; 12];
+                    s.read_exact(&mut head).ok()?;
+                    Some(head.ends_with(b"200"))
+                });
+            if ready == Some(true) {
+                return serve;
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
@@ -532,7 +549,7 @@ async fn alerts_fire_and_resolve_with_retries_and_never_block_the_pipeline() {
         demo_events: None,
         alerts,
     };
-    let service = weir::service::start(plan, registry, stop.clone())
+    let service = weir::service::start(plan, registry, Default::default(), stop.clone())
         .await
         .expect("service");
     let event = |ok: u8, i: usize| {

@@ -15,15 +15,53 @@ use utoipa::ToSchema;
 use crate::pipeline::RecentDeadLetter;
 use crate::registry::{PluginSummary, Scenario};
 
-/// `GET /healthz`.
+/// `GET /readyz`, `GET /livez` (and `GET /healthz`, the same as `/readyz`).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Health {
-    /// Always `ok`.
-    #[schema(value_type = String, pattern = "^ok$")]
+    /// `/readyz`: `ready` or `not_ready`; `/livez`: `live` or `wedged`.
+    #[schema(value_type = String, pattern = "^(ready|not_ready|live|wedged)$")]
     pub status: &'static str,
-    /// The registry generation.
-    pub generation: i64,
+    /// Why not ready or not live, in one line; absent when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Each dependency's state.
+    pub dependencies: Vec<DependencyHealth>,
+    /// The pipeline's state.
+    pub pipeline: PipelineHealth,
+}
+
+/// One dependency in [`Health`].
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DependencyHealth {
+    /// `registry`, `kafka`, `redis` or `archive`.
+    pub name: &'static str,
+    /// Where it is: a URL without credentials, brokers, or a path.
+    pub target: String,
+    /// `starting` (not tried yet), `up` or `down`.
+    #[schema(value_type = String, pattern = "^(starting|up|down)$")]
+    pub state: &'static str,
+    /// Since when it is in this state (RFC 3339).
+    pub since: String,
+    /// Why it is down: the first error of this outage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The pipeline in [`Health`].
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineHealth {
+    /// `starting` (waiting for its dependencies), `running`, `stopped`, or
+    /// `none` (this server runs no pipeline).
+    #[schema(value_type = String, pattern = "^(starting|running|stopped|none)$")]
+    pub state: &'static str,
+    /// The consumer has been given its partitions.
+    pub assigned: bool,
+    /// When its loop last turned (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_turn: Option<String>,
 }
 
 /// `GET /api/generation`.

@@ -18,6 +18,7 @@
 
 pub mod bodies;
 mod extract;
+mod health;
 mod members;
 mod openapi;
 mod plugins;
@@ -26,7 +27,7 @@ mod scenarios;
 mod stats;
 mod ui;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -182,7 +183,10 @@ pub struct AppState {
     /// The dashboard's sessions (`ui.rs`).
     sessions: Arc<ui::Sessions>,
     upload_limit: usize,
-    pipeline: Option<PipelineView>,
+    /// Filled once the pipeline runs: the API serves before it does.
+    pipeline: Arc<OnceLock<PipelineView>>,
+    /// The dependencies' states, when this server runs a pipeline.
+    health: Option<(Arc<crate::health::Health>, std::time::Duration)>,
 }
 
 /// What the API reads of a running pipeline: its counters and its metrics.
@@ -210,14 +214,38 @@ impl AppState {
             }),
             sessions: Arc::default(),
             upload_limit: config.upload_limit_bytes,
-            pipeline: None,
+            pipeline: Arc::default(),
+            health: None,
         }
     }
 
     /// The same state, serving the counts and metrics of a running pipeline.
-    pub fn with_pipeline(mut self, pipeline: PipelineView) -> Self {
-        self.pipeline = Some(pipeline);
+    pub fn with_pipeline(self, pipeline: PipelineView) -> Self {
+        let _ = self.pipeline.set(pipeline);
         self
+    }
+
+    /// The same state, answering `/readyz` and `/livez` from `health`; the
+    /// process counts as wedged when the pipeline's loop has not turned for
+    /// `wedged_after`.
+    pub fn with_health(
+        mut self,
+        health: Arc<crate::health::Health>,
+        wedged_after: std::time::Duration,
+    ) -> Self {
+        self.health = Some((health, wedged_after));
+        self
+    }
+
+    /// Where the pipeline's view goes once it runs ([`AppState::with_pipeline`]
+    /// for one that runs already).
+    pub fn pipeline_slot(&self) -> Arc<OnceLock<PipelineView>> {
+        self.pipeline.clone()
+    }
+
+    /// The running pipeline, if there is one yet.
+    fn pipeline(&self) -> Option<&PipelineView> {
+        self.pipeline.get()
     }
 }
 
@@ -275,17 +303,49 @@ const FORCE: (&str, &str, &str) = (
 pub static ROUTES: &[Route] = &[
     Route {
         method: Method::GET,
+        path: "/readyz",
+        access: Access::Public,
+        operation: "ready",
+        summary: "Readiness: every dependency (registry, Kafka, Redis, archive) reachable and the consumer assigned; 503 names what is missing",
+        query: &[],
+        request: &[],
+        success: (
+            200,
+            "ready; the body names each dependency's state and since when",
+            JSON,
+        ),
+        errors: &[503],
+        body_schema: None,
+        response_schema: Some("Health"),
+        handler: |m| on(m, health::ready),
+    },
+    Route {
+        method: Method::GET,
+        path: "/livez",
+        access: Access::Public,
+        operation: "live",
+        summary: "Liveness: the process answers and its pipeline loop turns (or waits on purpose); 503 when it is wedged",
+        query: &[],
+        request: &[],
+        success: (200, "live; the body names each dependency's state", JSON),
+        errors: &[503],
+        body_schema: None,
+        response_schema: Some("Health"),
+        handler: |m| on(m, health::live),
+    },
+    Route {
+        method: Method::GET,
         path: "/healthz",
         access: Access::Public,
         operation: "health",
-        summary: "Liveness and registry reachability",
+        summary: "The same as /readyz (kept for existing probes)",
         query: &[],
         request: &[],
-        success: (200, "the service and its registry answer", JSON),
-        errors: &[],
+        success: (200, "ready", JSON),
+        errors: &[503],
         body_schema: None,
         response_schema: Some("Health"),
-        handler: |m| on(m, health),
+        handler: |m| on(m, health::ready),
     },
     Route {
         method: Method::GET,
@@ -743,14 +803,6 @@ fn path_matches(pattern: &str, path: &str) -> bool {
             .iter()
             .zip(&path)
             .all(|(p, s)| (p.starts_with('{') && !s.is_empty()) || p == s)
-}
-
-async fn health(State(state): State<AppState>) -> Result<Json<bodies::Health>, ApiError> {
-    let generation = state.registry.generation().await?;
-    Ok(Json(bodies::Health {
-        status: "ok",
-        generation,
-    }))
 }
 
 async fn whoami(Extension(Caller(role)): Extension<Caller>) -> Json<bodies::Whoami> {

@@ -73,6 +73,15 @@ impl ApiError {
 impl From<RegistryError> for ApiError {
     fn from(error: RegistryError) -> Self {
         use RegistryError as E;
+        if error.is_unreachable() {
+            tracing::warn!(%error, "the registry database is unreachable");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "registry-unavailable",
+                "the registry database cannot be reached now; plugins, scenarios and members \
+                 can be read and changed once it is back (GET /readyz says when)",
+            );
+        }
         if !error.is_user_error() {
             return ApiError::internal(&error);
         }

@@ -52,12 +52,21 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-fn unavailable() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "no-pipeline",
-        "this server runs no pipeline, so it has no counts; ask a `weir serve` that consumes events",
-    )
+/// 503 without a pipeline: it is starting (waiting for what `/readyz`
+/// names), or this server runs none.
+fn unavailable(state: &AppState) -> ApiError {
+    match super::health::waiting_for(state) {
+        Some(waiting) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "pipeline-starting",
+            format!("the pipeline has not started yet: {waiting} (GET /readyz)"),
+        ),
+        None => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-pipeline",
+            "this server runs no pipeline, so it has no counts; ask a `weir serve` that consumes events",
+        ),
+    }
 }
 
 pub(super) async fn scenario(
@@ -68,10 +77,9 @@ pub(super) async fn scenario(
     // 404 for a scenario the registry does not know, with the registry's wording.
     state.registry.scenario(&id).await?;
     let counters = state
-        .pipeline
-        .as_ref()
+        .pipeline()
         .map(|p| &p.counters)
-        .ok_or_else(unavailable)?;
+        .ok_or_else(|| unavailable(&state))?;
     let to = match &query.to {
         Some(text) => instant("to", text)?,
         None => Utc::now().timestamp_millis(),
@@ -96,7 +104,7 @@ pub(super) async fn scenario(
         .minutes(&id, from, to, MAX_MINUTES)
         .await
         .map_err(internal)?;
-    let quarantined = state.pipeline.as_ref().and_then(|p| {
+    let quarantined = state.pipeline().and_then(|p| {
         let quarantined = p.metrics.quarantined_now();
         quarantined
             .get(&id)
@@ -155,12 +163,18 @@ pub(super) async fn scenario(
 }
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let pipeline = state.pipeline.as_ref().ok_or_else(unavailable)?;
-    pipeline.metrics.export();
-    if let Some(collect) = &pipeline.collect {
-        collect.export();
-    }
-    let text = pipeline.metrics.telemetry.render();
+    let text = match (state.pipeline(), super::health::telemetry(&state)) {
+        (Some(pipeline), _) => {
+            pipeline.metrics.export();
+            if let Some(collect) = &pipeline.collect {
+                collect.export();
+            }
+            pipeline.metrics.telemetry.render()
+        }
+        // Starting: what there is so far (`weir_dependency_up`, build info).
+        (None, Some(telemetry)) => telemetry.render(),
+        (None, None) => return Err(unavailable(&state)),
+    };
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
@@ -168,7 +182,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
 /// show.
 pub(super) async fn pipeline(State(state): State<AppState>) -> Result<Response, ApiError> {
     use std::sync::atomic::Ordering::Relaxed;
-    let pipeline = state.pipeline.as_ref().ok_or_else(unavailable)?;
+    let pipeline = state.pipeline().ok_or_else(|| unavailable(&state))?;
     let m = &pipeline.metrics;
     let now = Utc::now().timestamp_millis();
     let lag = m

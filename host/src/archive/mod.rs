@@ -191,6 +191,23 @@ impl ArchiveConfig {
         if self.root.trim().is_empty() {
             problems
                 .push("archive.root: empty; give a directory or hdfs://host:port/path".to_owned());
+        } else if let Some((scheme, rest)) = self.root.split_once("://") {
+            let authority = rest.split('/').next().unwrap_or_default();
+            match scheme {
+                "file" => {}
+                "hdfs" if authority.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                }) => {}
+                "hdfs" => problems.push(format!(
+                    "archive.root = {:?}: expected hdfs://HOST:PORT/path (the NameNode's RPC address)",
+                    self.root
+                )),
+                _ => problems.push(format!(
+                    "archive.root = {:?}: unknown scheme `{scheme}`; use hdfs://HOST:PORT/path, \
+                     file:///path or a directory",
+                    self.root
+                )),
+            }
         }
         if !(1..=22).contains(&self.zstd_level) {
             problems.push(format!(
@@ -1425,5 +1442,34 @@ mod tests {
         assert_eq!(problems.len(), 3, "{problems:?}");
         let parsed: Result<ArchiveConfig, _> = toml::from_str("rooot = \"x\"");
         assert!(parsed.is_err(), "unknown fields are refused");
+    }
+
+    #[test]
+    fn a_root_with_an_unknown_scheme_or_no_namenode_port_is_refused() {
+        let problems = |root: &str| {
+            ArchiveConfig {
+                root: root.into(),
+                ..ArchiveConfig::default()
+            }
+            .problems()
+        };
+        for good in [
+            "/var/lib/weir/archive",
+            "file:///tmp/a",
+            "hdfs://127.0.0.1:9000/weir",
+            "relative/dir",
+        ] {
+            assert_eq!(problems(good), Vec::<String>::new(), "{good}");
+        }
+        for bad in [
+            "s3://bucket/a",
+            "ftp://h/a",
+            "hdfs://namenode/a",
+            "hdfs://:9000/a",
+        ] {
+            let found = problems(bad);
+            assert_eq!(found.len(), 1, "{bad}: {found:?}");
+            assert!(found[0].starts_with("archive.root"), "{found:?}");
+        }
     }
 }

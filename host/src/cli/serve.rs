@@ -15,6 +15,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
@@ -23,11 +24,13 @@ use tokio_util::sync::CancellationToken;
 use weir::api::{ApiConfig, AppState, PipelineView, router};
 use weir::archive::ArchiveConfig;
 use weir::collect::CollectConfig;
+use weir::health::{Attempt, Dependency, Health, until_up};
 use weir::pipeline::PipelineConfig;
 use weir::registry::{Backend, Registry, redact_url};
 use weir::runtime::{Runtime, RuntimeConfig};
+use weir::telemetry::Telemetry;
 
-use weir::service::{CountersSection, PipelinePlan};
+use weir::service::{CountersSection, PipelinePlan, StoppedWaiting};
 
 /// The service's configuration file (TOML).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -438,27 +441,19 @@ async fn serve(mut config: Resolved) -> anyhow::Result<()> {
     }
 
     let runtime = Runtime::new(config.runtime).context("starting the plugin runtime")?;
-    let registry = Registry::connect(&config.database, runtime)
-        .await
-        .context("opening the registry")?;
-    registry
-        .install_shipped(weir_plugins::SHIPPED)
-        .await
-        .context("installing the shipped plugins")?;
-    let pipeline_stop = CancellationToken::new();
-    let pipeline = weir::service::start(config.plan, registry.clone(), pipeline_stop.clone())
-        .await
-        .context("starting the pipeline")?;
-    let view = PipelineView {
-        counters: pipeline.counters.clone(),
-        metrics: pipeline.metrics.clone(),
-        collect: pipeline
-            .collect
-            .as_ref()
-            .map(|(_, metrics)| metrics.clone()),
-        alerts: pipeline.alerts.clone(),
-    };
-    let app = router(AppState::new(registry.clone(), &config.api).with_pipeline(view));
+    // An unsupported URL fails here; the database itself is waited for below.
+    let registry = Registry::open(&config.database, runtime).context("opening the registry")?;
+    let health = Arc::new(Health::new(Telemetry::new()));
+    health.track(Dependency::Registry, &registry.location());
+    // A loop turn longer than a transaction may last is a wedged process.
+    let wedged_after = std::time::Duration::from_millis(
+        config.plan.pipeline.transaction_timeout_ms + config.plan.pipeline.call_timeout_ms,
+    );
+    let state =
+        AppState::new(registry.clone(), &config.api).with_health(health.clone(), wedged_after);
+    let slot = state.pipeline_slot();
+    // The control plane first: it answers (health, and what the registry
+    // holds) while the data path waits for its dependencies.
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -473,7 +468,7 @@ async fn serve(mut config: Resolved) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut http = tokio::spawn(weir::http::serve(
         listener,
-        app,
+        router(state),
         weir::http::HttpLimits {
             drain: DRAIN,
             ..weir::http::HttpLimits::default()
@@ -483,28 +478,85 @@ async fn serve(mut config: Resolved) -> anyhow::Result<()> {
             let _ = stopped.wait_for(|stop| *stop).await;
         },
     ));
-    let pipeline_ended = async {
-        while !pipeline.ended() {
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        }
-    };
-    let early = tokio::select! {
-        () = shutdown_signal() => None,
-        ended = &mut http => Some(ended),
-        () = pipeline_ended => {
-            tracing::error!("the pipeline stopped on its own; stopping the service");
-            None
+    let pipeline_stop = CancellationToken::new();
+    let mut starting = tokio::spawn(start_data_path(
+        config.plan,
+        registry.clone(),
+        health.clone(),
+        slot,
+        pipeline_stop.clone(),
+    ));
+    enum Turn {
+        Signal,
+        HttpEnded(Result<(), tokio::task::JoinError>),
+        Started(anyhow::Result<Box<weir::service::Running>>),
+        PipelineEnded,
+    }
+    let mut pipeline: Option<weir::service::Running> = None;
+    // Whether `starting` has been awaited to its end (it may not be twice).
+    let mut started = false;
+    let early = loop {
+        let turn = {
+            let pipeline_ended = async {
+                match &pipeline {
+                    Some(running) => {
+                        while !running.ended() {
+                            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown_signal() => Turn::Signal,
+                ended = &mut http => Turn::HttpEnded(ended),
+                done = &mut starting, if !started => Turn::Started(
+                    done.unwrap_or_else(|e| Err(anyhow::Error::from(e).context("starting the pipeline"))).map(Box::new)
+                ),
+                () = pipeline_ended => Turn::PipelineEnded,
+            }
+        };
+        match turn {
+            Turn::Signal => break None,
+            Turn::HttpEnded(Ok(())) => {
+                break Some(Err(anyhow::anyhow!(
+                    "the API's listener stopped on its own"
+                )));
+            }
+            Turn::HttpEnded(Err(error)) => {
+                break Some(Err(
+                    anyhow::Error::from(error).context("the HTTP server task failed")
+                ));
+            }
+            Turn::Started(Ok(running)) => {
+                started = true;
+                pipeline = Some(*running);
+            }
+            Turn::Started(Err(error)) => {
+                started = true;
+                break Some(Err(error));
+            }
+            Turn::PipelineEnded => {
+                health.note_ended();
+                tracing::error!("the pipeline stopped on its own; stopping the service");
+                break None;
+            }
         }
     };
     // Stop fetching; the batch in flight commits (or is left for the next process).
     pipeline_stop.cancel();
-    let drained = pipeline.finish(DRAIN).await;
+    let drained = match pipeline.take() {
+        Some(running) => running.finish(DRAIN).await,
+        // Still starting: it gives up its waits at the stop signal.
+        None if !started => match starting.await {
+            Ok(Ok(running)) => running.finish(DRAIN).await,
+            _ => Ok(()),
+        },
+        None => Ok(()),
+    };
+    health.note_ended();
     let result = match early {
-        // The server ended on its own: that is an error worth reporting.
-        Some(ended) => {
-            ended.context("the HTTP server task failed")?;
-            Err(anyhow::anyhow!("the API's listener stopped on its own"))
-        }
+        Some(error) => error,
         None => {
             let _ = stop.send(true);
             // `serve` itself bounds the drain of open requests.
@@ -514,6 +566,67 @@ async fn serve(mut config: Resolved) -> anyhow::Result<()> {
     registry.close().await;
     tracing::info!("weir stopped");
     result.and(drained)
+}
+
+/// The data path, once the control plane serves: waits for the registry's
+/// database (migrations, the shipped plugins), then starts the pipeline, which
+/// waits for Kafka, Redis and the archive the same way. A misconfiguration is
+/// an error; the view of the running pipeline goes into `slot` for the API.
+async fn start_data_path(
+    plan: PipelinePlan,
+    registry: Registry,
+    health: Arc<Health>,
+    slot: Arc<std::sync::OnceLock<PipelineView>>,
+    stop: CancellationToken,
+) -> anyhow::Result<weir::service::Running> {
+    until_up(&health, Dependency::Registry, &stop, || async {
+        registry.migrate().await.map_err(|error| {
+            if Registry::is_misconfiguration(&error) {
+                Attempt::Fatal(error)
+            } else {
+                Attempt::Retry(error)
+            }
+        })
+    })
+    .await
+    .context("opening the registry")?
+    .ok_or(StoppedWaiting)?;
+    registry
+        .install_shipped(weir_plugins::SHIPPED)
+        .await
+        .context("installing the shipped plugins")?;
+    tokio::spawn(watch_registry(
+        registry.clone(),
+        health.clone(),
+        stop.clone(),
+    ));
+    let running = weir::service::start(plan, registry, health, stop)
+        .await
+        .context("starting the pipeline")?;
+    let _ = slot.set(PipelineView {
+        counters: running.counters.clone(),
+        metrics: running.metrics.clone(),
+        collect: running.collect.as_ref().map(|(_, metrics)| metrics.clone()),
+        alerts: running.alerts.clone(),
+    });
+    Ok(running)
+}
+
+/// Every two seconds, whether the registry's database answers.
+async fn watch_registry(registry: Registry, health: Arc<Health>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+        match registry.generation().await {
+            Ok(_) => health.seen(Dependency::Registry, Ok(())),
+            Err(error) => health.seen(
+                Dependency::Registry,
+                Err(&weir::health::first_line(&error.to_string())),
+            ),
+        }
+    }
 }
 
 /// How long in-flight requests may run after a stop signal.

@@ -216,7 +216,9 @@ pub async fn follow(
             Ok(generation) if generation == seen => continue,
             Ok(_) => {}
             Err(err) => {
-                tracing::warn!(error = %err, "reading the registry generation failed; retrying");
+                // Said once per outage by the service's health watch
+                // (`weir::health`), not every poll.
+                tracing::debug!(error = %err, "reading the registry generation failed; retrying");
                 continue;
             }
         }

@@ -93,12 +93,44 @@ impl Default for PipelineConfig {
     }
 }
 
+/// Whether `text` is a broker address librdkafka can use: `host:port`, with
+/// an optional listener name (`PLAINTEXT://`, `SASL_SSL://`, …) before it.
+fn broker_address(text: &str) -> bool {
+    let address = match text.split_once("://") {
+        Some((listener, rest)) => {
+            if listener.is_empty()
+                || !listener
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'_')
+            {
+                return false;
+            }
+            rest
+        }
+        None => text,
+    };
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
+        && port.parse::<u16>().is_ok_and(|p| p > 0)
+}
+
 impl PipelineConfig {
     /// Every problem with the configuration, at once.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if self.brokers.trim().is_empty() {
             problems.push("pipeline.brokers: empty; give `host:port` of a Kafka broker".into());
+        } else if let Some(bad) = self.brokers.split(',').find(|b| !broker_address(b.trim())) {
+            problems.push(format!(
+                "pipeline.brokers: {:?} is not a broker address; expected host:port[,host:port]                  (a listener name such as PLAINTEXT:// may come first)",
+                bad.trim()
+            ));
         }
         if self.group_id.trim().is_empty() {
             problems.push("pipeline.group_id: empty; give a consumer group name".into());
@@ -143,5 +175,35 @@ impl PipelineConfig {
             problems.push(problem);
         }
         problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_addresses() {
+        for good in [
+            "127.0.0.1:9092",
+            "kafka-1.example:19092",
+            "PLAINTEXT://k:9092",
+            "[::1]:9092",
+        ] {
+            assert!(broker_address(good), "{good}");
+        }
+        for bad in [
+            "",
+            "k",
+            "k:",
+            "k:0",
+            "k:99999",
+            "http://k:9092",
+            "://k:9092",
+            "k 1:9092",
+            ":9092",
+        ] {
+            assert!(!broker_address(bad), "{bad}");
+        }
     }
 }

@@ -101,6 +101,13 @@ impl Context {
 }
 
 impl ClientContext for Context {
+    /// librdkafka's errors: logged (and limited, `weir::logs`), and kept as the
+    /// reason `/readyz` gives while no broker answers.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
+        self.metrics.kafka.lock().expect("metrics lock").error = Some(reason.to_owned());
+    }
+
     /// Every `statistics.interval.ms`: each assigned partition's lag, from
     /// where this replica consumes (its application offset, or the committed
     /// one before the first fetch) to the last stable offset.
@@ -122,6 +129,8 @@ impl ClientContext for Context {
             }
         }
         *self.metrics.lag.lock().expect("metrics lock") = lag;
+        let reachable = statistics.brokers.values().any(|b| b.state == "UP");
+        self.metrics.kafka.lock().expect("metrics lock").reachable = Some(reachable);
     }
 }
 
@@ -153,6 +162,7 @@ impl ConsumerContext for Context {
                 tracing::warn!(error = %err, "resuming newly assigned partitions");
             }
             tracing::info!(partitions = list.count(), "partitions assigned");
+            self.metrics.assigned.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -353,6 +363,7 @@ impl Pipeline {
     pub(super) fn wait_paused(&mut self, wait: Duration, gathered: &mut Vec<OwnedMessage>) {
         let until = Instant::now() + wait;
         while Instant::now() < until && !self.stop.is_cancelled() {
+            self.metrics.note_turn();
             // Paused partitions deliver nothing; a partition assigned by a rebalance
             // meanwhile is paused on the next turn, and anything it delivered first
             // joins the batch rather than being skipped.

@@ -90,7 +90,7 @@ pub use produce::{
     HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
 };
 pub use run::Quarantine;
-pub use stats::{ERROR_BYTES, Metrics, RecentDeadLetter, SinkFailing, cut};
+pub use stats::{ERROR_BYTES, KafkaSeen, Metrics, RecentDeadLetter, SinkFailing, cut};
 
 /// Errors that stop the pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -389,7 +389,9 @@ impl Pipeline {
     pub fn run(mut self) -> Result<Arc<Metrics>, PipelineError> {
         self.subscribe()?;
         let mut backoff = Duration::from_millis(self.config.retry_backoff_ms);
+        let mut failures_in_a_row = 0u32;
         while !self.stop.is_cancelled() {
+            self.metrics.note_turn();
             self.refresh()?;
             if !self.hand_to_sinks() {
                 // Committed results the sinks did not take: nothing new is
@@ -420,9 +422,17 @@ impl Pipeline {
                 match self.cycle(&gathered) {
                     Ok(()) => {
                         backoff = Duration::from_millis(self.config.retry_backoff_ms);
+                        if failures_in_a_row > 0 {
+                            tracing::warn!(
+                                failures = failures_in_a_row,
+                                "batch cycles commit again"
+                            );
+                            failures_in_a_row = 0;
+                        }
                         break;
                     }
                     Err(err) => {
+                        failures_in_a_row += 1;
                         self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
                         self.abort(&err)?;
                         if self.stop.is_cancelled() {
@@ -431,7 +441,13 @@ impl Pipeline {
                             self.consumer.unsubscribe();
                             return Ok(self.metrics);
                         }
-                        tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "batch cycle failed; retrying");
+                        // The first failure of a streak is said; the retries
+                        // of the same outage are not (`failed_cycles` counts them).
+                        if failures_in_a_row == 1 {
+                            tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "batch cycle failed; retrying until it commits");
+                        } else {
+                            tracing::debug!(error = %err, failures = failures_in_a_row, "batch cycle failed again");
+                        }
                         self.wait_paused(backoff, &mut gathered);
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                         if gathered.is_empty() {
@@ -464,12 +480,17 @@ impl Pipeline {
                 self.unsunk = unsunk;
                 self.metrics.sink_failures.fetch_add(1, Ordering::Relaxed);
                 self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
-                self.metrics.note_sink(name, Some(err.to_string()));
-                tracing::warn!(error = %err, "a sink did not take committed results; handing them again");
+                if self.metrics.note_sink(name, Some(err.to_string())) {
+                    tracing::warn!(sink = name, error = %err, "a sink did not take committed results; handing them again until it does");
+                } else {
+                    tracing::debug!(sink = name, error = %err, "a sink still fails");
+                }
                 self.note_sink_counts();
                 return false;
             }
-            self.metrics.note_sink(name, None);
+            if self.metrics.note_sink(name, None) {
+                tracing::warn!(sink = name, "the sink takes results again");
+            }
         }
         self.stage_time("sinks", started.elapsed());
         self.note_ready();
@@ -585,11 +606,16 @@ impl Pipeline {
             let name = self.sinks[index].name();
             if let Err(err) = self.tick_sink(index) {
                 self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
-                self.metrics.note_sink(name, Some(err.to_string()));
-                tracing::warn!(error = %err, "sink could not make held events durable; retrying");
+                if self.metrics.note_sink(name, Some(err.to_string())) {
+                    tracing::warn!(sink = name, error = %err, "sink could not make held events durable; retrying until it can");
+                } else {
+                    tracing::debug!(sink = name, error = %err, "a sink still fails");
+                }
                 return Ok(());
             }
-            self.metrics.note_sink(name, None);
+            if self.metrics.note_sink(name, None) {
+                tracing::warn!(sink = name, "the sink takes results again");
+            }
         }
         self.note_ready();
         if let Err(err) = self.commit_positions(&[], &[]) {

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -93,6 +93,15 @@ pub struct SinkFailing {
     pub error: String,
 }
 
+/// What the consumer's client last said of its brokers.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaSeen {
+    /// Some broker was up at the last statistics; `None` before the first.
+    pub reachable: Option<bool>,
+    /// librdkafka's last error, as it said it.
+    pub error: Option<String>,
+}
+
 /// Counters of what the pipeline did, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -147,6 +156,13 @@ pub struct Metrics {
     pub lag: Mutex<BTreeMap<(String, i32), i64>>,
     /// Sinks failing now: since when (Unix ms) and the last error.
     pub sink_failing: Mutex<BTreeMap<&'static str, SinkFailing>>,
+    /// The consumer has been given its partitions (possibly none) at least once.
+    pub assigned: AtomicBool,
+    /// When the loop last turned (fetched, waited on purpose or committed), Unix ms.
+    pub last_turn_ms: AtomicI64,
+    /// Whether a broker answered at the consumer's last statistics (every
+    /// `statistics.interval.ms`), and librdkafka's last error.
+    pub kafka: Mutex<KafkaSeen>,
     /// The latest dead letters committed, newest last, at most [`RECENT_DEAD_LETTERS`].
     pub recent_dead_letters: Mutex<VecDeque<RecentDeadLetter>>,
     /// Every scenario ever quarantined here, with its plugin: their gauge goes
@@ -188,21 +204,26 @@ impl Metrics {
     }
 
     /// Notes that `sink` failed with `error`, or (`None`) that it took
-    /// results again.
-    pub(super) fn note_sink(&self, sink: &'static str, error: Option<String>) {
+    /// results again. True when this begins or ends a streak of failures: the
+    /// change worth a log line (the rest of a streak is not).
+    pub(super) fn note_sink(&self, sink: &'static str, error: Option<String>) -> bool {
         let mut failing = self.sink_failing.lock().expect("metrics lock");
         match error {
             Some(error) => {
-                let since_ms = failing
-                    .get(sink)
-                    .map_or_else(|| chrono::Utc::now().timestamp_millis(), |f| f.since_ms);
+                let before = failing.get(sink).map(|f| f.since_ms);
+                let since_ms = before.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
                 let error = cut(&error, ERROR_BYTES).to_owned();
                 failing.insert(sink, SinkFailing { since_ms, error });
+                before.is_none()
             }
-            None => {
-                failing.remove(sink);
-            }
+            None => failing.remove(sink).is_some(),
         }
+    }
+
+    /// The loop turned now.
+    pub(super) fn note_turn(&self) {
+        self.last_turn_ms
+            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
     }
 
     /// Notes the event count at `now_ms`; the service calls it every second.
@@ -348,7 +369,14 @@ mod tests {
             .lock()
             .unwrap()
             .insert(("hits".to_owned(), 3), 17);
-        metrics.note_sink("counters", Some("redis down".to_owned()));
+        assert!(
+            metrics.note_sink("counters", Some("redis down".to_owned())),
+            "a streak begins"
+        );
+        assert!(
+            !metrics.note_sink("counters", Some("redis still down".to_owned())),
+            "the same streak"
+        );
         metrics.export();
         let text = metrics.telemetry.render();
         assert!(text.contains("weir_events_total 42"), "{text}");
@@ -361,7 +389,8 @@ mod tests {
             "{text}"
         );
         metrics.lag.lock().unwrap().clear();
-        metrics.note_sink("counters", None);
+        assert!(metrics.note_sink("counters", None), "the streak ends");
+        assert!(!metrics.note_sink("counters", None), "nothing to end");
         metrics.export();
         let text = metrics.telemetry.render();
         assert!(

@@ -227,6 +227,21 @@ impl RegistryError {
     }
 }
 
+impl RegistryError {
+    /// Whether the database could not be reached (no connection within the
+    /// pool's wait, or the connection broke), rather than refusing a statement.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            RegistryError::Connect { .. } => true,
+            RegistryError::Database { source, .. } => matches!(
+                source,
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+            ),
+            _ => false,
+        }
+    }
+}
+
 fn summarize(errors: &[FieldError]) -> String {
     errors
         .iter()
@@ -275,11 +290,24 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// The shared registry. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Registry {
     pool: AnyPool,
+    /// The URL as the driver takes it, password included: never shown.
+    url: String,
+    /// The URL as configured, without the password.
+    location: String,
     backend: Backend,
     runtime: Runtime,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("location", &self.location)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Registry {
@@ -287,6 +315,15 @@ impl Registry {
     /// pending migrations, and returns the registry. Plugins and scenarios are
     /// validated with `runtime`.
     pub async fn connect(url: &str, runtime: Runtime) -> Result<Self, RegistryError> {
+        let registry = Self::open(url, runtime)?;
+        registry.migrate().await?;
+        Ok(registry)
+    }
+
+    /// The registry at `url` without connecting yet: only the URL is checked
+    /// (an unsupported one is an error). Statements wait for the database, so
+    /// [`Registry::migrate`] must have worked before the registry is used.
+    pub fn open(url: &str, runtime: Runtime) -> Result<Self, RegistryError> {
         let shown = redact_url(url);
         let backend = Backend::from_url(url)
             .ok_or_else(|| RegistryError::UnsupportedUrl { url: shown.clone() })?;
@@ -304,30 +341,84 @@ impl Registry {
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
             .acquire_timeout(Duration::from_secs(10))
-            .connect(&url)
-            .await
+            .connect_lazy(&url)
             .map_err(|e| RegistryError::Connect {
                 url: shown.clone(),
                 reason: e.to_string(),
             })?;
-        let migrator = match backend {
+        Ok(Self {
+            pool,
+            url,
+            location: shown,
+            backend,
+            runtime,
+        })
+    }
+
+    /// Connects once (a refused connection fails at once, not after the
+    /// pool's wait) and applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), RegistryError> {
+        use sqlx::Connection;
+        let shown = &self.location;
+        let probe = tokio::time::timeout(
+            Duration::from_secs(10),
+            sqlx::AnyConnection::connect(&self.url),
+        )
+        .await
+        .map_err(|_| RegistryError::Connect {
+            url: shown.clone(),
+            reason: "no answer within 10 s".into(),
+        })?
+        .map_err(|e| RegistryError::Connect {
+            url: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        let _ = probe.close().await;
+        let migrator = match self.backend {
             Backend::Sqlite => &SQLITE,
             Backend::MySql => &MYSQL,
             Backend::Postgres => &POSTGRES,
         };
         migrator
-            .run(&pool)
+            .run(&self.pool)
             .await
             .map_err(|e| RegistryError::Migrate {
                 url: shown.clone(),
                 reason: e.to_string(),
             })?;
-        tracing::info!(database = %shown, ?backend, "registry ready");
-        Ok(Self {
-            pool,
-            backend,
-            runtime,
-        })
+        tracing::info!(database = %shown, backend = ?self.backend, "registry ready");
+        Ok(())
+    }
+
+    /// Whether a failure to connect or migrate is a misconfiguration that no
+    /// retry fixes: credentials refused, no such database, a bad option.
+    pub fn is_misconfiguration(error: &RegistryError) -> bool {
+        let reason = match error {
+            RegistryError::UnsupportedUrl { .. } => return true,
+            RegistryError::Connect { reason, .. } | RegistryError::Migrate { reason, .. } => reason,
+            _ => return false,
+        };
+        // The drivers' words for refused credentials and a missing database
+        // (MySQL 1045/1044/1049, PostgreSQL 28P01/28000/3D000), and for a bad
+        // option in the URL.
+        [
+            "Access denied",
+            "Unknown database",
+            "password authentication failed",
+            "28P01",
+            "28000",
+            "3D000",
+            "does not exist",
+            "error with configuration",
+            "unable to open database file",
+        ]
+        .iter()
+        .any(|words| reason.contains(words))
+    }
+
+    /// Where the database is: its URL without the password.
+    pub fn location(&self) -> String {
+        self.location.clone()
     }
 
     /// The SQL dialect in use.

@@ -10,15 +10,15 @@ pub mod embedded;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::aggregate::{Counters, CountersConfig, CountersSink};
+use crate::aggregate::{Counters, CountersConfig, CountersError, CountersSink};
 use crate::alert::{Alerts, AlertsConfig};
 use crate::archive::columns::RegistryColumns;
 use crate::archive::{ArchiveConfig, ArchiveSink};
 use crate::collect::{CollectConfig, CollectMetrics, Front};
+use crate::health::{Attempt, Dependency, Health, until_up};
 use crate::pipeline::sink::Sink;
 use crate::pipeline::{Metrics, Pipeline, PipelineConfig, PipelineError};
 use crate::registry::{PutMode, Registry};
-use crate::telemetry::Telemetry;
 use anyhow::Context;
 use embedded::EmbeddedBroker;
 use serde::Deserialize;
@@ -70,7 +70,7 @@ impl PipelinePlan {
         let mut check = self.pipeline.clone();
         if check.brokers.is_empty() {
             // The embedded broker fills this in at start.
-            check.brokers = "embedded".into();
+            check.brokers = "127.0.0.1:9092".into();
         }
         let mut problems = check.problems();
         if let Some(url) = &self.counters.redis
@@ -138,9 +138,14 @@ impl std::fmt::Debug for Running {
 }
 
 /// Starts the pipeline (and the demo, if asked) on `registry`; `stop` ends it.
+/// Each dependency (Kafka, Redis, the archive) is waited for as `health` says
+/// ([`crate::health::until_up`]): retried with backoff while unreachable,
+/// reported once, and a misconfiguration ends the start with an error naming
+/// it. A stop while waiting ends it with [`StoppedWaiting`].
 pub async fn start(
     plan: PipelinePlan,
     registry: Registry,
+    health: Arc<Health>,
     stop: CancellationToken,
 ) -> anyhow::Result<Running> {
     let hits_topic = plan.hits_topic();
@@ -165,8 +170,25 @@ pub async fn start(
             "weir: no Kafka configured (--kafka); using an in-process broker at {} (not durable)",
             config.brokers
         );
+        health.track(Dependency::Kafka, &config.brokers);
+        health.seen(Dependency::Kafka, Ok(()));
         Some(broker)
     } else {
+        health.track(Dependency::Kafka, &config.brokers);
+        let probe = KafkaProbe::new(&config.brokers, &config.kafka)
+            .with_context(|| format!("the Kafka configuration (brokers {})", config.brokers))?;
+        let probe = Arc::new(probe);
+        until_up(&health, Dependency::Kafka, &stop, || {
+            let probe = probe.clone();
+            async move {
+                tokio::task::spawn_blocking(move || probe.reach())
+                    .await
+                    .unwrap_or_else(|e| Err(Attempt::Retry(e.to_string())))
+            }
+        })
+        .await
+        .map_err(|reason| anyhow::anyhow!("Kafka at {}: {reason}", config.brokers))?
+        .ok_or(StoppedWaiting)?;
         None
     };
 
@@ -188,9 +210,31 @@ pub async fn start(
                     .clone()
                     .unwrap_or_else(|| CountersConfig::default().success_ratio_group),
             };
-            Counters::connect(&counters_config, &config.group_id)
-                .await
-                .with_context(|| format!("connecting the counters to {url}"))?
+            let shown = crate::registry::redact_url(url);
+            health.track(Dependency::Redis, &shown);
+            until_up(&health, Dependency::Redis, &stop, || {
+                let (counters_config, group) = (&counters_config, &config.group_id);
+                async move {
+                    Counters::connect(counters_config, group)
+                        .await
+                        .map_err(|error| match &error {
+                            CountersError::Config(_) => Attempt::Fatal(error),
+                            CountersError::Redis { source, .. }
+                                if matches!(
+                                    source.kind(),
+                                    redis::ErrorKind::AuthenticationFailed
+                                        | redis::ErrorKind::InvalidClientConfig
+                                ) =>
+                            {
+                                Attempt::Fatal(error)
+                            }
+                            _ => Attempt::Retry(error),
+                        })
+                }
+            })
+            .await
+            .with_context(|| format!("connecting the counters to {shown}"))?
+            .ok_or(StoppedWaiting)?
         }
         None => {
             eprintln!("weir: no Redis configured (--redis); counting in memory (lost on exit)");
@@ -215,21 +259,45 @@ pub async fn start(
     }
 
     let archive = {
-        let config = plan.archive.clone();
-        let handle = tokio::runtime::Handle::current();
-        // Opening the archive lists and cleans its temporary directory (HDFS calls
-        // that block on the runtime): off the runtime's threads.
-        tokio::task::spawn_blocking(move || ArchiveSink::new(&config, handle))
-            .await
-            .context("opening the archive")?
-            .with_context(|| format!("opening the archive at {}", plan.archive.root))?
-            .with_columns(RegistryColumns::new(
-                registry.clone(),
-                tokio::runtime::Handle::current(),
-            ))
+        health.track(Dependency::Archive, &plan.archive.root);
+        let on_hdfs = plan.archive.root.starts_with("hdfs://");
+        until_up(&health, Dependency::Archive, &stop, || {
+            let config = plan.archive.clone();
+            let handle = tokio::runtime::Handle::current();
+            // Opening the archive lists and cleans its temporary directory (HDFS
+            // calls that block on the runtime): off the runtime's threads.
+            async move {
+                // The HDFS client retries a refused NameNode for minutes on its
+                // own: a connection is tried first, so each try here is short.
+                if on_hdfs {
+                    namenode_answers(&config.root)
+                        .await
+                        .map_err(Attempt::Retry)?;
+                }
+                match tokio::task::spawn_blocking(move || ArchiveSink::new(&config, handle)).await {
+                    Ok(Ok(sink)) => Ok(sink),
+                    // An unreachable NameNode may come back; a local directory
+                    // that cannot be made, or a bad setting, will not.
+                    Ok(Err(error @ crate::archive::ArchiveError::Store { .. })) if on_hdfs => {
+                        Err(Attempt::Retry(error.to_string()))
+                    }
+                    Ok(Err(error)) => Err(Attempt::Fatal(error.to_string())),
+                    Err(error) => Err(Attempt::Retry(error.to_string())),
+                }
+            }
+        })
+        .await
+        .map_err(|reason| {
+            anyhow::anyhow!("opening the archive at {}: {reason}", plan.archive.root)
+        })?
+        .ok_or(StoppedWaiting)?
+        .with_columns(RegistryColumns::new(
+            registry.clone(),
+            tokio::runtime::Handle::current(),
+        ))
     };
     eprintln!("weir: archiving Parquet under {}", plan.archive.root);
-    let telemetry = Telemetry::new();
+    let telemetry = health.telemetry().clone();
     let sinks: Vec<Box<dyn Sink>> = vec![
         Box::new(
             CountersSink::new(counters.clone(), tokio::runtime::Handle::current())
@@ -242,7 +310,7 @@ pub async fn start(
         .await
         .context("starting the pipeline")?;
     let metrics = pipeline.metrics();
-    tokio::spawn(housekeep(metrics.clone(), stop.clone()));
+    tokio::spawn(housekeep(metrics.clone(), health.clone(), stop.clone()));
     let alerts = (!plan.alerts.rules.is_empty()).then(|| {
         let alerts = Arc::new(Alerts::new(
             plan.alerts.clone(),
@@ -332,16 +400,184 @@ pub async fn start(
     })
 }
 
-/// Every second, samples the event count for the rate the dashboard shows;
-/// every five, folds the histograms' samples into their buckets.
-async fn housekeep(metrics: Arc<Metrics>, stop: CancellationToken) {
+/// Every second, samples the event count for the rate the dashboard shows and
+/// tells `health` what the pipeline saw of its dependencies; every five, folds
+/// the histograms' samples into their buckets.
+async fn housekeep(metrics: Arc<Metrics>, health: Arc<Health>, stop: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     let mut ticks = 0u64;
     while tokio::select! { _ = every.tick() => true, () = stop.cancelled() => false } {
         metrics.sample(chrono::Utc::now().timestamp_millis());
+        observe(&metrics, &health);
         ticks += 1;
         if ticks.is_multiple_of(5) {
             metrics.telemetry.upkeep();
+        }
+    }
+}
+
+/// Copies what the running pipeline saw into `health`: the consumer's
+/// assignment and last turn, whether a broker answered at its last statistics,
+/// and which sinks fail (the counters' Redis, the archive's store).
+fn observe(metrics: &Metrics, health: &Health) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if metrics.assigned.load(Relaxed) {
+        health.note_assigned();
+    }
+    let turn = metrics.last_turn_ms.load(Relaxed);
+    if turn > 0 {
+        health.note_turn_at(turn);
+    }
+    let kafka = metrics.kafka.lock().expect("metrics lock").clone();
+    match kafka.reachable {
+        Some(true) => health.seen(Dependency::Kafka, Ok(())),
+        Some(false) => health.seen(
+            Dependency::Kafka,
+            Err(kafka.error.as_deref().unwrap_or("no broker answers")),
+        ),
+        None => {}
+    }
+    let failing = metrics.sink_failing.lock().expect("metrics lock").clone();
+    for (sink, dependency) in [
+        ("counters", Dependency::Redis),
+        ("archive", Dependency::Archive),
+    ] {
+        match failing.get(sink) {
+            Some(f) => health.seen(dependency, Err(&crate::health::first_line(&f.error))),
+            None => health.seen(dependency, Ok(())),
+        }
+    }
+}
+
+/// Whether the NameNode of `root` (`hdfs://host:port/...`) accepts a
+/// connection within 3 s; if not, why.
+async fn namenode_answers(root: &str) -> Result<(), String> {
+    let authority = root
+        .trim_start_matches("hdfs://")
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    match tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect(authority),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(format!("the NameNode at {authority}: {error}")),
+        Err(_) => Err(format!("the NameNode at {authority}: no answer within 3 s")),
+    }
+}
+
+/// The service was stopped while it waited for a dependency.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped while waiting for a dependency")]
+pub struct StoppedWaiting;
+
+/// Asks Kafka for its metadata: whether a broker answers, and if not, what
+/// librdkafka last said (`Connect to ... failed: Connection refused`).
+struct KafkaProbe {
+    client: rdkafka::consumer::BaseConsumer<ProbeContext>,
+}
+
+#[derive(Default)]
+struct ProbeContext {
+    last_error: std::sync::Mutex<Option<(rdkafka::types::RDKafkaErrorCode, String)>>,
+}
+
+impl rdkafka::ClientContext for ProbeContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "kafka probe");
+        let code = error
+            .rdkafka_error_code()
+            .unwrap_or(rdkafka::types::RDKafkaErrorCode::Fail);
+        *self.last_error.lock().expect("probe lock") = Some((code, plain_reason(reason)));
+    }
+
+    /// librdkafka's own lines: a failed connection is the reason to give
+    /// (`Connect to ... failed: Connection refused`); the waiting line says
+    /// it once, so they are not logged again.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as Level;
+        tracing::debug!(fac, message, "kafka probe");
+        if matches!(
+            level,
+            Level::Emerg | Level::Alert | Level::Critical | Level::Error
+        ) || fac == "FAIL"
+        {
+            let mut last = self.last_error.lock().expect("probe lock");
+            if last.is_none() {
+                *last = Some((
+                    rdkafka::types::RDKafkaErrorCode::Fail,
+                    plain_reason(message),
+                ));
+            }
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ProbeContext {}
+
+/// librdkafka's `127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed:
+/// Connection refused (after 0ms in state CONNECT)` as `Connect to
+/// ipv4#127.0.0.1:1 failed: Connection refused`: the waiting line names the
+/// brokers already, and the rest changes from one try to the next.
+fn plain_reason(text: &str) -> String {
+    let text = match text.split_once(": ") {
+        Some((broker, rest)) if broker.contains('/') && !broker.contains(' ') => rest,
+        _ => text,
+    };
+    text.split(" (after ").next().unwrap_or(text).to_owned()
+}
+
+impl KafkaProbe {
+    /// A client for `brokers` with the pipeline's own Kafka settings; a setting
+    /// librdkafka refuses is an error here.
+    fn new(
+        brokers: &str,
+        settings: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", brokers);
+        for (key, value) in settings {
+            config.set(key, value);
+        }
+        // The probe only asks for metadata: no group, no fetching.
+        config.set("group.id", "weir-probe");
+        Ok(Self {
+            client: config.create_with_context(ProbeContext::default())?,
+        })
+    }
+
+    /// One metadata request (blocks up to 3 s).
+    fn reach(&self) -> Result<(), Attempt<String>> {
+        use rdkafka::consumer::Consumer;
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        match self.client.fetch_metadata(None, Duration::from_secs(3)) {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                // Serves the client's queued events, errors among them.
+                let _ = self.client.poll(Duration::from_millis(100));
+                let last = self
+                    .client
+                    .context()
+                    .last_error
+                    .lock()
+                    .expect("probe lock")
+                    .take();
+                match last {
+                    Some((
+                        code @ (Code::Authentication
+                        | Code::SaslAuthenticationFailed
+                        | Code::InvalidSessionTimeout
+                        | Code::TopicAuthorizationFailed
+                        | Code::ClusterAuthorizationFailed),
+                        reason,
+                    )) => Err(Attempt::Fatal(format!("{code}: {reason}"))),
+                    Some((_, reason)) => Err(Attempt::Retry(reason)),
+                    None => Err(Attempt::Retry(error.to_string())),
+                }
+            }
         }
     }
 }
@@ -404,5 +640,26 @@ async fn report(counters: Counters, scenario: String, stop: CancellationToken) {
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "reading the demo counts failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn librdkafkas_reasons_lose_the_broker_name_and_the_timing() {
+        assert_eq!(
+            plain_reason(
+                "127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused \
+                 (after 0ms in state CONNECT)"
+            ),
+            "Connect to ipv4#127.0.0.1:1 failed: Connection refused"
+        );
+        assert_eq!(
+            plain_reason("1/1 brokers are down"),
+            "1/1 brokers are down",
+            "a text without a broker name stays"
+        );
     }
 }

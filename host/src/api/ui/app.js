@@ -116,12 +116,18 @@ async function start() {
 
 async function refresh() {
   try {
-    const [pipeline, scenarios, plugins] = await Promise.all([
+    // /readyz answers 503 with the same body while something is down.
+    const readiness = fetch("/readyz", { credentials: "same-origin" })
+      .then((r) => r.json())
+      .catch(() => null);
+    const [ready, pipeline, scenarios, plugins] = await Promise.all([
+      readiness,
       api("/api/pipeline").catch((err) => (err instanceof Unauthorized ? Promise.reject(err) : null)),
       api("/api/scenarios"),
       api("/api/plugins"),
     ]);
-    if (pipeline) drawHealth(pipeline);
+    if (pipeline) drawHealth(pipeline, ready);
+    else drawProblems(null, ready);
     await drawScenarios(scenarios.scenarios);
     drawPlugins(plugins.plugins);
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
@@ -131,7 +137,7 @@ async function refresh() {
   }
 }
 
-function drawHealth(p) {
+function drawHealth(p, ready) {
   $("eps").textContent = number(p.events_per_second);
   $("events").textContent = number(p.events_total);
   $("outputs").textContent = number(p.outputs_total);
@@ -141,13 +147,7 @@ function drawHealth(p) {
   $("lag-total").textContent = number(lagTotal);
   fill($("lag").tBodies[0], p.lag.map((l) => row([l.topic, l.partition, number(l.lag)])));
 
-  const problems = [];
-  for (const s of p.failing_sinks) problems.push(el("li", `sink ${s.sink} failing for ${s.seconds} s: ${s.error}`, "bad"));
-  for (const q of p.quarantined) problems.push(el("li", `scenario ${q.scenario} quarantined (${q.plugin}) until ${q.until}: ${q.reason}`, "bad"));
-  for (const a of p.alerts_firing) problems.push(el("li", `alert ${a.rule} firing: ${a.summary}`, "bad"));
-  if (p.failed_cycles_total > 0) problems.push(el("li", `${number(p.failed_cycles_total)} batch cycles failed and were retried`, "muted"));
-  if (problems.length === 0) problems.push(el("li", "none", "ok"));
-  $("problems").replaceChildren(...problems);
+  drawProblems(p, ready);
 
   const reasons = Object.entries(p.dead_letters_by_reason).map(([reason, n]) => el("li", `${reason}: ${number(n)}`));
   if (reasons.length === 0) reasons.push(el("li", "none", "ok"));
@@ -164,6 +164,28 @@ function drawHealth(p) {
       preview,
     ]);
   }));
+}
+
+// Dependencies that are not up (from /readyz), then the pipeline's own
+// problems when it runs (`p` is null while it starts).
+function drawProblems(p, ready) {
+  const problems = [];
+  for (const d of ready?.dependencies ?? []) {
+    if (d.state === "up") continue;
+    const since = new Date(d.since).toLocaleTimeString();
+    problems.push(el("li", `${d.name} at ${d.target} ${d.state} since ${since}: ${d.reason ?? "not reached yet"}`, "bad"));
+  }
+  if (!p) {
+    if (ready?.pipeline?.state) problems.push(el("li", `pipeline ${ready.pipeline.state}`, "muted"));
+    $("problems").replaceChildren(...problems);
+    return;
+  }
+  for (const s of p.failing_sinks) problems.push(el("li", `sink ${s.sink} failing for ${s.seconds} s: ${s.error}`, "bad"));
+  for (const q of p.quarantined) problems.push(el("li", `scenario ${q.scenario} quarantined (${q.plugin}) until ${q.until}: ${q.reason}`, "bad"));
+  for (const a of p.alerts_firing) problems.push(el("li", `alert ${a.rule} firing: ${a.summary}`, "bad"));
+  if (p.failed_cycles_total > 0) problems.push(el("li", `${number(p.failed_cycles_total)} batch cycles failed and were retried`, "muted"));
+  if (problems.length === 0) problems.push(el("li", "none", "ok"));
+  $("problems").replaceChildren(...problems);
 }
 
 async function drawScenarios(list) {
