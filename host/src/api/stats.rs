@@ -52,6 +52,28 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// 503 when the counters' Redis cannot be reached (the pipeline waits for
+/// it too), else an internal error.
+fn counters_error(error: crate::aggregate::CountersError) -> ApiError {
+    match &error {
+        crate::aggregate::CountersError::Redis { source, .. }
+            if source.is_io_error()
+                || source.is_connection_refusal()
+                || source.is_timeout()
+                || source.is_connection_dropped() =>
+        {
+            tracing::warn!(%error, "the counters cannot be read");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "counters-unavailable",
+                "the counters' Redis cannot be reached now; the counts are back with it \
+                 (GET /readyz says when)",
+            )
+        }
+        _ => ApiError::internal(&error),
+    }
+}
+
 /// 503 without a pipeline: it is starting (waiting for what `/readyz`
 /// names), or this server runs none.
 fn unavailable(state: &AppState) -> ApiError {
@@ -95,7 +117,7 @@ pub(super) async fn scenario(
             format!("from must be before to, at most {MAX_MINUTES} minutes (7 days) apart"),
         ));
     }
-    let internal = |e: crate::aggregate::CountersError| ApiError::internal(&e);
+    let internal = counters_error;
     let totals = counters.totals(&id).await.map_err(internal)?;
     let since = counters.counting_since(&id).await.map_err(internal)?;
     let versions = counters.by_version(&id).await.map_err(internal)?;
