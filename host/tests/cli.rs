@@ -195,3 +195,168 @@ fn expect_compares_answers_with_a_golden_file() {
     );
     assert!(text.contains("1 of 3 answers differ"), "{text}");
 }
+
+/// `weir plugin diff`: the shipped scenario plugin under scenario 5 as it is
+/// and with its hour filter moved from 9 to 12 reports exactly the events
+/// whose match changed, and exits with 1; the same configuration twice
+/// reports none and exits with 0.
+#[test]
+fn diff_reports_exactly_the_events_a_changed_scenario_decides_otherwise() {
+    let scenario = |hour: u32| {
+        serde_json::json!({
+            "scenario_id": 5,
+            "log_format": {"memberId": 1, "age": 1, "gender": 1, "h": 1},
+            "filters": [
+                {"left": "age", "operator": ">", "right": 20},
+                {"left": "gender", "operator": "==", "right": "MALE"},
+                {"left": "h", "operator": ">=", "right": hour}
+            ],
+            "logical_operator": "AND"
+        })
+        .to_string()
+    };
+    let matches = |age: u32, male: bool, h: u32, hour: u32| age > 20 && male && h >= hour;
+    let mut input = String::new();
+    let mut expected = std::collections::BTreeSet::new();
+    for i in 0..300u32 {
+        let (age, male, h) = (14 + (i * 7) % 50, i % 3 != 0, (i * 5) % 24);
+        input.push_str(&format!(
+            "{{\"memberId\":\"m{i}\",\"age\":{age},\"gender\":\"{}\",\"h\":{h}}}\n",
+            if male { "MALE" } else { "FEMALE" }
+        ));
+        if matches(age, male, h, 9) != matches(age, male, h, 12) {
+            expected.insert(u64::from(i));
+        }
+    }
+    assert!(
+        !expected.is_empty(),
+        "the input has events the change decides otherwise"
+    );
+    let dir = std::env::temp_dir().join(format!("weir-diff-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let events = dir.join("events.jsonl");
+    std::fs::write(&events, &input).unwrap();
+    let run = |new_config: &str| {
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args([
+                "plugin",
+                "diff",
+                weir_artifacts::PLUGIN_SCENARIO,
+                weir_artifacts::PLUGIN_SCENARIO,
+            ])
+            .args([
+                "--config",
+                &scenario(9),
+                "--new-config",
+                new_config,
+                "--batch-size",
+                "64",
+            ])
+            .arg("--input")
+            .arg(&events)
+            .output()
+            .expect("weir runs")
+    };
+
+    let changed = run(&scenario(12));
+    let text = String::from_utf8_lossy(&changed.stdout);
+    assert_eq!(
+        changed.status.code(),
+        Some(1),
+        "{text}{}",
+        String::from_utf8_lossy(&changed.stderr)
+    );
+    let reported: std::collections::BTreeSet<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("@@ input partition 0 offset "))
+        .map(|rest| rest.trim_end_matches(" @@").parse().unwrap())
+        .collect();
+    assert_eq!(reported, expected, "{text}");
+    let summary: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["diff"]["events"], 300, "{summary}");
+    assert_eq!(summary["diff"]["changed"], expected.len(), "{summary}");
+    assert_eq!(
+        summary["diff"]["outcomes_changed"],
+        expected.len(),
+        "{summary}"
+    );
+    for side in ["old", "new"] {
+        assert_eq!(summary["diff"][side]["plugin"], "scenario", "{summary}");
+        assert!(
+            summary["diff"][side]["ns_per_event"].as_f64().unwrap() > 0.0,
+            "{summary}"
+        );
+    }
+    let (old, new) = (
+        &summary["diff"]["old"]["matched"],
+        &summary["diff"]["new"]["matched"],
+    );
+    assert_eq!(
+        old.as_u64().unwrap() - new.as_u64().unwrap(),
+        expected.len() as u64,
+        "a later hour only takes matches away: {summary}"
+    );
+    // Each changed event shows both answers.
+    let first = expected.first().unwrap();
+    let at = text
+        .lines()
+        .position(|l| l == format!("@@ input partition 0 offset {first} @@"))
+        .unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[at + 1].starts_with("- {") && lines[at + 1].contains("\"matched\":true"),
+        "{text}"
+    );
+    assert!(
+        lines[at + 2].starts_with("+ {") && lines[at + 2].contains("\"matched\":false"),
+        "{text}"
+    );
+
+    let same = run(&scenario(9));
+    let text = String::from_utf8_lossy(&same.stdout);
+    assert!(same.status.success(), "{text}");
+    assert!(!text.contains("@@"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `weir capture`'s envelopes as `plugin test` input: each event keeps its
+/// topic, partition and offset, and batches do not mix partitions.
+#[test]
+fn captured_envelopes_keep_where_each_event_was() {
+    let input = concat!(
+        "{\"capture\":{\"topic\":\"t\",\"partition\":1,\"offset\":40},\"value\":{\"a\":1}}\n",
+        "{\"capture\":{\"topic\":\"t\",\"partition\":1,\"offset\":41},\"text\":\"a log line\"}\n",
+        "{\"capture\":{\"topic\":\"t\",\"partition\":0,\"offset\":7,\"headers\":{\"weir.reason\":\"x\"}},\"value\":{\"b\":2}}\n",
+        "{\"plain\":true}\n",
+    );
+    let output = weir_plugin_test(weir_artifacts::FIXTURE_TRAP_AT, "{}", input);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines = lines(&output);
+    let offsets: Vec<i64> = lines[..4]
+        .iter()
+        .map(|l| l["offset"].as_i64().unwrap())
+        .collect();
+    assert_eq!(offsets, [40, 41, 7, 0], "{lines:?}");
+    assert_eq!(lines[0]["records"][0]["a"], 1, "{lines:?}");
+    assert_eq!(
+        lines[1]["records"][0], "a log line",
+        "text values reach the plugin as they were"
+    );
+    assert_eq!(lines[4]["summary"]["events"], 4);
+
+    let broken = weir_plugin_test(
+        weir_artifacts::FIXTURE_TRAP_AT,
+        "{}",
+        "{\"capture\":{\"topic\":\"t\"},\"value\":1}\n",
+    );
+    assert!(!broken.status.success());
+    assert!(
+        String::from_utf8_lossy(&broken.stderr).contains("input line 1"),
+        "{}",
+        String::from_utf8_lossy(&broken.stderr)
+    );
+}

@@ -6,6 +6,7 @@
 
 mod api;
 mod archive;
+mod authors;
 mod cluster;
 mod collect;
 mod counters;

@@ -390,6 +390,29 @@ fn short_sha(value: &Value) -> String {
 }
 
 impl Server {
+    /// The server at `server` (a base URL), with `token`.
+    pub(crate) fn new(server: String, token: Option<String>) -> Self {
+        Self {
+            server,
+            token,
+            json: false,
+        }
+    }
+
+    /// `GET path`'s body as bytes; a refusal is an error with the server's
+    /// reason.
+    pub(crate) fn fetch(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let (status, bytes) = self.send(Method::GET, path, None)?;
+        if !status.is_success() {
+            let problem: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            bail!(
+                "the server answered {status}: {}",
+                problem["detail"].as_str().unwrap_or("no reason given")
+            );
+        }
+        Ok(bytes)
+    }
+
     /// Sends one request and returns the status and the JSON body (`null`
     /// when the body is empty or not JSON).
     fn call(
@@ -398,6 +421,20 @@ impl Server {
         path: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> anyhow::Result<(StatusCode, Value)> {
+        let (status, bytes) = self.send(method, path, body)?;
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+
+    /// Sends one request; the status and the body's bytes.
+    fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> anyhow::Result<(StatusCode, Vec<u8>)> {
         let url = format!("{}{path}", self.server.trim_end_matches('/'));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -429,10 +466,7 @@ impl Server {
                 .bytes()
                 .await
                 .with_context(|| format!("reading the answer from {url}"))?;
-            Ok((
-                status,
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            ))
+            Ok((status, bytes.to_vec()))
         })
     }
 

@@ -1,6 +1,7 @@
 //! Command-line interface: one module per command group. `anyhow` lives here
 //! and in `main.rs` only.
 
+mod capture;
 mod client;
 mod generate;
 mod plugin;
@@ -36,6 +37,9 @@ pub(crate) enum Command {
     Serve(serve::ServeArgs),
     /// Send generated traffic to the collector or to Kafka.
     Generate(generate::GenerateArgs),
+    /// Write records of a topic (or the dead-letter topic) as JSON Lines that
+    /// `weir plugin test` and `weir plugin diff` read.
+    Capture(capture::CaptureArgs),
     /// The pipeline's health on a weir server: events/s, lag, failing sinks,
     /// quarantines, alerts firing.
     Status(client::StatusArgs),
@@ -49,6 +53,7 @@ impl Command {
             Command::Member(command) => command.run(),
             Command::Serve(args) => args.run(),
             Command::Generate(args) => args.run(),
+            Command::Capture(args) => args.run(),
             Command::Status(args) => args.run(),
         }
     }
