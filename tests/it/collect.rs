@@ -1074,12 +1074,13 @@ async fn an_nginx_access_log_rotated_and_weir_killed_arrives_whole_and_parsed() 
     )
     .unwrap();
     let serve_log = |n: u32| data.join(format!("weir-{n}.log"));
-    // Ready once it serves: the tailer runs from then on.
+    // Ready once the tailer runs: the API serves before the pipeline, and the
+    // collector and its tailer start with the pipeline.
     let serving = |n: u32| {
         let started = Instant::now();
         while !std::fs::read_to_string(serve_log(n))
             .unwrap_or_default()
-            .contains("serving the API")
+            .contains("weir: tailing ")
         {
             assert!(
                 started.elapsed() < Duration::from_secs(120),
