@@ -24,7 +24,7 @@ pub(crate) const STATUS_MASK: u8 = 3;
 pub(crate) const MATCHED: u8 = 4;
 
 /// The WIT package version this host accepts, as it appears in import and export names.
-pub(crate) const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.1.0";
 
 /// The export a plugin must provide.
 pub(crate) const PLUGIN_EXPORT: &str = "weir:plugin/plugin@0.1.0";

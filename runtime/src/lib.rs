@@ -82,6 +82,7 @@ use wasmtime::component::Linker;
 use wasmtime::{Cache, CacheConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use batch::{Batch, BatchResult, EventError, EventInput, FailureKind, Outcome, Status};
+pub use bindings::WIT_VERSION;
 pub use config::RuntimeConfig;
 pub use instance::Instance;
 pub use plugin::{Plugin, PluginInfo, PluginKind};

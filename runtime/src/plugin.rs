@@ -78,6 +78,8 @@ pub struct Plugin {
 pub(crate) struct PluginInner {
     pub(crate) runtime: Arc<RuntimeInner>,
     pub(crate) info: PluginInfo,
+    /// The interfaces the component imports (each one granted).
+    pub(crate) imports: Vec<String>,
     pub(crate) pre: BindingsPre<HostState>,
     /// The plugin's configuration schema, compiled once.
     schema: jsonschema::Validator,
@@ -155,7 +157,9 @@ impl Plugin {
             });
         }
 
+        let mut imports = Vec::new();
         for (import, _) in ty.imports(engine) {
+            imports.push(import.to_owned());
             let granted = import == TYPES_IMPORT
                 || GRANTED_IMPORTS
                     .iter()
@@ -194,10 +198,17 @@ impl Plugin {
             inner: Arc::new(PluginInner {
                 runtime,
                 info,
+                imports,
                 pre,
                 schema,
             }),
         })
+    }
+
+    /// The interfaces the component imports, as WIT names
+    /// (`wasi:io/streams@0.2.6`, …); every one is granted.
+    pub fn imports(&self) -> &[String] {
+        &self.inner.imports
     }
 
     /// What the plugin says about itself.

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -199,4 +199,95 @@ fn capture_names_a_topic_that_does_not_exist() {
         text.contains(&missing) && text.contains("does not exist"),
         "{text}"
     );
+}
+
+/// What the README's "Write a plugin" says, on a machine with only the
+/// registry: `weir plugin new`, the crate's own `cargo test`, `weir plugin
+/// build`, and `weir plugin test` on the sample events it came with.
+#[test]
+fn a_new_plugin_passes_its_test_builds_and_runs_on_its_samples() {
+    let dir = std::env::temp_dir().join(unique("weir-new"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let krate = dir.join("buy-clicks");
+    // The builds of new plugins share a target directory, so a second run
+    // does not compile the SDK's dependencies again.
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-new");
+    let run = |program: &std::path::Path, args: &[&str]| {
+        let started = Instant::now();
+        let output = Command::new(program)
+            .args(args)
+            .current_dir(&krate)
+            .env("CARGO_TARGET_DIR", &target)
+            // The test build's clippy wrapper is for this workspace only.
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .env_remove("CLIPPY_ARGS")
+            .output()
+            .expect("runs");
+        assert!(
+            output.status.success(),
+            "{program:?} {args:?}: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        println!(
+            "{program:?} {args:?}: {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let started = Instant::now();
+    let made = Command::new(crate::archive::weir_binary())
+        .args(["plugin", "new", "buy-clicks", "--kind", "filter", "--dir"])
+        .arg(&krate)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    assert!(krate.join(".weir/wit/plugin.wit").exists());
+    let again = Command::new(crate::archive::weir_binary())
+        .args(["plugin", "new", "buy-clicks", "--dir"])
+        .arg(&krate)
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "an existing directory is left alone"
+    );
+
+    let tested = run(std::path::Path::new("cargo"), &["test"]);
+    assert!(tested.contains("2 passed"), "{tested}");
+    let built = run(&crate::archive::weir_binary(), &["plugin", "build"]);
+    assert!(
+        built.contains("plugin buy-clicks 0.1.0 (filter)"),
+        "{built}"
+    );
+    assert!(built.contains("imports: "), "{built}");
+    let wasm = target.join("wasm32-wasip2/release/buy_clicks.wasm");
+    let answers = run(
+        &crate::archive::weir_binary(),
+        &[
+            "plugin",
+            "test",
+            wasm.to_str().unwrap(),
+            "--config",
+            r#"{"field": "e_n", "equals": "구매"}"#,
+            "--input",
+            "captured.jsonl",
+        ],
+    );
+    let summary: Value = serde_json::from_str(answers.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["summary"]["events"], 5, "{answers}");
+    assert_eq!(
+        summary["summary"]["emitted"], 2,
+        "the two purchases: {answers}"
+    );
+    assert_eq!(summary["summary"]["dropped"], 3, "{answers}");
+    println!(
+        "weir plugin new -> cargo test -> weir plugin build -> weir plugin test: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

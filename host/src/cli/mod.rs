@@ -5,6 +5,7 @@ mod capture;
 mod client;
 mod generate;
 mod plugin;
+mod scaffold;
 mod serve;
 
 use std::process::ExitCode;

@@ -24,6 +24,13 @@ use super::capture::Captured;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PluginCommand {
+    /// Make a plugin crate that builds offline: the SDK and the contract of
+    /// this weir are written beside it, with a unit test, a README and sample
+    /// events.
+    New(super::scaffold::NewArgs),
+    /// Build a plugin crate's component (wasm32-wasip2, installing the target
+    /// if rustup can) and check it as the service checks uploads.
+    Build(super::scaffold::BuildArgs),
     /// Run a plugin over events from a file or stdin and print each outcome as
     /// one JSON line, then a summary line.
     Test(TestArgs),
@@ -38,6 +45,8 @@ pub(crate) enum PluginCommand {
 impl PluginCommand {
     pub(crate) fn run(self) -> anyhow::Result<ExitCode> {
         match self {
+            PluginCommand::New(args) => args.run(),
+            PluginCommand::Build(args) => args.run(),
             PluginCommand::Test(args) => test(args),
             PluginCommand::Diff(args) => diff_versions(args),
             PluginCommand::Registry(command) => command.run(),
