@@ -34,8 +34,12 @@ pub(crate) async fn create_topics(brokers: &str, topics: &[&str]) {
         .expect("admin client");
     let new: Vec<NewTopic> = topics
         .iter()
-        // The brokers' default replication: 1 on the single broker, 3 on the cluster.
-        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(-1)))
+        // The brokers' default replication: 1 on the single broker, 3 on the
+        // cluster. No time-based retention: test events carry timestamps days in
+        // the past, which a retention check would delete before they are read.
+        .map(|t| {
+            NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(-1)).set("retention.ms", "-1")
+        })
         .collect();
     for result in admin
         .create_topics(
