@@ -10,16 +10,14 @@
 //! and later a forwarder to the real server opens on that port, as a server
 //! starting there would.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weir_integration::{Service, host_port, unique};
 
 use crate::api::{Database, TestDb};
-
-const ADMIN: &str = "deps-admin-token-0123456789";
+use crate::window::{ADMIN, Serve};
 
 /// A port where nothing listens until [`Gate::open`] forwards it to a server.
 struct Gate {
@@ -68,126 +66,55 @@ impl Drop for Gate {
     }
 }
 
-/// A `weir serve` process and where it logs.
-struct Serve {
-    child: Child,
-    log: PathBuf,
-    api: String,
-    dir: PathBuf,
+/// `weir serve --demo --demo-events 0` (scenario 5 and its members, no
+/// feed) with `config`, and the time its API took to answer.
+fn launch(config: &str) -> (Serve, Duration) {
+    let started = Instant::now();
+    let serve = Serve::launch("weir-deps", config, &["--demo", "--demo-events", "0"]);
+    (serve, started.elapsed())
 }
 
-impl Serve {
-    /// `weir serve --demo --demo-events 0` (scenario 5 and its members, no
-    /// feed) with `config`, and the time its API took to answer.
-    fn start(config: &str) -> (Self, Duration) {
-        let dir = std::env::temp_dir().join(unique("weir-deps"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("weir.toml");
-        std::fs::write(
-            &file,
-            format!(
-                "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\n{config}",
-                dir.display().to_string()
-            ),
-        )
-        .unwrap();
-        let log = dir.join("weir.log");
-        let started = Instant::now();
-        let child = Command::new(crate::archive::weir_binary())
-            .args(["serve", "--demo", "--demo-events", "0", "--config"])
-            .arg(&file)
-            .env("WEIR_COLLECT__LISTEN", "127.0.0.1:0")
-            .env("WEIR_ADMIN_TOKEN", ADMIN)
-            .env_remove("WEIR_KAFKA")
-            .env_remove("WEIR_REDIS")
-            .env_remove("WEIR_DATABASE")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start weir serve");
-        let mut serve = Self {
-            child,
-            log,
-            api: String::new(),
-            dir,
-        };
-        loop {
-            crate::archive::still_serving(&mut serve.child, started, &serve.log, "no API");
-            if let Some(addr) = serve
-                .text()
-                .lines()
-                .find_map(|l| l.split("dashboard on http://").nth(1))
-            {
-                serve.api = addr.trim_end_matches('/').to_owned();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        (serve, started.elapsed())
-    }
-
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `GET path`: status and JSON body.
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let response = reqwest::Client::new()
-            .get(format!("http://{}{path}", self.api))
-            .bearer_auth(ADMIN)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}; log: {}", self.log.display()));
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    /// Waits up to `limit` for `GET path` to answer `status`; the last body.
-    async fn wait_for(&mut self, path: &str, status: u16, limit: Duration) -> Value {
-        let started = Instant::now();
-        loop {
-            assert!(
-                self.child.try_wait().unwrap().is_none(),
-                "weir serve exited; log: {}",
-                self.log.display()
-            );
-            let (got, body) = self.get(path).await;
-            if got == status {
-                return body;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "GET {path} still answers {got}, not {status}, after {} s: {body}; log: {}",
-                limit.as_secs(),
-                self.log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    fn lines_with(&self, words: &str) -> usize {
-        self.text().lines().filter(|l| l.contains(words)).count()
-    }
+fn text(weir: &Serve) -> String {
+    std::fs::read_to_string(&weir.log).unwrap_or_default()
 }
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let started = Instant::now();
-        while self.child.try_wait().ok().flatten().is_none()
-            && started.elapsed() < Duration::from_secs(20)
-        {
-            std::thread::sleep(Duration::from_millis(100));
+fn lines_with(weir: &Serve, words: &str) -> usize {
+    text(weir).lines().filter(|l| l.contains(words)).count()
+}
+
+/// `GET path`: status and JSON body.
+async fn get(weir: &Serve, path: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .get(format!("http://{}{path}", weir.api))
+        .bearer_auth(ADMIN)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}; log: {}", weir.log.display()));
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits up to `limit` for `GET path` to answer `status`; the last body.
+async fn wait_for(weir: &mut Serve, path: &str, status: u16, limit: Duration) -> Value {
+    let started = Instant::now();
+    loop {
+        assert!(
+            weir.child.try_wait().unwrap().is_none(),
+            "weir serve exited; log: {}",
+            weir.log.display()
+        );
+        let (got, body) = get(weir, path).await;
+        if got == status {
+            return body;
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        assert!(
+            started.elapsed() < limit,
+            "GET {path} still answers {got}, not {status}, after {} s: {body}; log: {}",
+            limit.as_secs(),
+            weir.log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -263,11 +190,11 @@ async fn waits_for(missing: Missing) {
         pick(Service::Kafka),
         pick(Service::Redis),
     );
-    let (mut weir, took) = Serve::start(&config);
+    let (mut weir, took) = launch(&config);
     let (name, waiting) = missing.names();
 
     // The API answers at once, and says what is missing.
-    weir.wait_for("/readyz", 503, Duration::from_secs(5)).await;
+    wait_for(&mut weir, "/readyz", 503, Duration::from_secs(5)).await;
     assert!(
         took < Duration::from_secs(5),
         "the API answered after {took:?}; log: {}",
@@ -275,7 +202,7 @@ async fn waits_for(missing: Missing) {
     );
     let started = Instant::now();
     let down = loop {
-        let (status, body) = weir.get("/readyz").await;
+        let (status, body) = get(&weir, "/readyz").await;
         assert_eq!(status, 503, "{body}");
         let dependency = body["dependencies"]
             .as_array()
@@ -307,24 +234,24 @@ async fn waits_for(missing: Missing) {
         "the one-line reason names {name}: {}",
         down.1
     );
-    let (live, body) = weir.get("/livez").await;
+    let (live, body) = get(&weir, "/livez").await;
     assert_eq!(live, 200, "waiting on purpose is live: {body}");
     assert_eq!(body["pipeline"]["state"], "starting", "{body}");
 
     // Several retries later, still one line.
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(
-        weir.lines_with(waiting),
+        lines_with(&weir, waiting),
         1,
         "one line while {name} is down; log: {}",
         weir.log.display()
     );
     assert!(
-        weir.text().contains(&gate.addr()),
+        text(&weir).contains(&gate.addr()),
         "the line says where: {}",
         weir.log.display()
     );
-    let repeated = weir.lines_with("Connection refused") + weir.lines_with("Connect to");
+    let repeated = lines_with(&weir, "Connection refused") + lines_with(&weir, "Connect to");
     assert!(
         repeated <= 4,
         "librdkafka's repeats are limited ({repeated} lines); log: {}",
@@ -338,9 +265,7 @@ async fn waits_for(missing: Missing) {
     crate::pipeline::produce(&brokers, &topic, events).await;
 
     gate.open(host_port(&real).unwrap()).await;
-    let ready = weir
-        .wait_for("/readyz", 200, Duration::from_secs(120))
-        .await;
+    let ready = wait_for(&mut weir, "/readyz", 200, Duration::from_secs(120)).await;
     assert_eq!(ready["status"], "ready", "{ready}");
     assert!(
         ready["dependencies"]
@@ -351,7 +276,7 @@ async fn waits_for(missing: Missing) {
         "{ready}"
     );
     assert_eq!(
-        weir.lines_with("is back after"),
+        lines_with(&weir, "is back after"),
         1,
         "once back, said once; log: {}",
         weir.log.display()
@@ -360,7 +285,7 @@ async fn waits_for(missing: Missing) {
     // Every event produced meanwhile is counted, once.
     let started = Instant::now();
     loop {
-        let (status, stats) = weir.get("/api/scenarios/5/stats").await;
+        let (status, stats) = get(&weir, "/api/scenarios/5/stats").await;
         if status == 200 && stats["total"].as_u64() == Some(EVENTS) {
             break;
         }
@@ -376,7 +301,7 @@ async fn waits_for(missing: Missing) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (_, stats) = weir.get("/api/scenarios/5/stats").await;
+    let (_, stats) = get(&weir, "/api/scenarios/5/stats").await;
     assert_eq!(stats["total"].as_u64(), Some(EVENTS), "none twice: {stats}");
     let metrics = reqwest::Client::new()
         .get(format!("http://{}/metrics", weir.api))

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use weir_integration::{Service, unique};
 
-const ADMIN: &str = "window-admin-token-0123456789";
+pub(crate) const ADMIN: &str = "window-admin-token-0123456789";
 const VIEWER: &str = "window-viewer-token-0123456789";
 
 /// The repository's top directory.
@@ -40,15 +40,40 @@ fn program(name: &str) -> PathBuf {
 }
 
 /// A `weir serve` process on free ports, its API address read from its log.
-struct Serve {
-    child: Child,
-    api: SocketAddr,
-    log: PathBuf,
+pub(crate) struct Serve {
+    pub(crate) child: Child,
+    pub(crate) api: SocketAddr,
+    pub(crate) log: PathBuf,
 }
 
 impl Serve {
-    /// `weir serve` with `config` (TOML) in a fresh directory and `args`.
+    /// `weir serve` with `config` (TOML) in a fresh directory and `args`,
+    /// once it is ready (`GET /readyz` answers 200).
     fn start(name: &str, config: &str, args: &[&str]) -> Self {
+        let mut serve = Self::launch(name, config, args);
+        let started = Instant::now();
+        // The API answers before the pipeline runs: wait until it is ready.
+        loop {
+            crate::archive::still_serving(&mut serve.child, started, &serve.log, "not ready");
+            let ready = std::net::TcpStream::connect(serve.api)
+                .ok()
+                .and_then(|mut s| {
+                    use std::io::{Read, Write};
+                    s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").ok()?;
+                    let mut head = [0u8; 12];
+                    s.read_exact(&mut head).ok()?;
+                    Some(head.ends_with(b"200"))
+                });
+            if ready == Some(true) {
+                return serve;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `weir serve` with `config` (TOML) in a fresh directory and `args`, as
+    /// soon as its API answers (with the tokens [`ADMIN`] and [`VIEWER`]).
+    pub(crate) fn launch(name: &str, config: &str, args: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(unique(name));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("weir.toml");
@@ -92,26 +117,9 @@ impl Serve {
                 .and_then(|rest| rest.trim_end_matches('/').parse().ok())
             {
                 serve.api = addr;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // The API answers before the pipeline runs: wait until it is ready.
-        loop {
-            crate::archive::still_serving(&mut serve.child, started, &serve.log, "not ready");
-            let ready = std::net::TcpStream::connect(serve.api)
-                .ok()
-                .and_then(|mut s| {
-                    use std::io::{Read, Write};
-                    s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").ok()?;
-                    let mut head = [0u8; 12];
-                    s.read_exact(&mut head).ok()?;
-                    Some(head.ends_with(b"200"))
-                });
-            if ready == Some(true) {
                 return serve;
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 

@@ -42,25 +42,28 @@ fn dependency(status: &Status) -> DependencyHealth {
     }
 }
 
+/// The first dependency that is not up, in a line.
+fn first_missing(statuses: &[Status]) -> Option<String> {
+    statuses.iter().find_map(|s| {
+        let (name, target) = (s.dependency.name(), &s.target);
+        match &s.state {
+            DepState::Down(reason) => Some(format!("{name} at {target} is down: {reason}")),
+            DepState::Starting => Some(format!("{name} at {target} is not reached yet")),
+            DepState::Up => None,
+        }
+    })
+}
+
 /// What the pipeline is waiting for, in a line, while it has not started.
 pub(super) fn waiting_for(state: &AppState) -> Option<String> {
     let (health, _) = state.health.as_ref()?;
     if state.pipeline().is_some() {
         return None;
     }
-    let statuses = health.statuses();
-    let line = statuses
-        .iter()
-        .find_map(|s| match &s.state {
-            DepState::Down(reason) => Some(format!(
-                "waiting for {} at {}: {reason}",
-                s.dependency.name(),
-                s.target
-            )),
-            _ => None,
-        })
-        .unwrap_or_else(|| "connecting to its dependencies".into());
-    Some(line)
+    Some(
+        first_missing(&health.statuses())
+            .unwrap_or_else(|| "it is connecting to its dependencies".into()),
+    )
 }
 
 /// The recorder of a service that is starting, for `/metrics`.
@@ -108,26 +111,11 @@ async fn look(state: &AppState) -> (Health, bool, Option<String>) {
     };
     let ready = health.ready() && pipeline_state == "running";
     let reason = (!ready).then(|| {
-        statuses
-            .iter()
-            .find_map(|s| match &s.state {
-                DepState::Down(reason) => Some(format!(
-                    "{} at {} is down: {reason}",
-                    s.dependency.name(),
-                    s.target
-                )),
-                DepState::Starting => Some(format!(
-                    "{} at {} is not reached yet",
-                    s.dependency.name(),
-                    s.target
-                )),
-                DepState::Up => None,
-            })
-            .unwrap_or_else(|| match pipeline_state {
-                "stopped" => "the pipeline stopped".into(),
-                "starting" => "the pipeline is starting".into(),
-                _ => "the consumer has no assignment yet".into(),
-            })
+        first_missing(&statuses).unwrap_or_else(|| match pipeline_state {
+            "stopped" => "the pipeline stopped".into(),
+            "starting" => "the pipeline is starting".into(),
+            _ => "the consumer has no assignment yet".into(),
+        })
     });
     let body = Health {
         status: "",
