@@ -550,6 +550,38 @@ mod tests {
         (format!("http://{addr}"), stop_tx)
     }
 
+    /// `weir plugin diff relay@1 …` fetches version 1's bytes from the
+    /// server; a version it does not have is refused with the server's reason.
+    #[test]
+    fn a_version_on_the_server_is_fetched_by_name() {
+        let dir = std::env::temp_dir().join(format!("weir-cli-fetch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (url, _stop) = start_server(&dir);
+        let server = Server::new(url, Some(ADMIN.into()));
+        let push = PluginClientCommand::Push {
+            file: PathBuf::from(weir_artifacts::FIXTURE_PASSTHROUGH),
+            name: Some("relay".into()),
+            server: server.clone(),
+        };
+        assert_eq!(push.run().unwrap(), ExitCode::SUCCESS);
+        let bytes = super::super::plugin::component("relay@1", &server).unwrap();
+        assert_eq!(
+            bytes,
+            std::fs::read(weir_artifacts::FIXTURE_PASSTHROUGH).unwrap()
+        );
+        let missing = super::super::plugin::component("relay@7", &server).unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("404"),
+            "the server's refusal: {missing:#}"
+        );
+        let neither = super::super::plugin::component("no-such-file.wasm", &server).unwrap_err();
+        assert!(
+            format!("{neither:#}").contains("not `name@N`"),
+            "{neither:#}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn commands_drive_a_real_server() {
         let dir = std::env::temp_dir().join(format!("weir-cli-client-{}", std::process::id()));

@@ -288,7 +288,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The bytes of `source`: a file, or `name@N` fetched from the server.
-fn component(source: &str, server: &super::client::Server) -> anyhow::Result<Vec<u8>> {
+pub(super) fn component(source: &str, server: &super::client::Server) -> anyhow::Result<Vec<u8>> {
     let path = std::path::Path::new(source);
     if path.exists() {
         return std::fs::read(path).with_context(|| format!("reading {source}"));
