@@ -52,6 +52,16 @@ impl Batch {
         }
     }
 
+    /// The topic the batch's events come from.
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    /// The partition the batch's events come from.
+    pub fn partition(&self) -> i32 {
+        self.inner.partition
+    }
+
     /// Appends an event with only an offset and a value.
     pub fn push(&mut self, offset: i64, value: &[u8]) -> Result<(), RuntimeError> {
         self.push_event(EventInput {

@@ -370,6 +370,63 @@ impl Api {
     }
 }
 
+/// A scenario's `shadow` must name a stored version; promoting makes it the
+/// plugin and drops the shadow; with none left, promoting is a 409.
+async fn a_shadow_candidate_is_checked_and_promoted(db: Database) {
+    let api = Api::start(db).await;
+    api.with_scenario_plugin().await;
+    let with_shadow = |shadow: Value| {
+        let mut document = scenario5();
+        document["shadow"] = shadow;
+        document
+    };
+    for (shadow, words) in [
+        (json!("scenario@9"), "has no version 9"),
+        (json!("scenario"), "names no version"),
+        (json!("nothing-here@1"), "no plugin named"),
+        (json!(7), "expected `name@N`"),
+    ] {
+        let refused = api.put_scenario("5", &with_shadow(shadow.clone())).await;
+        let detail = refused.problem(StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            detail.contains("shadow") && detail.contains(words),
+            "{shadow}: {detail}"
+        );
+    }
+    let stored = api
+        .put_scenario("5", &with_shadow(json!("scenario@1")))
+        .await;
+    assert_eq!(stored.status, StatusCode::CREATED, "{:#}", stored.body);
+    assert_eq!(stored.body["plugin"], "scenario");
+
+    let promote = || api.call(Method::POST, "/api/scenarios/5/promote", Some(ADMIN), None);
+    let promoted = promote().await;
+    assert_eq!(promoted.status, StatusCode::OK, "{:#}", promoted.body);
+    assert_eq!(promoted.body["plugin"], "scenario@1");
+    assert!(
+        promoted.body["document"].get("shadow").is_none(),
+        "{:#}",
+        promoted.body
+    );
+    assert_eq!(promoted.body["document"]["plugin"], "scenario@1");
+    let again = promote().await;
+    assert!(
+        again
+            .problem(StatusCode::CONFLICT)
+            .contains("no shadow candidate")
+    );
+    let unknown = api
+        .call(
+            Method::POST,
+            "/api/scenarios/404/promote",
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    unknown.problem(StatusCode::NOT_FOUND);
+    api.finish().await;
+}
+
 fn scenario5() -> Value {
     json!({
         "scenario_id": 5,
@@ -1154,4 +1211,5 @@ on_every_database!(
     every_route_checks_its_role,
     generation_grows_with_every_write,
     service_routes_answer,
+    a_shadow_candidate_is_checked_and_promoted,
 );

@@ -211,6 +211,7 @@ impl Scenarios {
                     sources: Vec::new(),
                     output_topic: "unused".into(),
                     enrich_by: None,
+                    shadow: None,
                 };
                 (Arc::new(route), instance)
             })

@@ -291,3 +291,206 @@ fn a_new_plugin_passes_its_test_builds_and_runs_on_its_samples() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A scenario runs `relay` (passes every event) with `trap-at@1` in its shadow,
+/// which traps on some events: the shadow's figures name every event it
+/// answered otherwise, with samples, while the outputs on the real broker are
+/// the scenario's own, each once, and nothing is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_candidate_in_the_shadow_is_caught_and_changes_no_output() {
+    use tokio_util::sync::CancellationToken;
+    use weir::archive::ArchiveConfig;
+    use weir::collect::CollectConfig;
+    use weir::pipeline::PipelineConfig;
+    use weir::registry::{MakeCurrent, PutMode};
+    use weir::service::{CountersSection, PipelinePlan};
+
+    const EVENTS: usize = 300;
+    let brokers = Service::Kafka.addr();
+    let u = unique("shadow");
+    let dir = std::env::temp_dir().join(&u);
+    std::fs::create_dir_all(&dir).unwrap();
+    let registry = crate::pipeline::registry_in(&dir).await;
+    for (name, path) in [
+        ("relay", weir_artifacts::FIXTURE_PASSTHROUGH),
+        ("trap-at", weir_artifacts::FIXTURE_TRAP_AT),
+    ] {
+        registry
+            .upload_plugin(
+                std::fs::read(path).unwrap(),
+                Some(name),
+                "test",
+                MakeCurrent::IfNew,
+            )
+            .await
+            .expect("upload");
+    }
+    let (events, dlq, out) = (
+        format!("{u}-events"),
+        format!("{u}-dlq"),
+        format!("{u}-out"),
+    );
+    crate::pipeline::create_topics(&brokers, &[&events, &dlq, &out]).await;
+    registry
+        .put_scenario(
+            serde_json::json!({"scenario_id": "sh1", "plugin": "relay", "source": [events],
+                               "output_topic": out, "shadow": "trap-at@1"}),
+            None,
+            PutMode::Create,
+            "test",
+        )
+        .await
+        .expect("scenario");
+    let stop = CancellationToken::new();
+    let plan = PipelinePlan {
+        pipeline: PipelineConfig {
+            brokers: brokers.clone(),
+            group_id: u.clone(),
+            topics: vec![events.clone()],
+            dlq_topic: dlq.clone(),
+            batch_linger_ms: 20,
+            registry_poll_ms: 100,
+            ..PipelineConfig::default()
+        },
+        counters: CountersSection::default(),
+        archive: ArchiveConfig {
+            root: dir.join("archive").display().to_string(),
+            ..ArchiveConfig::default()
+        },
+        collect: CollectConfig {
+            enabled: false,
+            ..CollectConfig::default()
+        },
+        data_dir: dir.clone(),
+        demo: false,
+        demo_events: None,
+        alerts: Default::default(),
+    };
+    let service = weir::service::start(plan, registry, Default::default(), stop.clone())
+        .await
+        .expect("service");
+    let value = |i: usize| {
+        if i % 10 == 3 {
+            br#"{"trap":true}"#.to_vec()
+        } else {
+            format!(r#"{{"i":{i}}}"#).into_bytes()
+        }
+    };
+    crate::pipeline::produce(
+        &brokers,
+        &events,
+        (0..EVENTS).map(|i| (None, value(i))).collect(),
+    )
+    .await;
+    let started = Instant::now();
+    while service
+        .metrics
+        .events
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < EVENTS as u64
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "too few events handled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let stats = service
+        .metrics
+        .shadows
+        .lock()
+        .unwrap()
+        .get("sh1")
+        .cloned()
+        .expect("shadow figures");
+    assert_eq!(stats.current, "relay@1");
+    assert_eq!(stats.candidate, "trap-at@1");
+    assert_eq!(stats.error, None, "{stats:?}");
+    let traps = (0..EVENTS).filter(|i| i % 10 == 3).count() as u64;
+    assert_eq!(stats.events, EVENTS as u64, "{stats:?}");
+    assert_eq!(
+        (stats.differ, stats.candidate_failed),
+        (traps, traps),
+        "{stats:?}"
+    );
+    assert_eq!(stats.agree, EVENTS as u64 - traps);
+    assert_eq!(stats.current_failed, 0);
+    assert!(stats.current_ns > 0 && stats.candidate_ns > 0, "{stats:?}");
+    assert_eq!(stats.samples.len(), weir::pipeline::shadow::SAMPLES);
+    for sample in &stats.samples {
+        assert_eq!(sample.current["status"], "emitted", "{sample:?}");
+        assert_eq!(sample.candidate["status"], "failed", "{sample:?}");
+        assert!(
+            sample.candidate["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("trap")),
+            "{sample:?}"
+        );
+    }
+
+    // The outputs are the scenario's own, each once; nothing is dead-lettered.
+    let outputs = crate::pipeline::read_committed(&brokers, &[&out, &dlq], EVENTS);
+    assert_eq!(outputs.len(), EVENTS, "each output once, no dead letter");
+    let mut got: Vec<Vec<u8>> = outputs.iter().map(|r| r.value().to_vec()).collect();
+    let mut sent: Vec<Vec<u8>> = (0..EVENTS).map(value).collect();
+    got.sort();
+    sent.sort();
+    assert_eq!(got, sent, "the relay's records, not the candidate's");
+    assert!(
+        outputs.iter().all(|r| {
+            r.headers
+                .get(weir::pipeline::produce::HEADER_PLUGIN)
+                .is_some_and(|p| p == "relay@1")
+        }),
+        "every output names the scenario's plugin"
+    );
+
+    // A candidate that spins until its CPU limit is set aside, and the
+    // scenario's events go on without waiting for it.
+    let more: Vec<(Option<String>, Vec<u8>)> = std::iter::once(br#"{"loop":true}"#.to_vec())
+        .chain((0..10).map(|i| format!(r#"{{"after":{i}}}"#).into_bytes()))
+        .map(|v| (None, v))
+        .collect();
+    crate::pipeline::produce(&brokers, &events, more).await;
+    let started = Instant::now();
+    while service
+        .metrics
+        .events
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < EVENTS as u64 + 11
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "too few events handled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = service
+        .metrics
+        .shadows
+        .lock()
+        .unwrap()
+        .get("sh1")
+        .cloned()
+        .unwrap();
+    assert!(
+        stats
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("set aside")),
+        "{stats:?}"
+    );
+    let outputs = crate::pipeline::read_committed(&brokers, &[&out, &dlq], EVENTS + 11);
+    assert_eq!(
+        outputs.len(),
+        EVENTS + 11,
+        "each output once, no dead letter"
+    );
+    stop.cancel();
+    service
+        .finish(Duration::from_secs(30))
+        .await
+        .expect("drained");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -152,6 +152,9 @@ pub struct ScenarioStats {
     pub success_ratio: f64,
     /// Set while the scenario is set aside for its plugin's failures.
     pub quarantined: Option<QuarantinedScenario>,
+    /// What its shadow candidate did beside its plugin on this replica, when
+    /// it has one (`"shadow": "name@N"`).
+    pub shadow: Option<ShadowSummary>,
     /// The same counts per plugin version.
     pub versions: Vec<VersionCounts>,
     /// Start of the window, RFC 3339.
@@ -303,6 +306,96 @@ impl QuarantinedScenario {
     }
 }
 
+/// A scenario's shadow run: its candidate's answers against its plugin's.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSummary {
+    /// The scenario's plugin, `name@version`.
+    pub current: String,
+    /// The candidate, `name@version`.
+    pub candidate: String,
+    /// Since when these figures are kept (the candidate or the plugin last
+    /// changed), RFC 3339.
+    #[schema(format = DateTime)]
+    pub since: String,
+    /// Events both ran.
+    pub events: u64,
+    /// Events both answered alike: status, match and records.
+    pub agree: u64,
+    /// Events answered differently.
+    pub differ: u64,
+    /// `agree / events`, four decimals (1 without events).
+    pub agreement: f64,
+    /// Events the candidate failed.
+    pub candidate_failed: u64,
+    /// Events the scenario's plugin failed.
+    pub current_failed: u64,
+    /// The scenario's plugin's time per event, nanoseconds.
+    pub current_ns_per_event: u64,
+    /// The candidate's time per event, nanoseconds.
+    pub candidate_ns_per_event: u64,
+    /// Why the candidate did not run on the last batch, when it did not.
+    pub error: Option<String>,
+    /// The latest events answered differently, oldest first.
+    pub samples: Vec<ShadowDifference>,
+}
+
+/// One event the candidate answered differently.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowDifference {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// The plugin's answer: status, matched, records, error.
+    #[schema(value_type = Object)]
+    pub current: serde_json::Value,
+    /// The candidate's answer.
+    #[schema(value_type = Object)]
+    pub candidate: serde_json::Value,
+}
+
+impl ShadowSummary {
+    /// How the API shows `stats`.
+    pub fn new(stats: &crate::pipeline::shadow::ShadowStats) -> Self {
+        let per_event = |ns: u64| ns.checked_div(stats.events).unwrap_or(0);
+        Self {
+            current: stats.current.clone(),
+            candidate: stats.candidate.clone(),
+            since: chrono::DateTime::<chrono::Utc>::from_timestamp_millis(stats.since_ms)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default(),
+            events: stats.events,
+            agree: stats.agree,
+            differ: stats.differ,
+            agreement: if stats.events == 0 {
+                1.0
+            } else {
+                (stats.agree as f64 / stats.events as f64 * 10_000.0).round() / 10_000.0
+            },
+            candidate_failed: stats.candidate_failed,
+            current_failed: stats.current_failed,
+            current_ns_per_event: per_event(stats.current_ns),
+            candidate_ns_per_event: per_event(stats.candidate_ns),
+            error: stats.error.clone(),
+            samples: stats
+                .samples
+                .iter()
+                .map(|s| ShadowDifference {
+                    topic: s.topic.clone(),
+                    partition: s.partition,
+                    offset: s.offset,
+                    current: s.current.clone(),
+                    candidate: s.candidate.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// An alert rule firing.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -346,6 +439,11 @@ pub struct ScenarioDocument {
     /// Whether the pipeline runs it (default true).
     #[schema(required = false)]
     pub enabled: Option<bool>,
+    /// A candidate, `name@N`, run beside the plugin on the same events and
+    /// compared, never produced; `POST /api/scenarios/{id}/promote` makes it
+    /// the plugin.
+    #[schema(required = false, pattern = "^[a-z][a-z0-9-]*@[0-9]+$")]
+    pub shadow: Option<String>,
 }
 
 /// A scenario id: a string or an integer.

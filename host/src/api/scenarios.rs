@@ -41,6 +41,36 @@ pub(super) async fn put(
     store(state, document, Some(&id), PutMode::Upsert, role.as_str()).await
 }
 
+/// `POST /api/scenarios/{id}/promote`: the scenario's shadow candidate
+/// becomes its plugin (the document's `plugin` takes the `shadow` reference,
+/// and `shadow` goes), from the next batch on, on every replica.
+pub(super) async fn promote(
+    State(state): State<AppState>,
+    Extension(Caller(role)): Extension<Caller>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let scenario = state.registry.scenario(&id).await?;
+    let mut document = scenario.document;
+    let Some(candidate) = document
+        .as_object_mut()
+        .and_then(|d| d.remove("shadow"))
+        .filter(|c| c.is_string())
+    else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no-shadow",
+            format!(
+                "scenario {id} has no shadow candidate to promote; set `\"shadow\": \"name@N\"` \
+                 in its document first"
+            ),
+        ));
+    };
+    if let Some(object) = document.as_object_mut() {
+        object.insert("plugin".into(), candidate);
+    }
+    store(state, document, Some(&id), PutMode::Upsert, role.as_str()).await
+}
+
 async fn store(
     state: AppState,
     document: Value,

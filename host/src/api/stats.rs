@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::bodies::{
     AlertFiring, FailingSink, Lag, MinuteCounts, PipelineStatus, QuarantinedScenario,
-    ScenarioStats, Uncounted, VersionCounts,
+    ScenarioStats, ShadowSummary, Uncounted, VersionCounts,
 };
 
 use super::extract::{ApiPath, ApiQuery};
@@ -132,6 +132,14 @@ pub(super) async fn scenario(
             .get(&id)
             .map(|q| QuarantinedScenario::new(id.clone(), q))
     });
+    let shadow = state.pipeline().and_then(|p| {
+        p.metrics
+            .shadows
+            .lock()
+            .expect("metrics lock")
+            .get(&id)
+            .map(ShadowSummary::new)
+    });
     let ratio = |matched: u64, total: u64| {
         if total == 0 {
             0.0
@@ -158,6 +166,7 @@ pub(super) async fn scenario(
         dropped: totals.dropped,
         success_ratio: ratio(totals.matched, totals.total),
         quarantined,
+        shadow,
         versions: versions
             .iter()
             .map(|(plugin, t)| VersionCounts {

@@ -86,8 +86,16 @@ pub(crate) enum ScenarioCommand {
         #[command(flatten)]
         server: Server,
     },
-    /// A scenario's counts and success ratio, as the dashboard shows them.
+    /// A scenario's counts and success ratio, as the dashboard shows them,
+    /// and its shadow candidate's agreement when it has one.
     Stats {
+        /// The scenario id.
+        id: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Make the scenario's shadow candidate its plugin, from the next batch on.
+    Promote {
         /// The scenario id.
         id: String,
         #[command(flatten)]
@@ -298,13 +306,42 @@ impl ScenarioCommand {
                 let answer =
                     server.call(Method::GET, &format!("/api/scenarios/{id}/stats"), None)?;
                 server.report(answer, |b| {
-                    format!(
+                    let mut out = format!(
                         "scenario {id}: {} events, {} matched (success ratio {:.2} %), {} dead-lettered, {} dropped",
                         b["total"],
                         b["matched"],
                         b["success_ratio"].as_f64().unwrap_or(0.0) * 100.0,
                         b["errors"],
                         b["dropped"],
+                    );
+                    let shadow = &b["shadow"];
+                    if shadow.is_object() {
+                        out.push_str(&format!(
+                            "\nshadow {} beside {}: {} of {} events alike ({:.2} %), {} differ, {} failed; {} ns/event against {}",
+                            text(&shadow["candidate"]),
+                            text(&shadow["current"]),
+                            shadow["agree"],
+                            shadow["events"],
+                            shadow["agreement"].as_f64().unwrap_or(0.0) * 100.0,
+                            shadow["differ"],
+                            shadow["candidate_failed"],
+                            shadow["candidate_ns_per_event"],
+                            shadow["current_ns_per_event"],
+                        ));
+                        if let Some(error) = shadow["error"].as_str() {
+                            out.push_str(&format!("\nshadow error: {error}"));
+                        }
+                    }
+                    out
+                })
+            }
+            ScenarioCommand::Promote { id, server } => {
+                let answer =
+                    server.call(Method::POST, &format!("/api/scenarios/{id}/promote"), None)?;
+                server.report(answer, |body| {
+                    format!(
+                        "scenario {id} now runs {} (from the next batch on)",
+                        text(&body["plugin"])
                     )
                 })
             }

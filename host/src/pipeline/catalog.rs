@@ -36,6 +36,18 @@ pub struct Route {
     pub output_topic: String,
     /// The event field holding the member id, when the scenario is enriched.
     pub enrich_by: Option<String>,
+    /// The candidate run in the scenario's shadow, or why it could not load.
+    pub shadow: Option<Result<Shadow, String>>,
+}
+
+/// A candidate plugin run beside a scenario's own on the same events: its
+/// answers are compared, never produced.
+#[derive(Debug, Clone)]
+pub struct Shadow {
+    /// The compiled candidate.
+    pub plugin: Plugin,
+    /// Its `name@registry-version`.
+    pub label: String,
 }
 
 /// Every enabled scenario at one registry generation.
@@ -57,6 +69,32 @@ pub struct Catalog {
 
 /// A member's attributes, shared between the cache and the events they enrich.
 pub type Attributes = Arc<Map<String, Value>>;
+
+/// The plugin `reference` names, compiled (once per catalog), with its
+/// `name@registry-version`; or why it cannot run.
+async fn load(
+    registry: &Registry,
+    reference: &crate::registry::PluginRef,
+    compiled: &mut HashMap<String, (Plugin, String)>,
+) -> Result<(Plugin, String), String> {
+    let key = reference.to_string();
+    if let Some(found) = compiled.get(&key) {
+        return Ok(found.clone());
+    }
+    let (version, bytes) = registry
+        .plugin_component(reference)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Compiling takes up to seconds of CPU: not on an async worker.
+    let runtime = registry.runtime().clone();
+    let label = format!("{}@{}", reference.name, version.version);
+    let plugin = tokio::task::spawn_blocking(move || runtime.load(&bytes))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    compiled.insert(key, (plugin.clone(), label.clone()));
+    Ok((plugin, label))
+}
 
 impl Catalog {
     /// Every topic some scenario is bound to.
@@ -91,26 +129,17 @@ impl Catalog {
                     continue;
                 }
             };
-            let key = spec.plugin.to_string();
-            let loaded = match compiled.get(&key) {
-                Some(found) => Ok(found.clone()),
-                None => match registry.plugin_component(&spec.plugin).await {
-                    Ok((version, bytes)) => {
-                        // Compiling takes up to seconds of CPU: not on an async worker.
-                        let runtime = registry.runtime().clone();
-                        let label = format!("{}@{}", spec.plugin.name, version.version);
-                        tokio::task::spawn_blocking(move || runtime.load(&bytes))
-                            .await
-                            .map_err(|e| e.to_string())
-                            .and_then(|loaded| loaded.map_err(|e| e.to_string()))
-                            .map(|plugin| (plugin, label))
-                    }
-                    Err(err) => Err(err.to_string()),
-                },
+            let loaded = load(registry, &spec.plugin, &mut compiled).await;
+            let shadow = match &spec.shadow {
+                Some(candidate) => Some(
+                    load(registry, candidate, &mut compiled)
+                        .await
+                        .map(|(plugin, label)| Shadow { plugin, label }),
+                ),
+                None => None,
             };
             match loaded {
                 Ok((plugin, label)) => {
-                    compiled.insert(key, (plugin.clone(), label.clone()));
                     for topic in &spec.source {
                         catalog
                             .by_topic
@@ -127,6 +156,7 @@ impl Catalog {
                         sources: spec.source.clone(),
                         output_topic: spec.output_topic(),
                         enrich_by: spec.enrich.as_ref().map(|e| e.by.clone()),
+                        shadow,
                     };
                     if let Some(by) = &route.enrich_by
                         && !catalog.event_fields.contains(by)

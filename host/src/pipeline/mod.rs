@@ -55,6 +55,7 @@ mod offsets;
 pub mod produce;
 pub mod route;
 mod run;
+pub mod shadow;
 pub mod sink;
 mod stats;
 
@@ -136,6 +137,11 @@ pub struct Pipeline {
     current: Arc<Catalog>,
     subscribed: Vec<String>,
     instances: HashMap<String, (Arc<Route>, Instance)>,
+    /// The shadow candidates' instances, by scenario id, with the candidate's
+    /// sha256 and configuration they were made for.
+    shadow_instances: HashMap<String, (String, String, Instance)>,
+    /// Shadow candidates set aside after costly failures, until when.
+    shadow_paused: HashMap<String, Instant>,
     /// Scenarios set aside until a time, with the failure that caused it.
     quarantine: HashMap<String, (Instant, String)>,
     sinks: Vec<Box<dyn Sink>>,
@@ -351,6 +357,8 @@ impl Pipeline {
             current: first,
             subscribed: Vec::new(),
             instances: HashMap::new(),
+            shadow_instances: HashMap::new(),
+            shadow_paused: HashMap::new(),
             quarantine: HashMap::new(),
             sinks,
             positions: HashMap::new(),
@@ -379,6 +387,23 @@ impl Pipeline {
                         && now.config == route.config
                 })
             });
+            self.shadow_instances.retain(|id, (sha, config, _)| {
+                routes.get(id).is_some_and(|now| {
+                    matches!(&now.shadow, Some(Ok(s)) if s.plugin.info().sha256 == *sha)
+                        && now.config == *config
+                })
+            });
+            // Figures of a candidate (or a plugin) that changed start afresh.
+            self.metrics
+                .shadows
+                .lock()
+                .expect("metrics lock")
+                .retain(|id, stats| {
+                    routes.get(id).is_some_and(|now| {
+                        now.plugin_label == stats.current
+                            && matches!(&now.shadow, Some(Ok(s)) if s.label == stats.candidate)
+                    })
+                });
             self.subscribe()?;
         }
         Ok(())

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::catalog::{Catalog, Route};
+use super::catalog::{Catalog, Route, Shadow};
 use super::route;
+use super::shadow::ShadowStats;
 use super::{CycleError, Pipeline};
 use crate::runtime::{Batch, BatchResult, EventError, FailureKind, Instance};
 
@@ -75,6 +76,9 @@ impl Pipeline {
                 );
             }
         };
+        if let Some(shadow) = &route.shadow {
+            self.run_shadow(route, shadow, batch, &result, took);
+        }
         let cost = result.failed_call_time();
         let costly = cost >= Duration::from_millis(self.config.quarantine_after_ms);
         let error = result
@@ -114,6 +118,107 @@ impl Pipeline {
             );
         }
         (result, false)
+    }
+
+    /// Runs the scenario's shadow candidate on `batch` and compares its
+    /// answers with `current` (which took `current_took`). Nothing of the
+    /// candidate's reaches the outputs or the sinks.
+    fn run_shadow(
+        &mut self,
+        route: &Arc<Route>,
+        shadow: &Result<Shadow, String>,
+        batch: &Batch,
+        current: &BatchResult,
+        current_took: Duration,
+    ) {
+        let candidate_label = match shadow {
+            Ok(candidate) => candidate.label.clone(),
+            Err(_) => "(not loaded)".to_owned(),
+        };
+        // A candidate whose failures were costly (a loop, a slow trap) is set
+        // aside as a scenario's own plugin would be: the scenario's events do
+        // not pay for it batch after batch.
+        if let Some(until) = self.shadow_paused.get(&route.id) {
+            if Instant::now() < *until {
+                return;
+            }
+            self.shadow_paused.remove(&route.id);
+        }
+        let outcome = match shadow {
+            Err(reason) => Err(format!("the candidate could not load: {reason}")),
+            Ok(candidate) => {
+                let id = route.id.clone();
+                let sha = &candidate.plugin.info().sha256;
+                let fresh = self
+                    .shadow_instances
+                    .get(&id)
+                    .is_none_or(|(made_for, config, _)| made_for != sha || *config != route.config);
+                let mut refused = None;
+                if fresh {
+                    self.shadow_instances.remove(&id);
+                    match candidate.plugin.instantiate(&route.config) {
+                        Ok(instance) => {
+                            self.shadow_instances
+                                .insert(id.clone(), (sha.clone(), route.config.clone(), instance));
+                        }
+                        Err(err) => refused = Some(err.to_string()),
+                    }
+                }
+                match self.shadow_instances.get_mut(&id) {
+                    None => Err(format!(
+                        "the candidate {} refused the scenario's configuration: {}",
+                        candidate.label,
+                        refused.unwrap_or_default()
+                    )),
+                    Some((_, _, instance)) => {
+                        let called = Instant::now();
+                        match instance.process(batch) {
+                            Ok(result) => Ok((result, called.elapsed())),
+                            Err(err) => {
+                                self.shadow_instances.remove(&id);
+                                Err(format!(
+                                    "the candidate {} could not run: {err}",
+                                    candidate.label
+                                ))
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let mut shadows = self.metrics.shadows.lock().expect("metrics lock");
+        let stats = shadows.entry(route.id.clone()).or_insert_with(|| {
+            ShadowStats::new(
+                &route.plugin_label,
+                &candidate_label,
+                chrono::Utc::now().timestamp_millis(),
+            )
+        });
+        match outcome {
+            Ok((result, took)) => {
+                stats.note(
+                    batch,
+                    (batch.topic(), batch.partition()),
+                    (current, current_took.as_nanos() as u64),
+                    (&result, took.as_nanos() as u64),
+                );
+                let cost = result.failed_call_time();
+                if cost >= Duration::from_millis(self.config.quarantine_after_ms)
+                    && self.config.quarantine_secs > 0
+                {
+                    let span = Duration::from_secs(self.config.quarantine_secs);
+                    stats.error = Some(format!(
+                        "set aside for {} s: its failed calls took {} ms in one batch",
+                        span.as_secs(),
+                        cost.as_millis()
+                    ));
+                    tracing::warn!(scenario = %route.id, candidate = %candidate_label, failed_ms = cost.as_millis() as u64, "shadow candidate's failures were costly; set aside");
+                    self.shadow_paused
+                        .insert(route.id.clone(), Instant::now() + span);
+                }
+            }
+            Err(error) => stats.error = Some(error),
+        }
     }
 
     pub(super) fn quarantined(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Quarantine>> {

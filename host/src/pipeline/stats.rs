@@ -156,6 +156,8 @@ pub struct Metrics {
     pub lag: Mutex<BTreeMap<(String, i32), i64>>,
     /// Sinks failing now: since when (Unix ms) and the last error.
     pub sink_failing: Mutex<BTreeMap<&'static str, SinkFailing>>,
+    /// What each scenario's shadow candidate did beside its plugin, by scenario id.
+    pub shadows: Mutex<BTreeMap<String, super::shadow::ShadowStats>>,
     /// The consumer has been given its partitions (possibly none) at least once.
     pub assigned: AtomicBool,
     /// When the loop last turned (fetched, waited on purpose or committed), Unix ms.

@@ -12,6 +12,7 @@
 //! | `output_topic` | topic name | default `weir.out.<scenario_id>` |
 //! | `enrich` | `{"by": "<event field>"}` | merge the member with that id into each event |
 //! | `enabled` | boolean | default `true` |
+//! | `shadow` | `"name@version"` | a candidate run beside the plugin on the same events; its answers are compared, never produced (`docs/pipeline.md`) |
 //!
 //! Everything else (`log_format`, `filters`, `logical_operator`, …) belongs to
 //! the plugin. The plugin's configuration is the document without weir's
@@ -39,6 +40,7 @@ pub const WEIR_SCENARIO_FIELDS: &[&str] = &[
     "enrich",
     "enabled",
     "archive_columns",
+    "shadow",
 ];
 
 /// Types an `archive_columns` declaration may give a field.
@@ -75,6 +77,9 @@ pub struct ScenarioSpec {
     pub enrich: Option<Enrich>,
     /// Whether the pipeline runs it.
     pub enabled: bool,
+    /// A candidate plugin run in the shadow of the scenario's own: on the
+    /// same events, compared, never produced.
+    pub shadow: Option<PluginRef>,
     /// Types its plugin's output fields take in the archive, declared ahead of
     /// the first records (field → `int64`, `float64`, `bool` or `string`).
     pub archive_columns: std::collections::BTreeMap<String, String>,
@@ -276,6 +281,34 @@ impl ScenarioSpec {
             )),
         }
 
+        let shadow = match object.get("shadow") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => match PluginRef::parse(text) {
+                Ok(reference) if reference.version.is_some() => Some(reference),
+                Ok(_) => {
+                    errors.push(FieldError::new(
+                        "shadow",
+                        format!(
+                            "{text:?} names no version; a shadow is a version of a plugin, \
+                             `name@N`"
+                        ),
+                    ));
+                    None
+                }
+                Err(reason) => {
+                    errors.push(FieldError::new("shadow", reason));
+                    None
+                }
+            },
+            Some(other) => {
+                errors.push(FieldError::new(
+                    "shadow",
+                    format!("got {}; expected `name@N`", json_type(other)),
+                ));
+                None
+            }
+        };
+
         match (id, plugin) {
             (Some(id), Some(plugin)) if errors.is_empty() => Ok(Self {
                 id,
@@ -284,6 +317,7 @@ impl ScenarioSpec {
                 output_topic,
                 enrich,
                 enabled,
+                shadow,
                 archive_columns,
                 document: object.clone(),
             }),
@@ -539,6 +573,21 @@ impl Registry {
             invalid(id, errors)
         })?;
         let id = Some(spec.id.clone());
+        if let Some(shadow) = &spec.shadow {
+            match self.plugin_component(shadow).await {
+                Ok(_) => {}
+                Err(
+                    error @ (RegistryError::PluginNotFound { .. }
+                    | RegistryError::VersionNotFound { .. }),
+                ) => {
+                    return Err(invalid(
+                        id,
+                        vec![FieldError::new("shadow", error.to_string())],
+                    ));
+                }
+                Err(other) => return Err(other),
+            }
+        }
 
         let (version, bytes) = match self.plugin_component(&spec.plugin).await {
             Ok(found) => found,

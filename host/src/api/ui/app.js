@@ -209,10 +209,20 @@ async function drawScenarios(list) {
       ratio.dataset.ratio = st.success_ratio;
       ratio.dataset.total = st.total;
     }
+    // A shadow candidate's agreement beside the plugin; the latest
+    // difference on hover.
+    const plugin = el("td", s.plugin);
+    const shadow = st && st.shadow;
+    if (shadow) {
+      const line = `shadow ${shadow.candidate}: ${percent(shadow.agreement)} alike, ${number(shadow.differ)} differ, ${number(shadow.candidate_failed)} failed`;
+      plugin.append(el("div", shadow.error ? `${line}; ${shadow.error}` : line, shadow.differ > 0 || shadow.error ? "bad" : "muted"));
+      const last = shadow.samples[shadow.samples.length - 1];
+      if (last) plugin.title = `offset ${last.offset}: ${JSON.stringify(last.current)} / ${JSON.stringify(last.candidate)}`;
+    }
     const tr = row([
       s.scenario_id,
       (s.document && s.document.title) || "",
-      s.plugin,
+      plugin,
       ratio,
       st ? number(st.total) : "–",
       st ? number(st.matched) : "–",
