@@ -494,3 +494,187 @@ async fn a_bad_candidate_in_the_shadow_is_caught_and_changes_no_output() {
         .expect("drained");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The README's "Write a plugin", end to end on a running `weir serve` with a
+/// real broker, with nothing but weir's commands: new, its unit test, build,
+/// test on the sample events, push, scenario apply, a second version in the
+/// shadow, its figures, promote, and the promoted version's outputs on the
+/// topic. Prints how long the walk took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_walk_from_new_to_a_promoted_version_on_live_traffic() {
+    let walk = Instant::now();
+    let brokers = Service::Kafka.addr();
+    let u = unique("walk");
+    let dir = std::env::temp_dir().join(&u);
+    std::fs::create_dir_all(&dir).unwrap();
+    let krate = dir.join("buy-clicks");
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-new");
+    let (events, dlq, out) = (
+        format!("{u}-events"),
+        format!("{u}-dlq"),
+        format!("{u}-out"),
+    );
+    crate::pipeline::create_topics(&brokers, &[&events, &dlq, &out]).await;
+    let weir = crate::window::Serve::start(
+        "weir-walk",
+        &format!(
+            "[pipeline]\nbrokers = {brokers:?}\ngroup_id = {u:?}\ntopics = [{events:?}]\n\
+             dlq_topic = {dlq:?}\nregistry_poll_ms = 200\n"
+        ),
+        &[],
+    );
+    let server = format!("http://{}", weir.api);
+    let run = |program: &std::path::Path, args: &[&str]| {
+        let output = Command::new(program)
+            .args(args)
+            .current_dir(if krate.exists() { &krate } else { &dir })
+            .env("CARGO_TARGET_DIR", &target)
+            .env("WEIR_SERVER", &server)
+            .env("WEIR_TOKEN", crate::window::ADMIN)
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .env_remove("CLIPPY_ARGS")
+            .output()
+            .expect("runs");
+        assert!(
+            output.status.success(),
+            "{program:?} {args:?}: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let weir_bin = crate::archive::weir_binary();
+    let cargo = std::path::Path::new("cargo");
+    run(&weir_bin, &["plugin", "new", "buy-clicks"]);
+    assert!(run(cargo, &["test"]).contains("2 passed"));
+    run(&weir_bin, &["plugin", "build"]);
+    let wasm = target.join("wasm32-wasip2/release/buy_clicks.wasm");
+    let wasm = wasm.to_str().unwrap();
+    let config = r#"{"field": "e_n", "equals": "구매"}"#;
+    let tried = run(
+        &weir_bin,
+        &[
+            "plugin",
+            "test",
+            wasm,
+            "--config",
+            config,
+            "--input",
+            "captured.jsonl",
+        ],
+    );
+    assert!(tried.contains(r#""emitted":2"#), "{tried}");
+    assert!(run(&weir_bin, &["plugin", "push", wasm]).contains("buy-clicks"));
+
+    let scenario = |shadow: Option<&str>| {
+        let mut document = serde_json::json!({
+            "scenario_id": "walk", "plugin": "buy-clicks@1", "source": [events],
+            "output_topic": out, "field": "e_n", "equals": "구매"
+        });
+        if let Some(shadow) = shadow {
+            document["shadow"] = shadow.into();
+        }
+        let path = krate.join("scenario.json");
+        std::fs::write(&path, document.to_string()).unwrap();
+        path
+    };
+    let first = scenario(None);
+    run(
+        &weir_bin,
+        &["scenario", "apply", "-f", first.to_str().unwrap()],
+    );
+
+    // Version 2 keeps every event that has the field; in the shadow first.
+    let lib = krate.join("src/lib.rs");
+    let code = std::fs::read_to_string(&lib)
+        .unwrap()
+        .replace(
+            r#"const VERSION: &'static str = "0.1.0";"#,
+            r#"const VERSION: &'static str = "0.2.0";"#,
+        )
+        .replace(
+            "Ok(event.str(&self.config.field)?.as_deref() == Some(self.config.equals.as_str()))",
+            "Ok(event.str(&self.config.field)?.is_some())",
+        );
+    assert!(code.contains("is_some())"), "the template changed: {code}");
+    std::fs::write(&lib, code).unwrap();
+    run(&weir_bin, &["plugin", "build"]);
+    run(&weir_bin, &["plugin", "push", wasm]);
+    let second = scenario(Some("buy-clicks@2"));
+    run(
+        &weir_bin,
+        &["scenario", "apply", "-f", second.to_str().unwrap()],
+    );
+    // The catalog with the shadow is the one the next batches run.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let actions = ["구매", "조회", "장바구니"];
+    let value = |i: usize| {
+        if i % 10 == 9 {
+            format!(r#"{{"memberId":"m{i}"}}"#).into_bytes()
+        } else {
+            format!(r#"{{"memberId":"m{i}","e_n":"{}"}}"#, actions[i % 3]).into_bytes()
+        }
+    };
+    const N: usize = 120;
+    crate::pipeline::produce(
+        &brokers,
+        &events,
+        (0..N).map(|i| (None, value(i))).collect(),
+    )
+    .await;
+    let bought = (0..N).filter(|i| i % 10 != 9 && i % 3 == 0).count();
+    let with_field = (0..N).filter(|i| i % 10 != 9).count();
+    let started = Instant::now();
+    let stats = loop {
+        let text = run(&weir_bin, &["scenario", "stats", "walk", "--json"]);
+        let stats: Value = serde_json::from_str(&text).unwrap();
+        if stats["shadow"]["events"] == N {
+            break stats;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "{stats}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let shadow = &stats["shadow"];
+    assert_eq!(shadow["candidate"], "buy-clicks@2", "{stats}");
+    assert_eq!(shadow["differ"], with_field - bought, "{stats}");
+    assert_eq!(shadow["agree"], N - (with_field - bought), "{stats}");
+    let human = run(&weir_bin, &["scenario", "stats", "walk"]);
+    assert!(
+        human.contains("shadow buy-clicks@2 beside buy-clicks@1"),
+        "{human}"
+    );
+
+    assert!(run(&weir_bin, &["scenario", "promote", "walk"]).contains("buy-clicks@2"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    crate::pipeline::produce(
+        &brokers,
+        &events,
+        (N..2 * N).map(|i| (None, value(i))).collect(),
+    )
+    .await;
+    let later = (N..2 * N).filter(|i| i % 10 != 9).count();
+    let outputs = crate::pipeline::read_committed(&brokers, &[&out, &dlq], bought + later);
+    assert_eq!(
+        outputs.len(),
+        bought + later,
+        "v1's matches, then v2's, each once"
+    );
+    let by = |label: &str| {
+        outputs
+            .iter()
+            .filter(|r| {
+                r.headers
+                    .get(weir::pipeline::produce::HEADER_PLUGIN)
+                    .is_some_and(|p| p == label)
+            })
+            .count()
+    };
+    assert_eq!((by("buy-clicks@1"), by("buy-clicks@2")), (bought, later));
+    println!(
+        "the README's walk (new, test, build, try, push, apply, shadow, promote, outputs): {:.1} s",
+        walk.elapsed().as_secs_f64()
+    );
+    drop(weir);
+    let _ = std::fs::remove_dir_all(&dir);
+}

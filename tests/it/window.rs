@@ -49,7 +49,7 @@ pub(crate) struct Serve {
 impl Serve {
     /// `weir serve` with `config` (TOML) in a fresh directory and `args`,
     /// once it is ready (`GET /readyz` answers 200).
-    fn start(name: &str, config: &str, args: &[&str]) -> Self {
+    pub(crate) fn start(name: &str, config: &str, args: &[&str]) -> Self {
         let mut serve = Self::launch(name, config, args);
         let started = Instant::now();
         // The API answers before the pipeline runs: wait until it is ready.
@@ -594,21 +594,23 @@ async fn alerts_fire_and_resolve_with_retries_and_never_block_the_pipeline() {
             })
             .count()
     };
-    let until = |what: &str, done: &dyn Fn() -> bool| {
+    // Waits without holding a runtime worker: the alerts, the webhooks and
+    // the receivers share this test's two.
+    async fn until(what: &str, done: &dyn Fn() -> bool) {
         let started = Instant::now();
         while !done() {
             assert!(
                 started.elapsed() < Duration::from_secs(60),
                 "{what} did not happen in 60 s"
             );
-            std::thread::sleep(Duration::from_millis(100));
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    };
+    }
 
     // Events that do not match: the ratio is 0, under 0.5.
     crate::pipeline::produce(&brokers, &events, (0..40).map(|i| event(0, i)).collect()).await;
     handled(40).await;
-    until("a firing notice", &|| notices(&slack, "firing") == 1);
+    until("a firing notice", &|| notices(&slack, "firing") == 1).await;
     let text = slack.lock().unwrap().bodies[0]["text"]
         .as_str()
         .unwrap()
@@ -620,7 +622,8 @@ async fn alerts_fire_and_resolve_with_retries_and_never_block_the_pipeline() {
     // The flaky webhook got it after two 500s: three times the same notice.
     until("the flaky webhook's retries", &|| {
         flaky.lock().unwrap().bodies.len() >= 3
-    });
+    })
+    .await;
     {
         let flaky = flaky.lock().unwrap();
         assert_eq!(
@@ -639,7 +642,7 @@ async fn alerts_fire_and_resolve_with_retries_and_never_block_the_pipeline() {
     crate::pipeline::produce(&brokers, &events, (40..400).map(|i| event(1, i)).collect()).await;
     handled(400).await;
     // 360 of 400 match now: 0.9, over the threshold.
-    until("a resolved notice", &|| notices(&slack, "resolved") == 1);
+    until("a resolved notice", &|| notices(&slack, "resolved") == 1).await;
     assert_eq!(
         notices(&slack, "firing"),
         1,
@@ -647,7 +650,8 @@ async fn alerts_fire_and_resolve_with_retries_and_never_block_the_pipeline() {
     );
     until("the flaky webhook's resolved notice", &|| {
         notices(&flaky, "resolved") == 1
-    });
+    })
+    .await;
     assert!(service.alerts.as_ref().unwrap().firing().is_empty());
     assert!(
         !stuck.lock().unwrap().bodies.is_empty(),

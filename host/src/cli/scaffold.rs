@@ -226,9 +226,10 @@ pub struct {ty} {{
     config: Config,
 }}
 
-/// Its configuration (each scenario that uses the plugin gives one).
+/// Its configuration: the document of each scenario that uses the plugin,
+/// without weir's own fields (`scenario_id`, `title` and `manager` stay, and
+/// are not read here; weir refuses keys the schema does not name).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Config {{
 {config_fields}}}
 
@@ -258,9 +259,9 @@ impl Plugin for {ty} {{
         },
         schema = match kind {
             Kind::Filter | Kind::FilterMap | Kind::Scenario =>
-                r#"{"type":"object","required":["field","equals"],"properties":{"field":{"type":"string"},"equals":{"type":"string"}},"additionalProperties":false}"#,
+                r#"{"type":"object","required":["field","equals"],"properties":{"field":{"type":"string"},"equals":{"type":"string"},"scenario_id":{"type":["integer","string"]},"title":{"type":"string"},"manager":{"type":"string"}}}"#,
             Kind::Map | Kind::FlatMap =>
-                r#"{"type":"object","required":["field"],"properties":{"field":{"type":"string"}},"additionalProperties":false}"#,
+                r#"{"type":"object","required":["field"],"properties":{"field":{"type":"string"},"scenario_id":{"type":["integer","string"]},"title":{"type":"string"},"manager":{"type":"string"}}}"#,
         },
     );
     let body = match kind {

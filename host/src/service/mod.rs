@@ -189,6 +189,10 @@ pub async fn start(
         .await
         .map_err(|reason| anyhow::anyhow!("Kafka at {}: {reason}", config.brokers))?
         .ok_or(StoppedWaiting)?;
+        // Destroying a client waits for its threads: not on an async worker.
+        if let Ok(probe) = Arc::try_unwrap(probe) {
+            tokio::task::spawn_blocking(move || drop(probe));
+        }
         None
     };
 
