@@ -299,11 +299,7 @@ fn a_new_plugin_passes_its_test_builds_and_runs_on_its_samples() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_candidate_in_the_shadow_is_caught_and_changes_no_output() {
     use tokio_util::sync::CancellationToken;
-    use weir::archive::ArchiveConfig;
-    use weir::collect::CollectConfig;
-    use weir::pipeline::PipelineConfig;
     use weir::registry::{MakeCurrent, PutMode};
-    use weir::service::{CountersSection, PipelinePlan};
 
     const EVENTS: usize = 300;
     let brokers = Service::Kafka.addr();
@@ -342,30 +338,8 @@ async fn a_bad_candidate_in_the_shadow_is_caught_and_changes_no_output() {
         .await
         .expect("scenario");
     let stop = CancellationToken::new();
-    let plan = PipelinePlan {
-        pipeline: PipelineConfig {
-            brokers: brokers.clone(),
-            group_id: u.clone(),
-            topics: vec![events.clone()],
-            dlq_topic: dlq.clone(),
-            batch_linger_ms: 20,
-            registry_poll_ms: 100,
-            ..PipelineConfig::default()
-        },
-        counters: CountersSection::default(),
-        archive: ArchiveConfig {
-            root: dir.join("archive").display().to_string(),
-            ..ArchiveConfig::default()
-        },
-        collect: CollectConfig {
-            enabled: false,
-            ..CollectConfig::default()
-        },
-        data_dir: dir.clone(),
-        demo: false,
-        demo_events: None,
-        alerts: Default::default(),
-    };
+    let plan =
+        crate::pipeline::service_plan((&brokers, &u), (&events, &dlq), &dir, Default::default());
     let service = weir::service::start(plan, registry, Default::default(), stop.clone())
         .await
         .expect("service");
@@ -382,19 +356,7 @@ async fn a_bad_candidate_in_the_shadow_is_caught_and_changes_no_output() {
         (0..EVENTS).map(|i| (None, value(i))).collect(),
     )
     .await;
-    let started = Instant::now();
-    while service
-        .metrics
-        .events
-        .load(std::sync::atomic::Ordering::Relaxed)
-        < EVENTS as u64
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "too few events handled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::pipeline::handled(&service.metrics, EVENTS as u64).await;
 
     let stats = service
         .metrics
@@ -453,19 +415,7 @@ async fn a_bad_candidate_in_the_shadow_is_caught_and_changes_no_output() {
         .map(|v| (None, v))
         .collect();
     crate::pipeline::produce(&brokers, &events, more).await;
-    let started = Instant::now();
-    while service
-        .metrics
-        .events
-        .load(std::sync::atomic::Ordering::Relaxed)
-        < EVENTS as u64 + 11
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "too few events handled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::pipeline::handled(&service.metrics, EVENTS as u64 + 11).await;
     let stats = service
         .metrics
         .shadows

@@ -122,6 +122,54 @@ impl ReadBack {
     }
 }
 
+/// What `weir::service::start` runs for a test on the real broker: the
+/// pipeline on `events` with `dlq`, counters in memory, the archive under
+/// `dir`, no collector, and `alerts`.
+pub(crate) fn service_plan(
+    (brokers, group): (&str, &str),
+    (events, dlq): (&str, &str),
+    dir: &std::path::Path,
+    alerts: weir::alert::AlertsConfig,
+) -> weir::service::PipelinePlan {
+    weir::service::PipelinePlan {
+        pipeline: PipelineConfig {
+            brokers: brokers.into(),
+            group_id: group.into(),
+            topics: vec![events.into()],
+            dlq_topic: dlq.into(),
+            batch_linger_ms: 20,
+            registry_poll_ms: 100,
+            ..PipelineConfig::default()
+        },
+        counters: weir::service::CountersSection::default(),
+        archive: weir::archive::ArchiveConfig {
+            root: dir.join("archive").display().to_string(),
+            ..weir::archive::ArchiveConfig::default()
+        },
+        collect: weir::collect::CollectConfig {
+            enabled: false,
+            ..weir::collect::CollectConfig::default()
+        },
+        data_dir: dir.to_path_buf(),
+        demo: false,
+        demo_events: None,
+        alerts,
+    }
+}
+
+/// Waits until `metrics` counts at least `n` events handled (90 s at most).
+pub(crate) async fn handled(metrics: &Metrics, n: u64) {
+    let started = Instant::now();
+    while metrics.events.load(Ordering::Relaxed) < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the pipeline handled {} of {n} events in 90 s",
+            metrics.events.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Reads every committed record of `topics` from the start, until `want` arrived and
 /// nothing more came for a moment.
 pub(crate) fn read_committed(brokers: &str, topics: &[&str], want: usize) -> Vec<ReadBack> {

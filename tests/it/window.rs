@@ -472,11 +472,7 @@ async fn receiver(state: Arc<Mutex<Received>>) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_fire_and_resolve_with_retries_and_never_block_the_pipeline() {
     use weir::alert::{AlertsConfig, Format, RuleConfig, RuleKind, WebhookConfig};
-    use weir::archive::ArchiveConfig;
-    use weir::collect::CollectConfig;
-    use weir::pipeline::PipelineConfig;
     use weir::registry::PutMode;
-    use weir::service::{CountersSection, PipelinePlan};
 
     let brokers = Service::Kafka.addr();
     let u = unique("window-alerts");
@@ -533,30 +529,7 @@ async fn alerts_fire_and_resolve_with_retries_and_never_block_the_pipeline() {
     };
     assert!(alerts.problems().is_empty(), "{:?}", alerts.problems());
     let stop = CancellationToken::new();
-    let plan = PipelinePlan {
-        pipeline: PipelineConfig {
-            brokers: brokers.clone(),
-            group_id: u.clone(),
-            topics: vec![events.clone()],
-            dlq_topic: dlq,
-            batch_linger_ms: 20,
-            registry_poll_ms: 100,
-            ..PipelineConfig::default()
-        },
-        counters: CountersSection::default(),
-        archive: ArchiveConfig {
-            root: dir.join("archive").display().to_string(),
-            ..ArchiveConfig::default()
-        },
-        collect: CollectConfig {
-            enabled: false,
-            ..CollectConfig::default()
-        },
-        data_dir: dir.clone(),
-        demo: false,
-        demo_events: None,
-        alerts,
-    };
+    let plan = crate::pipeline::service_plan((&brokers, &u), (&events, &dlq), &dir, alerts);
     let service = weir::service::start(plan, registry, Default::default(), stop.clone())
         .await
         .expect("service");
@@ -567,19 +540,6 @@ async fn alerts_fire_and_resolve_with_retries_and_never_block_the_pipeline() {
                 .to_string()
                 .into_bytes(),
         )
-    };
-    let handled = |n: u64| {
-        let metrics = service.metrics.clone();
-        async move {
-            let started = Instant::now();
-            while metrics.events.load(std::sync::atomic::Ordering::Relaxed) < n {
-                assert!(
-                    started.elapsed() < Duration::from_secs(90),
-                    "the pipeline handled too few events"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
     };
     let notices = |who: &Arc<Mutex<Received>>, status: &str| {
         who.lock()
@@ -609,7 +569,7 @@ async fn alerts_fire_and_resolve_with_retries_and_never_block_the_pipeline() {
 
     // Events that do not match: the ratio is 0, under 0.5.
     crate::pipeline::produce(&brokers, &events, (0..40).map(|i| event(0, i)).collect()).await;
-    handled(40).await;
+    crate::pipeline::handled(&service.metrics, 40).await;
     until("a firing notice", &|| notices(&slack, "firing") == 1).await;
     let text = slack.lock().unwrap().bodies[0]["text"]
         .as_str()
@@ -640,7 +600,7 @@ async fn alerts_fire_and_resolve_with_retries_and_never_block_the_pipeline() {
     // The stuck webhook holds its notice for its whole timeout and retries:
     // meanwhile the pipeline handles the next events at once.
     crate::pipeline::produce(&brokers, &events, (40..400).map(|i| event(1, i)).collect()).await;
-    handled(400).await;
+    crate::pipeline::handled(&service.metrics, 400).await;
     // 360 of 400 match now: 0.9, over the threshold.
     until("a resolved notice", &|| notices(&slack, "resolved") == 1).await;
     assert_eq!(
