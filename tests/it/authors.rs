@@ -201,6 +201,45 @@ fn capture_names_a_topic_that_does_not_exist() {
     );
 }
 
+/// Where the plugin crates these tests make are built: one target directory
+/// for all, so the SDK's dependencies compile once.
+fn plugin_target() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-new")
+}
+
+/// Runs `program` with `args` in `dir` as a plugin author would, with `env`:
+/// its standard output, or a failure that shows both outputs. Prints how long
+/// it took.
+fn author_runs(
+    dir: &std::path::Path,
+    program: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> String {
+    let started = Instant::now();
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", plugin_target())
+        .envs(env.iter().copied())
+        // The test build's clippy wrapper is for this workspace only.
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CLIPPY_ARGS")
+        .output()
+        .expect("runs");
+    assert!(
+        output.status.success(),
+        "{program:?} {args:?}: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!(
+        "{program:?} {args:?}: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// What the README's "Write a plugin" says, on a machine with only the
 /// registry: `weir plugin new`, the crate's own `cargo test`, `weir plugin
 /// build`, and `weir plugin test` on the sample events it came with.
@@ -209,32 +248,8 @@ fn a_new_plugin_passes_its_test_builds_and_runs_on_its_samples() {
     let dir = std::env::temp_dir().join(unique("weir-new"));
     std::fs::create_dir_all(&dir).unwrap();
     let krate = dir.join("buy-clicks");
-    // The builds of new plugins share a target directory, so a second run
-    // does not compile the SDK's dependencies again.
-    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-new");
-    let run = |program: &std::path::Path, args: &[&str]| {
-        let started = Instant::now();
-        let output = Command::new(program)
-            .args(args)
-            .current_dir(&krate)
-            .env("CARGO_TARGET_DIR", &target)
-            // The test build's clippy wrapper is for this workspace only.
-            .env_remove("RUSTC_WORKSPACE_WRAPPER")
-            .env_remove("CLIPPY_ARGS")
-            .output()
-            .expect("runs");
-        assert!(
-            output.status.success(),
-            "{program:?} {args:?}: {}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        println!(
-            "{program:?} {args:?}: {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    let target = plugin_target();
+    let run = |program: &std::path::Path, args: &[&str]| author_runs(&krate, program, args, &[]);
     let started = Instant::now();
     let made = Command::new(crate::archive::weir_binary())
         .args(["plugin", "new", "buy-clicks", "--kind", "filter", "--dir"])
@@ -458,7 +473,7 @@ async fn the_readme_walk_from_new_to_a_promoted_version_on_live_traffic() {
     let dir = std::env::temp_dir().join(&u);
     std::fs::create_dir_all(&dir).unwrap();
     let krate = dir.join("buy-clicks");
-    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-new");
+    let target = plugin_target();
     let (events, dlq, out) = (
         format!("{u}-events"),
         format!("{u}-dlq"),
@@ -474,24 +489,17 @@ async fn the_readme_walk_from_new_to_a_promoted_version_on_live_traffic() {
         &[],
     );
     let server = format!("http://{}", weir.api);
+    let env = [
+        ("WEIR_SERVER", server.as_str()),
+        ("WEIR_TOKEN", crate::window::ADMIN),
+    ];
     let run = |program: &std::path::Path, args: &[&str]| {
-        let output = Command::new(program)
-            .args(args)
-            .current_dir(if krate.exists() { &krate } else { &dir })
-            .env("CARGO_TARGET_DIR", &target)
-            .env("WEIR_SERVER", &server)
-            .env("WEIR_TOKEN", crate::window::ADMIN)
-            .env_remove("RUSTC_WORKSPACE_WRAPPER")
-            .env_remove("CLIPPY_ARGS")
-            .output()
-            .expect("runs");
-        assert!(
-            output.status.success(),
-            "{program:?} {args:?}: {}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        author_runs(
+            if krate.exists() { &krate } else { &dir },
+            program,
+            args,
+            &env,
+        )
     };
     let weir_bin = crate::archive::weir_binary();
     let cargo = std::path::Path::new("cargo");
