@@ -207,6 +207,16 @@ fn plugin_target() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-new")
 }
 
+/// The workspace's toolchain channel, from `rust-toolchain.toml`.
+fn pinned_toolchain() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rust-toolchain.toml");
+    let text = std::fs::read_to_string(&path).expect("rust-toolchain.toml");
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("channel = "))
+        .map(|v| v.trim_matches('"').to_owned())
+        .expect("a channel in rust-toolchain.toml")
+}
+
 /// Runs `program` with `args` in `dir` as a plugin author would, with `env`:
 /// its standard output, or a failure that shows both outputs. Prints how long
 /// it took.
@@ -221,6 +231,9 @@ fn author_runs(
         .args(args)
         .current_dir(dir)
         .env("CARGO_TARGET_DIR", plugin_target())
+        // The toolchain `tests/stack install` prepared (with wasm32-wasip2),
+        // not whatever the machine's default is.
+        .env("RUSTUP_TOOLCHAIN", pinned_toolchain())
         .envs(env.iter().copied())
         // The test build's clippy wrapper is for this workspace only.
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
