@@ -409,3 +409,39 @@ fn refused_credentials_exit_at_once_rather_than_retrying() {
         "no password in the log: {text}"
     );
 }
+
+/// Two replicas of one group on a topic of one partition: the one given
+/// nothing is ready too (it joined; there is nothing for it to consume).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_no_partition_is_ready() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let brokers = Service::Kafka.addr();
+    let u = unique("idle");
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("admin client");
+    for result in admin
+        .create_topics(
+            &[NewTopic::new(&u, 1, TopicReplication::Fixed(-1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create topic")
+    {
+        result.expect("topic created");
+    }
+    let config = format!(
+        "[pipeline]\nbrokers = {brokers:?}\ngroup_id = {u:?}\ntopics = [{u:?}]\n\
+         dlq_topic = \"{u}-dlq\"\njournal_topic = \"{u}-journal\"\n"
+    );
+    let mut replicas = [
+        Serve::launch("weir-idle", &config, &[]),
+        Serve::launch("weir-idle", &config, &[]),
+    ];
+    for replica in &mut replicas {
+        let ready = wait_for(replica, "/readyz", 200, Duration::from_secs(90)).await;
+        assert_eq!(ready["pipeline"]["assigned"], true, "{ready}");
+    }
+}

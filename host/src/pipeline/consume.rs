@@ -131,6 +131,15 @@ impl ClientContext for Context {
         *self.metrics.lag.lock().expect("metrics lock") = lag;
         let reachable = statistics.brokers.values().any(|b| b.state == "UP");
         self.metrics.kafka.lock().expect("metrics lock").reachable = Some(reachable);
+        // A member that joined and was given nothing (more replicas than
+        // partitions) may hear no assignment callback: steady counts as assigned.
+        if statistics
+            .cgrp
+            .as_ref()
+            .is_some_and(|group| group.join_state == "steady")
+        {
+            self.metrics.assigned.store(true, Ordering::Relaxed);
+        }
     }
 }
 
