@@ -125,7 +125,6 @@ pub struct Health {
     last_turn_ms: AtomicI64,
     /// The pipeline ended (stopped, or failed).
     ended: AtomicBool,
-    started_ms: i64,
 }
 
 impl Default for Health {
@@ -144,7 +143,6 @@ impl Health {
             assigned: AtomicBool::new(false),
             last_turn_ms: AtomicI64::new(0),
             ended: AtomicBool::new(false),
-            started_ms: now_ms(),
         }
     }
 
@@ -236,11 +234,6 @@ impl Health {
     /// Whether the pipeline thread ended.
     pub fn ended(&self) -> bool {
         self.ended.load(Ordering::Relaxed)
-    }
-
-    /// When this service started, Unix ms.
-    pub fn started_ms(&self) -> i64 {
-        self.started_ms
     }
 
     /// Ready: every dependency is up and the consumer has its assignment.

@@ -139,10 +139,8 @@ pub(crate) struct CaptureArgs {
 
 impl CaptureArgs {
     pub(crate) fn run(self) -> anyhow::Result<ExitCode> {
-        let topic = match (&self.topic, self.dead_letters) {
-            (Some(topic), _) => topic.clone(),
-            (None, _) => self.dlq_topic.clone(),
-        };
+        // Without --topic, --dead-letters was given (clap requires one).
+        let topic = self.topic.clone().unwrap_or_else(|| self.dlq_topic.clone());
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.kafka)
             // Assigned, never subscribed: no group is joined and nothing is

@@ -408,7 +408,7 @@ impl BuildArgs {
         if !status.success() {
             bail!("cargo build failed ({status}); its messages are above");
         }
-        let wasm = target_dir(&self.dir)?
+        let wasm = target_dir(&self.dir)
             .join(TARGET)
             .join("release")
             .join(format!("{}.wasm", package.replace('-', "_")));
@@ -475,11 +475,8 @@ fn ensure_target() -> anyhow::Result<()> {
 }
 
 /// Where cargo puts the crate's builds: `CARGO_TARGET_DIR` or `DIR/target`.
-fn target_dir(dir: &Path) -> anyhow::Result<PathBuf> {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => Ok(PathBuf::from(dir)),
-        None => Ok(dir.join("target")),
-    }
+fn target_dir(dir: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| dir.join("target"), PathBuf::from)
 }
 
 #[cfg(test)]
