@@ -4,7 +4,7 @@
 //! rdkafka hands librdkafka's log and error callbacks to the `log` crate
 //! (targets `librdkafka` and `rdkafka::client`), which `tracing` receives. A
 //! broker that is down makes librdkafka repeat its connection error every
-//! retry, a line a millisecond at worst; [`KafkaLogFilter`] lets the first line
+//! retry, a line a millisecond at worst; [`ClientLogFilter`] lets the first line
 //! of each kind through and then one a minute. Lines of a kind are alike but for
 //! their numbers (times, counts, ports), so the kind is the text with every run
 //! of digits folded ([`kind`]). Every other line passes untouched.
@@ -71,14 +71,14 @@ pub fn kind(text: &str) -> String {
     out
 }
 
-/// A `tracing` filter that limits librdkafka's lines ([`Limiter`]) and passes
-/// everything else.
+/// A `tracing` filter that limits the lines of librdkafka and the HDFS client
+/// ([`Limiter`]) and passes everything else.
 #[derive(Debug)]
-pub struct KafkaLogFilter {
+pub struct ClientLogFilter {
     limiter: Mutex<Limiter>,
 }
 
-impl Default for KafkaLogFilter {
+impl Default for ClientLogFilter {
     fn default() -> Self {
         Self {
             limiter: Mutex::new(Limiter::new(WINDOW)),
@@ -88,17 +88,17 @@ impl Default for KafkaLogFilter {
 
 /// librdkafka's lines, and the HDFS client's, which repeats its own retries
 /// of a NameNode that is down the same way.
-fn from_librdkafka(target: &str) -> bool {
+fn from_a_client(target: &str) -> bool {
     target == "librdkafka" || target.starts_with("rdkafka") || target.starts_with("hdfs_native")
 }
 
-impl<S> Filter<S> for KafkaLogFilter {
+impl<S> Filter<S> for ClientLogFilter {
     fn enabled(&self, _meta: &Metadata<'_>, _cx: &Context<'_, S>) -> bool {
         true
     }
 
     fn event_enabled(&self, event: &Event<'_>, _cx: &Context<'_, S>) -> bool {
-        if !from_librdkafka(event.metadata().target()) {
+        if !from_a_client(event.metadata().target()) {
             return true;
         }
         let mut message = Message(String::new());
@@ -171,9 +171,9 @@ mod tests {
 
     #[test]
     fn only_librdkafkas_targets_are_limited() {
-        assert!(from_librdkafka("librdkafka"));
-        assert!(from_librdkafka("rdkafka::client"));
-        assert!(from_librdkafka("hdfs_native::hdfs::proxy"));
-        assert!(!from_librdkafka("weir::pipeline"));
+        assert!(from_a_client("librdkafka"));
+        assert!(from_a_client("rdkafka::client"));
+        assert!(from_a_client("hdfs_native::hdfs::proxy"));
+        assert!(!from_a_client("weir::pipeline"));
     }
 }

@@ -75,7 +75,7 @@ pub(crate) fn init_logging(verbose: u8) {
     // librdkafka repeats its errors while a broker is down: one a minute of
     // each kind passes (weir::logs).
     let filter =
-        tracing_subscriber::filter::FilterExt::and(filter, weir::logs::KafkaLogFilter::default());
+        tracing_subscriber::filter::FilterExt::and(filter, weir::logs::ClientLogFilter::default());
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
