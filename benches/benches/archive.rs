@@ -44,6 +44,7 @@ fn cycles(events: usize, partitions: usize) -> (Vec<Vec<PartitionBatch>>, usize)
         output_topic: "unused".into(),
         enrich_by: None,
         shadow: None,
+        canary: None,
     });
     let values = tracking_events(events, 42);
     let start_ms = chrono::Utc::now().timestamp_millis();

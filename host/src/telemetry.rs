@@ -177,6 +177,11 @@ pub const SERIES: &[(&str, Kind, &str)] = &[
         Kind::Counter,
         "Dead letters of a scenario's events, by reason.",
     ),
+    (
+        "weir_canary_verdicts_total",
+        Kind::Counter,
+        "Canary candidates this replica rolled back or promoted, by scenario and verdict.",
+    ),
     // The sinks.
     (
         "weir_counters_rollbacks_total",

@@ -370,8 +370,8 @@ impl Api {
     }
 }
 
-/// A scenario's `shadow` must name a stored version; promoting makes it the
-/// plugin and drops the shadow; with none left, promoting is a 409.
+/// A scenario's `shadow` or `canary` must name a stored version; promoting
+/// makes it the plugin and drops it; with none left, promoting is a 409.
 async fn a_shadow_candidate_is_checked_and_promoted(db: Database) {
     let api = Api::start(db).await;
     api.with_scenario_plugin().await;
@@ -413,8 +413,96 @@ async fn a_shadow_candidate_is_checked_and_promoted(db: Database) {
     assert!(
         again
             .problem(StatusCode::CONFLICT)
-            .contains("no shadow candidate")
+            .contains("no candidate to promote")
     );
+
+    // A canary: every field checked, one candidate at a time; promoting
+    // makes it the plugin, and a rolled-back one is refused.
+    let with_canary = |canary: Value| {
+        let mut document = scenario5();
+        document["canary"] = canary;
+        document
+    };
+    for (canary, field, words) in [
+        (
+            json!({"plugin": "scenario@9", "share": 0.1}),
+            "canary.plugin",
+            "has no version 9",
+        ),
+        (
+            json!({"plugin": "scenario", "share": 0.1}),
+            "canary.plugin",
+            "names no version",
+        ),
+        (
+            json!({"plugin": "scenario@1"}),
+            "canary.share",
+            "a number from",
+        ),
+        (
+            json!({"plugin": "scenario@1", "share": 1.5}),
+            "canary.share",
+            "a number from",
+        ),
+        (
+            json!({"plugin": "scenario@1", "share": 0.1, "by": "moon"}),
+            "canary.by",
+            "\"partition\"",
+        ),
+        (
+            json!({"plugin": "scenario@1", "share": 0.1, "rollback_margin": -1}),
+            "canary.rollback_margin",
+            "fraction",
+        ),
+        (
+            json!({"plugin": "scenario@1", "share": 0.1, "min_events": 0}),
+            "canary.min_events",
+            "at least 1",
+        ),
+        (
+            json!({"plugin": "scenario@1", "share": 0.1, "typo": 1}),
+            "canary.typo",
+            "unknown field",
+        ),
+        (json!("scenario@1"), "canary", "expected an object"),
+    ] {
+        let refused = api.put_scenario("5", &with_canary(canary.clone())).await;
+        let detail = refused.problem(StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            detail.contains(field) && detail.contains(words),
+            "{canary}: {detail}"
+        );
+    }
+    let mut both = with_canary(json!({"plugin": "scenario@1", "share": 0.1}));
+    both["shadow"] = json!("scenario@1");
+    let refused = api.put_scenario("5", &both).await;
+    assert!(
+        refused
+            .problem(StatusCode::UNPROCESSABLE_ENTITY)
+            .contains("one candidate at a time")
+    );
+    let mut rolled_back = with_canary(json!({"plugin": "scenario@1", "share": 0.1,
+                                              "rolled_back": "failed 3 %"}));
+    rolled_back["plugin"] = json!("scenario");
+    let stored = api.put_scenario("5", &rolled_back).await;
+    assert_eq!(stored.status, StatusCode::OK, "{:#}", stored.body);
+    assert!(
+        promote()
+            .await
+            .problem(StatusCode::CONFLICT)
+            .contains("was rolled back (failed 3 %)")
+    );
+    let stored = api
+        .put_scenario(
+            "5",
+            &with_canary(json!({"plugin": "scenario@1", "share": 0.25})),
+        )
+        .await;
+    assert_eq!(stored.status, StatusCode::OK, "{:#}", stored.body);
+    let promoted = promote().await;
+    assert_eq!(promoted.status, StatusCode::OK, "{:#}", promoted.body);
+    assert_eq!(promoted.body["plugin"], "scenario@1");
+    assert!(promoted.body["document"].get("canary").is_none());
     let unknown = api
         .call(
             Method::POST,

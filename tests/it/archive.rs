@@ -212,6 +212,7 @@ impl Scenarios {
                     output_topic: "unused".into(),
                     enrich_by: None,
                     shadow: None,
+                    canary: None,
                 };
                 (Arc::new(route), instance)
             })

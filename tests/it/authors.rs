@@ -320,57 +320,115 @@ fn a_new_plugin_passes_its_test_builds_and_runs_on_its_samples() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A registry with `relay` (passes every event) and `trap-at` (traps on
+/// `{"trap":true}`), and the topics of one scenario, for the rollout tests.
+struct Rollout {
+    brokers: String,
+    u: String,
+    dir: std::path::PathBuf,
+    registry: weir::registry::Registry,
+    events: String,
+    dlq: String,
+    out: String,
+}
+
+impl Rollout {
+    async fn new(prefix: &str) -> Self {
+        use weir::registry::MakeCurrent;
+        let brokers = Service::Kafka.addr();
+        let u = unique(prefix);
+        let dir = std::env::temp_dir().join(&u);
+        std::fs::create_dir_all(&dir).unwrap();
+        let registry = crate::pipeline::registry_in(&dir).await;
+        for (name, path) in [
+            ("relay", weir_artifacts::FIXTURE_PASSTHROUGH),
+            ("trap-at", weir_artifacts::FIXTURE_TRAP_AT),
+        ] {
+            registry
+                .upload_plugin(
+                    std::fs::read(path).unwrap(),
+                    Some(name),
+                    "test",
+                    MakeCurrent::IfNew,
+                )
+                .await
+                .expect("upload");
+        }
+        let (events, dlq, out) = (
+            format!("{u}-events"),
+            format!("{u}-dlq"),
+            format!("{u}-out"),
+        );
+        crate::pipeline::create_topics(&brokers, &[&events, &dlq, &out]).await;
+        Self {
+            brokers,
+            u,
+            dir,
+            registry,
+            events,
+            dlq,
+            out,
+        }
+    }
+
+    /// Stores `scenario` (its `source` and `output_topic` filled in) and
+    /// starts the service on it, counting in Redis when `redis`.
+    async fn start(
+        &self,
+        mut scenario: Value,
+        redis: bool,
+    ) -> (weir::service::Running, tokio_util::sync::CancellationToken) {
+        scenario["source"] = serde_json::json!([self.events]);
+        scenario["output_topic"] = serde_json::json!(self.out);
+        self.registry
+            .put_scenario(scenario, None, weir::registry::PutMode::Create, "test")
+            .await
+            .expect("scenario");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut plan = crate::pipeline::service_plan(
+            (&self.brokers, &self.u),
+            (&self.events, &self.dlq),
+            &self.dir,
+            Default::default(),
+        );
+        if redis {
+            plan.counters.redis = Some(Service::Redis.addr());
+            plan.counters.key_prefix = Some(self.u.clone());
+        }
+        let service = weir::service::start(
+            plan,
+            self.registry.clone(),
+            Default::default(),
+            stop.clone(),
+        )
+        .await
+        .expect("service");
+        (service, stop)
+    }
+}
+
 /// A scenario runs `relay` (passes every event) with `trap-at@1` in its shadow,
 /// which traps on some events: the shadow's figures name every event it
 /// answered otherwise, with samples, while the outputs on the real broker are
 /// the scenario's own, each once, and nothing is dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_candidate_in_the_shadow_is_caught_and_changes_no_output() {
-    use tokio_util::sync::CancellationToken;
-    use weir::registry::{MakeCurrent, PutMode};
-
     const EVENTS: usize = 300;
-    let brokers = Service::Kafka.addr();
-    let u = unique("shadow");
-    let dir = std::env::temp_dir().join(&u);
-    std::fs::create_dir_all(&dir).unwrap();
-    let registry = crate::pipeline::registry_in(&dir).await;
-    for (name, path) in [
-        ("relay", weir_artifacts::FIXTURE_PASSTHROUGH),
-        ("trap-at", weir_artifacts::FIXTURE_TRAP_AT),
-    ] {
-        registry
-            .upload_plugin(
-                std::fs::read(path).unwrap(),
-                Some(name),
-                "test",
-                MakeCurrent::IfNew,
-            )
-            .await
-            .expect("upload");
-    }
-    let (events, dlq, out) = (
-        format!("{u}-events"),
-        format!("{u}-dlq"),
-        format!("{u}-out"),
-    );
-    crate::pipeline::create_topics(&brokers, &[&events, &dlq, &out]).await;
-    registry
-        .put_scenario(
-            serde_json::json!({"scenario_id": "sh1", "plugin": "relay", "source": [events],
-                               "output_topic": out, "shadow": "trap-at@1"}),
-            None,
-            PutMode::Create,
-            "test",
+    let setup = Rollout::new("shadow").await;
+    let (service, stop) = setup
+        .start(
+            serde_json::json!({"scenario_id": "sh1", "plugin": "relay", "shadow": "trap-at@1"}),
+            false,
         )
-        .await
-        .expect("scenario");
-    let stop = CancellationToken::new();
-    let plan =
-        crate::pipeline::service_plan((&brokers, &u), (&events, &dlq), &dir, Default::default());
-    let service = weir::service::start(plan, registry, Default::default(), stop.clone())
-        .await
-        .expect("service");
+        .await;
+    let Rollout {
+        brokers,
+        events,
+        dlq,
+        out,
+        dir,
+        ..
+    } = &setup;
     let value = |i: usize| {
         if i % 10 == 3 {
             br#"{"trap":true}"#.to_vec()
@@ -379,8 +437,8 @@ async fn a_bad_candidate_in_the_shadow_is_caught_and_changes_no_output() {
         }
     };
     crate::pipeline::produce(
-        &brokers,
-        &events,
+        brokers,
+        events,
         (0..EVENTS).map(|i| (None, value(i))).collect(),
     )
     .await;
@@ -420,7 +478,7 @@ async fn a_bad_candidate_in_the_shadow_is_caught_and_changes_no_output() {
     }
 
     // The outputs are the scenario's own, each once; nothing is dead-lettered.
-    let outputs = crate::pipeline::read_committed(&brokers, &[&out, &dlq], EVENTS);
+    let outputs = crate::pipeline::read_committed(brokers, &[out, dlq], EVENTS);
     assert_eq!(outputs.len(), EVENTS, "each output once, no dead letter");
     let mut got: Vec<Vec<u8>> = outputs.iter().map(|r| r.value().to_vec()).collect();
     let mut sent: Vec<Vec<u8>> = (0..EVENTS).map(value).collect();
@@ -442,7 +500,7 @@ async fn a_bad_candidate_in_the_shadow_is_caught_and_changes_no_output() {
         .chain((0..10).map(|i| format!(r#"{{"after":{i}}}"#).into_bytes()))
         .map(|v| (None, v))
         .collect();
-    crate::pipeline::produce(&brokers, &events, more).await;
+    crate::pipeline::produce(brokers, events, more).await;
     crate::pipeline::handled(&service.metrics, EVENTS as u64 + 11).await;
     let stats = service
         .metrics
@@ -459,7 +517,7 @@ async fn a_bad_candidate_in_the_shadow_is_caught_and_changes_no_output() {
             .is_some_and(|e| e.contains("set aside")),
         "{stats:?}"
     );
-    let outputs = crate::pipeline::read_committed(&brokers, &[&out, &dlq], EVENTS + 11);
+    let outputs = crate::pipeline::read_committed(brokers, &[out, dlq], EVENTS + 11);
     assert_eq!(
         outputs.len(),
         EVENTS + 11,
@@ -470,7 +528,310 @@ async fn a_bad_candidate_in_the_shadow_is_caught_and_changes_no_output() {
         .finish(Duration::from_secs(30))
         .await
         .expect("drained");
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A scenario runs `relay` (passes every event) with `trap-at@1` as a canary
+/// on half the keys; the canary traps on some events. Its failures pass the
+/// margin, so it is rolled back: the verdict is written into the scenario's
+/// document and every later event meets `relay`. Across the rollback every
+/// event has exactly one answer (an output or a dead letter), from the version
+/// its key's hash gave it until the rollback; the counters per version and the
+/// archive agree with the topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_canary_is_rolled_back_with_nothing_lost_or_doubled() {
+    use std::collections::BTreeMap;
+    use weir::pipeline::canary::{Verdict, takes};
+    use weir::pipeline::produce::{HEADER_PLUGIN, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
+    use weir::registry::CanaryBy;
+
+    const EVENTS: usize = 400;
+    const MORE: usize = 100;
+    let setup = Rollout::new("canary").await;
+    let (service, stop) = setup
+        .start(
+            serde_json::json!({"scenario_id": "cn1", "plugin": "relay",
+                               "canary": {"plugin": "trap-at@1", "share": 0.5,
+                                          "min_events": 50, "rollback_margin": 0.02}}),
+            true,
+        )
+        .await;
+    let Rollout {
+        brokers,
+        events,
+        dlq,
+        out,
+        dir,
+        registry,
+        ..
+    } = &setup;
+
+    // Every tenth event traps the canary; the others carry their number.
+    let value = |i: usize| {
+        if i % 10 == 3 {
+            br#"{"trap":true}"#.to_vec()
+        } else {
+            format!(r#"{{"i":{i}}}"#).into_bytes()
+        }
+    };
+    let key = |i: usize| format!("k{i}");
+    crate::pipeline::produce(
+        brokers,
+        events,
+        (0..EVENTS).map(|i| (Some(key(i)), value(i))).collect(),
+    )
+    .await;
+    crate::pipeline::handled(&service.metrics, EVENTS as u64).await;
+
+    let stats = service.metrics.canaries.lock().unwrap().get("cn1").cloned();
+    let stats = stats.expect("canary figures");
+    assert_eq!(
+        (stats.current.as_str(), stats.candidate.as_str()),
+        ("relay@1", "trap-at@1")
+    );
+    match &stats.verdict {
+        Some(Verdict::RolledBack(why)) => assert!(why.contains("trap-at@1 failed"), "{why}"),
+        other => panic!("the canary was not rolled back: {other:?} {stats:?}"),
+    }
+    assert_eq!(stats.current_failed, 0, "{stats:?}");
+    assert!(stats.candidate_failed > 0, "{stats:?}");
+
+    // The verdict reaches the scenario's document, for every replica.
+    let started = Instant::now();
+    loop {
+        let document = registry.scenario("cn1").await.unwrap().document;
+        if let Some(why) = document["canary"]["rolled_back"].as_str() {
+            assert!(why.contains("trap-at@1 failed"), "{why}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no rollback in the document: {document}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let the catalog take it, then send more: all of it meets `relay`.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    crate::pipeline::produce(
+        brokers,
+        events,
+        (EVENTS..EVENTS + MORE)
+            .map(|i| (Some(key(i)), value(i)))
+            .collect(),
+    )
+    .await;
+    crate::pipeline::handled(&service.metrics, (EVENTS + MORE) as u64).await;
+
+    // One answer per event, outputs and dead letters together.
+    let records = crate::pipeline::read_committed(brokers, &[out, dlq], EVENTS + MORE);
+    let mut answers: BTreeMap<(i32, i64), (String, bool, Option<String>)> = BTreeMap::new();
+    for record in &records {
+        let plugin = record.headers[HEADER_PLUGIN].clone();
+        let (place, dead, key) = match record.headers.get(HEADER_SOURCE_PARTITION) {
+            Some(partition) => (
+                format!("{partition}:{}", record.headers[HEADER_SOURCE_OFFSET]),
+                true,
+                record
+                    .key
+                    .as_ref()
+                    .map(|k| String::from_utf8(k.clone()).unwrap()),
+            ),
+            None => {
+                let value: Value = serde_json::from_slice(record.value()).unwrap();
+                let key = value["i"].as_u64().map(|i| key(i as usize));
+                (record.headers[HEADER_SOURCE_OFFSET].clone(), false, key)
+            }
+        };
+        let (partition, offset) = place.split_once(':').unwrap();
+        let at = (partition.parse().unwrap(), offset.parse().unwrap());
+        let previous = answers.insert(at, (plugin, dead, key));
+        assert!(previous.is_none(), "two answers for {at:?}");
+    }
+    assert_eq!(answers.len(), EVENTS + MORE, "one answer per event");
+
+    // Each answer is from the version the key's hash gave it, until the
+    // rollback: per partition, the canary answers nothing after `relay`
+    // answered one of its keys; only the canary dead-letters.
+    let mut canary_last: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut relay_first: BTreeMap<i32, i64> = BTreeMap::new();
+    for ((partition, offset), (plugin, dead, key)) in &answers {
+        let canary_key = key.as_ref().map(|k| {
+            takes(
+                CanaryBy::Key,
+                5_000,
+                events,
+                *partition,
+                *offset,
+                Some(k.as_bytes()),
+            )
+        });
+        match plugin.as_str() {
+            "trap-at@1" => {
+                assert_ne!(canary_key, Some(false), "{key:?} is not the canary's");
+                canary_last.insert(*partition, *offset);
+            }
+            "relay@1" => {
+                assert!(!dead, "relay dead-lettered {partition}:{offset}");
+                if canary_key == Some(true) {
+                    relay_first.entry(*partition).or_insert(*offset);
+                }
+            }
+            other => panic!("answer from {other}"),
+        }
+        if *dead {
+            assert_eq!(plugin, "trap-at@1");
+        }
+    }
+    for (partition, first) in &relay_first {
+        assert!(
+            canary_last.get(partition).is_none_or(|last| last < first),
+            "partition {partition}: the canary answered after its rollback"
+        );
+    }
+    let later_canary = answers
+        .values()
+        .filter(|(plugin, _, key)| {
+            plugin == "trap-at@1"
+                && key
+                    .as_ref()
+                    .is_some_and(|k| k[1..].parse::<usize>().unwrap() >= EVENTS)
+        })
+        .count();
+    assert_eq!(later_canary, 0, "events after the rollback met the canary");
+    let by = |plugin: &str, dead: bool| {
+        answers
+            .values()
+            .filter(|(p, d, _)| p == plugin && *d == dead)
+            .count() as u64
+    };
+    assert!(by("trap-at@1", false) > 0 && by("trap-at@1", true) > 0);
+
+    // The counters per version say the same, exactly once.
+    let started = Instant::now();
+    let versions = loop {
+        let versions = service.counters.by_version("cn1").await.unwrap();
+        let total: u64 = versions.values().map(|t| t.total).sum();
+        if total >= (EVENTS + MORE) as u64 || started.elapsed() > Duration::from_secs(30) {
+            break versions;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        versions["relay@1"].total,
+        by("relay@1", false),
+        "{versions:?}"
+    );
+    assert_eq!(versions["relay@1"].errors, 0);
+    assert_eq!(
+        versions["trap-at@1"].total,
+        by("trap-at@1", false) + by("trap-at@1", true),
+        "{versions:?}"
+    );
+    assert_eq!(versions["trap-at@1"].errors, by("trap-at@1", true));
+    let totals = service.counters.totals("cn1").await.unwrap();
+    assert_eq!(totals.total, (EVENTS + MORE) as u64);
+
+    stop.cancel();
+    service
+        .finish(Duration::from_secs(30))
+        .await
+        .expect("drained");
+    // The archive holds every output once, the two versions' rows together.
+    let read = crate::archive::read_back(&dir.join("archive"));
+    let mut archived: Vec<(i32, i64)> = read["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["partition"].as_i64().unwrap() as i32,
+                r["offset"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    archived.sort_unstable();
+    let outputs: Vec<(i32, i64)> = answers
+        .iter()
+        .filter(|(_, (_, dead, _))| !dead)
+        .map(|(at, _)| *at)
+        .collect();
+    assert_eq!(archived, outputs, "every output archived once");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A canary that fails no more than the plugin is promoted by its
+/// `promote_after` rule: the scenario's document names it as the plugin, and
+/// from then on every event meets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_canary_is_promoted_by_its_rule() {
+    use weir::pipeline::canary::Verdict;
+    use weir::pipeline::produce::HEADER_PLUGIN;
+
+    const EVENTS: usize = 200;
+    let setup = Rollout::new("promote").await;
+    let (service, stop) = setup
+        .start(
+            serde_json::json!({"scenario_id": "cp1", "plugin": "relay",
+                               "canary": {"plugin": "trap-at@1", "share": 0.5,
+                                          "min_events": 20, "promote_after": 40}}),
+            false,
+        )
+        .await;
+    let batch = |from: usize| {
+        (from..from + EVENTS)
+            .map(|i| {
+                (
+                    Some(format!("k{i}")),
+                    format!(r#"{{"i":{i}}}"#).into_bytes(),
+                )
+            })
+            .collect()
+    };
+    crate::pipeline::produce(&setup.brokers, &setup.events, batch(0)).await;
+    crate::pipeline::handled(&service.metrics, EVENTS as u64).await;
+    let started = Instant::now();
+    loop {
+        let scenario = setup.registry.scenario("cp1").await.unwrap();
+        if scenario.plugin == "trap-at@1" {
+            assert!(scenario.document.get("canary").is_none(), "{scenario:?}");
+            assert_eq!(scenario.updated_by, "weir (canary rule)");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not promoted: {scenario:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let verdict = service.metrics.canaries.lock().unwrap()["cp1"]
+        .verdict
+        .clone();
+    assert!(matches!(verdict, Some(Verdict::Promoted(_))), "{verdict:?}");
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    crate::pipeline::produce(&setup.brokers, &setup.events, batch(EVENTS)).await;
+    crate::pipeline::handled(&service.metrics, 2 * EVENTS as u64).await;
+    let records =
+        crate::pipeline::read_committed(&setup.brokers, &[&setup.out, &setup.dlq], 2 * EVENTS);
+    assert_eq!(
+        records.len(),
+        2 * EVENTS,
+        "one output per event, no dead letter"
+    );
+    let later = records
+        .iter()
+        .filter(|r| {
+            let value: Value = serde_json::from_slice(r.value()).unwrap();
+            value["i"].as_u64().unwrap() >= EVENTS as u64
+        })
+        .map(|r| r.headers[HEADER_PLUGIN].as_str());
+    assert!(later.clone().count() == EVENTS && later.into_iter().all(|p| p == "trap-at@1"));
+    stop.cancel();
+    service
+        .finish(Duration::from_secs(30))
+        .await
+        .expect("drained");
+    let _ = std::fs::remove_dir_all(&setup.dir);
 }
 
 /// The README's "Write a plugin", end to end on a running `weir serve` with a

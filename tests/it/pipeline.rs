@@ -112,6 +112,7 @@ pub(crate) async fn registry_in(dir: &std::path::Path) -> Registry {
 #[derive(Debug, Clone)]
 pub(crate) struct ReadBack {
     value: Vec<u8>,
+    pub(crate) key: Option<Vec<u8>>,
     pub(crate) headers: HashMap<String, String>,
 }
 
@@ -199,6 +200,7 @@ pub(crate) fn read_committed(brokers: &str, topics: &[&str], want: usize) -> Vec
                 }
                 got.push(ReadBack {
                     value: message.payload().unwrap_or_default().to_vec(),
+                    key: message.key().map(<[u8]>::to_vec),
                     headers,
                 });
                 quiet_since = Instant::now();

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     Applied, BatchTally, Behind, CountersError, Gap, MinuteCounts, SuccessRatio, Totals,
-    minute_range,
+    merge_applied, minute_range,
 };
 
 #[derive(Debug, Default)]
@@ -71,7 +71,7 @@ impl MemoryCounters {
             .minutes
             .retain(|_, (_, written)| now_minute - *written < retention);
         let mut applied = Vec::with_capacity(tally.scenarios.len());
-        for (scenario, events) in &tally.scenarios {
+        for ((scenario, _), events) in &tally.scenarios {
             let mut offset = events.first_offset;
             let mut added = Totals {
                 total: 0,
@@ -135,7 +135,7 @@ impl MemoryCounters {
         if last_offset > fence {
             state.fences.insert(tp, last_offset);
         }
-        Ok(applied)
+        Ok(merge_applied(applied))
     }
 
     pub(super) fn note_gap(

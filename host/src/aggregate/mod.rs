@@ -241,7 +241,9 @@ pub struct BatchTally {
     last_offset: Option<i64>,
     journal: Option<(i32, i64)>,
     counted_through: i64,
-    scenarios: BTreeMap<String, ScenarioEvents>,
+    /// By scenario and plugin version: a scenario with a canary has events of
+    /// two versions in one batch (`pipeline/canary.rs`).
+    scenarios: BTreeMap<(String, String), ScenarioEvents>,
 }
 
 impl BatchTally {
@@ -298,9 +300,9 @@ impl BatchTally {
     /// Counts one event for `scenario`, handled by `plugin` (`name@version`).
     ///
     /// `event_time_ms` places the event in its minute bucket: pass the event's own
-    /// time when known, else the record timestamp, else the processing time. Events
-    /// of one scenario must come in increasing offset order and from one plugin
-    /// version (swaps happen between batches).
+    /// time when known, else the record timestamp, else the processing time. The
+    /// events of one scenario and plugin version must come in increasing offset
+    /// order.
     pub fn record(
         &mut self,
         scenario: &str,
@@ -313,7 +315,7 @@ impl BatchTally {
         let minute = event_time_ms.div_euclid(60_000);
         let entry = self
             .scenarios
-            .entry(scenario.to_owned())
+            .entry((scenario.to_owned(), plugin.to_owned()))
             .or_insert_with(|| ScenarioEvents {
                 plugin: plugin.to_owned(),
                 first_offset: offset,
@@ -326,12 +328,6 @@ impl BatchTally {
             scenario: scenario.to_owned(),
             reason,
         };
-        if entry.plugin != plugin {
-            return Err(broken(format!(
-                "one batch mixes plugin versions {} and {plugin}; swaps happen between batches",
-                entry.plugin
-            )));
-        }
         let delta = if entry.events == 0 {
             0
         } else if offset > entry.last_offset {
@@ -368,6 +364,23 @@ impl BatchTally {
     pub fn is_empty(&self) -> bool {
         self.scenarios.is_empty()
     }
+}
+
+/// One [`Applied`] per scenario: the entries of one scenario's versions
+/// (adjacent, as the tally orders them) summed, with the last one's totals,
+/// which are the scenario's after all of them.
+fn merge_applied(applied: Vec<Applied>) -> Vec<Applied> {
+    let mut merged: Vec<Applied> = Vec::with_capacity(applied.len());
+    for next in applied {
+        match merged.last_mut() {
+            Some(last) if last.scenario == next.scenario => {
+                last.newly_counted += next.newly_counted;
+                last.totals = next.totals;
+            }
+            _ => merged.push(next),
+        }
+    }
+    merged
 }
 
 /// `(fence, journal place)` out of a stored fence value (`""`: none).
@@ -652,7 +665,7 @@ impl RedisCounters {
             .arg(self.retention_secs)
             .arg(now.timestamp_millis())
             .arg(tally.scenarios.len());
-        for (scenario, events) in &tally.scenarios {
+        for ((scenario, _), events) in &tally.scenarios {
             invocation.key(self.counts_key(scenario));
             for minute in &events.minutes {
                 invocation.key(self.minute_key(scenario, *minute));
@@ -691,7 +704,7 @@ impl RedisCounters {
             }));
         }
         let mut applied = Vec::with_capacity(tally.scenarios.len());
-        for (i, scenario) in tally.scenarios.keys().enumerate() {
+        for (i, (scenario, _)) in tally.scenarios.keys().enumerate() {
             let at = |k: usize| int(reply.get(1 + i * 5 + k));
             let totals = Totals {
                 total: at(1)?,
@@ -705,6 +718,7 @@ impl RedisCounters {
                 totals,
             });
         }
+        let applied = merge_applied(applied);
         if self.owns_ratio {
             for done in &applied {
                 self.write_view(&done.scenario, done.totals, now).await?;
@@ -1118,7 +1132,7 @@ mod tests {
         tally
             .record("5", "scenario@1", 105, minute + 1, Tallied::Dropped, true)
             .unwrap();
-        let events = &tally.scenarios["5"];
+        let events = &tally.scenarios[&("5".to_owned(), "scenario@1".to_owned())];
         assert_eq!(events.tokens, "0E1 1e1 3f2 1D1");
         assert_eq!(events.minutes, vec![28_000_000, 28_000_001]);
         assert_eq!(
@@ -1128,7 +1142,7 @@ mod tests {
     }
 
     #[test]
-    fn out_of_order_offsets_and_mixed_versions_are_refused() {
+    fn out_of_order_offsets_are_refused_and_versions_kept_apart() {
         let mut tally = BatchTally::new("events", 0);
         tally
             .record("5", "scenario@1", 10, 0, Tallied::Emitted, true)
@@ -1137,10 +1151,23 @@ mod tests {
             .record("5", "scenario@1", 10, 0, Tallied::Emitted, true)
             .unwrap_err();
         assert!(err.to_string().contains("increasing offset order"), "{err}");
-        let err = tally
-            .record("5", "scenario@2", 11, 0, Tallied::Emitted, true)
-            .unwrap_err();
-        assert!(err.to_string().contains("mixes plugin versions"), "{err}");
+        // A canary's events interleave with the plugin's: each version's
+        // events are in order on their own, and counted under their version.
+        tally
+            .record("5", "scenario@2", 9, 0, Tallied::Failed, false)
+            .unwrap();
+        tally
+            .record("5", "scenario@1", 12, 0, Tallied::Emitted, true)
+            .unwrap();
+        let versions: Vec<(&str, &str, &str)> = tally
+            .scenarios
+            .iter()
+            .map(|((s, p), e)| (s.as_str(), p.as_str(), e.tokens.as_str()))
+            .collect();
+        assert_eq!(
+            versions,
+            [("5", "scenario@1", "0E1 2E1"), ("5", "scenario@2", "0f1")]
+        );
         // Another scenario may start at any offset.
         tally
             .record("6", "scenario@2", 3, 0, Tallied::Emitted, true)

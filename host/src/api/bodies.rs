@@ -155,6 +155,9 @@ pub struct ScenarioStats {
     /// What its shadow candidate did beside its plugin on this replica, when
     /// it has one (`"shadow": "name@N"`).
     pub shadow: Option<ShadowSummary>,
+    /// What its canary and its plugin did on this replica, when it has one
+    /// (`"canary": {…}`); the counts per version below are every replica's.
+    pub canary: Option<CanarySummary>,
     /// The same counts per plugin version.
     pub versions: Vec<VersionCounts>,
     /// Start of the window, RFC 3339.
@@ -338,6 +341,80 @@ pub struct ShadowSummary {
     pub error: Option<String>,
     /// The latest events answered differently, oldest first.
     pub samples: Vec<ShadowDifference>,
+}
+
+/// A scenario's canary: the candidate's share of the events against the
+/// plugin's, as this replica saw them since either last changed.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CanarySummary {
+    /// The scenario's plugin, `name@version`.
+    pub current: String,
+    /// The candidate, `name@version`.
+    pub candidate: String,
+    /// The candidate's share of the events, a fraction.
+    pub share: f64,
+    /// Since when these figures are kept, RFC 3339.
+    #[schema(format = DateTime)]
+    pub since: String,
+    /// Events the plugin handled.
+    pub current_events: u64,
+    /// Of those, how many it failed.
+    pub current_failed: u64,
+    /// Events the candidate handled.
+    pub candidate_events: u64,
+    /// Of those, how many it failed.
+    pub candidate_failed: u64,
+    /// `current_failed / current_events`, four decimals.
+    pub current_failure_rate: f64,
+    /// `candidate_failed / candidate_events`, four decimals.
+    pub candidate_failure_rate: f64,
+    /// The plugin's time per event, nanoseconds.
+    pub current_ns_per_event: u64,
+    /// The candidate's time per event, nanoseconds.
+    pub candidate_ns_per_event: u64,
+    /// `rolled_back` or `promoted`, once decided.
+    pub verdict: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+impl CanarySummary {
+    /// How the API shows `stats`.
+    pub fn new(stats: &crate::pipeline::canary::CanaryStats) -> Self {
+        use crate::pipeline::canary::Verdict;
+        let round = |x: f64| (x * 10_000.0).round() / 10_000.0;
+        let (candidate_rate, current_rate) = stats.rates();
+        let (verdict, reason) = match &stats.verdict {
+            None => (None, None),
+            Some(Verdict::RolledBack(why)) => (Some("rolled_back"), Some(why.clone())),
+            Some(Verdict::Promoted(why)) => (Some("promoted"), Some(why.clone())),
+        };
+        Self {
+            current: stats.current.clone(),
+            candidate: stats.candidate.clone(),
+            share: f64::from(stats.share_bp) / 10_000.0,
+            since: chrono::DateTime::<chrono::Utc>::from_timestamp_millis(stats.since_ms)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default(),
+            current_events: stats.current_events,
+            current_failed: stats.current_failed,
+            candidate_events: stats.candidate_events,
+            candidate_failed: stats.candidate_failed,
+            current_failure_rate: round(current_rate),
+            candidate_failure_rate: round(candidate_rate),
+            current_ns_per_event: stats
+                .current_ns
+                .checked_div(stats.current_events)
+                .unwrap_or(0),
+            candidate_ns_per_event: stats
+                .candidate_ns
+                .checked_div(stats.candidate_events)
+                .unwrap_or(0),
+            verdict: verdict.map(str::to_owned),
+            reason,
+        }
+    }
 }
 
 /// One event the candidate answered differently.

@@ -41,32 +41,50 @@ pub(super) async fn put(
     store(state, document, Some(&id), PutMode::Upsert, role.as_str()).await
 }
 
-/// `POST /api/scenarios/{id}/promote`: the scenario's shadow candidate
-/// becomes its plugin (the document's `plugin` takes the `shadow` reference,
-/// and `shadow` goes), from the next batch on, on every replica.
+/// `POST /api/scenarios/{id}/promote`: the scenario's candidate becomes its
+/// plugin, from the next batch on, on every replica: its canary (the
+/// document's `plugin` takes `canary.plugin`, and `canary` goes) or its
+/// shadow (`plugin` takes the `shadow` reference, and `shadow` goes).
 pub(super) async fn promote(
     State(state): State<AppState>,
     Extension(Caller(role)): Extension<Caller>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let scenario = state.registry.scenario(&id).await?;
+    let spec = scenario.spec()?;
     let mut document = scenario.document;
-    let Some(candidate) = document
-        .as_object_mut()
-        .and_then(|d| d.remove("shadow"))
-        .filter(|c| c.is_string())
-    else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "no-shadow",
-            format!(
-                "scenario {id} has no shadow candidate to promote; set `\"shadow\": \"name@N\"` \
-                 in its document first"
-            ),
-        ));
+    let candidate = match (&spec.canary, &spec.shadow) {
+        (Some(canary), _) => {
+            if let Some(why) = &canary.rolled_back {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "canary-rolled-back",
+                    format!(
+                        "scenario {id}'s canary {} was rolled back ({why}); remove \
+                         `canary.rolled_back` from its document to try it again",
+                        canary.plugin
+                    ),
+                ));
+            }
+            canary.plugin.to_string()
+        }
+        (None, Some(shadow)) => shadow.to_string(),
+        (None, None) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "no-candidate",
+                format!(
+                    "scenario {id} has no candidate to promote; set `\"shadow\": \"name@N\"` \
+                     or `\"canary\": {{\"plugin\": \"name@N\", \"share\": 0.1}}` in its \
+                     document first"
+                ),
+            ));
+        }
     };
     if let Some(object) = document.as_object_mut() {
-        object.insert("plugin".into(), candidate);
+        object.remove("canary");
+        object.remove("shadow");
+        object.insert("plugin".into(), Value::String(candidate));
     }
     store(state, document, Some(&id), PutMode::Upsert, role.as_str()).await
 }

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::bodies::{
-    AlertFiring, FailingSink, Lag, MinuteCounts, PipelineStatus, QuarantinedScenario,
-    ScenarioStats, ShadowSummary, Uncounted, VersionCounts,
+    AlertFiring, CanarySummary, FailingSink, Lag, MinuteCounts, PipelineStatus,
+    QuarantinedScenario, ScenarioStats, ShadowSummary, Uncounted, VersionCounts,
 };
 
 use super::extract::{ApiPath, ApiQuery};
@@ -140,6 +140,14 @@ pub(super) async fn scenario(
             .get(&id)
             .map(ShadowSummary::new)
     });
+    let canary = state.pipeline().and_then(|p| {
+        p.metrics
+            .canaries
+            .lock()
+            .expect("metrics lock")
+            .get(&id)
+            .map(CanarySummary::new)
+    });
     let ratio = |matched: u64, total: u64| {
         if total == 0 {
             0.0
@@ -167,6 +175,7 @@ pub(super) async fn scenario(
         success_ratio: ratio(totals.matched, totals.total),
         quarantined,
         shadow,
+        canary,
         versions: versions
             .iter()
             .map(|(plugin, t)| VersionCounts {

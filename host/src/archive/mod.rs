@@ -643,15 +643,19 @@ impl ArchiveSink {
             self.marks
                 .retain(|(_, _, t, p), _| !(t == &batch.topic && *p == batch.partition));
         }
+        // A scenario with a canary has two parts, one per version
+        // (`pipeline/canary.rs`): their rows go to the same files, in offset order.
+        let mut hours: BTreeMap<(&str, i64), Vec<Held>> = BTreeMap::new();
+        let mut parts: BTreeMap<&str, usize> = BTreeMap::new();
         for scenario in &batch.scenarios {
-            let id = &scenario.scenario;
-            let mut hours: BTreeMap<i64, Vec<Held>> = BTreeMap::new();
+            let id = scenario.scenario.as_str();
+            *parts.entry(id).or_default() += 1;
             for (event, outcome) in scenario.events.iter().zip(scenario.result.outcomes()) {
                 if outcome.status != Status::Emitted {
                     continue;
                 }
                 let (time, own_time) = event.time(batch.processed_ms);
-                let rows = hours.entry(time.div_euclid(HOUR_MS)).or_default();
+                let rows = hours.entry((id, time.div_euclid(HOUR_MS))).or_default();
                 for record in scenario.result.records(outcome) {
                     rows.push(Held {
                         offset: event.offset,
@@ -662,36 +666,38 @@ impl ArchiveSink {
                     });
                 }
             }
-            for (hour, mut rows) in hours {
-                let key = (
-                    id.clone(),
-                    hour_dir(id, hour),
-                    batch.topic.clone(),
-                    batch.partition,
-                );
-                if let Some(have) = self.have(&key)? {
-                    let before = rows.len();
-                    rows.retain(|row| row.offset > have);
-                    self.stats.skipped_rows += (before - rows.len()) as u64;
-                }
-                if rows.is_empty() {
-                    continue;
-                }
-                let file = self.files.entry(key.clone()).or_insert_with(|| OpenFile {
-                    encoded: None,
-                    held: Vec::new(),
-                    held_bytes: 0,
-                    opened_ms: now,
-                    written_ms: now,
-                });
-                file.written_ms = now;
-                file.held_bytes += rows.iter().map(|r| r.record.len() + 48).sum::<usize>();
-                file.held.extend(rows);
-                if file.held.len() >= self.limits.row_group_rows
-                    || file.held_bytes >= ROW_GROUP_BYTES
-                {
-                    self.encode(&key)?;
-                }
+        }
+        for ((id, hour), mut rows) in hours {
+            if parts[id] > 1 {
+                // Stable: an event's records keep their order.
+                rows.sort_by_key(|row| row.offset);
+            }
+            let key = (
+                id.to_owned(),
+                hour_dir(id, hour),
+                batch.topic.clone(),
+                batch.partition,
+            );
+            if let Some(have) = self.have(&key)? {
+                let before = rows.len();
+                rows.retain(|row| row.offset > have);
+                self.stats.skipped_rows += (before - rows.len()) as u64;
+            }
+            if rows.is_empty() {
+                continue;
+            }
+            let file = self.files.entry(key.clone()).or_insert_with(|| OpenFile {
+                encoded: None,
+                held: Vec::new(),
+                held_bytes: 0,
+                opened_ms: now,
+                written_ms: now,
+            });
+            file.written_ms = now;
+            file.held_bytes += rows.iter().map(|r| r.record.len() + 48).sum::<usize>();
+            file.held.extend(rows);
+            if file.held.len() >= self.limits.row_group_rows || file.held_bytes >= ROW_GROUP_BYTES {
+                self.encode(&key)?;
             }
         }
         Ok(())

@@ -94,7 +94,7 @@ pub(crate) enum ScenarioCommand {
         #[command(flatten)]
         server: Server,
     },
-    /// Make the scenario's shadow candidate its plugin, from the next batch on.
+    /// Make the scenario's canary or shadow candidate its plugin, from the next batch on.
     Promote {
         /// The scenario id.
         id: String,
@@ -330,6 +330,31 @@ impl ScenarioCommand {
                         ));
                         if let Some(error) = shadow["error"].as_str() {
                             out.push_str(&format!("\nshadow error: {error}"));
+                        }
+                    }
+                    let canary = &b["canary"];
+                    if canary.is_object() {
+                        let rate = |v: &Value| v.as_f64().unwrap_or(0.0) * 100.0;
+                        out.push_str(&format!(
+                            "\ncanary {} ({:.2} % of events): failed {} of {} ({:.2} %), {} failed {} of {} ({:.2} %); {} ns/event against {}",
+                            text(&canary["candidate"]),
+                            rate(&canary["share"]),
+                            canary["candidate_failed"],
+                            canary["candidate_events"],
+                            rate(&canary["candidate_failure_rate"]),
+                            text(&canary["current"]),
+                            canary["current_failed"],
+                            canary["current_events"],
+                            rate(&canary["current_failure_rate"]),
+                            canary["candidate_ns_per_event"],
+                            canary["current_ns_per_event"],
+                        ));
+                        if let Some(verdict) = canary["verdict"].as_str() {
+                            out.push_str(&format!(
+                                "\ncanary {}: {}",
+                                verdict.replace('_', " "),
+                                text(&canary["reason"])
+                            ));
                         }
                     }
                     out

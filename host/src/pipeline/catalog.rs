@@ -38,6 +38,20 @@ pub struct Route {
     pub enrich_by: Option<String>,
     /// The candidate run in the scenario's shadow, or why it could not load.
     pub shadow: Option<Result<Shadow, String>>,
+    /// The candidate taking a share of the scenario's events, unless it was
+    /// rolled back.
+    pub canary: Option<Canary>,
+}
+
+/// A candidate plugin that handles a share of a scenario's events in place of
+/// its own (`canary.rs`).
+#[derive(Debug, Clone)]
+pub struct Canary {
+    /// The scenario as the candidate runs it (its plugin, label and version),
+    /// or why the candidate could not load.
+    pub route: Result<Arc<Route>, String>,
+    /// Its share, and when it is rolled back or promoted.
+    pub rule: crate::registry::CanarySpec,
 }
 
 /// A candidate plugin run beside a scenario's own on the same events: its
@@ -147,7 +161,7 @@ impl Catalog {
                             .or_default()
                             .push(spec.id.clone());
                     }
-                    let route = Route {
+                    let mut route = Route {
                         id: spec.id.clone(),
                         plugin_version: plugin.info().version.clone(),
                         plugin,
@@ -157,7 +171,26 @@ impl Catalog {
                         output_topic: spec.output_topic(),
                         enrich_by: spec.enrich.as_ref().map(|e| e.by.clone()),
                         shadow,
+                        canary: None,
                     };
+                    if let Some(rule) = spec.canary.filter(|c| c.rolled_back.is_none()) {
+                        let candidate = load(registry, &rule.plugin, &mut compiled).await.map(
+                            |(plugin, label)| {
+                                Arc::new(Route {
+                                    plugin_version: plugin.info().version.clone(),
+                                    plugin,
+                                    plugin_label: label,
+                                    shadow: None,
+                                    canary: None,
+                                    ..route.clone()
+                                })
+                            },
+                        );
+                        route.canary = Some(Canary {
+                            route: candidate,
+                            rule,
+                        });
+                    }
                     if let Some(by) = &route.enrich_by
                         && !catalog.event_fields.contains(by)
                     {

@@ -316,13 +316,15 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Piece, String> {
 /// Joins the pieces of one partition batch, in their order, keeping only the
 /// events from `from` on (below it everything is durable already).
 fn join(pieces: Vec<Piece>, from: i64) -> PartitionBatch {
-    let mut by_scenario: BTreeMap<String, ScenarioBatch> = BTreeMap::new();
-    let mut order: Vec<String> = Vec::new();
+    // A scenario with a canary has two parts, one per version (`canary.rs`).
+    let mut by_scenario: BTreeMap<(String, String), ScenarioBatch> = BTreeMap::new();
+    let mut order: Vec<(String, String)> = Vec::new();
     let mut head: Option<PartitionBatch> = None;
     for piece in pieces {
         for part in piece.batch.scenarios.iter() {
-            let into = by_scenario.entry(part.scenario.clone()).or_insert_with(|| {
-                order.push(part.scenario.clone());
+            let part_key = (part.scenario.clone(), part.plugin.clone());
+            let into = by_scenario.entry(part_key.clone()).or_insert_with(|| {
+                order.push(part_key);
                 ScenarioBatch {
                     scenario: part.scenario.clone(),
                     plugin: part.plugin.clone(),
@@ -668,6 +670,11 @@ mod tests {
                     ],
                 ),
                 scenario("9", &[(102, Status::Emitted, true, &["x"; 3])]),
+                // Scenario 7's canary: a second part, by its own version.
+                ScenarioBatch {
+                    plugin: "plugin-7@4".into(),
+                    ..scenario("7", &[(104, Status::Emitted, true, &["{\"b\":1}"])])
+                },
             ],
             ..PartitionBatch::default()
         }
@@ -725,7 +732,7 @@ mod tests {
             .iter()
             .map(|s| s.events.iter().map(|e| e.offset).collect())
             .collect();
-        assert_eq!(offsets, vec![vec![103, 105], vec![102]]);
+        assert_eq!(offsets, vec![vec![103, 105], vec![102], vec![104]]);
         let mut batches = Vec::new();
         batch_into(&mut batches, from_102, 104);
         assert_eq!(batches[0].last_offset, 103);

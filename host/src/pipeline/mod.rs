@@ -47,6 +47,7 @@
 //! size rules), `journal.rs`, `offsets.rs` (the commit arithmetic) and `config.rs`.
 //! This file keeps the cycle itself and the commit.
 
+pub mod canary;
 pub mod catalog;
 mod config;
 mod consume;
@@ -142,6 +143,12 @@ pub struct Pipeline {
     shadow_instances: HashMap<String, (String, String, Instance)>,
     /// Shadow candidates set aside after costly failures, until when.
     shadow_paused: HashMap<String, Instant>,
+    /// The canaries' instances, by scenario id, with the candidate's sha256
+    /// and the configuration they were made for.
+    canary_instances: HashMap<String, (String, String, Instance)>,
+    /// Canaries this replica decided on, by scenario id: the candidate's
+    /// label and the verdict, acted on here from the next batch on.
+    canary_decided: HashMap<String, (String, canary::Verdict)>,
     /// Scenarios set aside until a time, with the failure that caused it.
     quarantine: HashMap<String, (Instant, String)>,
     sinks: Vec<Box<dyn Sink>>,
@@ -359,6 +366,8 @@ impl Pipeline {
             instances: HashMap::new(),
             shadow_instances: HashMap::new(),
             shadow_paused: HashMap::new(),
+            canary_instances: HashMap::new(),
+            canary_decided: HashMap::new(),
             quarantine: HashMap::new(),
             sinks,
             positions: HashMap::new(),
@@ -393,7 +402,31 @@ impl Pipeline {
                         && now.config == *config
                 })
             });
-            // Figures of a candidate (or a plugin) that changed start afresh.
+            let canary_label = |id: &str| {
+                routes
+                    .get(id)
+                    .and_then(|now| now.canary.as_ref())
+                    .and_then(|c| c.route.as_ref().ok())
+                    .map(|c| (c.plugin.info().sha256.clone(), c.plugin_label.clone()))
+            };
+            self.canary_instances.retain(|id, (sha, config, _)| {
+                canary_label(id).is_some_and(|(now, _)| now == *sha)
+                    && routes.get(id).is_some_and(|now| now.config == *config)
+            });
+            self.canary_decided
+                .retain(|id, (label, _)| canary_label(id).is_some_and(|(_, now)| now == *label));
+            // Figures of a candidate (or a plugin) that changed start afresh;
+            // a canary's stay after its rollback, until the plugin changes.
+            self.metrics
+                .canaries
+                .lock()
+                .expect("metrics lock")
+                .retain(|id, stats| {
+                    routes
+                        .get(id)
+                        .is_some_and(|now| now.plugin_label == stats.current)
+                        && canary_label(id).is_none_or(|(_, now)| now == stats.candidate)
+                });
             self.metrics
                 .shadows
                 .lock()
@@ -1083,8 +1116,34 @@ impl Pipeline {
 
         let mut scenarios = Vec::with_capacity(shares.len());
         let mut outputs = 0u64;
-        for (id, share) in shares {
-            let route = catalog.routes[id].clone();
+        let parts = shares.into_iter().flat_map(|(id, share)| {
+            let route = &catalog.routes[id];
+            let candidate = route.canary.as_ref().and_then(|c| {
+                let candidate = c.route.as_ref().ok()?;
+                Some((candidate, &c.rule))
+            });
+            match candidate {
+                Some((candidate, rule)) if self.canary_ready(route, candidate) => {
+                    let (canary, own): (Vec<_>, Vec<_>) =
+                        share.into_iter().partition(|(index, _)| {
+                            let message = messages[*index];
+                            canary::takes(
+                                rule.by,
+                                rule.share_bp,
+                                topic,
+                                partition,
+                                message.offset(),
+                                message.key(),
+                            )
+                        });
+                    vec![(route, false, own), (candidate, true, canary)]
+                }
+                _ => vec![(route, false, share)],
+            }
+        });
+        let parts: Vec<_> = parts.filter(|(_, _, share)| !share.is_empty()).collect();
+        for (route, is_canary, share) in parts {
+            let id = route.id.as_str();
             let mut batch = Batch::new(id, topic, partition);
             let mut events = Vec::with_capacity(share.len());
             let mut headers_buf: Vec<(String, Vec<u8>)> = Vec::new();
@@ -1124,14 +1183,23 @@ impl Pipeline {
                 });
             }
 
-            let (mut result, quarantined) = self.run_scenario(&route, &batch);
-            self.fail_what_cannot_be_produced(&route, &share, messages, &mut result);
+            let called = Instant::now();
+            let (mut result, quarantined) = if is_canary {
+                (self.run_canary(&catalog.routes[id], route, &batch), false)
+            } else {
+                self.run_scenario(route, &batch)
+            };
+            if route.canary.is_some() || is_canary {
+                let took = called.elapsed();
+                self.note_canary(&catalog.routes[id], is_canary, &result, took);
+            }
+            self.fail_what_cannot_be_produced(route, &share, messages, &mut result);
             for ((index, member), outcome) in share.iter().zip(result.outcomes()) {
                 let message = messages[*index];
                 match outcome.status {
                     Status::Emitted => {
                         for record in result.records(outcome) {
-                            self.send_output(&route, message, member.as_deref(), record)?;
+                            self.send_output(route, message, member.as_deref(), record)?;
                             outputs += 1;
                         }
                     }
@@ -1139,7 +1207,7 @@ impl Pipeline {
                         let error = outcome.error.as_ref();
                         dead.push(DeadLetter {
                             message,
-                            scenario: Some(catalog.routes[id].as_ref()),
+                            scenario: Some(route.as_ref()),
                             reason: if quarantined {
                                 DeadLetterReason::PluginQuarantined
                             } else {

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::canary::{self, CanaryStats, Verdict};
 use super::catalog::{Catalog, Route, Shadow};
 use super::route;
 use super::shadow::ShadowStats;
 use super::{CycleError, Pipeline};
-use crate::runtime::{Batch, BatchResult, EventError, FailureKind, Instance};
+use crate::runtime::{Batch, BatchResult, EventError, FailureKind, Instance, Status};
 
 /// Why and until when a scenario is set aside.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +22,15 @@ pub struct Quarantine {
     pub reason: String,
     /// Until when, Unix milliseconds.
     pub until_ms: i64,
+}
+
+fn new_canary_stats(route: &Route, candidate: &Route, share_bp: u32) -> CanaryStats {
+    CanaryStats::new(
+        &route.plugin_label,
+        &candidate.plugin_label,
+        share_bp,
+        chrono::Utc::now().timestamp_millis(),
+    )
 }
 
 impl Pipeline {
@@ -219,6 +229,201 @@ impl Pipeline {
             }
             Err(error) => stats.error = Some(error),
         }
+    }
+
+    /// Whether scenario `route`'s canary `candidate` takes events: this
+    /// replica has not decided on it, and it has an instance (one that cannot
+    /// be made rolls it back, before any event meets it).
+    pub(super) fn canary_ready(&mut self, route: &Arc<Route>, candidate: &Arc<Route>) -> bool {
+        if self
+            .canary_decided
+            .get(&route.id)
+            .is_some_and(|(label, verdict)| {
+                *label == candidate.plugin_label && matches!(verdict, Verdict::RolledBack(_))
+            })
+        {
+            return false;
+        }
+        let sha = &candidate.plugin.info().sha256;
+        let made = self
+            .canary_instances
+            .get(&route.id)
+            .is_some_and(|(made_for, config, _)| made_for == sha && *config == candidate.config);
+        if made {
+            return true;
+        }
+        match candidate.plugin.instantiate(&candidate.config) {
+            Ok(instance) => {
+                self.canary_instances.insert(
+                    route.id.clone(),
+                    (sha.clone(), candidate.config.clone(), instance),
+                );
+                true
+            }
+            Err(err) => {
+                let reason = format!(
+                    "{} could not be made for the scenario's configuration: {err}",
+                    candidate.plugin_label
+                );
+                self.decide_canary(route, candidate, Verdict::RolledBack(reason));
+                false
+            }
+        }
+    }
+
+    /// Runs the canary `candidate` of scenario `route` on its share `batch`.
+    /// Failed calls that were costly roll it back at once: the scenario's
+    /// events do not pay for it batch after batch, and no quarantine of the
+    /// scenario follows from a candidate's failures.
+    pub(super) fn run_canary(
+        &mut self,
+        route: &Arc<Route>,
+        candidate: &Arc<Route>,
+        batch: &Batch,
+    ) -> BatchResult {
+        let called = Instant::now();
+        let outcome = match self.canary_instances.get_mut(&route.id) {
+            Some((_, _, instance)) => instance.process(batch).map_err(|e| e.to_string()),
+            None => Err("no instance".to_owned()),
+        };
+        let took = called.elapsed();
+        self.stages.plugin += took;
+        let labels = [("plugin", candidate.plugin_label.as_str())];
+        let telemetry = &self.metrics.telemetry;
+        telemetry
+            .histogram("weir_plugin_call_seconds", &labels)
+            .record(took.as_secs_f64());
+        telemetry
+            .histogram("weir_plugin_call_events", &labels)
+            .record(batch.len() as f64);
+        let result = match outcome {
+            Ok(result) => result,
+            Err(err) => {
+                self.canary_instances.remove(&route.id);
+                let message = format!("plugin {} could not run: {err}", candidate.plugin_label);
+                let error = EventError {
+                    kind: FailureKind::Plugin,
+                    message: message.clone(),
+                };
+                self.decide_canary(route, candidate, Verdict::RolledBack(message));
+                return BatchResult::all_failed(&error, batch.len());
+            }
+        };
+        let cost = result.failed_call_time();
+        if cost >= Duration::from_millis(self.config.quarantine_after_ms) {
+            let reason = format!(
+                "{}'s {} failed calls took {} ms in one batch",
+                candidate.plugin_label,
+                result.failed_calls(),
+                cost.as_millis()
+            );
+            self.decide_canary(route, candidate, Verdict::RolledBack(reason));
+        }
+        result
+    }
+
+    /// Adds what one part of scenario `route`'s batch did (the canary's when
+    /// `is_canary`, else its plugin's, in `took`) to the canary's figures,
+    /// and acts on the rule's verdict once there is one.
+    pub(super) fn note_canary(
+        &mut self,
+        route: &Arc<Route>,
+        is_canary: bool,
+        result: &BatchResult,
+        took: Duration,
+    ) {
+        let Some(canary) = &route.canary else { return };
+        let Ok(candidate) = &canary.route else { return };
+        let failed = result
+            .outcomes()
+            .iter()
+            .filter(|o| o.status == Status::Failed)
+            .count() as u64;
+        let verdict = {
+            let mut canaries = self.metrics.canaries.lock().expect("metrics lock");
+            let stats = canaries
+                .entry(route.id.clone())
+                .or_insert_with(|| new_canary_stats(route, candidate, canary.rule.share_bp));
+            if stats.candidate != candidate.plugin_label || stats.current != route.plugin_label {
+                *stats = new_canary_stats(route, candidate, canary.rule.share_bp);
+            }
+            let events = result.outcomes().len() as u64;
+            if is_canary {
+                stats.candidate_events += events;
+                stats.candidate_failed += failed;
+                stats.candidate_ns += took.as_nanos() as u64;
+            } else {
+                stats.current_events += events;
+                stats.current_failed += failed;
+                stats.current_ns += took.as_nanos() as u64;
+            }
+            match stats.verdict {
+                None => canary::verdict(&canary.rule, stats),
+                Some(_) => None,
+            }
+        };
+        if let Some(verdict) = verdict {
+            self.decide_canary(route, candidate, verdict);
+        }
+    }
+
+    /// Acts on a verdict on scenario `route`'s canary `candidate`, once: a
+    /// rolled-back candidate takes no events here from the next batch on;
+    /// either verdict is written into the scenario's document (in the
+    /// background, retried), from where every replica takes it.
+    fn decide_canary(&mut self, route: &Arc<Route>, candidate: &Arc<Route>, verdict: Verdict) {
+        let Some(canary) = &route.canary else { return };
+        if self
+            .canary_decided
+            .get(&route.id)
+            .is_some_and(|(label, _)| *label == candidate.plugin_label)
+        {
+            return;
+        }
+        let (promote, reason, name) = match &verdict {
+            Verdict::RolledBack(reason) => (false, reason.clone(), "rolled_back"),
+            Verdict::Promoted(reason) => (true, reason.clone(), "promoted"),
+        };
+        tracing::warn!(scenario = %route.id, candidate = %candidate.plugin_label, verdict = name, reason = %reason, "canary decided");
+        self.metrics
+            .telemetry
+            .counter(
+                "weir_canary_verdicts_total",
+                &[("scenario", route.id.as_str()), ("verdict", name)],
+            )
+            .increment(1);
+        {
+            let mut canaries = self.metrics.canaries.lock().expect("metrics lock");
+            let stats = canaries
+                .entry(route.id.clone())
+                .or_insert_with(|| new_canary_stats(route, candidate, canary.rule.share_bp));
+            stats.verdict = Some(verdict.clone());
+        }
+        self.canary_decided
+            .insert(route.id.clone(), (candidate.plugin_label.clone(), verdict));
+        let registry = self.registry.clone();
+        let id = route.id.clone();
+        let reference = canary.rule.plugin.clone();
+        self.runtime.spawn(async move {
+            let mut wait = Duration::from_secs(1);
+            for _ in 0..10 {
+                match registry
+                    .end_canary(&id, &reference, promote, &reason, "weir (canary rule)")
+                    .await
+                {
+                    Ok(_) => return,
+                    Err(err) if err.is_user_error() => {
+                        tracing::warn!(scenario = %id, error = %err, "the canary's verdict could not be written");
+                        return;
+                    }
+                    Err(err) => {
+                        tracing::warn!(scenario = %id, error = %err, "writing the canary's verdict; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        });
     }
 
     pub(super) fn quarantined(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Quarantine>> {

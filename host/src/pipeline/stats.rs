@@ -158,6 +158,8 @@ pub struct Metrics {
     pub sink_failing: Mutex<BTreeMap<&'static str, SinkFailing>>,
     /// What each scenario's shadow candidate did beside its plugin, by scenario id.
     pub shadows: Mutex<BTreeMap<String, super::shadow::ShadowStats>>,
+    /// What each scenario's canary and its plugin did on this replica, by scenario id.
+    pub canaries: Mutex<BTreeMap<String, super::canary::CanaryStats>>,
     /// The consumer has been given its partitions (possibly none) at least once.
     pub assigned: AtomicBool,
     /// When the loop last turned (fetched, waited on purpose or committed), Unix ms.

@@ -42,7 +42,8 @@ pub use plugins::{
     MakeCurrent, PluginDetail, PluginRef, PluginSummary, PluginVersion, Upload, valid_plugin_name,
 };
 pub use scenarios::{
-    DEFAULT_PLUGIN, Enrich, PutMode, Scenario, ScenarioSpec, WEIR_SCENARIO_FIELDS,
+    CanaryBy, CanarySpec, DEFAULT_PLUGIN, Enrich, PutMode, Scenario, ScenarioSpec,
+    WEIR_SCENARIO_FIELDS,
 };
 pub(crate) use scenarios::{valid_id, valid_topic};
 

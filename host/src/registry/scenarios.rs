@@ -13,6 +13,7 @@
 //! | `enrich` | `{"by": "<event field>"}` | merge the member with that id into each event |
 //! | `enabled` | boolean | default `true` |
 //! | `shadow` | `"name@version"` | a candidate run beside the plugin on the same events; its answers are compared, never produced (`docs/pipeline.md`) |
+//! | `canary` | `{"plugin": "name@version", "share": 0.1, …}` | a candidate that handles a share of the events for real, rolled back when it fails more than the plugin ([`CanarySpec`], `docs/pipeline.md`) |
 //!
 //! Everything else (`log_format`, `filters`, `logical_operator`, …) belongs to
 //! the plugin. The plugin's configuration is the document without weir's
@@ -41,6 +42,7 @@ pub const WEIR_SCENARIO_FIELDS: &[&str] = &[
     "enabled",
     "archive_columns",
     "shadow",
+    "canary",
 ];
 
 /// Types an `archive_columns` declaration may give a field.
@@ -80,6 +82,9 @@ pub struct ScenarioSpec {
     /// A candidate plugin run in the shadow of the scenario's own: on the
     /// same events, compared, never produced.
     pub shadow: Option<PluginRef>,
+    /// A candidate plugin that handles a share of the events in the plugin's
+    /// place.
+    pub canary: Option<CanarySpec>,
     /// Types its plugin's output fields take in the archive, declared ahead of
     /// the first records (field → `int64`, `float64`, `bool` or `string`).
     pub archive_columns: std::collections::BTreeMap<String, String>,
@@ -309,6 +314,17 @@ impl ScenarioSpec {
             }
         };
 
+        let canary = match object.get("canary") {
+            None | Some(Value::Null) => None,
+            Some(value) => CanarySpec::parse(value, &mut errors),
+        };
+        if shadow.is_some() && canary.is_some() {
+            errors.push(FieldError::new(
+                "canary",
+                "the scenario has a `shadow` too; a scenario tries one candidate at a time",
+            ));
+        }
+
         match (id, plugin) {
             (Some(id), Some(plugin)) if errors.is_empty() => Ok(Self {
                 id,
@@ -318,6 +334,7 @@ impl ScenarioSpec {
                 enrich,
                 enabled,
                 shadow,
+                canary,
                 archive_columns,
                 document: object.clone(),
             }),
@@ -339,6 +356,206 @@ impl ScenarioSpec {
         self.output_topic
             .clone()
             .unwrap_or_else(|| format!("weir.out.{}", self.id))
+    }
+}
+
+/// How a canary's share of the events is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CanaryBy {
+    /// By a hash of the record key (records without a key: of their topic,
+    /// partition and offset): one key always meets the same version.
+    Key,
+    /// By a hash of the topic and partition: whole partitions meet the candidate.
+    Partition,
+}
+
+/// A canary rollout: `candidate` takes `share` of the scenario's events for
+/// real (its outputs are produced, its failures dead-lettered), chosen by a
+/// rule that gives an event the same version on every replica and replay.
+///
+/// ```json
+/// "canary": {"plugin": "clicks@4", "share": 0.1, "by": "key",
+///            "rollback_margin": 0.02, "min_events": 500, "promote_after": 100000}
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CanarySpec {
+    /// The candidate version, `name@N`.
+    #[serde(serialize_with = "as_text")]
+    pub plugin: PluginRef,
+    /// Its share of the events, in basis points (1 to 10,000); written as a
+    /// fraction, `0.1` for 10 %.
+    pub share_bp: u32,
+    /// How an event's version is chosen.
+    pub by: CanaryBy,
+    /// How far the candidate's failure rate may pass the plugin's (as a
+    /// fraction of events, default 0.01) before it is rolled back.
+    pub rollback_margin: f64,
+    /// Events the candidate handles before its failure rate is judged
+    /// (default 100).
+    pub min_events: u64,
+    /// Promote it by rule once it has handled this many events within the
+    /// margin; without it, promotion is by command.
+    pub promote_after: Option<u64>,
+    /// Set by weir when it rolled the candidate back (or by a person, to stop
+    /// it): why. A canary with it takes no events.
+    pub rolled_back: Option<String>,
+}
+
+fn as_text<S: serde::Serializer>(plugin: &PluginRef, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(plugin)
+}
+
+/// Fields of a `canary` object.
+const CANARY_FIELDS: &[&str] = &[
+    "plugin",
+    "share",
+    "by",
+    "rollback_margin",
+    "min_events",
+    "promote_after",
+    "rolled_back",
+];
+
+impl CanarySpec {
+    /// Default `rollback_margin`.
+    pub const DEFAULT_MARGIN: f64 = 0.01;
+    /// Default `min_events`.
+    pub const DEFAULT_MIN_EVENTS: u64 = 100;
+
+    fn parse(value: &Value, errors: &mut Vec<FieldError>) -> Option<Self> {
+        let Some(fields) = value.as_object() else {
+            errors.push(FieldError::new(
+                "canary",
+                format!(
+                    "got {}; expected an object such as {{\"plugin\": \"name@2\", \"share\": 0.1}}",
+                    json_type(value)
+                ),
+            ));
+            return None;
+        };
+        let before = errors.len();
+        for key in fields
+            .keys()
+            .filter(|k| !CANARY_FIELDS.contains(&k.as_str()))
+        {
+            errors.push(FieldError::new(
+                format!("canary.{key}"),
+                format!(
+                    "unknown field; `canary` accepts {}",
+                    CANARY_FIELDS.join(", ")
+                ),
+            ));
+        }
+        let plugin = match fields.get("plugin") {
+            Some(Value::String(text)) => {
+                match PluginRef::parse(text) {
+                    Ok(reference) if reference.version.is_some() => Some(reference),
+                    Ok(_) => {
+                        errors.push(FieldError::new(
+                        "canary.plugin",
+                        format!("{text:?} names no version; a canary is a version of a plugin, `name@N`"),
+                    ));
+                        None
+                    }
+                    Err(reason) => {
+                        errors.push(FieldError::new("canary.plugin", reason));
+                        None
+                    }
+                }
+            }
+            other => {
+                errors.push(FieldError::new(
+                    "canary.plugin",
+                    format!(
+                        "got {}; expected the candidate version, `name@N`",
+                        other.map_or("nothing".to_owned(), short)
+                    ),
+                ));
+                None
+            }
+        };
+        let share_bp = match fields.get("share").and_then(Value::as_f64) {
+            Some(share) if share > 0.0 && share <= 1.0 && (share * 10_000.0).round() >= 1.0 => {
+                (share * 10_000.0).round() as u32
+            }
+            _ => {
+                errors.push(FieldError::new(
+                    "canary.share",
+                    format!(
+                        "got {}; expected the candidate's share of the events, a number from \
+                         0.0001 to 1 (0.1 for 10 %)",
+                        fields.get("share").map_or("nothing".to_owned(), short)
+                    ),
+                ));
+                0
+            }
+        };
+        let by = match fields.get("by") {
+            None => CanaryBy::Key,
+            Some(Value::String(by)) if by == "key" => CanaryBy::Key,
+            Some(Value::String(by)) if by == "partition" => CanaryBy::Partition,
+            Some(other) => {
+                errors.push(FieldError::new(
+                    "canary.by",
+                    format!("got {}; expected \"key\" or \"partition\"", short(other)),
+                ));
+                CanaryBy::Key
+            }
+        };
+        let rollback_margin = match fields.get("rollback_margin") {
+            None => Self::DEFAULT_MARGIN,
+            Some(value) => match value.as_f64() {
+                Some(margin) if (0.0..=1.0).contains(&margin) => margin,
+                _ => {
+                    errors.push(FieldError::new(
+                        "canary.rollback_margin",
+                        format!(
+                            "got {}; expected how far the candidate's failure rate may pass the \
+                             plugin's, a fraction from 0 to 1 (0.01 for one point)",
+                            short(value)
+                        ),
+                    ));
+                    Self::DEFAULT_MARGIN
+                }
+            },
+        };
+        let mut count = |field: &str, default: Option<u64>| match fields.get(field) {
+            None | Some(Value::Null) => default,
+            Some(value) => match value.as_u64().filter(|n| *n >= 1) {
+                Some(n) => Some(n),
+                None => {
+                    errors.push(FieldError::new(
+                        format!("canary.{field}"),
+                        format!(
+                            "got {}; expected a whole number of events, at least 1",
+                            short(value)
+                        ),
+                    ));
+                    default
+                }
+            },
+        };
+        let min_events =
+            count("min_events", Some(Self::DEFAULT_MIN_EVENTS)).unwrap_or(Self::DEFAULT_MIN_EVENTS);
+        let promote_after = count("promote_after", None);
+        let rolled_back = match fields.get("rolled_back") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(why)) => Some(why.clone()),
+            Some(other) => Some(other.to_string()),
+        };
+        if errors.len() > before {
+            return None;
+        }
+        Some(Self {
+            plugin: plugin?,
+            share_bp,
+            by,
+            rollback_margin,
+            min_events,
+            promote_after,
+            rolled_back,
+        })
     }
 }
 
@@ -573,17 +790,19 @@ impl Registry {
             invalid(id, errors)
         })?;
         let id = Some(spec.id.clone());
-        if let Some(shadow) = &spec.shadow {
-            match self.plugin_component(shadow).await {
+        let candidates = [
+            ("shadow", spec.shadow.as_ref()),
+            ("canary.plugin", spec.canary.as_ref().map(|c| &c.plugin)),
+        ];
+        for (field, candidate) in candidates {
+            let Some(candidate) = candidate else { continue };
+            match self.plugin_component(candidate).await {
                 Ok(_) => {}
                 Err(
                     error @ (RegistryError::PluginNotFound { .. }
                     | RegistryError::VersionNotFound { .. }),
                 ) => {
-                    return Err(invalid(
-                        id,
-                        vec![FieldError::new("shadow", error.to_string())],
-                    ));
+                    return Err(invalid(id, vec![FieldError::new(field, error.to_string())]));
                 }
                 Err(other) => return Err(other),
             }
@@ -770,6 +989,45 @@ impl Registry {
         .map_err(db("reading a scenario"))?
         .ok_or_else(|| RegistryError::ScenarioNotFound { id: id.to_owned() })?;
         scenario_from_row(&row)
+    }
+
+    /// Ends scenario `id`'s canary `candidate`: promoted, the candidate
+    /// becomes the document's `plugin` and `canary` goes; otherwise `canary`
+    /// keeps `rolled_back` with `reason`, and takes no more events. Nothing
+    /// changes (`Ok(false)`) when the document's canary is another candidate
+    /// or already ended: another replica or a person was first.
+    pub async fn end_canary(
+        &self,
+        id: &str,
+        candidate: &PluginRef,
+        promote: bool,
+        reason: &str,
+        by: &str,
+    ) -> Result<bool, RegistryError> {
+        let mut document = self.scenario(id).await?.document;
+        let Some(object) = document.as_object_mut() else {
+            return Ok(false);
+        };
+        let ours = object.get("canary").is_some_and(|canary| {
+            canary.get("rolled_back").is_none_or(Value::is_null)
+                && canary
+                    .get("plugin")
+                    .and_then(Value::as_str)
+                    .and_then(|text| PluginRef::parse(text).ok())
+                    .is_some_and(|now| now == *candidate)
+        });
+        if !ours {
+            return Ok(false);
+        }
+        if promote {
+            object.remove("canary");
+            object.insert("plugin".into(), Value::String(candidate.to_string()));
+        } else if let Some(Value::Object(canary)) = object.get_mut("canary") {
+            canary.insert("rolled_back".into(), Value::String(reason.to_owned()));
+        }
+        self.put_scenario(document, Some(id), PutMode::Upsert, by)
+            .await
+            .map(|_| true)
     }
 
     /// Deletes a scenario.

@@ -219,6 +219,14 @@ async function drawScenarios(list) {
       const last = shadow.samples[shadow.samples.length - 1];
       if (last) plugin.title = `offset ${last.offset}: ${JSON.stringify(last.current)} / ${JSON.stringify(last.candidate)}`;
     }
+    // A canary's failure rate against the plugin's, and its verdict.
+    const canary = st && st.canary;
+    if (canary) {
+      const line = `canary ${canary.candidate} (${percent(canary.share)}): ${percent(canary.candidate_failure_rate)} failed of ${number(canary.candidate_events)}, against ${percent(canary.current_failure_rate)}`;
+      const verdict = canary.verdict ? `; ${canary.verdict.replace("_", " ")}` : "";
+      plugin.append(el("div", line + verdict, canary.verdict === "rolled_back" ? "bad" : "muted"));
+      if (canary.reason) plugin.title = canary.reason;
+    }
     const tr = row([
       s.scenario_id,
       (s.document && s.document.title) || "",
