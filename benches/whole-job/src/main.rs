@@ -1,0 +1,619 @@
+//! The whole job as its users run it: `weir serve` (the release binary, a
+//! process of its own) against the real broker, Redis and a local Parquet
+//! archive, draining a produced backlog of tracking events for scenario 5 (the
+//! `scenario` plugin, outputs, counters, archive with files rolling by
+//! default); and, on the same backlog and broker, the limit of the machine: a
+//! bare rdkafka consume → produce passthrough (no transaction, no plugin, no
+//! sinks) in this process.
+//!
+//! Run it with `benches/serve`, which builds what it needs and starts the
+//! servers. Settings: `WEIR_BIN` (the weir binary; default
+//! `target/release/weir`), `WEIR_BENCH_EVENTS` (the backlog, default
+//! 1,000,000), `WEIR_BENCH_RATE` and `WEIR_BENCH_LATENCY_SECS` (the latency
+//! phase, default 50,000 events/s for 10 s), `WEIR_BENCH_PERF=1` (record a
+//! `perf` profile of weir while it drains, and print its top symbols).
+//!
+//! CPU time comes from `/proc/<pid>/stat` (user + system) of each process,
+//! before and after each phase, so that figures compare across noisy runs.
+//! Each phase prints one `key=value` line:
+//!
+//! - `backlog events=N bytes_per_event=B`
+//! - `passthrough events=N seconds=S events_per_s=R cpu_us_per_event=C broker_cpu_us_per_event=K`
+//! - `weir-serve events=N seconds=S events_per_s=R share_of_passthrough=X cpu_us_per_event=C broker_cpu_us_per_event=K redis_cpu_us_per_event=D`
+//! - `weir-serve-latency rate=R events=N p50_ms=.. p99_ms=.. max_ms=..`: from
+//!   the producer's send time (in the event) to a `read_committed` reader of
+//!   the output topic.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+
+const PARTITIONS: i32 = 3;
+const TOKEN: &str = "bench-admin-token";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A tracking event of about 270 bytes, as the pipeline bench sends.
+fn event(i: u64, sent_ms: i64) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "scenario_id": "5",
+        "memberId": format!("m{}", i % 1000),
+        "age": 15 + i % 40,
+        "gender": if i.is_multiple_of(2) { "MALE" } else { "FEMALE" },
+        "h": i % 24,
+        "e_n": if i.is_multiple_of(3) { "구매" } else { "조회" },
+        "url": format!("https://shop.example/goods/{}?ref=home&campaign=autumn", i % 977),
+        "device": "mobile",
+        "session": format!("s-{:08x}", i.wrapping_mul(2_654_435_761)),
+        "sent_ms": sent_ms,
+    }))
+    .expect("event JSON")
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("weir-bench-serve: {message}");
+    std::process::exit(2);
+}
+
+/// User + system CPU time of process `pid` so far, microseconds.
+fn cpu_us(pid: u32, ticks_per_s: u64) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| fail(&format!("reading /proc/{pid}/stat: {e}")));
+    // The command name is in parentheses and may hold spaces: fields count
+    // from the last `)`. utime and stime are fields 14 and 15.
+    let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+    ticks * 1_000_000 / ticks_per_s
+}
+
+fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// The pid `tests/stack` recorded for `service`.
+fn stack_pid(service: &str) -> u32 {
+    let dir = std::env::var("WEIR_STACK_DIR").unwrap_or_else(|_| {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or("0")
+            .to_owned();
+        format!("/tmp/weir-stack-{uid}")
+    });
+    let file = Path::new(&dir).join(service).join("pid");
+    std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| {
+            fail(&format!(
+                "no pid of {service} in {}: start the servers with `tests/stack up kafka redis`",
+                file.display()
+            ))
+        })
+}
+
+/// CPU of several processes, sampled together.
+struct Cpu {
+    ticks: u64,
+    pids: Vec<u32>,
+    at: Vec<u64>,
+}
+
+impl Cpu {
+    fn start(ticks: u64, pids: Vec<u32>) -> Self {
+        let at = pids.iter().map(|p| cpu_us(*p, ticks)).collect();
+        Self { ticks, pids, at }
+    }
+
+    /// Microseconds of CPU per event of each process since the start.
+    fn per_event(&self, events: u64) -> Vec<f64> {
+        self.pids
+            .iter()
+            .zip(&self.at)
+            .map(|(p, before)| (cpu_us(*p, self.ticks) - before) as f64 / events as f64)
+            .collect()
+    }
+}
+
+fn new_producer(brokers: &str) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .create()
+        .expect("producer")
+}
+
+fn send(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: &[u8],
+) {
+    let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(value);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn create_topics(brokers: &str, topics: &[&str]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin");
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .expect("create topics")
+    {
+        result.expect("topic");
+    }
+}
+
+/// The bare limit: consume every record of `input` and produce its key and
+/// value to `output`, no transaction, until `events` were delivered.
+fn passthrough(brokers: &str, group: &str, input: &str, output: &str, events: u64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("passthrough consumer");
+    consumer.subscribe(&[input]).expect("subscribe");
+    let producer = new_producer(brokers);
+    let mut seen = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while seen < events {
+        assert!(
+            Instant::now() < deadline,
+            "passthrough: {seen} of {events} in 600 s"
+        );
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message.expect("passthrough read");
+            send(
+                &producer,
+                output,
+                message.key(),
+                message.payload().unwrap_or_default(),
+            );
+            seen += 1;
+        }
+    }
+    producer.flush(Duration::from_secs(120)).expect("flush");
+}
+
+/// Records consumer group `group` committed on `topic`, summed over partitions.
+fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("offsets reader");
+    let mut list = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        list.add_partition(topic, p);
+    }
+    consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .map(|l| {
+            l.elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct Serve {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Serve {
+    async fn start(bin: &Path, config: &Path, log: &Path, base: String) -> Self {
+        let log_file = std::fs::File::create(log).expect("log file");
+        let child = Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| fail(&format!("starting {}: {e}", bin.display())));
+        let serve = Self {
+            child,
+            base,
+            http: reqwest::Client::new(),
+        };
+        let started = Instant::now();
+        loop {
+            let live = serve.http.get(format!("{}/livez", serve.base)).send().await;
+            if live.is_ok_and(|r| r.status().is_success()) {
+                return serve;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                fail(&format!(
+                    "weir serve did not answer in 60 s; see {}",
+                    log.display()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `weir_events_total` from `/metrics`.
+    async fn events(&self) -> u64 {
+        let Ok(answer) = self.http.get(format!("{}/metrics", self.base)).send().await else {
+            return 0;
+        };
+        let text = answer.text().await.unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("weir_events_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+
+    async fn put_scenario(&self, scenario: serde_json::Value) {
+        let answer = self
+            .http
+            .put(format!("{}/api/scenarios/5", self.base))
+            .bearer_auth(TOKEN)
+            .json(&scenario)
+            .send()
+            .await
+            .expect("PUT scenario");
+        let status = answer.status();
+        if !status.is_success() {
+            fail(&format!(
+                "the scenario was refused ({status}): {}",
+                answer.text().await.unwrap_or_default()
+            ));
+        }
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `perf record` of `pid` until stopped, to `out`.
+fn perf_record(pid: u32, out: &Path) -> Child {
+    Command::new("perf")
+        .args(["record", "-F", "499", "-g", "-o"])
+        .arg(out)
+        .args(["-p", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| fail(&format!("perf: {e} (apt install linux-perf)")))
+}
+
+fn perf_report(mut perf: Child, data: &Path) {
+    let _ = Command::new("kill")
+        .args(["-INT", &perf.id().to_string()])
+        .status();
+    let _ = perf.wait();
+    let report = Command::new("perf")
+        .args([
+            "report",
+            "--no-children",
+            "--stdio",
+            "--sort",
+            "dso,symbol",
+            "-i",
+        ])
+        .arg(data)
+        .output();
+    if let Ok(report) = report {
+        let text = String::from_utf8_lossy(&report.stdout);
+        println!(
+            "perf-profile (self time, top symbols; `perf report -i {}` for more):",
+            data.display()
+        );
+        for line in text
+            .lines()
+            .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+            .take(40)
+        {
+            println!("  {}", line.trim());
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let var = |name: &str, how: &str| {
+        std::env::var(name).unwrap_or_else(|_| fail(&format!("{name} is not set: {how}")))
+    };
+    let start_servers = "start the servers with `tests/stack up kafka redis` and `eval \"$(tests/stack env)\"`, or run `benches/serve`";
+    let brokers = var("WEIR_TEST_KAFKA", start_servers);
+    let redis = var("WEIR_TEST_REDIS", start_servers);
+    let bin = std::env::var("WEIR_BIN").map_or_else(
+        |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/weir"),
+        PathBuf::from,
+    );
+    if !bin.exists() {
+        fail(&format!(
+            "no weir binary at {}: build it with `cargo build --release -p weir` or run `benches/serve`",
+            bin.display()
+        ));
+    }
+    let events: u64 = env_or("WEIR_BENCH_EVENTS", 1_000_000);
+    let rate: u64 = env_or("WEIR_BENCH_RATE", 50_000);
+    let latency_secs: u64 = env_or("WEIR_BENCH_LATENCY_SECS", 10);
+    let profile = std::env::var("WEIR_BENCH_PERF").is_ok_and(|v| v == "1");
+    let ticks = clock_ticks();
+    let (broker_pid, redis_pid) = (stack_pid("kafka"), stack_pid("redis"));
+
+    let tag = format!("serve-bench-{}-{}", std::process::id(), now_ms());
+    let dir = std::env::temp_dir().join(&tag);
+    std::fs::create_dir_all(&dir).expect("bench directory");
+    let (input, idle, pass_out, out, dlq) = (
+        format!("{tag}-in"),
+        format!("{tag}-idle"),
+        format!("{tag}-pass"),
+        format!("{tag}-out"),
+        format!("{tag}-dlq"),
+    );
+    create_topics(&brokers, &[&input, &idle, &pass_out, &out, &dlq]).await;
+
+    // The backlog, produced once and drained by both.
+    let producer = new_producer(&brokers);
+    let sent = now_ms();
+    let mut bytes = 0usize;
+    for i in 0..events {
+        let value = event(i, sent);
+        bytes += value.len();
+        send(
+            &producer,
+            &input,
+            Some(format!("m{}", i % 1000).as_bytes()),
+            &value,
+        );
+    }
+    producer
+        .flush(Duration::from_secs(300))
+        .expect("flush the backlog");
+    drop(producer);
+    println!(
+        "backlog events={events} bytes_per_event={}",
+        bytes as u64 / events
+    );
+
+    // The limit: the bare passthrough.
+    let cpu = Cpu::start(ticks, vec![std::process::id(), broker_pid]);
+    let started = Instant::now();
+    {
+        let (brokers, input, pass_out, group) = (
+            brokers.clone(),
+            input.clone(),
+            pass_out.clone(),
+            format!("{tag}-pass"),
+        );
+        tokio::task::spawn_blocking(move || {
+            passthrough(&brokers, &group, &input, &pass_out, events)
+        })
+        .await
+        .expect("passthrough");
+    }
+    let pass_seconds = started.elapsed().as_secs_f64();
+    let pass_rate = events as f64 / pass_seconds;
+    let used = cpu.per_event(events);
+    println!(
+        "passthrough events={events} seconds={pass_seconds:.2} events_per_s={pass_rate:.0} \
+         cpu_us_per_event={:.2} broker_cpu_us_per_event={:.2}",
+        used[0], used[1]
+    );
+
+    // weir serve: scenario 5 bound to the backlog's topic once it runs.
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let group = format!("{tag}-weir");
+    let config = dir.join("weir.toml");
+    let mut file = std::fs::File::create(&config).expect("config");
+    write!(
+        file,
+        "listen = \"127.0.0.1:{port}\"\ndata_dir = {data:?}\n\
+         [api]\nadmin_token = \"{TOKEN}\"\n\
+         [pipeline]\nbrokers = {brokers:?}\ngroup_id = {group:?}\ntopics = [{idle:?}]\n\
+         dlq_topic = {dlq:?}\njournal_topic = \"{tag}-journal\"\n\
+         [counters]\nredis = {redis:?}\nkey_prefix = {tag:?}\n\
+         [archive]\nroot = {archive:?}\n\
+         [collect]\nenabled = false\n",
+        data = dir.join("data").display().to_string(),
+        archive = dir.join("archive").display().to_string(),
+    )
+    .expect("write config");
+    drop(file);
+    let log = dir.join("weir.log");
+    let serve = Serve::start(&bin, &config, &log, base).await;
+    let weir_pid = serve.child.id();
+    let perf_data = dir.join("perf.data");
+    let cpu = Cpu::start(ticks, vec![weir_pid, broker_pid, redis_pid]);
+    let started = Instant::now();
+    serve
+        .put_scenario(json!({
+            "scenario_id": "5",
+            "title": "adult male users who clicked buy after 9",
+            "log_format": {"memberId": 1, "age": 1, "gender": 1, "h": 1, "e_n": 1, "sent_ms": 1, "url": 0},
+            "filters": [
+                {"left": "age", "operator": ">", "right": 20},
+                {"left": "gender", "operator": "==", "right": "MALE"},
+                {"left": "h", "operator": ">=", "right": 9}
+            ],
+            "logical_operator": "AND",
+            "source": [input],
+            "output_topic": out,
+        }))
+        .await;
+    let perf = profile.then(|| perf_record(weir_pid, &perf_data));
+    while serve.events().await < events {
+        if started.elapsed() > Duration::from_secs(900) {
+            fail(&format!(
+                "weir handled {} of {events} in 900 s; see {}",
+                serve.events().await,
+                log.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Counted once its offsets are committed: after the sinks made it durable.
+    while committed(&brokers, &group, &input) < events as i64 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let used = cpu.per_event(events);
+    if let Some(perf) = perf {
+        perf_report(perf, &perf_data);
+    }
+    let weir_rate = events as f64 / seconds;
+    println!(
+        "weir-serve events={events} seconds={seconds:.2} events_per_s={weir_rate:.0} \
+         share_of_passthrough={:.2} cpu_us_per_event={:.2} broker_cpu_us_per_event={:.2} \
+         redis_cpu_us_per_event={:.2}",
+        weir_rate / pass_rate,
+        used[0],
+        used[1],
+        used[2]
+    );
+
+    // Latency at a steady rate, read back read_committed.
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("{tag}-reader"))
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "latest")
+        .create()
+        .expect("reader");
+    reader.subscribe(&[&out]).expect("subscribe");
+    let join_deadline = Instant::now() + Duration::from_secs(15);
+    while reader.assignment().map(|a| a.count()).unwrap_or(0) == 0 && Instant::now() < join_deadline
+    {
+        reader.poll(Duration::from_millis(100));
+    }
+    let total = rate * latency_secs;
+    let load = {
+        let (brokers, input) = (brokers.clone(), input.clone());
+        std::thread::spawn(move || {
+            let producer = new_producer(&brokers);
+            let started = Instant::now();
+            for i in 0..total {
+                let due = Duration::from_micros(i * 1_000_000 / rate);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                send(
+                    &producer,
+                    &input,
+                    Some(format!("m{}", i % 1000).as_bytes()),
+                    &event(i, now_ms()),
+                );
+            }
+            producer.flush(Duration::from_secs(60)).expect("flush");
+        })
+    };
+    let mut latencies = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(latency_secs + 60);
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline {
+        match reader.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let seen = now_ms();
+                let value: serde_json::Value =
+                    serde_json::from_slice(message.payload().unwrap_or_default())
+                        .expect("output JSON");
+                if let Some(sent) = value["sent_ms"].as_i64() {
+                    latencies.push(seen - sent);
+                }
+                quiet_since = Instant::now();
+            }
+            _ if load.is_finished() && quiet_since.elapsed() > Duration::from_secs(3) => break,
+            _ => {}
+        }
+    }
+    load.join().expect("load thread");
+    latencies.sort_unstable();
+    println!(
+        "weir-serve-latency rate={rate} events={} p50_ms={} p99_ms={} max_ms={}",
+        latencies.len(),
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(0)
+    );
+    serve.stop();
+    let _ = std::fs::remove_dir_all(dir.join("archive"));
+}
