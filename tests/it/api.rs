@@ -418,8 +418,15 @@ async fn a_shadow_candidate_is_checked_and_promoted(db: Database) {
 
     // A canary: every field checked, one candidate at a time; promoting
     // makes it the plugin, and a rolled-back one is refused.
+    // A second version of the scenario plugin: the same component with a
+    // custom section (id 0, name "ver2") appended.
+    let mut second = artifact(weir_artifacts::PLUGIN_SCENARIO);
+    second.extend_from_slice(&[0x00, 0x05, 0x04, b'v', b'e', b'r', b'2']);
+    let uploaded = api.upload(second, Some("scenario")).await;
+    assert_eq!(uploaded.body["version"], 2, "{:#}", uploaded.body);
     let with_canary = |canary: Value| {
         let mut document = scenario5();
+        document["plugin"] = json!("scenario@2");
         document["canary"] = canary;
         document
     };
@@ -473,6 +480,14 @@ async fn a_shadow_candidate_is_checked_and_promoted(db: Database) {
             "{canary}: {detail}"
         );
     }
+    let mut own = with_canary(json!({"plugin": "scenario@1", "share": 0.1}));
+    own["plugin"] = json!("scenario@1");
+    assert!(
+        api.put_scenario("5", &own)
+            .await
+            .problem(StatusCode::UNPROCESSABLE_ENTITY)
+            .contains("the scenario's own plugin version")
+    );
     let mut both = with_canary(json!({"plugin": "scenario@1", "share": 0.1}));
     both["shadow"] = json!("scenario@1");
     let refused = api.put_scenario("5", &both).await;
@@ -481,9 +496,8 @@ async fn a_shadow_candidate_is_checked_and_promoted(db: Database) {
             .problem(StatusCode::UNPROCESSABLE_ENTITY)
             .contains("one candidate at a time")
     );
-    let mut rolled_back = with_canary(json!({"plugin": "scenario@1", "share": 0.1,
-                                              "rolled_back": "failed 3 %"}));
-    rolled_back["plugin"] = json!("scenario");
+    let rolled_back = with_canary(json!({"plugin": "scenario@1", "share": 0.1,
+                                          "rolled_back": "failed 3 %"}));
     let stored = api.put_scenario("5", &rolled_back).await;
     assert_eq!(stored.status, StatusCode::OK, "{:#}", stored.body);
     assert!(

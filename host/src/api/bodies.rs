@@ -377,6 +377,8 @@ pub struct CanarySummary {
     pub verdict: Option<String>,
     /// Why.
     pub reason: Option<String>,
+    /// Why the candidate takes no events, when it could not load.
+    pub error: Option<String>,
 }
 
 impl CanarySummary {
@@ -413,6 +415,7 @@ impl CanarySummary {
                 .unwrap_or(0),
             verdict: verdict.map(str::to_owned),
             reason,
+            error: stats.error.clone(),
         }
     }
 }

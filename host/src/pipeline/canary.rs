@@ -84,6 +84,8 @@ pub struct CanaryStats {
     pub candidate_ns: u64,
     /// What was decided, once it was.
     pub verdict: Option<Verdict>,
+    /// Why the candidate takes no events, when it could not load.
+    pub error: Option<String>,
 }
 
 /// What becomes of a canary.
@@ -111,6 +113,7 @@ impl CanaryStats {
             current_ns: 0,
             candidate_ns: 0,
             verdict: None,
+            error: None,
         }
     }
 

@@ -416,16 +416,23 @@ impl Pipeline {
             self.canary_decided
                 .retain(|id, (label, _)| canary_label(id).is_some_and(|(_, now)| now == *label));
             // Figures of a candidate (or a plugin) that changed start afresh;
-            // a canary's stay after its rollback, until the plugin changes.
+            // a canary's stay after its rollback, until the plugin changes or
+            // the canary is tried again (its document no longer rolled back,
+            // while this replica holds no verdict on it).
+            let decided = &self.canary_decided;
             self.metrics
                 .canaries
                 .lock()
                 .expect("metrics lock")
                 .retain(|id, stats| {
+                    let tried_again = canary_label(id).is_some()
+                        && matches!(stats.verdict, Some(canary::Verdict::RolledBack(_)))
+                        && !decided.contains_key(id);
                     routes
                         .get(id)
                         .is_some_and(|now| now.plugin_label == stats.current)
                         && canary_label(id).is_none_or(|(_, now)| now == stats.candidate)
+                        && !tried_again
                 });
             self.metrics
                 .shadows
@@ -1116,90 +1123,50 @@ impl Pipeline {
 
         let mut scenarios = Vec::with_capacity(shares.len());
         let mut outputs = 0u64;
-        let parts = shares.into_iter().flat_map(|(id, share)| {
+        for (id, share) in shares {
             let route = &catalog.routes[id];
-            let candidate = route.canary.as_ref().and_then(|c| {
-                let candidate = c.route.as_ref().ok()?;
-                Some((candidate, &c.rule))
-            });
-            match candidate {
-                Some((candidate, rule)) if self.canary_ready(route, candidate) => {
-                    let (canary, own): (Vec<_>, Vec<_>) =
-                        share.into_iter().partition(|(index, _)| {
-                            let message = messages[*index];
-                            canary::takes(
-                                rule.by,
-                                rule.share_bp,
-                                topic,
-                                partition,
-                                message.offset(),
-                                message.key(),
-                            )
-                        });
-                    vec![(route, false, own), (candidate, true, canary)]
-                }
-                _ => vec![(route, false, share)],
-            }
-        });
-        let parts: Vec<_> = parts.filter(|(_, _, share)| !share.is_empty()).collect();
-        for (route, is_canary, share) in parts {
-            let id = route.id.as_str();
-            let mut batch = Batch::new(id, topic, partition);
-            let mut events = Vec::with_capacity(share.len());
-            let mut headers_buf: Vec<(String, Vec<u8>)> = Vec::new();
-            for (index, member) in &share {
-                let message = messages[*index];
-                let raw = message.payload().unwrap_or_default();
-                let enriched = match (&route.enrich_by, member) {
-                    (Some(_), Some(member)) => self.enriched(catalog, raw, member)?,
-                    _ => None,
+            // Each version's part of the scenario's share, run one after the other.
+            let mut ran = Vec::with_capacity(2);
+            for (variant, is_canary, share) in self.parts(route, topic, partition, messages, share)
+            {
+                let (batch, events) =
+                    self.scenario_batch(catalog, variant, (topic, partition), &share, messages)?;
+                let called = Instant::now();
+                let (mut result, quarantined) = if is_canary {
+                    (self.run_canary(route, variant, &batch), false)
+                } else {
+                    self.run_scenario(variant, &batch)
                 };
-                headers_buf.clear();
-                if let Some(headers) = message.headers() {
-                    for header in headers.iter() {
-                        headers_buf.push((
-                            header.key.to_owned(),
-                            header.value.unwrap_or_default().to_vec(),
-                        ));
-                    }
+                if route.canary.is_some() {
+                    self.note_canary(route, is_canary, &result, called.elapsed());
                 }
-                let headers: Vec<(&str, &[u8])> = headers_buf
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_slice()))
-                    .collect();
-                let timestamp_ms = message.timestamp().to_millis();
-                batch
-                    .push_event(EventInput {
-                        offset: message.offset(),
-                        value: enriched.as_deref().unwrap_or(raw),
-                        key: message.key(),
-                        timestamp_ms,
-                        headers: &headers,
-                    })
-                    .map_err(|e| CycleError::Runtime(e.to_string()))?;
-                events.push(EventMeta {
-                    offset: message.offset(),
-                    timestamp_ms,
-                });
+                self.fail_what_cannot_be_produced(variant, &share, messages, &mut result);
+                ran.push((variant, share, events, result, quarantined));
             }
-
-            let called = Instant::now();
-            let (mut result, quarantined) = if is_canary {
-                (self.run_canary(&catalog.routes[id], route, &batch), false)
-            } else {
-                self.run_scenario(route, &batch)
+            // Outputs and dead letters in offset order across the parts, as
+            // without a canary: a key's records keep their order.
+            let order: Box<dyn Iterator<Item = (usize, usize)>> = match ran.as_slice() {
+                [(_, share, ..)] => Box::new((0..share.len()).map(|i| (0, i))),
+                parts => {
+                    let mut order: Vec<(usize, usize)> = parts
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(p, (_, share, ..))| (0..share.len()).map(move |i| (p, i)))
+                        .collect();
+                    order.sort_by_key(|&(p, i)| parts[p].1[i].0);
+                    Box::new(order.into_iter())
+                }
             };
-            if route.canary.is_some() || is_canary {
-                let took = called.elapsed();
-                self.note_canary(&catalog.routes[id], is_canary, &result, took);
-            }
-            self.fail_what_cannot_be_produced(route, &share, messages, &mut result);
-            for ((index, member), outcome) in share.iter().zip(result.outcomes()) {
+            for (p, i) in order {
+                let (variant, share, _, result, quarantined) = &ran[p];
+                let variant: &'m Arc<Route> = variant;
+                let (index, member) = &share[i];
                 let message = messages[*index];
+                let outcome = &result.outcomes()[i];
                 match outcome.status {
                     Status::Emitted => {
                         for record in result.records(outcome) {
-                            self.send_output(route, message, member.as_deref(), record)?;
+                            self.send_output(variant, message, member.as_deref(), record)?;
                             outputs += 1;
                         }
                     }
@@ -1207,8 +1174,8 @@ impl Pipeline {
                         let error = outcome.error.as_ref();
                         dead.push(DeadLetter {
                             message,
-                            scenario: Some(route.as_ref()),
-                            reason: if quarantined {
+                            scenario: Some(variant.as_ref()),
+                            reason: if *quarantined {
                                 DeadLetterReason::PluginQuarantined
                             } else {
                                 error.map_or(DeadLetterReason::PluginError, |e| {
@@ -1221,12 +1188,14 @@ impl Pipeline {
                     Status::Dropped => {}
                 }
             }
-            scenarios.push(ScenarioBatch {
-                scenario: route.id.clone(),
-                plugin: route.plugin_label.clone(),
-                events,
-                result,
-            });
+            for (variant, _, events, result, _) in ran {
+                scenarios.push(ScenarioBatch {
+                    scenario: variant.id.clone(),
+                    plugin: variant.plugin_label.clone(),
+                    events,
+                    result,
+                });
+            }
         }
 
         let first_offset = messages.first().map_or(0, |m| m.offset());
@@ -1244,6 +1213,59 @@ impl Pipeline {
             outputs,
             dead,
         ))
+    }
+}
+
+impl Pipeline {
+    /// The plugin's batch of scenario `route`'s `share` of a partition's
+    /// `messages` (enriched when the scenario asks), with each event's offset and time.
+    fn scenario_batch(
+        &self,
+        catalog: &Catalog,
+        route: &Route,
+        (topic, partition): (&str, i32),
+        share: &[(usize, Option<String>)],
+        messages: &[&OwnedMessage],
+    ) -> Result<(Batch, Vec<EventMeta>), CycleError> {
+        let mut batch = Batch::new(&route.id, topic, partition);
+        let mut events = Vec::with_capacity(share.len());
+        let mut headers_buf: Vec<(String, Vec<u8>)> = Vec::new();
+        for (index, member) in share {
+            let message = messages[*index];
+            let raw = message.payload().unwrap_or_default();
+            let enriched = match (&route.enrich_by, member) {
+                (Some(_), Some(member)) => self.enriched(catalog, raw, member)?,
+                _ => None,
+            };
+            headers_buf.clear();
+            if let Some(headers) = message.headers() {
+                for header in headers.iter() {
+                    headers_buf.push((
+                        header.key.to_owned(),
+                        header.value.unwrap_or_default().to_vec(),
+                    ));
+                }
+            }
+            let headers: Vec<(&str, &[u8])> = headers_buf
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect();
+            let timestamp_ms = message.timestamp().to_millis();
+            batch
+                .push_event(EventInput {
+                    offset: message.offset(),
+                    value: enriched.as_deref().unwrap_or(raw),
+                    key: message.key(),
+                    timestamp_ms,
+                    headers: &headers,
+                })
+                .map_err(|e| CycleError::Runtime(e.to_string()))?;
+            events.push(EventMeta {
+                offset: message.offset(),
+                timestamp_ms,
+            });
+        }
+        Ok((batch, events))
     }
 }
 

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use rdkafka::message::{Message, OwnedMessage};
+
 use super::canary::{self, CanaryStats, Verdict};
 use super::catalog::{Catalog, Route, Shadow};
 use super::route;
@@ -22,15 +24,6 @@ pub struct Quarantine {
     pub reason: String,
     /// Until when, Unix milliseconds.
     pub until_ms: i64,
-}
-
-fn new_canary_stats(route: &Route, candidate: &Route, share_bp: u32) -> CanaryStats {
-    CanaryStats::new(
-        &route.plugin_label,
-        &candidate.plugin_label,
-        share_bp,
-        chrono::Utc::now().timestamp_millis(),
-    )
 }
 
 impl Pipeline {
@@ -231,6 +224,48 @@ impl Pipeline {
         }
     }
 
+    /// Scenario `route`'s `share` of a partition's `messages` by version: its
+    /// plugin's part, and its canary's (flagged) when the canary takes events;
+    /// empty parts left out.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn parts<'m>(
+        &mut self,
+        route: &'m Arc<Route>,
+        topic: &str,
+        partition: i32,
+        messages: &[&OwnedMessage],
+        share: Vec<(usize, Option<String>)>,
+    ) -> Vec<(&'m Arc<Route>, bool, Vec<(usize, Option<String>)>)> {
+        let candidate = route
+            .canary
+            .as_ref()
+            .and_then(|c| Some((c.route.as_ref().ok()?, &c.rule)))
+            // A candidate with the plugin's own label is no other version: its
+            // part could not be told from the plugin's in the counters.
+            .filter(|(candidate, _)| candidate.plugin_label != route.plugin_label);
+        let parts = match candidate {
+            Some((candidate, rule)) if self.canary_ready(route, candidate) => {
+                let (canary, own): (Vec<_>, Vec<_>) = share.into_iter().partition(|(index, _)| {
+                    let message = messages[*index];
+                    canary::takes(
+                        rule.by,
+                        rule.share_bp,
+                        topic,
+                        partition,
+                        message.offset(),
+                        message.key(),
+                    )
+                });
+                vec![(route, false, own), (candidate, true, canary)]
+            }
+            _ => vec![(route, false, share)],
+        };
+        parts
+            .into_iter()
+            .filter(|(_, _, share)| !share.is_empty())
+            .collect()
+    }
+
     /// Whether scenario `route`'s canary `candidate` takes events: this
     /// replica has not decided on it, and it has an instance (one that cannot
     /// be made rolls it back, before any event meets it).
@@ -333,7 +368,6 @@ impl Pipeline {
         took: Duration,
     ) {
         let Some(canary) = &route.canary else { return };
-        let Ok(candidate) = &canary.route else { return };
         let failed = result
             .outcomes()
             .iter()
@@ -341,12 +375,31 @@ impl Pipeline {
             .count() as u64;
         let verdict = {
             let mut canaries = self.metrics.canaries.lock().expect("metrics lock");
-            let stats = canaries
-                .entry(route.id.clone())
-                .or_insert_with(|| new_canary_stats(route, candidate, canary.rule.share_bp));
-            if stats.candidate != candidate.plugin_label || stats.current != route.plugin_label {
-                *stats = new_canary_stats(route, candidate, canary.rule.share_bp);
+            let (label, error) = match &canary.route {
+                Ok(candidate) => (candidate.plugin_label.clone(), None),
+                Err(why) => (
+                    canary.rule.plugin.to_string(),
+                    Some(format!("the candidate could not load: {why}")),
+                ),
+            };
+            let stats = canaries.entry(route.id.clone()).or_insert_with(|| {
+                CanaryStats::new(
+                    &route.plugin_label,
+                    &label,
+                    canary.rule.share_bp,
+                    chrono::Utc::now().timestamp_millis(),
+                )
+            });
+            if stats.candidate != label || stats.current != route.plugin_label {
+                *stats = CanaryStats::new(
+                    &route.plugin_label,
+                    &label,
+                    canary.rule.share_bp,
+                    chrono::Utc::now().timestamp_millis(),
+                );
             }
+            stats.share_bp = canary.rule.share_bp;
+            stats.error = error;
             let events = result.outcomes().len() as u64;
             if is_canary {
                 stats.candidate_events += events;
@@ -357,28 +410,36 @@ impl Pipeline {
                 stats.current_failed += failed;
                 stats.current_ns += took.as_nanos() as u64;
             }
-            match stats.verdict {
-                None => canary::verdict(&canary.rule, stats),
-                Some(_) => None,
+            // After a promotion (until the document says so), a rollback may
+            // still follow; after a rollback nothing does.
+            match (&stats.verdict, canary::verdict(&canary.rule, stats)) {
+                (None, verdict) => verdict,
+                (Some(Verdict::Promoted(_)), Some(rollback @ Verdict::RolledBack(_))) => {
+                    Some(rollback)
+                }
+                _ => None,
             }
         };
-        if let Some(verdict) = verdict {
+        if let (Some(verdict), Ok(candidate)) = (verdict, &canary.route) {
             self.decide_canary(route, candidate, verdict);
         }
     }
 
-    /// Acts on a verdict on scenario `route`'s canary `candidate`, once: a
+    /// Acts on a verdict on scenario `route`'s canary `candidate`, once (a
+    /// rollback may follow a promotion, nothing follows a rollback): a
     /// rolled-back candidate takes no events here from the next batch on;
-    /// either verdict is written into the scenario's document (in the
-    /// background, retried), from where every replica takes it.
+    /// either verdict is written into the scenario's document in the
+    /// background, retried until it lands or the pipeline stops, from where
+    /// every replica takes it.
     fn decide_canary(&mut self, route: &Arc<Route>, candidate: &Arc<Route>, verdict: Verdict) {
         let Some(canary) = &route.canary else { return };
-        if self
+        let decided = self
             .canary_decided
             .get(&route.id)
-            .is_some_and(|(label, _)| *label == candidate.plugin_label)
-        {
-            return;
+            .filter(|(label, _)| *label == candidate.plugin_label);
+        match (decided.map(|(_, v)| v), &verdict) {
+            (None, _) | (Some(Verdict::Promoted(_)), Verdict::RolledBack(_)) => {}
+            _ => return,
         }
         let (promote, reason, name) = match &verdict {
             Verdict::RolledBack(reason) => (false, reason.clone(), "rolled_back"),
@@ -394,23 +455,30 @@ impl Pipeline {
             .increment(1);
         {
             let mut canaries = self.metrics.canaries.lock().expect("metrics lock");
-            let stats = canaries
-                .entry(route.id.clone())
-                .or_insert_with(|| new_canary_stats(route, candidate, canary.rule.share_bp));
+            let stats = canaries.entry(route.id.clone()).or_insert_with(|| {
+                CanaryStats::new(
+                    &route.plugin_label,
+                    &candidate.plugin_label,
+                    canary.rule.share_bp,
+                    chrono::Utc::now().timestamp_millis(),
+                )
+            });
             stats.verdict = Some(verdict.clone());
         }
         self.canary_decided
             .insert(route.id.clone(), (candidate.plugin_label.clone(), verdict));
         let registry = self.registry.clone();
+        let stop = self.stop.clone();
         let id = route.id.clone();
         let reference = canary.rule.plugin.clone();
+        let current = route.plugin_label.clone();
         self.runtime.spawn(async move {
             let mut wait = Duration::from_secs(1);
-            for _ in 0..10 {
-                match registry
-                    .end_canary(&id, &reference, promote, &reason, "weir (canary rule)")
-                    .await
-                {
+            while !stop.is_cancelled() {
+                let written = registry
+                    .end_canary(&id, (&reference, &current), promote, &reason, "weir (canary rule)")
+                    .await;
+                match written {
                     Ok(_) => return,
                     Err(err) if err.is_user_error() => {
                         tracing::warn!(scenario = %id, error = %err, "the canary's verdict could not be written");
@@ -418,7 +486,10 @@ impl Pipeline {
                     }
                     Err(err) => {
                         tracing::warn!(scenario = %id, error = %err, "writing the canary's verdict; retrying");
-                        tokio::time::sleep(wait).await;
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = tokio::time::sleep(wait) => {}
+                        }
                         wait = (wait * 2).min(Duration::from_secs(30));
                     }
                 }

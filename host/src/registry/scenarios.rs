@@ -476,9 +476,7 @@ impl CanarySpec {
             }
         };
         let share_bp = match fields.get("share").and_then(Value::as_f64) {
-            Some(share) if share > 0.0 && share <= 1.0 && (share * 10_000.0).round() >= 1.0 => {
-                (share * 10_000.0).round() as u32
-            }
+            Some(share) if (0.0001..=1.0).contains(&share) => (share * 10_000.0).round() as u32,
             _ => {
                 errors.push(FieldError::new(
                     "canary.share",
@@ -539,10 +537,30 @@ impl CanarySpec {
         let min_events =
             count("min_events", Some(Self::DEFAULT_MIN_EVENTS)).unwrap_or(Self::DEFAULT_MIN_EVENTS);
         let promote_after = count("promote_after", None);
+        if let Some(after) = promote_after.filter(|after| *after < min_events) {
+            errors.push(FieldError::new(
+                "canary.promote_after",
+                format!(
+                    "{after} is below min_events ({min_events}); the candidate is judged only \
+                     after min_events events"
+                ),
+            ));
+        }
         let rolled_back = match fields.get("rolled_back") {
-            None | Some(Value::Null) => None,
+            None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+            Some(Value::String(why)) if why.is_empty() => None,
             Some(Value::String(why)) => Some(why.clone()),
-            Some(other) => Some(other.to_string()),
+            Some(other) => {
+                errors.push(FieldError::new(
+                    "canary.rolled_back",
+                    format!(
+                        "got {}; expected why the candidate was stopped (text), or null or \
+                         false to let it take its share again",
+                        short(other)
+                    ),
+                ));
+                None
+            }
         };
         if errors.len() > before {
             return None;
@@ -848,6 +866,22 @@ impl Registry {
             Err(other) => return Err(other),
         };
 
+        if let Some(canary) = spec
+            .canary
+            .as_ref()
+            .filter(|c| c.plugin.name == version.name && c.plugin.version == Some(version.version))
+        {
+            return Err(invalid(
+                id,
+                vec![FieldError::new(
+                    "canary.plugin",
+                    format!(
+                        "{} is the scenario's own plugin version; a canary is another version",
+                        canary.plugin
+                    ),
+                )],
+            ));
+        }
         let config = spec.plugin_config();
         let validator = jsonschema::validator_for(&version.config_schema).map_err(|e| {
             RegistryError::InvalidPluginSchema {
@@ -894,6 +928,23 @@ impl Registry {
         mode: PutMode,
         updated_by: &str,
     ) -> Result<(Scenario, bool), RegistryError> {
+        let stored = self
+            .store_scenario(document, path_id, mode, updated_by, None)
+            .await?;
+        Ok(stored.expect("an unguarded write stores"))
+    }
+
+    /// [`Registry::put_scenario`], and when `unchanged_since` is given, only
+    /// over a stored scenario last changed at that time (Unix ms): `None` when
+    /// it changed since.
+    async fn store_scenario(
+        &self,
+        document: Value,
+        path_id: Option<&str>,
+        mode: PutMode,
+        updated_by: &str,
+        unchanged_since: Option<i64>,
+    ) -> Result<Option<(Scenario, bool)>, RegistryError> {
         let spec = self.check_scenario(&document).await?;
         if let Some(path_id) = path_id.filter(|p| *p != spec.id) {
             return Err(RegistryError::InvalidScenario {
@@ -931,20 +982,36 @@ impl Registry {
             if mode == PutMode::Create {
                 return Err(RegistryError::ScenarioExists { id: spec.id });
             }
-            sqlx::query(self.sql(
-                "UPDATE scenarios SET plugin_name = ?, plugin_version = ?, enabled = ?, \
-                 document = ?, updated_at = ?, updated_by = ? WHERE scenario_id = ?",
-            ))
-            .bind(&spec.plugin.name)
-            .bind(spec.plugin.version)
-            .bind(enabled)
-            .bind(&text)
-            .bind(now)
-            .bind(updated_by)
-            .bind(&spec.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("updating a scenario"))?;
+            const UPDATE: &str = "UPDATE scenarios SET plugin_name = ?, plugin_version = ?, \
+                 enabled = ?, document = ?, updated_at = ?, updated_by = ? WHERE scenario_id = ?";
+            let guarded;
+            let sql = match unchanged_since {
+                Some(_) => {
+                    guarded = format!("{UPDATE} AND updated_at = ?");
+                    guarded.as_str()
+                }
+                None => UPDATE,
+            };
+            let mut update = sqlx::query(self.sql(sql))
+                .bind(&spec.plugin.name)
+                .bind(spec.plugin.version)
+                .bind(enabled)
+                .bind(&text)
+                // A guarded write moves the time on, so a second one made from
+                // the same reading cannot land too.
+                .bind(now.max(unchanged_since.map_or(0, |t| t + 1)))
+                .bind(updated_by)
+                .bind(&spec.id);
+            if let Some(since) = unchanged_since {
+                update = update.bind(since);
+            }
+            let updated = update
+                .execute(&mut *tx)
+                .await
+                .map_err(db("updating a scenario"))?;
+            if updated.rows_affected() == 0 {
+                return Ok(None);
+            }
         } else {
             sqlx::query(self.sql(
                 "INSERT INTO scenarios (scenario_id, plugin_name, plugin_version, enabled, \
@@ -962,9 +1029,12 @@ impl Registry {
             .await
             .map_err(db("inserting a scenario"))?;
         }
+        if existing.is_none() && unchanged_since.is_some() {
+            return Ok(None);
+        }
         tx.commit().await.map_err(db("committing a scenario"))?;
         tracing::info!(scenario = %spec.id, plugin = %spec.plugin, "scenario stored");
-        Ok((self.scenario(&spec.id).await?, existing.is_none()))
+        Ok(Some((self.scenario(&spec.id).await?, existing.is_none())))
     }
 
     /// Every scenario, by id.
@@ -991,43 +1061,60 @@ impl Registry {
         scenario_from_row(&row)
     }
 
-    /// Ends scenario `id`'s canary `candidate`: promoted, the candidate
-    /// becomes the document's `plugin` and `canary` goes; otherwise `canary`
-    /// keeps `rolled_back` with `reason`, and takes no more events. Nothing
-    /// changes (`Ok(false)`) when the document's canary is another candidate
-    /// or already ended: another replica or a person was first.
+    /// Ends scenario `id`'s canary `candidate`, judged beside the plugin
+    /// version `current` (`name@N`): promoted, the candidate becomes the
+    /// document's `plugin` and `canary` goes; otherwise `canary` keeps
+    /// `rolled_back` with `reason`, and takes no more events. Nothing changes
+    /// (`Ok(false)`) when the document's canary is another candidate or already
+    /// ended, or its plugin is no longer `current`: another replica or a person
+    /// was first. The write only lands over the document it was made from
+    /// (re-read and tried again otherwise), so no edit made meanwhile is lost.
     pub async fn end_canary(
         &self,
         id: &str,
-        candidate: &PluginRef,
+        (candidate, current): (&PluginRef, &str),
         promote: bool,
         reason: &str,
         by: &str,
     ) -> Result<bool, RegistryError> {
-        let mut document = self.scenario(id).await?.document;
-        let Some(object) = document.as_object_mut() else {
-            return Ok(false);
-        };
-        let ours = object.get("canary").is_some_and(|canary| {
-            canary.get("rolled_back").is_none_or(Value::is_null)
-                && canary
-                    .get("plugin")
-                    .and_then(Value::as_str)
-                    .and_then(|text| PluginRef::parse(text).ok())
-                    .is_some_and(|now| now == *candidate)
-        });
-        if !ours {
-            return Ok(false);
+        loop {
+            let row =
+                sqlx::query(self.sql("SELECT updated_at FROM scenarios WHERE scenario_id = ?"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db("reading a scenario"))?
+                    .ok_or_else(|| RegistryError::ScenarioNotFound { id: id.to_owned() })?;
+            let since: i64 = get(&row, "updated_at", "scenarios.updated_at")?;
+            let scenario = self.scenario(id).await?;
+            let Ok(spec) = scenario.spec() else {
+                return Ok(false);
+            };
+            let ours = spec
+                .canary
+                .as_ref()
+                .is_some_and(|c| c.rolled_back.is_none() && c.plugin == *candidate);
+            let (plugin, _) = self.plugin_component(&spec.plugin).await?;
+            if !ours || format!("{}@{}", plugin.name, plugin.version) != current {
+                return Ok(false);
+            }
+            let mut document = scenario.document;
+            let Some(object) = document.as_object_mut() else {
+                return Ok(false);
+            };
+            if promote {
+                object.remove("canary");
+                object.insert("plugin".into(), Value::String(candidate.to_string()));
+            } else if let Some(Value::Object(canary)) = object.get_mut("canary") {
+                canary.insert("rolled_back".into(), Value::String(reason.to_owned()));
+            }
+            let stored = self
+                .store_scenario(document, Some(id), PutMode::Upsert, by, Some(since))
+                .await?;
+            if stored.is_some() {
+                return Ok(true);
+            }
         }
-        if promote {
-            object.remove("canary");
-            object.insert("plugin".into(), Value::String(candidate.to_string()));
-        } else if let Some(Value::Object(canary)) = object.get_mut("canary") {
-            canary.insert("rolled_back".into(), Value::String(reason.to_owned()));
-        }
-        self.put_scenario(document, Some(id), PutMode::Upsert, by)
-            .await
-            .map(|_| true)
     }
 
     /// Deletes a scenario.
