@@ -18,7 +18,7 @@
 //! A file has the columns its scenario knew when it opened; rows with a value for a
 //! column learned since close it, and the next file has that column too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -102,18 +102,38 @@ fn utc_date(ms: i64) -> String {
 /// What each field of some records held: field name → kind.
 pub(crate) type Kinds = BTreeMap<String, Kind>;
 
+/// Rows from which [`parse`] splits its work over two threads.
+const PARALLEL_ROWS: usize = 2_048;
+
 /// The records of `rows` as JSON objects (anything else under `_record`).
+///
+/// Parsing is most of what encoding a row group costs, and it runs on the
+/// pipeline's thread: a large row group is parsed half here and half on a
+/// second thread, which has a core of its own on a two-core machine.
 pub(crate) fn parse<'r>(rows: impl IntoIterator<Item = &'r [u8]>) -> Vec<Map<String, Value>> {
-    rows.into_iter()
-        .map(|record| match serde_json::from_slice::<Value>(record) {
-            Ok(Value::Object(map)) => map,
-            Ok(other) => Map::from_iter([("_record".to_owned(), other)]),
-            Err(_) => Map::from_iter([(
-                "_record".to_owned(),
-                Value::String(String::from_utf8_lossy(record).into_owned()),
-            )]),
-        })
-        .collect()
+    let rows: Vec<&[u8]> = rows.into_iter().collect();
+    let one = |record: &&[u8]| match serde_json::from_slice::<Value>(record) {
+        Ok(Value::Object(map)) => map,
+        Ok(other) => Map::from_iter([("_record".to_owned(), other)]),
+        Err(_) => Map::from_iter([(
+            "_record".to_owned(),
+            Value::String(String::from_utf8_lossy(record).into_owned()),
+        )]),
+    };
+    if rows.len() < PARALLEL_ROWS {
+        return rows.iter().map(one).collect();
+    }
+    let (first, second) = rows.split_at(rows.len() / 2);
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| second.iter().map(one).collect::<Vec<_>>());
+        let mut records: Vec<Map<String, Value>> = first.iter().map(one).collect();
+        match other.join() {
+            Ok(rest) => records.extend(rest),
+            // Parsing does not panic; should it, the half is parsed here.
+            Err(_) => records.extend(second.iter().map(one)),
+        }
+        records
+    })
 }
 
 /// The kind of every field the records hold that could have a column.
@@ -132,11 +152,13 @@ pub(crate) fn observe(records: &[Map<String, Value>]) -> Kinds {
             {
                 continue;
             }
-            let merged = merge(
-                *kinds.get(name.as_str()).unwrap_or(&Kind::Null),
-                kind(value),
-            );
-            kinds.insert(name.clone(), merged);
+            // Most records name the same fields: the key is copied only once.
+            match kinds.get_mut(name.as_str()) {
+                Some(known) => *known = merge(*known, kind(value)),
+                None => {
+                    kinds.insert(name.clone(), merge(Kind::Null, kind(value)));
+                }
+            }
         }
     }
     kinds
@@ -257,13 +279,37 @@ pub(crate) fn build(
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.offset))),
     ];
 
-    for (name, &column) in columns {
+    // One pass over each record's fields: each goes to its column when it has
+    // one and fits it, else to `extra` (a string `date` is the `date` column).
+    // A lookup per field, not one per column and record.
+    static NULL: Value = Value::Null;
+    let index: HashMap<&str, usize> = columns
+        .keys()
+        .enumerate()
+        .map(|(i, name)| (name.as_str(), i))
+        .collect();
+    let types: Vec<ColumnType> = columns.values().copied().collect();
+    let mut cells: Vec<Vec<&Value>> = vec![vec![&NULL; records.len()]; columns.len()];
+    let mut extra: Vec<Option<String>> = Vec::with_capacity(records.len());
+    for (r, record) in records.iter().enumerate() {
+        let mut rest: Option<Map<String, Value>> = None;
+        for (name, value) in record {
+            if name.as_str() == "date" && value.is_string() {
+                continue;
+            }
+            match index.get(name.as_str()) {
+                Some(&c) if fits(types[c], value) => cells[c][r] = value,
+                _ => {
+                    rest.get_or_insert_with(Map::new)
+                        .insert(name.clone(), value.clone());
+                }
+            }
+        }
+        extra.push(rest.map(|rest| Value::Object(rest).to_string()));
+    }
+    for ((name, &column), values) in columns.iter().zip(&cells) {
         // A value that does not fit is null here and kept in `extra`.
-        let values = records.iter().map(|r| {
-            r.get(name)
-                .filter(|value| fits(column, value))
-                .unwrap_or(&Value::Null)
-        });
+        let values = values.iter().copied();
         let (data_type, array): (DataType, ArrayRef) = match column {
             ColumnType::Int64 => (
                 DataType::Int64,
@@ -285,27 +331,7 @@ pub(crate) fn build(
         fields.push(Field::new(name, data_type, true));
         arrays.push(array);
     }
-
-    let extra: StringArray = records
-        .iter()
-        .map(|record| {
-            let rest: Map<String, Value> = record
-                .iter()
-                .filter(|(name, value)| {
-                    // A string `date` is the `date` column; any other value of a
-                    // field named like a fixed column is kept here.
-                    if name.as_str() == "date" && value.is_string() {
-                        return false;
-                    }
-                    columns
-                        .get(name.as_str())
-                        .is_none_or(|&column| !fits(column, value))
-                })
-                .map(|(name, value)| (name.clone(), value.clone()))
-                .collect();
-            (!rest.is_empty()).then(|| Value::Object(rest).to_string())
-        })
-        .collect();
+    let extra = StringArray::from(extra);
     fields.push(Field::new(EXTRA, DataType::Utf8, true));
     arrays.push(Arc::new(extra));
 
