@@ -5,6 +5,12 @@ mod cli;
 
 use clap::Parser;
 
+/// mimalloc rather than the system allocator: the pipeline allocates and
+/// frees per event, and glibc's malloc showed as a fifth of its profile
+/// (`benches/serve`; docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     // `weir serve` compiles uploaded plugins in a child process of itself,
     // under a time and memory budget (weir_runtime::compile).
