@@ -15,73 +15,18 @@
 //!   (carried in the event) until a `read_committed` consumer sees the output.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use serde_json::json;
+use rdkafka::producer::Producer;
 use tokio_util::sync::CancellationToken;
 use weir::pipeline::{Pipeline, PipelineConfig};
 use weir::registry::{MakeCurrent, PutMode, Registry};
 use weir::runtime::{Runtime, RuntimeConfig};
+use weir_benches::kafka::{
+    create_topics, event, latencies, now_ms, percentile, producer, scenario_5, send,
+};
 
 const PARTITIONS: i32 = 3;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn event(scenario: &str, i: u64, sent_ms: i64) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "scenario_id": scenario,
-        "memberId": format!("m{}", i % 1000),
-        "age": 15 + i % 40,
-        "gender": if i.is_multiple_of(2) { "MALE" } else { "FEMALE" },
-        "h": i % 24,
-        "e_n": if i.is_multiple_of(3) { "구매" } else { "조회" },
-        "url": format!("https://shop.example/goods/{}?ref=home&campaign=autumn", i % 977),
-        "device": "mobile",
-        "session": format!("s-{:08x}", i.wrapping_mul(2_654_435_761)),
-        "sent_ms": sent_ms,
-    }))
-    .expect("event JSON")
-}
-
-fn new_producer(brokers: &str) -> ThreadedProducer<DefaultProducerContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .set("batch.size", "1000000")
-        .set("compression.type", "lz4")
-        .create()
-        .expect("producer")
-}
-
-fn send(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str, value: &[u8]) {
-    let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(value);
-    loop {
-        match producer.send(record) {
-            Ok(()) => return,
-            Err((_, back)) => {
-                record = back;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-    }
-}
-
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
 
 async fn setup(brokers: &str, tag: &str) -> (Registry, String, String, String) {
     let (input, output, dlq) = (
@@ -89,21 +34,7 @@ async fn setup(brokers: &str, tag: &str) -> (Registry, String, String, String) {
         format!("{tag}-out"),
         format!("{tag}-dlq"),
     );
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin");
-    let topics: Vec<NewTopic> = [&input, &output, &dlq]
-        .iter()
-        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
-        .collect();
-    for result in admin
-        .create_topics(&topics, &AdminOptions::new())
-        .await
-        .expect("create topics")
-    {
-        result.expect("topic");
-    }
+    create_topics(brokers, &[&input, &output, &dlq], PARTITIONS).await;
     let dir = std::env::temp_dir().join(tag);
     std::fs::create_dir_all(&dir).expect("temp dir");
     let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
@@ -118,18 +49,7 @@ async fn setup(brokers: &str, tag: &str) -> (Registry, String, String, String) {
         .upload_plugin(bytes, Some("scenario"), "bench", MakeCurrent::IfNew)
         .await
         .expect("upload");
-    let scenario = json!({
-        "scenario_id": "5",
-        "title": "adult male users who clicked buy after 9",
-        "log_format": {"memberId": 1, "age": 1, "gender": 1, "h": 1, "e_n": 1, "sent_ms": 1, "url": 0},
-        "filters": [
-            {"left": "age", "operator": ">", "right": 20},
-            {"left": "gender", "operator": "==", "right": "MALE"},
-            {"left": "h", "operator": ">=", "right": 9}
-        ],
-        "logical_operator": "AND",
-        "output_topic": output,
-    });
+    let scenario = scenario_5(&output);
     registry
         .put_scenario(scenario, None, PutMode::Create, "bench")
         .await
@@ -183,10 +103,10 @@ async fn main() {
     );
 
     // Throughput: everything produced first, then drained.
-    let producer = new_producer(&brokers);
+    let producer = producer(&brokers);
     let sent = now_ms();
     for i in 0..events {
-        send(&producer, &input, &event("5", i, sent));
+        send(&producer, &input, None, &event("5", i, sent, false));
     }
     producer.flush(Duration::from_secs(120)).expect("flush");
 
@@ -214,58 +134,23 @@ async fn main() {
     );
 
     // Latency: a steady rate for a few seconds, read back read_committed.
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("{tag}-reader"))
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "latest")
-        .create()
-        .expect("reader");
-    reader.subscribe(&[&output]).expect("subscribe");
-    // Let the reader join and position itself at the end before timing.
-    let join_deadline = Instant::now() + Duration::from_secs(15);
-    while reader.assignment().map(|a| a.count()).unwrap_or(0) == 0 && Instant::now() < join_deadline
-    {
-        reader.poll(Duration::from_millis(100));
-    }
     let rate = 20_000u64;
-    let seconds_of_load = 5u64;
-    let total = rate * seconds_of_load;
-    let load = {
-        let brokers = brokers.clone();
-        std::thread::spawn(move || {
-            let producer = new_producer(&brokers);
-            let started = Instant::now();
-            for i in 0..total {
-                let due = Duration::from_micros(i * 1_000_000 / rate);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-                send(&producer, &input, &event("5", i, now_ms()));
-            }
-            producer.flush(Duration::from_secs(60)).expect("flush");
-        })
-    };
-    let mut latencies = Vec::with_capacity(total as usize);
-    let deadline = Instant::now() + Duration::from_secs(seconds_of_load + 60);
-    while (latencies.len() as u64) < total && Instant::now() < deadline {
-        if let Some(Ok(message)) = reader.poll(Duration::from_millis(100)) {
-            let seen = now_ms();
-            let value: serde_json::Value =
-                serde_json::from_slice(message.payload().unwrap_or_default()).expect("output JSON");
-            if let Some(sent) = value["sent_ms"].as_i64() {
-                latencies.push(seen - sent);
-            }
+    let latencies = tokio::task::spawn_blocking({
+        let (brokers, group) = (brokers.clone(), format!("{tag}-reader"));
+        move || {
+            latencies(&brokers, (&input, &output, &group), (rate, 5), |i, now| {
+                (None, event("5", i, now, false))
+            })
         }
-    }
-    load.join().expect("load thread");
+    })
+    .await
+    .expect("latency run");
     stop.cancel();
     tokio::task::spawn_blocking(move || thread.join())
         .await
         .expect("join")
         .expect("thread")
         .expect("run");
-    latencies.sort_unstable();
     println!(
         "pipeline-latency rate={rate} events={} p50_ms={} p99_ms={} max_ms={}",
         latencies.len(),

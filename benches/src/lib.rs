@@ -144,3 +144,190 @@ mod tests {
         assert_eq!(config["filters"].as_array().unwrap().len(), 3);
     }
 }
+
+/// What the benches against a broker share: the tracking event they send,
+/// a producer that never drops a record, and the latency read-back.
+pub mod kafka {
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use serde_json::json;
+
+    /// Milliseconds since the Unix epoch.
+    pub fn now_ms() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
+
+    /// Tracking event `i` for `scenario`, sent at `sent_ms` (about 220 bytes;
+    /// about 270 with `user_agent`).
+    pub fn event(scenario: &str, i: u64, sent_ms: i64, user_agent: bool) -> Vec<u8> {
+        let mut event = json!({
+            "scenario_id": scenario,
+            "memberId": format!("m{}", i % 1000),
+            "age": 15 + i % 40,
+            "gender": if i.is_multiple_of(2) { "MALE" } else { "FEMALE" },
+            "h": i % 24,
+            "e_n": if i.is_multiple_of(3) { "구매" } else { "조회" },
+            "url": format!("https://shop.example/goods/{}?ref=home&campaign=autumn", i % 977),
+            "device": "mobile",
+            "session": format!("s-{:08x}", i.wrapping_mul(2_654_435_761)),
+            "sent_ms": sent_ms,
+        });
+        if user_agent {
+            event["ua"] = json!("Mozilla/5.0 (Linux; Android 14; SM-S918N) Mobile");
+        }
+        serde_json::to_vec(&event).expect("event JSON")
+    }
+
+    /// Scenario 5 as the benches against a broker run it (keeping `sent_ms`
+    /// for the latency read-back), its outputs to `output_topic`.
+    pub fn scenario_5(output_topic: &str) -> serde_json::Value {
+        json!({
+            "scenario_id": "5",
+            "title": "adult male users who clicked buy after 9",
+            "log_format": {"memberId": 1, "age": 1, "gender": 1, "h": 1, "e_n": 1, "sent_ms": 1, "url": 0},
+            "filters": [
+                {"left": "age", "operator": ">", "right": 20},
+                {"left": "gender", "operator": "==", "right": "MALE"},
+                {"left": "h", "operator": ">=", "right": 9}
+            ],
+            "logical_operator": "AND",
+            "output_topic": output_topic,
+        })
+    }
+
+    /// Makes `topics` with `partitions` partitions each, replication 1.
+    pub async fn create_topics(brokers: &str, topics: &[&str], partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .expect("admin");
+        let new: Vec<NewTopic> = topics
+            .iter()
+            .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+            .collect();
+        for result in admin
+            .create_topics(&new, &AdminOptions::new())
+            .await
+            .expect("create topics")
+        {
+            result.expect("topic");
+        }
+    }
+
+    /// A producer that batches (5 ms, 1 MB, lz4), as a busy client would.
+    pub fn producer(brokers: &str) -> ThreadedProducer<DefaultProducerContext> {
+        ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("linger.ms", "5")
+            .set("batch.size", "1000000")
+            .set("compression.type", "lz4")
+            .create()
+            .expect("producer")
+    }
+
+    /// Sends one record, waiting while the producer's queue is full.
+    pub fn send(
+        producer: &ThreadedProducer<DefaultProducerContext>,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(value);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => return,
+                Err((_, back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+
+    /// The `p` quantile of `sorted` (0 when empty).
+    pub fn percentile(sorted: &[i64], p: f64) -> i64 {
+        if sorted.is_empty() {
+            return 0;
+        }
+        sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    }
+
+    /// Sends `rate` events a second for `seconds` to `input` (event `i` made
+    /// by `make(i, now_ms)`) and returns, sorted, how long each output took
+    /// from its send time (`sent_ms` in the output) to a `read_committed`
+    /// reader of `output` in consumer group `group`.
+    pub fn latencies(
+        brokers: &str,
+        (input, output, group): (&str, &str, &str),
+        (rate, seconds): (u64, u64),
+        make: impl Fn(u64, i64) -> (Option<Vec<u8>>, Vec<u8>) + Send + 'static,
+    ) -> Vec<i64> {
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group)
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "latest")
+            .create()
+            .expect("reader");
+        reader.subscribe(&[output]).expect("subscribe");
+        // Let the reader join and position itself at the end before timing.
+        let join_deadline = Instant::now() + Duration::from_secs(15);
+        while reader.assignment().map(|a| a.count()).unwrap_or(0) == 0
+            && Instant::now() < join_deadline
+        {
+            reader.poll(Duration::from_millis(100));
+        }
+        let total = rate * seconds;
+        let load = {
+            let (brokers, input) = (brokers.to_owned(), input.to_owned());
+            std::thread::spawn(move || {
+                let producer = producer(&brokers);
+                let started = Instant::now();
+                for i in 0..total {
+                    let due = Duration::from_micros(i * 1_000_000 / rate);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                    let (key, value) = make(i, now_ms());
+                    send(&producer, &input, key.as_deref(), &value);
+                }
+                producer.flush(Duration::from_secs(60)).expect("flush");
+            })
+        };
+        let mut latencies = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(seconds + 60);
+        let mut quiet_since = Instant::now();
+        while Instant::now() < deadline {
+            match reader.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    let seen = now_ms();
+                    let value: serde_json::Value =
+                        serde_json::from_slice(message.payload().unwrap_or_default())
+                            .expect("output JSON");
+                    if let Some(sent) = value["sent_ms"].as_i64() {
+                        latencies.push(seen - sent);
+                    }
+                    quiet_since = Instant::now();
+                }
+                _ if load.is_finished() && quiet_since.elapsed() > Duration::from_secs(3) => {
+                    break;
+                }
+                _ => {}
+            }
+        }
+        load.join().expect("load thread");
+        latencies.sort_unstable();
+        latencies
+    }
+}

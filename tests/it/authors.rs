@@ -332,7 +332,21 @@ struct Rollout {
     out: String,
 }
 
+/// Every tenth event is the one `trap-at` traps on; the others carry their number.
+fn trap_every_tenth(i: usize) -> Vec<u8> {
+    if i % 10 == 3 {
+        br#"{"trap":true}"#.to_vec()
+    } else {
+        format!(r#"{{"i":{i}}}"#).into_bytes()
+    }
+}
+
 impl Rollout {
+    /// The brokers, the events, dead-letter and output topics, the directory.
+    fn names(&self) -> (&str, &str, &str, &str, &std::path::Path) {
+        (&self.brokers, &self.events, &self.dlq, &self.out, &self.dir)
+    }
+
     async fn new(prefix: &str) -> Self {
         use weir::registry::MakeCurrent;
         let brokers = Service::Kafka.addr();
@@ -421,21 +435,8 @@ async fn a_bad_candidate_in_the_shadow_is_caught_and_changes_no_output() {
             false,
         )
         .await;
-    let Rollout {
-        brokers,
-        events,
-        dlq,
-        out,
-        dir,
-        ..
-    } = &setup;
-    let value = |i: usize| {
-        if i % 10 == 3 {
-            br#"{"trap":true}"#.to_vec()
-        } else {
-            format!(r#"{{"i":{i}}}"#).into_bytes()
-        }
-    };
+    let (brokers, events, dlq, out, dir) = setup.names();
+    let value = trap_every_tenth;
     crate::pipeline::produce(
         brokers,
         events,
@@ -556,24 +557,9 @@ async fn a_bad_canary_is_rolled_back_with_nothing_lost_or_doubled() {
             true,
         )
         .await;
-    let Rollout {
-        brokers,
-        events,
-        dlq,
-        out,
-        dir,
-        registry,
-        ..
-    } = &setup;
-
-    // Every tenth event traps the canary; the others carry their number.
-    let value = |i: usize| {
-        if i % 10 == 3 {
-            br#"{"trap":true}"#.to_vec()
-        } else {
-            format!(r#"{{"i":{i}}}"#).into_bytes()
-        }
-    };
+    let (brokers, events, dlq, out, dir) = setup.names();
+    let registry = &setup.registry;
+    let value = trap_every_tenth;
     let key = |i: usize| format!("k{i}");
     crate::pipeline::produce(
         brokers,

@@ -27,42 +27,24 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::Producer;
 use serde_json::json;
+use weir_benches::kafka::{
+    create_topics, latencies, now_ms, percentile, producer, scenario_5, send,
+};
+
+/// Tracking event `i` of about 270 bytes: the pipeline bench's, with a user agent.
+fn event(i: u64, sent_ms: i64) -> Vec<u8> {
+    weir_benches::kafka::event("5", i, sent_ms, true)
+}
 
 const PARTITIONS: i32 = 3;
 const TOKEN: &str = "bench-admin-token";
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// A tracking event of about 270 bytes: the pipeline bench's, with a user agent.
-fn event(i: u64, sent_ms: i64) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "scenario_id": "5",
-        "memberId": format!("m{}", i % 1000),
-        "age": 15 + i % 40,
-        "gender": if i.is_multiple_of(2) { "MALE" } else { "FEMALE" },
-        "h": i % 24,
-        "e_n": if i.is_multiple_of(3) { "구매" } else { "조회" },
-        "url": format!("https://shop.example/goods/{}?ref=home&campaign=autumn", i % 977),
-        "device": "mobile",
-        "ua": "Mozilla/5.0 (Linux; Android 14; SM-S918N) Mobile",
-        "session": format!("s-{:08x}", i.wrapping_mul(2_654_435_761)),
-        "sent_ms": sent_ms,
-    }))
-    .expect("event JSON")
-}
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -146,62 +128,6 @@ impl Cpu {
     }
 }
 
-fn new_producer(brokers: &str) -> ThreadedProducer<DefaultProducerContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .set("batch.size", "1000000")
-        .set("compression.type", "lz4")
-        .create()
-        .expect("producer")
-}
-
-fn send(
-    producer: &ThreadedProducer<DefaultProducerContext>,
-    topic: &str,
-    key: Option<&[u8]>,
-    value: &[u8],
-) {
-    let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(value);
-    if let Some(key) = key {
-        record = record.key(key);
-    }
-    loop {
-        match producer.send(record) {
-            Ok(()) => return,
-            Err((_, back)) => {
-                record = back;
-                producer.poll(Duration::from_millis(1));
-            }
-        }
-    }
-}
-
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-async fn create_topics(brokers: &str, topics: &[&str]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin");
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
-        .collect();
-    for result in admin
-        .create_topics(&new, &AdminOptions::new())
-        .await
-        .expect("create topics")
-    {
-        result.expect("topic");
-    }
-}
-
 /// The bare limit: consume every record of `input` and produce its key and
 /// value to `output`, no transaction, until `events` were delivered.
 fn passthrough(brokers: &str, group: &str, input: &str, output: &str, events: u64) {
@@ -213,7 +139,7 @@ fn passthrough(brokers: &str, group: &str, input: &str, output: &str, events: u6
         .create()
         .expect("passthrough consumer");
     consumer.subscribe(&[input]).expect("subscribe");
-    let producer = new_producer(brokers);
+    let producer = producer(brokers);
     let mut seen = 0u64;
     let deadline = Instant::now() + Duration::from_secs(600);
     while seen < events {
@@ -441,10 +367,15 @@ async fn main() {
         format!("{tag}-out"),
         format!("{tag}-dlq"),
     );
-    create_topics(&brokers, &[&input, &idle, &pass_out, &out, &dlq]).await;
+    create_topics(
+        &brokers,
+        &[&input, &idle, &pass_out, &out, &dlq],
+        PARTITIONS,
+    )
+    .await;
 
     // The backlog, produced once and drained by both.
-    let producer = new_producer(&brokers);
+    let producer = producer(&brokers);
     let sent = now_ms();
     let mut bytes = 0usize;
     for i in 0..events {
@@ -519,19 +450,11 @@ async fn main() {
     let cpu = Cpu::start(ticks, vec![weir_pid, broker_pid, redis_pid]);
     let started = Instant::now();
     serve
-        .put_scenario(json!({
-            "scenario_id": "5",
-            "title": "adult male users who clicked buy after 9",
-            "log_format": {"memberId": 1, "age": 1, "gender": 1, "h": 1, "e_n": 1, "sent_ms": 1, "url": 0},
-            "filters": [
-                {"left": "age", "operator": ">", "right": 20},
-                {"left": "gender", "operator": "==", "right": "MALE"},
-                {"left": "h", "operator": ">=", "right": 9}
-            ],
-            "logical_operator": "AND",
-            "source": [input],
-            "output_topic": out,
-        }))
+        .put_scenario({
+            let mut scenario = scenario_5(&out);
+            scenario["source"] = json!([input]);
+            scenario
+        })
         .await;
     let perf = profile.then(|| perf_record(weir_pid, &perf_data));
     let mut said = Instant::now();
@@ -582,61 +505,19 @@ async fn main() {
     );
 
     // Latency at a steady rate, read back read_committed.
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("{tag}-reader"))
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "latest")
-        .create()
-        .expect("reader");
-    reader.subscribe(&[&out]).expect("subscribe");
-    let join_deadline = Instant::now() + Duration::from_secs(15);
-    while reader.assignment().map(|a| a.count()).unwrap_or(0) == 0 && Instant::now() < join_deadline
-    {
-        reader.poll(Duration::from_millis(100));
-    }
-    let total = rate * latency_secs;
-    let load = {
-        let (brokers, input) = (brokers.clone(), input.clone());
-        std::thread::spawn(move || {
-            let producer = new_producer(&brokers);
-            let started = Instant::now();
-            for i in 0..total {
-                let due = Duration::from_micros(i * 1_000_000 / rate);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-                send(
-                    &producer,
-                    &input,
-                    Some(format!("m{}", i % 1000).as_bytes()),
-                    &event(i, now_ms()),
-                );
-            }
-            producer.flush(Duration::from_secs(60)).expect("flush");
+    let latencies = {
+        let (brokers, group) = (brokers.clone(), format!("{tag}-reader"));
+        tokio::task::spawn_blocking(move || {
+            latencies(
+                &brokers,
+                (&input, &out, &group),
+                (rate, latency_secs),
+                |i, now| (Some(format!("m{}", i % 1000).into_bytes()), event(i, now)),
+            )
         })
+        .await
+        .expect("latency run")
     };
-    let mut latencies = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(latency_secs + 60);
-    let mut quiet_since = Instant::now();
-    while Instant::now() < deadline {
-        match reader.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
-                let seen = now_ms();
-                let value: serde_json::Value =
-                    serde_json::from_slice(message.payload().unwrap_or_default())
-                        .expect("output JSON");
-                if let Some(sent) = value["sent_ms"].as_i64() {
-                    latencies.push(seen - sent);
-                }
-                quiet_since = Instant::now();
-            }
-            _ if load.is_finished() && quiet_since.elapsed() > Duration::from_secs(3) => break,
-            _ => {}
-        }
-    }
-    load.join().expect("load thread");
-    latencies.sort_unstable();
     println!(
         "weir-serve-latency rate={rate} events={} p50_ms={} p99_ms={} max_ms={}",
         latencies.len(),

@@ -55,16 +55,7 @@ impl Pipeline {
         let outcome = self
             .instance(route)
             .and_then(|instance| instance.process(batch));
-        let took = called.elapsed();
-        self.stages.plugin += took;
-        let labels = [("plugin", route.plugin_label.as_str())];
-        let telemetry = &self.metrics.telemetry;
-        telemetry
-            .histogram("weir_plugin_call_seconds", &labels)
-            .record(took.as_secs_f64());
-        telemetry
-            .histogram("weir_plugin_call_events", &labels)
-            .record(batch.len() as f64);
+        let took = self.note_call(&route.plugin_label, called, batch.len());
         let result = match outcome {
             Ok(result) => result,
             Err(err) => {
@@ -121,6 +112,22 @@ impl Pipeline {
             );
         }
         (result, false)
+    }
+
+    /// Counts a call of `plugin` on `events` events that began at `called`
+    /// in the cycle's plugin time and the call histograms; returns its time.
+    fn note_call(&mut self, plugin: &str, called: Instant, events: usize) -> Duration {
+        let took = called.elapsed();
+        self.stages.plugin += took;
+        let labels = [("plugin", plugin)];
+        let telemetry = &self.metrics.telemetry;
+        telemetry
+            .histogram("weir_plugin_call_seconds", &labels)
+            .record(took.as_secs_f64());
+        telemetry
+            .histogram("weir_plugin_call_events", &labels)
+            .record(events as f64);
+        took
     }
 
     /// Runs the scenario's shadow candidate on `batch` and compares its
@@ -321,16 +328,7 @@ impl Pipeline {
             Some((_, _, instance)) => instance.process(batch).map_err(|e| e.to_string()),
             None => Err("no instance".to_owned()),
         };
-        let took = called.elapsed();
-        self.stages.plugin += took;
-        let labels = [("plugin", candidate.plugin_label.as_str())];
-        let telemetry = &self.metrics.telemetry;
-        telemetry
-            .histogram("weir_plugin_call_seconds", &labels)
-            .record(took.as_secs_f64());
-        telemetry
-            .histogram("weir_plugin_call_events", &labels)
-            .record(batch.len() as f64);
+        self.note_call(&candidate.plugin_label, called, batch.len());
         let result = match outcome {
             Ok(result) => result,
             Err(err) => {
