@@ -1293,6 +1293,9 @@ async fn a_second_replica_joining_mid_stream_loses_and_doubles_nothing() {
     let second_metrics = second.metrics();
     let second_thread = std::thread::spawn(move || second.run());
     // Waves go on until the second replica has taken a share (and two more after).
+    // A cooperative rebalance takes two generations, each waiting seconds for
+    // the busy first replica to rejoin: the waves are paced so that the join
+    // happens mid-stream, not after a stream produced faster than that.
     let mut total = 20_000u64;
     let mut after_share = 0;
     while after_share < 2 {
@@ -1301,6 +1304,7 @@ async fn a_second_replica_joining_mid_stream_loses_and_doubles_nothing() {
             "the second replica took no share of {total} events"
         );
         wave(total as usize).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         total += 10_000;
         if second_metrics.events.load(Ordering::Relaxed) > 0 {
             after_share += 1;
