@@ -405,15 +405,15 @@ impl Registry {
     }
 
     /// Resolves a reference (current version unless pinned) to the version's
-    /// details and its component bytes.
-    pub async fn plugin_component(
+    /// details, without reading its component.
+    pub async fn resolve_plugin(
         &self,
         reference: &PluginRef,
-    ) -> Result<(PluginVersion, Vec<u8>), RegistryError> {
+    ) -> Result<PluginVersion, RegistryError> {
         let detail = self.plugin(&reference.name).await?;
         let version = reference.version.unwrap_or(detail.current_version);
         let available = detail.versions.iter().map(|v| v.version).collect();
-        let info = detail
+        detail
             .versions
             .into_iter()
             .find(|v| v.version == version)
@@ -421,7 +421,17 @@ impl Registry {
                 name: reference.name.clone(),
                 version,
                 available,
-            })?;
+            })
+    }
+
+    /// Resolves a reference (current version unless pinned) to the version's
+    /// details and its component bytes.
+    pub async fn plugin_component(
+        &self,
+        reference: &PluginRef,
+    ) -> Result<(PluginVersion, Vec<u8>), RegistryError> {
+        let info = self.resolve_plugin(reference).await?;
+        let version = info.version;
         let chunks = sqlx::query(
             self.sql("SELECT bytes FROM plugin_chunks WHERE name = ? AND version = ? ORDER BY seq"),
         )

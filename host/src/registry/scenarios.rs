@@ -814,7 +814,7 @@ impl Registry {
         ];
         for (field, candidate) in candidates {
             let Some(candidate) = candidate else { continue };
-            match self.plugin_component(candidate).await {
+            match self.resolve_plugin(candidate).await {
                 Ok(_) => {}
                 Err(
                     error @ (RegistryError::PluginNotFound { .. }
@@ -1050,6 +1050,12 @@ impl Registry {
 
     /// One scenario.
     pub async fn scenario(&self, id: &str) -> Result<Scenario, RegistryError> {
+        self.scenario_as_of(id).await.map(|(scenario, _)| scenario)
+    }
+
+    /// One scenario, and when it last changed (Unix ms), for a write guarded
+    /// on it.
+    async fn scenario_as_of(&self, id: &str) -> Result<(Scenario, i64), RegistryError> {
         let row = sqlx::query(self.sql(&format!(
             "SELECT {SCENARIO_COLUMNS} FROM scenarios WHERE scenario_id = ?"
         )))
@@ -1058,7 +1064,8 @@ impl Registry {
         .await
         .map_err(db("reading a scenario"))?
         .ok_or_else(|| RegistryError::ScenarioNotFound { id: id.to_owned() })?;
-        scenario_from_row(&row)
+        let updated_at: i64 = get(&row, "updated_at", "scenarios")?;
+        Ok((scenario_from_row(&row)?, updated_at))
     }
 
     /// Ends scenario `id`'s canary `candidate`, judged beside the plugin
@@ -1078,15 +1085,7 @@ impl Registry {
         by: &str,
     ) -> Result<bool, RegistryError> {
         loop {
-            let row =
-                sqlx::query(self.sql("SELECT updated_at FROM scenarios WHERE scenario_id = ?"))
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db("reading a scenario"))?
-                    .ok_or_else(|| RegistryError::ScenarioNotFound { id: id.to_owned() })?;
-            let since: i64 = get(&row, "updated_at", "scenarios.updated_at")?;
-            let scenario = self.scenario(id).await?;
+            let (scenario, since) = self.scenario_as_of(id).await?;
             let Ok(spec) = scenario.spec() else {
                 return Ok(false);
             };
@@ -1094,7 +1093,7 @@ impl Registry {
                 .canary
                 .as_ref()
                 .is_some_and(|c| c.rolled_back.is_none() && c.plugin == *candidate);
-            let (plugin, _) = self.plugin_component(&spec.plugin).await?;
+            let plugin = self.resolve_plugin(&spec.plugin).await?;
             if !ours || format!("{}@{}", plugin.name, plugin.version) != current {
                 return Ok(false);
             }
