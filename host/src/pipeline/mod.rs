@@ -138,14 +138,12 @@ pub struct Pipeline {
     current: Arc<Catalog>,
     subscribed: Vec<String>,
     instances: HashMap<String, (Arc<Route>, Instance)>,
-    /// The shadow candidates' instances, by scenario id, with the candidate's
-    /// sha256 and configuration they were made for.
-    shadow_instances: HashMap<String, (String, String, Instance)>,
+    /// The shadow candidates' instances.
+    shadow_instances: run::CandidateInstances,
     /// Shadow candidates set aside after costly failures, until when.
     shadow_paused: HashMap<String, Instant>,
-    /// The canaries' instances, by scenario id, with the candidate's sha256
-    /// and the configuration they were made for.
-    canary_instances: HashMap<String, (String, String, Instance)>,
+    /// The canaries' instances.
+    canary_instances: run::CandidateInstances,
     /// Canaries this replica decided on, by scenario id: the candidate's
     /// label and the verdict, acted on here from the next batch on.
     canary_decided: HashMap<String, (String, canary::Verdict)>,
@@ -1214,9 +1212,7 @@ impl Pipeline {
             dead,
         ))
     }
-}
 
-impl Pipeline {
     /// The plugin's batch of scenario `route`'s `share` of a partition's
     /// `messages` (enriched when the scenario asks), with each event's offset and time.
     fn scenario_batch(

@@ -1,7 +1,7 @@
 //! Running a scenario's share through its plugin: instances, enrichment, and
 //! quarantine (a scenario whose plugin's failures were costly is set aside).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use super::catalog::{Catalog, Route, Shadow};
 use super::route;
 use super::shadow::ShadowStats;
 use super::{CycleError, Pipeline};
-use crate::runtime::{Batch, BatchResult, EventError, FailureKind, Instance, Status};
+use crate::runtime::{Batch, BatchResult, EventError, FailureKind, Instance, Plugin, Status};
 
 /// Why and until when a scenario is set aside.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +24,31 @@ pub struct Quarantine {
     pub reason: String,
     /// Until when, Unix milliseconds.
     pub until_ms: i64,
+}
+
+/// A candidate's instances by scenario id, with the sha256 and the
+/// configuration each was made for.
+pub(super) type CandidateInstances = HashMap<String, (String, String, Instance)>;
+
+/// Scenario `id`'s instance of `plugin` for `config` in `instances`: the one
+/// kept when it was made for the same plugin and configuration, else a new one
+/// in its place.
+fn candidate_instance<'i>(
+    instances: &'i mut CandidateInstances,
+    id: &str,
+    plugin: &Plugin,
+    config: &str,
+) -> Result<&'i mut Instance, crate::runtime::RuntimeError> {
+    let sha = &plugin.info().sha256;
+    let kept = instances
+        .get(id)
+        .is_some_and(|(made_for, made_with, _)| made_for == sha && made_with == config);
+    if !kept {
+        instances.remove(id);
+        let instance = plugin.instantiate(config)?;
+        instances.insert(id.to_owned(), (sha.clone(), config.to_owned(), instance));
+    }
+    Ok(&mut instances.get_mut(id).expect("kept or just made").2)
 }
 
 impl Pipeline {
@@ -157,35 +182,23 @@ impl Pipeline {
         let outcome = match shadow {
             Err(reason) => Err(format!("the candidate could not load: {reason}")),
             Ok(candidate) => {
-                let id = route.id.clone();
-                let sha = &candidate.plugin.info().sha256;
-                let fresh = self
-                    .shadow_instances
-                    .get(&id)
-                    .is_none_or(|(made_for, config, _)| made_for != sha || *config != route.config);
-                let mut refused = None;
-                if fresh {
-                    self.shadow_instances.remove(&id);
-                    match candidate.plugin.instantiate(&route.config) {
-                        Ok(instance) => {
-                            self.shadow_instances
-                                .insert(id.clone(), (sha.clone(), route.config.clone(), instance));
-                        }
-                        Err(err) => refused = Some(err.to_string()),
-                    }
-                }
-                match self.shadow_instances.get_mut(&id) {
-                    None => Err(format!(
-                        "the candidate {} refused the scenario's configuration: {}",
-                        candidate.label,
-                        refused.unwrap_or_default()
+                let made = candidate_instance(
+                    &mut self.shadow_instances,
+                    &route.id,
+                    &candidate.plugin,
+                    &route.config,
+                );
+                match made {
+                    Err(err) => Err(format!(
+                        "the candidate {} refused the scenario's configuration: {err}",
+                        candidate.label
                     )),
-                    Some((_, _, instance)) => {
+                    Ok(instance) => {
                         let called = Instant::now();
                         match instance.process(batch) {
                             Ok(result) => Ok((result, called.elapsed())),
                             Err(err) => {
-                                self.shadow_instances.remove(&id);
+                                self.shadow_instances.remove(&route.id);
                                 Err(format!(
                                     "the candidate {} could not run: {err}",
                                     candidate.label
@@ -286,22 +299,14 @@ impl Pipeline {
         {
             return false;
         }
-        let sha = &candidate.plugin.info().sha256;
-        let made = self
-            .canary_instances
-            .get(&route.id)
-            .is_some_and(|(made_for, config, _)| made_for == sha && *config == candidate.config);
-        if made {
-            return true;
-        }
-        match candidate.plugin.instantiate(&candidate.config) {
-            Ok(instance) => {
-                self.canary_instances.insert(
-                    route.id.clone(),
-                    (sha.clone(), candidate.config.clone(), instance),
-                );
-                true
-            }
+        let made = candidate_instance(
+            &mut self.canary_instances,
+            &route.id,
+            &candidate.plugin,
+            &candidate.config,
+        );
+        match made {
+            Ok(_) => true,
             Err(err) => {
                 let reason = format!(
                     "{} could not be made for the scenario's configuration: {err}",
