@@ -227,12 +227,13 @@ async fn kill_and_restart_redis(
     redis.kill();
     wave(10_000).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // One cycle may commit in Kafka before its counters fail; then nothing more
-    // is consumed until Redis takes it.
+    // One cycle may commit in Kafka before its counters fail, and the one
+    // that ran beside the sinks taking it; then nothing more is consumed
+    // until Redis takes them.
     let during = metrics.events.load(Ordering::Relaxed);
     assert!(
-        (10_000..=11_000).contains(&during),
-        "at most one cycle commits while Redis is down: {during}"
+        (10_000..=12_000).contains(&during),
+        "at most two cycles commit while Redis is down: {during}"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(

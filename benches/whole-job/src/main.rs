@@ -161,6 +161,13 @@ fn passthrough(brokers: &str, group: &str, input: &str, output: &str, events: u6
     producer.flush(Duration::from_secs(120)).expect("flush");
 }
 
+/// The value of `series` (its name and labels, as written) in a Prometheus text.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -205,17 +212,42 @@ impl Serve {
         }
     }
 
-    /// `weir_events_total` from `/metrics`.
-    async fn events(&self) -> u64 {
+    /// The text of `/metrics` (empty when it does not answer).
+    async fn metrics(&self) -> String {
         let metrics = self.http.get(format!("{}/metrics", self.base));
         let Ok(answer) = metrics.bearer_auth(TOKEN).send().await else {
-            return 0;
+            return String::new();
         };
-        let text = answer.text().await.unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix("weir_events_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map_or(0, |v| v as u64)
+        answer.text().await.unwrap_or_default()
+    }
+
+    /// `weir_events_total` from `/metrics`.
+    async fn events(&self) -> u64 {
+        metric(&self.metrics().await, "weir_events_total").map_or(0, |v| v as u64)
+    }
+
+    /// The seconds the pipeline thread spent per stage of its cycles
+    /// (`weir_cycle_stage_seconds_sum`), and the cycles, as `key=value` pairs.
+    async fn stages(&self) -> String {
+        let text = self.metrics().await;
+        let mut said = Vec::new();
+        for stage in [
+            "gather",
+            "route",
+            "plugin",
+            "produce",
+            "commit",
+            "sinks",
+            "sinks_wait",
+        ] {
+            let series = format!("weir_cycle_stage_seconds_sum{{stage=\"{stage}\"}}");
+            if let Some(v) = metric(&text, &series) {
+                said.push(format!("{stage}_s={v:.2}"));
+            }
+        }
+        let cycles = metric(&text, "weir_cycles_total").unwrap_or(0.0);
+        said.push(format!("cycles={cycles}"));
+        said.join(" ")
     }
 
     /// Scenario 5's events in the counters.
@@ -503,6 +535,8 @@ async fn main() {
         used[1],
         used[2]
     );
+
+    println!("weir-serve-stages {}", serve.stages().await);
 
     // Latency at a steady rate, read back read_committed.
     let latencies = {

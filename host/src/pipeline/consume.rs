@@ -15,6 +15,7 @@ use rdkafka::producer::{Producer, ThreadedProducer};
 
 use super::journal::Deliveries;
 use super::offsets::Position;
+use super::sink::SinksBusy;
 use super::{CycleError, Metrics, Pipeline, PipelineError, kafka};
 
 /// The consumer's context: remembers partitions revoked during a poll, so their
@@ -31,16 +32,19 @@ pub(super) struct Context {
     pub(super) producer: Mutex<Option<Arc<ThreadedProducer<Deliveries>>>>,
     timeout: Duration,
     metrics: Arc<Metrics>,
+    /// Whether the sinks' thread still hands the last cycle's batches.
+    sinks_busy: SinksBusy,
 }
 
 impl Context {
-    pub(super) fn new(metrics: Arc<Metrics>, timeout: Duration) -> Self {
+    pub(super) fn new(metrics: Arc<Metrics>, timeout: Duration, sinks_busy: SinksBusy) -> Self {
         Self {
             revoked: Mutex::default(),
             ready: Mutex::default(),
             producer: Mutex::default(),
             timeout,
             metrics,
+            sinks_busy,
         }
     }
 
@@ -151,6 +155,10 @@ impl ConsumerContext for Context {
                 .iter()
                 .map(|e| (e.topic().to_owned(), e.partition()))
                 .collect();
+            // The sinks take the last cycle's batches on their own thread
+            // while this one polls: they finish before the partitions move,
+            // as when they took them on this thread.
+            self.sinks_busy.wait();
             self.commit_before_revoke(consumer, &gone);
             let mut ready = self.ready.lock().expect("ready lock");
             for tp in &gone {
@@ -272,6 +280,7 @@ impl Pipeline {
             events,
             "results replayed to the sinks from the journal: their outputs were produced before"
         );
+        self.sinks_home();
         let mut batches = replay.placed_batches();
         for batch in &mut batches {
             batch.durable_below = position.committed;
@@ -322,7 +331,7 @@ impl Pipeline {
     /// them again from the committed offset), but what arrives after it is kept, even
     /// for the same partition assigned back: the consumer has already moved past it.
     pub(super) fn poll_into(&mut self, wait: Duration, messages: &mut Vec<OwnedMessage>) -> bool {
-        let polled = self.consumer.poll(wait);
+        let polled = self.consumer.poll(wait).map(|m| m.map(|m| m.detach()));
         let revoked = std::mem::take(
             &mut *self
                 .consumer
@@ -339,6 +348,7 @@ impl Pipeline {
                 "gathered events of revoked partitions dropped"
             );
             let revoked: Vec<(String, i32)> = revoked.into_iter().collect();
+            self.sinks_home();
             self.metrics
                 .revoked_partitions
                 .fetch_add(revoked.len() as u64, Ordering::Relaxed);
@@ -356,7 +366,7 @@ impl Pipeline {
         }
         match polled {
             Some(Ok(message)) => {
-                messages.push(message.detach());
+                messages.push(message);
                 true
             }
             Some(Err(err)) => {

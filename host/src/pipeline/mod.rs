@@ -22,8 +22,12 @@
 //!    after a backoff (consumption paused meanwhile), so nothing is lost and, for
 //!    `read_committed` readers, nothing is doubled.
 //! 6. **Sinks**: only once it committed does every [`sink::Sink`] take the cycle's
-//!    results. A sink that fails gets the same results again after a backoff; it never
-//!    sees an attempt that Kafka did not keep.
+//!    results, on a thread of their own ([`sink::SinkThread`]) while the pipeline
+//!    thread gathers and runs the next cycle; they are back before that cycle commits,
+//!    and a rebalance waits for them. A sink that fails gets the same results again
+//!    (on the pipeline thread, consumption paused, after a backoff); it never sees an
+//!    attempt that Kafka did not keep. At most two cycles are in Kafka and not in a
+//!    failing sink: the one it failed to take and the one that ran beside it.
 //!
 //! The committed offset of a partition stops at the first event a sink has not made
 //! durable: the cycle just committed (until the next commit), and whatever a sink
@@ -111,6 +115,9 @@ pub enum PipelineError {
     /// The registry could not be read at start.
     #[error("registry: {0}")]
     Registry(#[from] crate::registry::RegistryError),
+    /// The sinks' thread could not be started.
+    #[error("starting the sinks' thread: {0}")]
+    Thread(std::io::Error),
 }
 
 fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> PipelineError {
@@ -133,6 +140,9 @@ pub struct Pipeline {
     next_tag: usize,
     /// Committed batches not handed to every sink yet.
     unsunk: Vec<PartitionBatch>,
+    /// The sinks' last hand failed: they are handed again, on this thread,
+    /// before anything new is consumed.
+    sinks_failing: bool,
     registry: Registry,
     catalog: watch::Receiver<Arc<Catalog>>,
     current: Arc<Catalog>,
@@ -150,6 +160,10 @@ pub struct Pipeline {
     /// Scenarios set aside until a time, with the failure that caused it.
     quarantine: HashMap<String, (Instant, String)>,
     sinks: Vec<Box<dyn Sink>>,
+    /// Where the sinks take a cycle's results while the next cycle runs.
+    sink_thread: sink::SinkThread,
+    /// The sinks and the unsunk batches are on the sinks' thread.
+    away: bool,
     /// Per assigned partition that has been seen in a cycle: how far it is produced
     /// and committed.
     positions: HashMap<(String, i32), Position>,
@@ -173,6 +187,20 @@ pub struct Pipeline {
 struct Stages {
     route: Duration,
     plugin: Duration,
+}
+
+/// What a cycle's run made, before its commit.
+#[derive(Default)]
+struct Ran {
+    processed: Vec<PartitionBatch>,
+    outputs: u64,
+    dead: u64,
+    reasons: BTreeMap<String, u64>,
+    scenario_reasons: BTreeMap<(String, &'static str), u64>,
+    recent: Vec<stats::RecentDeadLetter>,
+    /// Per partition: topic, partition, the last offset the cycle saw.
+    done: Vec<(String, i32, i64)>,
+    handled: u64,
 }
 
 /// A fatal producer error is survived this many times within
@@ -243,6 +271,7 @@ impl Pipeline {
             common.set(key, value);
         }
         let metrics = Arc::new(Metrics::new(telemetry));
+        let sinks_busy = sink::SinksBusy::default();
         let mut consumer_config = common.clone();
         if !config.kafka.contains_key("fetch.queue.backoff.ms") {
             // The consumer fetches ahead into a local queue; when that queue is over its
@@ -272,6 +301,7 @@ impl Pipeline {
             .create_with_context(Context::new(
                 metrics.clone(),
                 Duration::from_millis(config.call_timeout_ms),
+                sinks_busy.clone(),
             ))
             .map_err(kafka("creating the consumer"))?;
         let journal_reader: BaseConsumer = common
@@ -349,6 +379,7 @@ impl Pipeline {
             journal_sent: Vec::new(),
             next_tag: 1,
             unsunk: Vec::new(),
+            sinks_failing: false,
             producer_config,
             recreations: VecDeque::new(),
             stages: Stages::default(),
@@ -368,6 +399,8 @@ impl Pipeline {
             canary_decided: HashMap::new(),
             quarantine: HashMap::new(),
             sinks,
+            sink_thread: sink::SinkThread::start(sinks_busy).map_err(PipelineError::Thread)?,
+            away: false,
             positions: HashMap::new(),
             runtime: tokio::runtime::Handle::current(),
             stop,
@@ -456,7 +489,10 @@ impl Pipeline {
         while !self.stop.is_cancelled() {
             self.metrics.note_turn();
             self.refresh()?;
-            if !self.hand_to_sinks() {
+            // Normally the sinks take a cycle's results on the other core while
+            // the next cycle runs (see `Pipeline::cycle`); after a failure they
+            // take them here, first.
+            if self.sinks_failing && !self.hand_to_sinks() {
                 // Committed results the sinks did not take: nothing new is
                 // consumed until they do (the commit waits for them too). What a
                 // partition assigned meanwhile delivers before it is paused is
@@ -496,7 +532,9 @@ impl Pipeline {
                     }
                     Err(err) => {
                         failures_in_a_row += 1;
-                        self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
+                        if !matches!(err, CycleError::SinksBehind) {
+                            self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
+                        }
                         self.abort(&err)?;
                         if self.stop.is_cancelled() {
                             tracing::warn!(error = %err, "stopping with a cycle that could not commit; its events will be consumed again");
@@ -526,39 +564,124 @@ impl Pipeline {
         Ok(self.metrics)
     }
 
-    /// Hands the committed batches to every sink; false (logged, counted) when a
-    /// sink failed, and they are handed again at the next turn.
+    /// Hands the committed batches to every sink on this thread; false (logged,
+    /// counted) when a sink failed, and they are handed again at the next turn.
     fn hand_to_sinks(&mut self) -> bool {
+        self.sinks_home();
         if self.unsunk.is_empty() {
+            self.sinks_failing = false;
             return true;
         }
         let unsunk = std::mem::take(&mut self.unsunk);
         let started = Instant::now();
-        for index in 0..self.sinks.len() {
-            let name = self.sinks[index].name();
-            if let Err(err) = self
-                .write_sink(index, &unsunk)
-                .and_then(|()| self.tick_sink(index))
-            {
-                self.unsunk = unsunk;
-                self.metrics.sink_failures.fetch_add(1, Ordering::Relaxed);
-                self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
-                if self.metrics.note_sink(name, Some(err.to_string())) {
-                    tracing::warn!(sink = name, error = %err, "a sink did not take committed results; handing them again until it does");
-                } else {
-                    tracing::debug!(sink = name, error = %err, "a sink still fails");
-                }
-                self.note_sink_counts();
-                return false;
-            }
-            if self.metrics.note_sink(name, None) {
-                tracing::warn!(sink = name, "the sink takes results again");
-            }
+        if !self.hand_from(0, unsunk) {
+            return false;
         }
         self.stage_time("sinks", started.elapsed());
         self.note_ready();
+        true
+    }
+
+    /// Sends the committed batches to the sinks' thread, which hands them to
+    /// the sinks while the next cycle gathers and runs on this one; the sinks
+    /// are away until [`Pipeline::sinks_home`]. After a failure, they stay
+    /// here: the next turn hands them on this thread first.
+    fn sinks_away(&mut self) {
+        if self.away || self.sinks_failing || self.unsunk.is_empty() {
+            return;
+        }
+        let batches = std::mem::take(&mut self.unsunk);
+        self.sink_thread
+            .hand(std::mem::take(&mut self.sinks), batches);
+        self.away = true;
+    }
+
+    /// Waits until the sinks' thread is done with what
+    /// [`Pipeline::sinks_away`] sent, and takes the sinks back. Everything that
+    /// reads the sinks or the unsunk batches calls it first.
+    pub(super) fn sinks_home(&mut self) {
+        if !self.away {
+            return;
+        }
+        let waiting = Instant::now();
+        let (sinks, handed, sunk) = self.sink_thread.back();
+        self.away = false;
+        self.stage_time("sinks_wait", waiting.elapsed());
+        self.sinks = sinks;
+        self.sinks_back(handed, sunk);
+    }
+
+    /// Hands `batches` to the sinks from `first` on, on this thread, recounting
+    /// what they ask for; on a failure, `batches` go back to the unsunk ones.
+    fn hand_from(&mut self, first: usize, batches: Vec<PartitionBatch>) -> bool {
+        for index in first..self.sinks.len() {
+            if let Err(err) = self
+                .write_sink(index, &batches)
+                .and_then(|()| self.tick_sink(index))
+            {
+                self.sink_failed(index, &err, batches);
+                return false;
+            }
+            self.sink_took(index);
+        }
+        self.sinks_failing = false;
         self.note_sink_counts();
         true
+    }
+
+    /// Sink `index` took what it was handed: a sink that failed before says so.
+    fn sink_took(&self, index: usize) {
+        let name = self.sinks[index].name();
+        if self.metrics.note_sink(name, None) {
+            tracing::warn!(sink = name, "the sink takes results again");
+        }
+    }
+
+    /// Sink `index` did not take `batches` (`err`): they go back before the
+    /// unsunk ones, to be handed again.
+    fn sink_failed(&mut self, index: usize, err: &SinkError, mut batches: Vec<PartitionBatch>) {
+        batches.append(&mut self.unsunk);
+        self.unsunk = batches;
+        self.sinks_failing = true;
+        let name = self.sinks[index].name();
+        self.metrics.sink_failures.fetch_add(1, Ordering::Relaxed);
+        self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
+        if self.metrics.note_sink(name, Some(err.to_string())) {
+            tracing::warn!(sink = name, error = %err, "a sink did not take committed results; handing them again until it does");
+        } else {
+            tracing::debug!(sink = name, error = %err, "a sink still fails");
+        }
+        self.note_sink_counts();
+    }
+
+    /// What the sinks did with batches handed to them on their thread
+    /// ([`sink::SinkThread`]): what one of them asked to recount, and the sinks
+    /// after it, are handed here; a failure is noted as on this thread.
+    fn sinks_back(
+        &mut self,
+        batches: Vec<PartitionBatch>,
+        result: Result<Duration, (usize, SinkError)>,
+    ) {
+        match result {
+            Ok(took) => {
+                for index in 0..self.sinks.len() {
+                    self.sink_took(index);
+                }
+                self.sinks_failing = false;
+                self.stage_time("sinks", took);
+                self.note_sink_counts();
+            }
+            Err((index, err)) => {
+                for earlier in 0..index {
+                    self.sink_took(earlier);
+                }
+                if err.recount.is_some() {
+                    self.hand_from(index, batches);
+                } else {
+                    self.sink_failed(index, &err, batches);
+                }
+            }
+        }
     }
 
     /// Writes `batches` to sink `index`. A sink that finds it lost results it
@@ -664,6 +787,11 @@ impl Pipeline {
     /// what that allows. A failure is retried at the next turn; nothing is lost.
     /// A fatal Kafka error (this producer was fenced) stops the pipeline.
     fn idle(&mut self) -> Result<(), PipelineError> {
+        // The last cycle's results: the sinks' thread took them while this
+        // turn gathered nothing (or they are handed here after a failure).
+        if !self.hand_to_sinks() {
+            return Ok(());
+        }
         self.note_sink_counts();
         for index in 0..self.sinks.len() {
             let name = self.sinks[index].name();
@@ -724,6 +852,7 @@ impl Pipeline {
         done: &[(String, i32, i64)],
         fresh: &[PartitionBatch],
     ) -> Result<(), CycleError> {
+        self.sinks_home();
         let timeout = Duration::from_millis(self.config.call_timeout_ms);
         let own = done.is_empty();
         if !own {
@@ -792,6 +921,7 @@ impl Pipeline {
         done: &[(String, i32, i64)],
         fresh: &[PartitionBatch],
     ) -> Vec<((String, i32), i64, String, Position)> {
+        debug_assert!(!self.away, "the sinks are away: call sinks_home first");
         let mut planned = Vec::new();
         for (tp, position) in &self.positions {
             let last = done
@@ -943,62 +1073,29 @@ impl Pipeline {
         let started = Instant::now();
         self.stages = Stages::default();
         let partitions: Vec<(&str, i32)> = by_partition.keys().copied().collect();
+        // The sinks failed to take the cycle before the last (the last one
+        // committed beside it): nothing more runs until they take both, so at
+        // most two cycles' results are in Kafka and not in the sinks.
+        if self.sinks_failing && !self.hand_to_sinks() {
+            return Err(CycleError::SinksBehind);
+        }
         self.learn_positions(&partitions)?;
         self.producer
             .begin_transaction()
             .map_err(CycleError::kafka("beginning a transaction"))?;
 
         let processed_ms = chrono::Utc::now().timestamp_millis();
-        let mut processed = Vec::with_capacity(by_partition.len());
-        let mut outputs = 0u64;
-        let mut dead = 0u64;
-        let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
-        let mut scenario_reasons: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
-        let mut recent = Vec::new();
-        let mut done = Vec::with_capacity(by_partition.len());
-        let mut handled = 0u64;
-        for ((topic, partition), batch) in &by_partition {
-            let produced = self
-                .positions
-                .get(&((*topic).to_owned(), *partition))
-                .map(|p| p.produced)
-                .ok_or(CycleError::NoPosition)?;
-            let last = batch.last().map_or(0, |m| m.offset());
-            done.push(((*topic).to_owned(), *partition, last));
-            // Below the mark, the results were produced before and replayed to
-            // the sinks from the journal when the position was learnt.
-            let fresh: Vec<&OwnedMessage> = batch
-                .iter()
-                .copied()
-                .filter(|m| m.offset() >= produced)
-                .collect();
-            if fresh.is_empty() {
-                continue;
-            }
-            handled += fresh.len() as u64;
-            let (partition_batch, out, dead_letters) =
-                self.run_partition(&catalog, topic, *partition, &fresh, processed_ms)?;
-            outputs += out;
-            for letter in &dead_letters {
-                *reasons
-                    .entry(letter.reason.as_str().to_owned())
-                    .or_default() += 1;
-                if let Some(route) = letter.scenario {
-                    *scenario_reasons
-                        .entry((route.id.clone(), letter.reason.as_str()))
-                        .or_default() += 1;
-                }
-                if recent.len() < stats::RECENT_DEAD_LETTERS {
-                    recent.push(stats::RecentDeadLetter::of(letter));
-                }
-            }
-            dead += dead_letters.len() as u64;
-            for letter in dead_letters {
-                self.dead_letter(letter)?;
-            }
-            self.send_journal(&partition_batch)?;
-            processed.push(partition_batch);
-        }
+        let ran = self.run_partitions(&catalog, &by_partition, processed_ms);
+        let Ran {
+            mut processed,
+            outputs,
+            dead,
+            reasons,
+            scenario_reasons,
+            recent,
+            done,
+            handled,
+        } = ran?;
 
         let ran = started.elapsed();
         self.stage_time("route", self.stages.route);
@@ -1007,6 +1104,12 @@ impl Pipeline {
             "produce",
             ran.saturating_sub(self.stages.route + self.stages.plugin),
         );
+        // The sinks took the last cycle's results on their thread while this
+        // one gathered and ran; they are back before it commits, and its
+        // commit stops at what they hold, as ever.
+        let waiting = Instant::now();
+        self.sinks_home();
+        let waited = waiting.elapsed();
         // What was committed before this cycle: every sink made everything below
         // it durable (this cycle's commit stays below its fresh batches).
         let durable_before: HashMap<(String, i32), Option<i64>> = processed
@@ -1018,7 +1121,7 @@ impl Pipeline {
             })
             .collect();
         self.commit_positions(&done, &processed)?;
-        self.stage_time("commit", started.elapsed() - ran);
+        self.stage_time("commit", started.elapsed() - ran - waited);
         tracing::debug!(
             events = messages.len(),
             run_ms = ran.as_millis() as u64,
@@ -1035,6 +1138,7 @@ impl Pipeline {
         // A revocation before the sinks take these batches commits no further
         // than their first offsets.
         self.note_ready();
+        self.sinks_away();
 
         self.metrics.events.fetch_add(handled, Ordering::Relaxed);
         self.metrics.outputs.fetch_add(outputs, Ordering::Relaxed);
@@ -1052,6 +1156,60 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// Runs and produces each partition's share of a cycle, in the open
+    /// transaction.
+    fn run_partitions(
+        &mut self,
+        catalog: &Catalog,
+        by_partition: &BTreeMap<(&str, i32), Vec<&OwnedMessage>>,
+        processed_ms: i64,
+    ) -> Result<Ran, CycleError> {
+        let mut ran = Ran::default();
+        for ((topic, partition), batch) in by_partition {
+            let produced = self
+                .positions
+                .get(&((*topic).to_owned(), *partition))
+                .map(|p| p.produced)
+                .ok_or(CycleError::NoPosition)?;
+            let last = batch.last().map_or(0, |m| m.offset());
+            ran.done.push(((*topic).to_owned(), *partition, last));
+            // Below the mark, the results were produced before and replayed to
+            // the sinks from the journal when the position was learnt.
+            let fresh: Vec<&OwnedMessage> = batch
+                .iter()
+                .copied()
+                .filter(|m| m.offset() >= produced)
+                .collect();
+            if fresh.is_empty() {
+                continue;
+            }
+            ran.handled += fresh.len() as u64;
+            let (partition_batch, out, dead_letters) =
+                self.run_partition(catalog, topic, *partition, &fresh, processed_ms)?;
+            ran.outputs += out;
+            for letter in &dead_letters {
+                *ran.reasons
+                    .entry(letter.reason.as_str().to_owned())
+                    .or_default() += 1;
+                if let Some(route) = letter.scenario {
+                    *ran.scenario_reasons
+                        .entry((route.id.clone(), letter.reason.as_str()))
+                        .or_default() += 1;
+                }
+                if ran.recent.len() < stats::RECENT_DEAD_LETTERS {
+                    ran.recent.push(stats::RecentDeadLetter::of(letter));
+                }
+            }
+            ran.dead += dead_letters.len() as u64;
+            for letter in dead_letters {
+                self.dead_letter(letter)?;
+            }
+            self.send_journal(&partition_batch)?;
+            ran.processed.push(partition_batch);
+        }
+        Ok(ran)
     }
 
     /// Counts a committed cycle's events, matches, outputs and dead letters
@@ -1327,6 +1485,10 @@ enum CycleError {
     },
     #[error(transparent)]
     Sink(sink::SinkError),
+    /// The sinks did not take the results of the cycle before (its sink's
+    /// failure was counted and logged where it happened).
+    #[error("the sinks did not take the last cycle's results")]
+    SinksBehind,
     #[error("runtime: {0}")]
     Runtime(String),
     #[error("the consumer has no group metadata yet")]

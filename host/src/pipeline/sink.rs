@@ -10,6 +10,9 @@
 //! them (the counters fence by offset, the archive names files by offset range
 //! and knows the last offset of each file it holds open).
 
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
 use crate::runtime::BatchResult;
 
 /// One event of a scenario batch, as the sinks see it.
@@ -199,6 +202,109 @@ pub struct SinkCount {
     pub help: &'static str,
     /// The count so far.
     pub value: u64,
+}
+
+/// What the sink thread is given: the sinks, and the batches to hand them.
+type Job = (Vec<Box<dyn Sink>>, Vec<PartitionBatch>);
+
+/// What the sink thread gives back: the sinks, the batches, and how long
+/// taking them took or the first sink that failed and why.
+pub(super) type Handed = (
+    Vec<Box<dyn Sink>>,
+    Vec<PartitionBatch>,
+    Result<Duration, (usize, SinkError)>,
+);
+
+/// A thread of its own where the sinks take a cycle's committed results while
+/// the pipeline thread runs the next cycle: on two cores, the archive's
+/// encoding and the counters' round trip overlap routing, plugins and
+/// producing. One long-lived thread rather than one per cycle keeps its
+/// allocator's memory warm.
+pub(super) struct SinkThread {
+    to: std::sync::mpsc::Sender<Job>,
+    from: std::sync::mpsc::Receiver<Handed>,
+    busy: SinksBusy,
+}
+
+/// Whether the sinks' thread is handing batches to the sinks; a rebalance
+/// waits until it is not, so the sinks have taken them before the revoked
+/// partitions move to another replica.
+#[derive(Clone, Default)]
+pub(super) struct SinksBusy(Arc<(Mutex<bool>, Condvar)>);
+
+impl SinksBusy {
+    fn set(&self, busy: bool) {
+        let (flag, changed) = &*self.0;
+        *flag.lock().expect("sinks busy lock") = busy;
+        changed.notify_all();
+    }
+
+    /// Returns once the sinks' thread is not handing batches.
+    pub(super) fn wait(&self) {
+        let (flag, changed) = &*self.0;
+        let mut busy = flag.lock().expect("sinks busy lock");
+        while *busy {
+            busy = changed.wait(busy).expect("sinks busy lock");
+        }
+    }
+}
+
+impl SinkThread {
+    /// Starts the thread; it ends when the pipeline drops this. `busy` says
+    /// while it hands batches.
+    pub(super) fn start(busy: SinksBusy) -> std::io::Result<Self> {
+        let (to, jobs) = std::sync::mpsc::channel::<Job>();
+        let (done, from) = std::sync::mpsc::channel();
+        let flag = busy.clone();
+        std::thread::Builder::new()
+            .name("weir-sinks".into())
+            .spawn(move || {
+                for (mut sinks, batches) in jobs {
+                    // Not busy once it returns, even by a panic: a rebalance
+                    // waiting for it must not wait for ever.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        hand_in_turn(&mut sinks, &batches)
+                    }));
+                    flag.set(false);
+                    let Ok(result) = result else { return };
+                    if done.send((sinks, batches, result)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self { to, from, busy })
+    }
+
+    /// Gives the thread `sinks` to hand `batches` to; [`SinkThread::back`]
+    /// returns them.
+    pub(super) fn hand(&self, sinks: Vec<Box<dyn Sink>>, batches: Vec<PartitionBatch>) {
+        self.busy.set(true);
+        self.to
+            .send((sinks, batches))
+            .expect("the sink thread ended (it panicked)");
+    }
+
+    /// Waits for what [`SinkThread::hand`] gave.
+    pub(super) fn back(&self) -> Handed {
+        self.from
+            .recv()
+            .expect("the sink thread ended (it panicked)")
+    }
+}
+
+/// Hands `batches` to every sink in turn, then ticks it: how long that took,
+/// or the first sink that failed and why.
+fn hand_in_turn(
+    sinks: &mut [Box<dyn Sink>],
+    batches: &[PartitionBatch],
+) -> Result<Duration, (usize, SinkError)> {
+    let started = std::time::Instant::now();
+    for (index, sink) in sinks.iter_mut().enumerate() {
+        sink.write(batches)
+            .and_then(|()| sink.tick())
+            .map_err(|e| (index, e))?;
+    }
+    Ok(started.elapsed())
 }
 
 #[cfg(test)]
