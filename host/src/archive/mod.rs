@@ -33,9 +33,11 @@
 //! partition, an hour that has passed): the pipeline asks between cycles and while no
 //! events arrive, so a quiet partition's file closes on time. At most
 //! `max_open_files` are open and they hold at most `max_buffered_mb` in memory; past
-//! either, the least recently written or the largest closes early. Rows are held
-//! until a row group is full, then encoded (zstd by default), so memory per open file
-//! is its compressed row groups plus one group of records. `max_file_age_secs = 0`
+//! either, the least recently written or the largest closes early. Rows are encoded
+//! (zstd by default) into the file's row group in progress a few thousand at a time,
+//! as cycles bring them, and a row group closes at `max_row_group_rows` or 16 MiB
+//! encoded, so memory per open file is its compressed row groups plus the one in
+//! progress. `max_file_age_secs = 0`
 //! closes every file at the end of its cycle instead.
 //!
 //! # Exactly once
@@ -147,8 +149,8 @@ pub struct ArchiveConfig {
     pub compression: Codec,
     /// zstd level, 1 (fast) to 22 (small).
     pub zstd_level: i32,
-    /// Most rows in one row group. Rows are held in memory until a group is full
-    /// (or holds 16 MiB of records) or the file closes, then encoded.
+    /// Most rows in one row group (a group also closes at 16 MiB encoded, or
+    /// when the file closes).
     pub max_row_group_rows: usize,
     /// Longest wait for one HDFS call, seconds; past it the cycle fails and is retried.
     pub hdfs_timeout_secs: u64,
@@ -338,8 +340,16 @@ pub struct ArchiveStats {
 /// Key of an open file and of an offset mark: scenario, hour directory, topic, partition.
 type MarkKey = (String, String, String, i32);
 
-/// Rows held for the next row group are encoded once they hold this many bytes.
+/// A file's row group closes once its encoded data in memory reaches this
+/// many bytes (or `max_row_group_rows` rows).
 const ROW_GROUP_BYTES: usize = 16 << 20;
+
+/// Held rows are encoded into the file's row group in progress once there are
+/// this many, or [`ENCODE_BYTES`] of them: a cycle's rows are encoded as they
+/// come, so each cycle pays its share, rather than one cycle in many paying
+/// for a whole row group.
+const ENCODE_ROWS: usize = 4_096;
+const ENCODE_BYTES: usize = 1 << 20;
 
 /// A row held in memory until its row group is encoded.
 #[derive(Debug)]
@@ -696,7 +706,9 @@ impl ArchiveSink {
             file.written_ms = now;
             file.held_bytes += rows.iter().map(|r| r.record.len() + 48).sum::<usize>();
             file.held.extend(rows);
-            if file.held.len() >= self.limits.row_group_rows || file.held_bytes >= ROW_GROUP_BYTES {
+            if file.held.len() >= ENCODE_ROWS.min(self.limits.row_group_rows)
+                || file.held_bytes >= ENCODE_BYTES
+            {
                 self.encode(&key)?;
             }
         }
@@ -856,10 +868,18 @@ impl ArchiveSink {
             &encoded.columns,
         )
         .map_err(|e| encode_error(e.to_string()))?;
+        // The writer closes a row group at `max_row_group_rows`; past
+        // ROW_GROUP_BYTES of encoded data, it is closed here.
         encoded
             .writer
             .write(&batch)
-            .and_then(|()| encoded.writer.flush())
+            .and_then(|()| {
+                if encoded.writer.in_progress_size() >= ROW_GROUP_BYTES {
+                    encoded.writer.flush()
+                } else {
+                    Ok(())
+                }
+            })
             .map_err(|e| encode_error(e.to_string()))?;
         encoded.last = rows[rows.len() - 1].offset;
         encoded.rows += rows.len();
