@@ -136,6 +136,9 @@ fn passthrough(brokers: &str, group: &str, input: &str, output: &str, events: u6
         .set("group.id", group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
+        // As weir's consumer: librdkafka's default (1 s) idles the fetcher
+        // whenever its local queue is full, which a fast reader hits.
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .expect("passthrough consumer");
     consumer.subscribe(&[input]).expect("subscribe");
