@@ -808,19 +808,29 @@ impl ArchiveSink {
     }
 
     fn encode_rows(&mut self, key: &MarkKey) -> Result<(), ArchiveError> {
-        let Some(file) = self.files.get(key) else {
+        let Some(file) = self.files.get_mut(key) else {
             return Ok(());
         };
         if file.held.is_empty() {
             return Ok(());
         }
-        let records = schema::parse(file.held.iter().map(|h| h.record.as_slice()));
+        let held = std::mem::take(&mut file.held);
+        let held_bytes = std::mem::take(&mut file.held_bytes);
+        let records = schema::parse(held.iter().map(|h| h.record.as_slice()));
         let observed = schema::observe(&records);
         let (scenario, _, topic, partition) = key;
-        let known = self.scenario_columns(scenario, &observed)?;
+        let known = match self.scenario_columns(scenario, &observed) {
+            Ok(known) => known,
+            Err(err) => {
+                // Nothing was taken from the file: its rows wait for the retry.
+                drop(records);
+                let file = self.files.get_mut(key).expect("open file");
+                file.held = held;
+                file.held_bytes = held_bytes;
+                return Err(err);
+            }
+        };
         let file = self.files.get_mut(key).expect("open file");
-        let held = std::mem::take(&mut file.held);
-        file.held_bytes = 0;
         let encode_error = |reason: String| ArchiveError::Encode {
             scenario: scenario.clone(),
             reason,

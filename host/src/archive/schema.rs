@@ -18,7 +18,9 @@
 //! A file has the columns its scenario knew when it opened; rows with a value for a
 //! column learned since close it, and the next file has that column too.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -28,7 +30,9 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
-use serde_json::{Map, Value};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::columns::{ColumnType, Columns};
 use crate::registry::MAX_COLUMN_NAME;
@@ -72,14 +76,150 @@ pub(crate) enum Kind {
     Nested,
 }
 
-fn kind(value: &Value) -> Kind {
-    match value {
-        Value::Null => Kind::Null,
-        Value::Bool(_) => Kind::Bool,
-        Value::Number(n) if n.is_i64() => Kind::Int,
-        Value::Number(_) => Kind::Float,
-        Value::String(_) => Kind::Text,
-        Value::Array(_) | Value::Object(_) => Kind::Nested,
+/// One value of an output record as the archive reads it, borrowed from the
+/// record's bytes where it can be. Numbers are told apart as `serde_json`
+/// tells them apart (an integer an i64 holds, one only a u64 holds, any other
+/// number, `-0` among them), so a field gets the type it always got.
+#[derive(Debug, Clone)]
+pub(crate) enum Cell<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Text(Cow<'a, str>),
+    /// An array or an object, as written.
+    Nested(&'a RawValue),
+}
+
+impl<'a> Cell<'a> {
+    fn of(raw: &'a RawValue) -> Self {
+        let text = raw.get().trim_start();
+        match text.as_bytes().first() {
+            Some(b'n') => Cell::Null,
+            Some(b't') => Cell::Bool(true),
+            Some(b'f') => Cell::Bool(false),
+            Some(b'"') => Cell::Text(unquote(text)),
+            Some(b'{' | b'[') => Cell::Nested(raw),
+            _ => number(text.trim_end()),
+        }
+    }
+
+    /// The value as JSON, as `serde_json` writes it (compact; an object's
+    /// keys in order).
+    fn write_json(&self, out: &mut String) {
+        match self {
+            Cell::Null => out.push_str("null"),
+            Cell::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Cell::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
+            Cell::UInt(u) => {
+                let _ = write!(out, "{u}");
+            }
+            Cell::Float(f) => out.push_str(&Value::from(*f).to_string()),
+            Cell::Text(t) => out.push_str(&Value::from(t.as_ref()).to_string()),
+            Cell::Nested(raw) => match serde_json::from_str::<Value>(raw.get()) {
+                Ok(value) => out.push_str(&value.to_string()),
+                Err(_) => out.push_str(raw.get()),
+            },
+        }
+    }
+}
+
+/// The text of a JSON string literal: borrowed when it has no escapes.
+fn unquote(literal: &str) -> Cow<'_, str> {
+    let inner = &literal[1..literal.len().saturating_sub(1).max(1)];
+    if inner.contains('\\') {
+        Cow::Owned(serde_json::from_str::<String>(literal).unwrap_or_else(|_| inner.to_owned()))
+    } else {
+        Cow::Borrowed(inner)
+    }
+}
+
+/// A JSON number literal, told apart as `serde_json` does.
+fn number(literal: &str) -> Cell<'static> {
+    match literal.parse::<i64>() {
+        // `serde_json` reads `-0` as the float -0.0.
+        Ok(0) if literal.starts_with('-') => Cell::Float(-0.0),
+        Ok(i) => Cell::Int(i),
+        Err(_) => match literal.parse::<u64>() {
+            Ok(u) => Cell::UInt(u),
+            Err(_) => Cell::Float(literal.parse().unwrap_or(f64::NAN)),
+        },
+    }
+}
+
+/// One output record's fields, by name (each name once: the last value
+/// written wins, as in a JSON map).
+pub(crate) type Record<'a> = Vec<(Cow<'a, str>, Cell<'a>)>;
+
+/// A record's fields, read without building a map.
+struct Fields<'a>(Record<'a>);
+
+/// A field's name, borrowed when it has no escapes.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl<'de> Visitor<'de> for Names {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Names)
+    }
+}
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> Visitor<'de> for Object {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                while let Some(Name(name)) = map.next_key()? {
+                    let raw: &'de RawValue = map.next_value()?;
+                    fields.push((name, Cell::of(raw)));
+                }
+                // In name order, each name once, the last value winning.
+                fields.sort_by(|a: &(Cow<str>, Cell), b| a.0.cmp(&b.0));
+                let mut unique: Record<'de> = Vec::with_capacity(fields.len());
+                for field in fields {
+                    match unique.last_mut() {
+                        Some(last) if last.0 == field.0 => *last = field,
+                        _ => unique.push(field),
+                    }
+                }
+                Ok(Fields(unique))
+            }
+        }
+        deserializer.deserialize_map(Object)
+    }
+}
+
+fn kind(cell: &Cell) -> Kind {
+    match cell {
+        Cell::Null => Kind::Null,
+        Cell::Bool(_) => Kind::Bool,
+        Cell::Int(_) => Kind::Int,
+        Cell::UInt(_) | Cell::Float(_) => Kind::Float,
+        Cell::Text(_) => Kind::Text,
+        Cell::Nested(_) => Kind::Nested,
     }
 }
 
@@ -105,20 +245,23 @@ pub(crate) type Kinds = BTreeMap<String, Kind>;
 /// Rows from which [`parse`] splits its work over two threads.
 const PARALLEL_ROWS: usize = 2_048;
 
-/// The records of `rows` as JSON objects (anything else under `_record`).
+/// The records of `rows` as their fields, borrowed from `rows` (a record
+/// that is not a JSON object is one field, `_record`).
 ///
-/// Parsing is most of what encoding a row group costs, and it runs on the
-/// pipeline's thread: a large row group is parsed half here and half on a
-/// second thread, which has a core of its own on a two-core machine.
-pub(crate) fn parse<'r>(rows: impl IntoIterator<Item = &'r [u8]>) -> Vec<Map<String, Value>> {
-    let rows: Vec<&[u8]> = rows.into_iter().collect();
-    let one = |record: &&[u8]| match serde_json::from_slice::<Value>(record) {
-        Ok(Value::Object(map)) => map,
-        Ok(other) => Map::from_iter([("_record".to_owned(), other)]),
-        Err(_) => Map::from_iter([(
-            "_record".to_owned(),
-            Value::String(String::from_utf8_lossy(record).into_owned()),
-        )]),
+/// Parsing is most of what encoding rows costs: a large batch of rows is
+/// parsed half here and half on a second thread.
+pub(crate) fn parse<'r>(rows: impl IntoIterator<Item = &'r [u8]>) -> Vec<Record<'r>> {
+    let rows: Vec<&'r [u8]> = rows.into_iter().collect();
+    let one = |record: &&'r [u8]| -> Record<'r> {
+        let record: &'r [u8] = record;
+        if let Ok(Fields(fields)) = serde_json::from_slice::<Fields<'r>>(record) {
+            return fields;
+        }
+        let cell = match serde_json::from_slice::<&'r RawValue>(record) {
+            Ok(raw) => Cell::of(raw),
+            Err(_) => Cell::Text(String::from_utf8_lossy(record)),
+        };
+        vec![(Cow::Borrowed("_record"), cell)]
     };
     if rows.len() < PARALLEL_ROWS {
         return rows.iter().map(one).collect();
@@ -126,7 +269,7 @@ pub(crate) fn parse<'r>(rows: impl IntoIterator<Item = &'r [u8]>) -> Vec<Map<Str
     let (first, second) = rows.split_at(rows.len() / 2);
     std::thread::scope(|scope| {
         let other = scope.spawn(|| second.iter().map(one).collect::<Vec<_>>());
-        let mut records: Vec<Map<String, Value>> = first.iter().map(one).collect();
+        let mut records: Vec<Record<'r>> = first.iter().map(one).collect();
         match other.join() {
             Ok(rest) => records.extend(rest),
             // Parsing does not panic; should it, the half is parsed here.
@@ -137,13 +280,14 @@ pub(crate) fn parse<'r>(rows: impl IntoIterator<Item = &'r [u8]>) -> Vec<Map<Str
 }
 
 /// The kind of every field the records hold that could have a column.
-pub(crate) fn observe(records: &[Map<String, Value>]) -> Kinds {
+pub(crate) fn observe(records: &[Record]) -> Kinds {
     let mut kinds = Kinds::new();
     for record in records {
         for (name, value) in record {
+            let name: &str = name;
             // Names a column cannot carry in every registry database (a NUL byte,
             // control characters) stay in `extra`.
-            if FIXED.contains(&name.as_str())
+            if FIXED.contains(&name)
                 || name == EXTRA
                 || name == "_record"
                 || name.is_empty()
@@ -153,10 +297,10 @@ pub(crate) fn observe(records: &[Map<String, Value>]) -> Kinds {
                 continue;
             }
             // Most records name the same fields: the key is copied only once.
-            match kinds.get_mut(name.as_str()) {
+            match kinds.get_mut(name) {
                 Some(known) => *known = merge(*known, kind(value)),
                 None => {
-                    kinds.insert(name.clone(), merge(Kind::Null, kind(value)));
+                    kinds.insert(name.to_owned(), merge(Kind::Null, kind(value)));
                 }
             }
         }
@@ -198,21 +342,15 @@ pub(crate) fn lacks(columns: &Columns, known: &Columns, observed: &Kinds) -> boo
 const EXACT_IN_FLOAT: u64 = 1 << 53;
 
 /// Whether `value` goes to a column of type `column` exactly (`null` does, as a null).
-fn fits(column: ColumnType, value: &Value) -> bool {
+fn fits(column: ColumnType, value: &Cell) -> bool {
     match (column, value) {
-        (_, Value::Null) => true,
-        (ColumnType::Int64, Value::Number(n)) => n.is_i64(),
-        (ColumnType::Float64, Value::Number(n)) => {
-            if let Some(i) = n.as_i64() {
-                i.unsigned_abs() <= EXACT_IN_FLOAT
-            } else if let Some(u) = n.as_u64() {
-                u <= EXACT_IN_FLOAT
-            } else {
-                true
-            }
-        }
-        (ColumnType::Bool, Value::Bool(_)) => true,
-        (ColumnType::Utf8, Value::String(_)) => true,
+        (_, Cell::Null)
+        | (ColumnType::Int64, Cell::Int(_))
+        | (ColumnType::Float64, Cell::Float(_))
+        | (ColumnType::Bool, Cell::Bool(_))
+        | (ColumnType::Utf8, Cell::Text(_)) => true,
+        (ColumnType::Float64, Cell::Int(i)) => i.unsigned_abs() <= EXACT_IN_FLOAT,
+        (ColumnType::Float64, Cell::UInt(u)) => *u <= EXACT_IN_FLOAT,
         _ => false,
     }
 }
@@ -232,6 +370,14 @@ pub(crate) fn record_batch(
     build(scenario_id, topic, partition, &rows, &records, &columns)
 }
 
+/// The value of field `name` of `record`.
+fn field<'c, 'a>(record: &'c Record<'a>, name: &str) -> Option<&'c Cell<'a>> {
+    record
+        .binary_search_by(|(n, _)| n.as_ref().cmp(name))
+        .ok()
+        .map(|at| &record[at].1)
+}
+
 /// The rows with their parsed `records` as a record batch with the given `columns`
 /// (what has no column, or does not fit its column, goes to `extra`).
 pub(crate) fn build(
@@ -239,7 +385,7 @@ pub(crate) fn build(
     topic: &str,
     partition: i32,
     rows: &[Row],
-    records: &[Map<String, Value>],
+    records: &[Record],
     columns: &Columns,
 ) -> Result<RecordBatch, ArrowError> {
     let mut fields = vec![
@@ -262,8 +408,8 @@ pub(crate) fn build(
             rows.iter().map(|r| i8::from(r.success)),
         )),
         Arc::new(StringArray::from_iter_values(rows.iter().zip(records).map(
-            |(row, record)| match record.get("date") {
-                Some(Value::String(date)) => date.clone(),
+            |(row, record)| match field(record, "date") {
+                Some(Cell::Text(date)) => date.clone().into_owned(),
                 _ => utc_date(row.event_time_ms),
             },
         ))),
@@ -282,30 +428,38 @@ pub(crate) fn build(
     // One pass over each record's fields: each goes to its column when it has
     // one and fits it, else to `extra` (a string `date` is the `date` column).
     // A lookup per field, not one per column and record.
-    static NULL: Value = Value::Null;
     let index: HashMap<&str, usize> = columns
         .keys()
         .enumerate()
         .map(|(i, name)| (name.as_str(), i))
         .collect();
     let types: Vec<ColumnType> = columns.values().copied().collect();
-    let mut cells: Vec<Vec<&Value>> = vec![vec![&NULL; records.len()]; columns.len()];
+    let mut cells: Vec<Vec<Option<&Cell>>> = vec![vec![None; records.len()]; columns.len()];
     let mut extra: Vec<Option<String>> = Vec::with_capacity(records.len());
     for (r, record) in records.iter().enumerate() {
-        let mut rest: Option<Map<String, Value>> = None;
+        // Fields are in name order, so `extra` lists them as a JSON map would.
+        let mut rest: Option<String> = None;
         for (name, value) in record {
-            if name.as_str() == "date" && value.is_string() {
+            if name == "date" && matches!(value, Cell::Text(_)) {
                 continue;
             }
-            match index.get(name.as_str()) {
-                Some(&c) if fits(types[c], value) => cells[c][r] = value,
+            match index.get(name.as_ref()) {
+                Some(&c) if fits(types[c], value) => cells[c][r] = Some(value),
                 _ => {
-                    rest.get_or_insert_with(Map::new)
-                        .insert(name.clone(), value.clone());
+                    let out = rest.get_or_insert_with(|| String::from("{"));
+                    if out.len() > 1 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::from(name.as_ref()).to_string());
+                    out.push(':');
+                    value.write_json(out);
                 }
             }
         }
-        extra.push(rest.map(|rest| Value::Object(rest).to_string()));
+        extra.push(rest.map(|mut out| {
+            out.push('}');
+            out
+        }));
     }
     for ((name, &column), values) in columns.iter().zip(&cells) {
         // A value that does not fit is null here and kept in `extra`.
@@ -313,19 +467,49 @@ pub(crate) fn build(
         let (data_type, array): (DataType, ArrayRef) = match column {
             ColumnType::Int64 => (
                 DataType::Int64,
-                Arc::new(values.map(Value::as_i64).collect::<Int64Array>()),
+                Arc::new(
+                    values
+                        .map(|v| match v {
+                            Some(Cell::Int(i)) => Some(*i),
+                            _ => None,
+                        })
+                        .collect::<Int64Array>(),
+                ),
             ),
             ColumnType::Float64 => (
                 DataType::Float64,
-                Arc::new(values.map(Value::as_f64).collect::<Float64Array>()),
+                Arc::new(
+                    values
+                        .map(|v| match v {
+                            Some(Cell::Int(i)) => Some(*i as f64),
+                            Some(Cell::UInt(u)) => Some(*u as f64),
+                            Some(Cell::Float(f)) => Some(*f),
+                            _ => None,
+                        })
+                        .collect::<Float64Array>(),
+                ),
             ),
             ColumnType::Bool => (
                 DataType::Boolean,
-                Arc::new(values.map(Value::as_bool).collect::<BooleanArray>()),
+                Arc::new(
+                    values
+                        .map(|v| match v {
+                            Some(Cell::Bool(b)) => Some(*b),
+                            _ => None,
+                        })
+                        .collect::<BooleanArray>(),
+                ),
             ),
             ColumnType::Utf8 => (
                 DataType::Utf8,
-                Arc::new(values.map(Value::as_str).collect::<StringArray>()),
+                Arc::new(
+                    values
+                        .map(|v| match v {
+                            Some(Cell::Text(t)) => Some(t.as_ref()),
+                            _ => None,
+                        })
+                        .collect::<StringArray>(),
+                ),
             ),
         };
         fields.push(Field::new(name, data_type, true));
@@ -492,6 +676,55 @@ mod tests {
         assert_eq!(extra.value(1), r#"{"n":2.5,"s":4,"x":9007199254740993}"#);
         assert_eq!(extra.value(2), r#"{"n":"7"}"#);
         assert_eq!(extra.value(3), r#"{"n":18446744073709551615}"#);
+    }
+
+    #[test]
+    fn fields_read_without_a_map_are_those_a_json_map_reads() {
+        // What the archive did before: each record a serde_json map.
+        fn kind_of(value: &Value) -> Kind {
+            match value {
+                Value::Null => Kind::Null,
+                Value::Bool(_) => Kind::Bool,
+                Value::Number(n) if n.is_i64() => Kind::Int,
+                Value::Number(_) => Kind::Float,
+                Value::String(_) => Kind::Text,
+                Value::Array(_) | Value::Object(_) => Kind::Nested,
+            }
+        }
+        let records: [&[u8]; 9] = [
+            br#"{"b":1,"a":"x","b":"last wins","\u0063":"escaped name"}"#,
+            r#"{"s":"tab\there \"quoted\" \u00e9\ud83d\ude00","plain":"café"}"#.as_bytes(),
+            br#"{"i":-9223372036854775808,"u":18446744073709551615,"big":18446744073709551616,"z":-0,"f":1e2,"g":-1.5e-7,"h":0.1}"#,
+            br#"{ "deep" : { "z" : [1, {"y": null}], "a" : true } , "arr" : [ ] , "n" : null }"#,
+            br#"{}"#,
+            br#"[1, 2]"#,
+            br#""just a string""#,
+            br#"17"#,
+            b"{not json",
+        ];
+        for (record, read) in records.iter().zip(parse(records.iter().copied())) {
+            let map = match serde_json::from_slice::<Value>(record) {
+                Ok(Value::Object(map)) => map,
+                Ok(other) => serde_json::Map::from_iter([("_record".to_owned(), other)]),
+                Err(_) => serde_json::Map::from_iter([(
+                    "_record".to_owned(),
+                    Value::String(String::from_utf8_lossy(record).into_owned()),
+                )]),
+            };
+            let names: Vec<&str> = read.iter().map(|(n, _)| n.as_ref()).collect();
+            let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+            assert_eq!(names, keys, "{}", String::from_utf8_lossy(record));
+            for ((name, cell), value) in read.iter().zip(map.values()) {
+                assert_eq!(kind(cell), kind_of(value), "{name}");
+                let mut json = String::new();
+                cell.write_json(&mut json);
+                assert_eq!(json, value.to_string(), "{name}");
+            }
+        }
+        let negative_zero = parse([br#"{"z":-0}"#.as_slice()]);
+        assert!(
+            matches!(negative_zero[0][0].1, Cell::Float(f) if f == 0.0 && f.is_sign_negative())
+        );
     }
 
     #[test]
