@@ -35,6 +35,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::columns::{ColumnType, Columns};
+use crate::pipeline::route::Name;
 use crate::registry::MAX_COLUMN_NAME;
 
 /// What the archive knows of an output record besides its fields.
@@ -156,31 +157,6 @@ pub(crate) type Record<'a> = Vec<(Cow<'a, str>, Cell<'a>)>;
 
 /// A record's fields, read without building a map.
 struct Fields<'a>(Record<'a>);
-
-/// A field's name, borrowed when it has no escapes.
-struct Name<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Name<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Names;
-        impl<'de> Visitor<'de> for Names {
-            type Value = Name<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a field name")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Name(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Name(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Name(Cow::Owned(v)))
-            }
-        }
-        deserializer.deserialize_str(Names)
-    }
-}
 
 impl<'de> Deserialize<'de> for Fields<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

@@ -7,8 +7,8 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use serde::Deserializer as _;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -204,6 +204,33 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// A JSON object's key, borrowed from the input when it has no escapes
+/// (serde's own `Cow<str>` always copies).
+#[derive(Debug)]
+pub struct Name<'a>(pub Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl<'de> Visitor<'de> for Names {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Names)
+    }
+}
+
 /// Walks a JSON object, keeping the raw values of the wanted keys only.
 struct Picker<'w> {
     wanted: &'w [&'w str],
@@ -218,7 +245,7 @@ impl<'de> Visitor<'de> for Picker<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut found = Vec::with_capacity(self.wanted.len());
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(Name(key)) = map.next_key::<Name<'de>>()? {
             if self.wanted.contains(&key.as_ref()) {
                 found.push((key, map.next_value::<&'de RawValue>()?));
             } else {
