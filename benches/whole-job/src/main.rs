@@ -11,7 +11,8 @@
 //! `target/release/weir`), `WEIR_BENCH_EVENTS` (the backlog, default
 //! 1,000,000), `WEIR_BENCH_RATE` and `WEIR_BENCH_LATENCY_SECS` (the latency
 //! phase, default 50,000 events/s for 10 s), `WEIR_BENCH_PERF=1` (record a
-//! `perf` profile of weir while it drains, and print its top symbols).
+//! `perf` profile of weir while it drains, and print its top symbols),
+//! `WEIR_BENCH_ARCHIVE` (more `[archive]` settings, as TOML lines).
 //!
 //! CPU time comes from `/proc/<pid>/stat` (user + system) of each process,
 //! before and after each phase, so that figures compare across noisy runs.
@@ -389,6 +390,8 @@ async fn main() {
     let rate: u64 = env_or("WEIR_BENCH_RATE", 50_000);
     let latency_secs: u64 = env_or("WEIR_BENCH_LATENCY_SECS", 10);
     let profile = std::env::var("WEIR_BENCH_PERF").is_ok_and(|v| v == "1");
+    // More `[archive]` settings, as TOML lines (`zstd_level = 1`), to compare.
+    let archive_more = std::env::var("WEIR_BENCH_ARCHIVE").unwrap_or_default();
     let ticks = clock_ticks();
     let (broker_pid, redis_pid) = (stack_pid("kafka"), stack_pid("redis"));
 
@@ -470,7 +473,7 @@ async fn main() {
          [pipeline]\nbrokers = {brokers:?}\ngroup_id = {group:?}\ntopics = [{idle:?}]\n\
          dlq_topic = {dlq:?}\njournal_topic = \"{tag}-journal\"\n\
          [counters]\nredis = {redis:?}\nkey_prefix = {tag:?}\n\
-         [archive]\nroot = {archive:?}\n\
+         [archive]\nroot = {archive:?}\n{archive_more}\n\
          [collect]\nenabled = false\n",
         data = dir.join("data").display().to_string(),
         archive = dir.join("archive").display().to_string(),
