@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tracing::field::{Field, Visit};
+use tracing::level_filters::LevelFilter;
 use tracing::{Event, Metadata};
 use tracing_subscriber::layer::{Context, Filter};
 
@@ -95,6 +96,14 @@ fn from_a_client(target: &str) -> bool {
 impl<S> Filter<S> for ClientLogFilter {
     fn enabled(&self, _meta: &Metadata<'_>, _cx: &Context<'_, S>) -> bool {
         true
+    }
+
+    /// It passes every level: the filter it is joined to says the most
+    /// verbose level. Without a hint the joined filter has none either, and
+    /// the `log` crate's records (rdkafka writes a trace line per message
+    /// polled) would each reach the subscriber to be turned away there.
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::TRACE)
     }
 
     fn event_enabled(&self, event: &Event<'_>, _cx: &Context<'_, S>) -> bool {
