@@ -5,68 +5,54 @@
 //! figures as stable `key=value` lines (see `benches/scenario.rs`) after
 //! criterion's own report.
 //!
-//! # Figures (`scenario`, limits on: epoch deadline, 64 MiB memory cap, output cap)
+//! # Figures
 //!
-//! Release build on a 2-core machine shared with other work; the range of
-//! three runs of the bench's own summary, back to back (both sides built
-//! with the same release profile: no LTO, 16 codegen units):
-//!
-//! | batch | wasm ns/event | native ns/event | wasm/native | wasm events/s |
-//! |---|---|---|---|---|
-//! | 1 | 2260-2346 | 368-373 | 6.1-6.3 | 426k-442k |
-//! | 64 | 617-633 | 318-322 | 1.92-1.99 | 1.58M-1.62M |
-//! | 256 | 587-609 | 314-322 | 1.83-1.94 | 1.64M-1.70M |
-//! | 1024 | 579-629 | 315-322 | 1.81-2.00 | 1.59M-1.73M |
-//!
-//! (Seven runs; two others that another job disturbed are left out.) Without
-//! any limit the wasm side runs 472-493 ns/event at batch 256 (1.5x native);
-//! the epoch deadline adds 21-29 %, fuel 29-34 %, both 49-54 %. The boundary
-//! alone (the passthrough fixture, which copies each value to its output)
-//! costs 40 ns/event at batch 256 and 1.4 us for a batch of one. Building
+//! Every figure these benches print, with its command and the machine, is in
+//! docs/performance.md: the `scenario` plugin at batches of 1 to 1,024 against
+//! the same code built natively, with the runtime's limits on (epoch deadline,
+//! 64 MiB memory cap, output cap) and off, and the boundary alone (the
+//! passthrough fixture, which copies each value to its output). Both sides are
+//! built with the same release profile (no LTO, 16 codegen units), and building
 //! the batch is outside the timed call on both sides.
 //!
-//! What took the wasm side from 1499 ns/event (ratio 2.43) to about 600
-//! (ratio 1.9), in order:
+//! What brought the wasm side closer to native, in order (each step's figure
+//! is in docs/performance.md, "wasm side at batch 256, one change at a time"):
 //!
-//! - The SDK's own JSON split, inlined accessors and pre-rendered output:
-//!   880 ns, but native got faster as much (ratio 2.40).
+//! - The SDK's own JSON split, inlined accessors and pre-rendered output;
+//!   native got faster as much, so the ratio hardly moved.
 //! - `weir_sdk::FieldSet` picks: each event name looked up once
 //!   in a small table instead of each wanted name compared with every event
-//!   name; names compared as overlapping words (812 ns, ratio 2.2).
+//!   name; names compared as overlapping words.
 //! - Columns across the boundary: wasmtime converts a list of per-event
-//!   records field by field (a memory lookup per field, about 60 ns/event);
-//!   lists of numbers are copied whole. The passthrough fell from 134 to 40
-//!   ns/event (750 ns, ratio 2.0). A batch of one event costs 2.4 us against
-//!   2.2 before, as each list is an allocation in the guest.
+//!   records field by field (a memory lookup per field); lists of numbers are
+//!   copied whole. A batch of one event costs a little more, as each list is
+//!   an allocation in the guest.
 //! - No allocation per event: the batch loop hands the split vector from one
 //!   event to the next. In the guest an allocation is a chain of calls into
-//!   dlmalloc, each with its stack and deadline checks (660 ns, ratio 1.8).
+//!   dlmalloc, each with its stack and deadline checks.
 //! - UTF-8 checked once, natively, by whoever fills the batch: values that
 //!   all are UTF-8 cross as a WIT `string`, which the guest takes as `&str`
-//!   without checking again (600 ns). The host's native check costs about
-//!   half of the guest's. Native skips the same check here, so the ratio
-//!   moved the other way (1.9).
+//!   without checking again. The host's native check costs about half of the
+//!   guest's. Native skips the same check here, so the ratio moved the other
+//!   way.
 //!
 //! Where the rest of the gap is (`perf record` with `WEIR_BENCH_PROFILE=1`,
 //! which runs only the wasm side with a perf map, plus the compiled code read
 //! back from the runtime's cache): every guest function does the same work
-//! about 2.1x slower than LLVM's native code, since Cranelift keeps loop
+//! about twice as slowly as LLVM's native code, since Cranelift keeps loop
 //! state, the heap base and the deadline in stack slots and spills
 //! callee-saved registers on every call; the epoch check at every loop
-//! back-edge and function entry adds 21-29 % on top. Getting to 1.3x would
-//! take an interruption without per-iteration checks (wasmtime's MMU-based
-//! interruption, proposed upstream; not in wasmtime 48, and newer releases
-//! need a newer Rust), which would leave 1.5x, and a backend that keeps hot
-//! loop state in registers for the rest. Tried and not kept: a columnar
-//! batch with nine lists always sent (batch of one 20 % slower); copying
-//! short output pieces as words instead of `memory.copy` (the extra call cost
-//! what the copy saved); a word-wise backslash search in place of `memchr`
-//! (within noise); fat LTO (native 10-15 % faster, wasm no faster, so
-//! shipped components and this bench keep the same release profile on both
-//! sides); `opt-level = "s"` (wasm 30 % slower) or 2 (no change);
-//! `+simd128` (no change: the code that would use it is in the precompiled
-//! standard library); a tag per field name for lookups (building the tags
-//! cost more than they saved).
+//! back-edge and function entry adds a fifth to a quarter on top. Getting
+//! closer would take an interruption without per-iteration checks (wasmtime's
+//! MMU-based interruption, proposed upstream; not in wasmtime 48, and newer
+//! releases need a newer Rust), and a backend that keeps hot loop state in
+//! registers. Tried and not kept (docs/performance.md says by how much): a
+//! columnar batch with nine lists always sent; copying short output pieces as
+//! words instead of `memory.copy`; a word-wise backslash search in place of
+//! `memchr`; fat LTO (native faster, wasm not, so shipped components and this
+//! bench keep the same release profile on both sides); `opt-level = "s"` or
+//! 2; `+simd128` (the code that would use it is in the precompiled standard
+//! library); a tag per field name for lookups.
 
 /// The scenario every benchmark evaluates: scenario 5, "adult male users who
 /// clicked buy after 9 o'clock" (`age > 20 AND gender == MALE AND h >= 9`),

@@ -44,19 +44,19 @@
 //!
 //! CPU limit choice: epoch interruption, on by default (`cpu_limit_ms`, 500 ms
 //! per call, 10 ms ticks). Measured with `cargo bench -p weir-benches` on the
-//! `scenario` plugin, batch 256, release build on a shared 2-core machine: no
-//! limits 472-493 ns/event, epoch +21-29 %, fuel +29-34 %, both +49-54 %. Epoch
-//! costs less than fuel and bounds wall time, which is what protects the
-//! pipeline; fuel stays available (`fuel_per_call`) for deterministic budgets.
-//! Either check runs at every loop back-edge and function entry of the guest,
-//! so its share shrinks as guest code does more per iteration.
+//! `scenario` plugin, epoch costs less than fuel (the figures, with and
+//! without each, are in docs/performance.md) and bounds wall time, which is
+//! what protects the pipeline; fuel stays available (`fuel_per_call`) for
+//! deterministic budgets. Either check runs at every loop back-edge and
+//! function entry of the guest, so its share shrinks as guest code does more
+//! per iteration.
 //!
-//! Compilation: the `scenario` component (1.6 MB) takes 0.7-1.2 s to compile
-//! (release host, 2 threads); with `cache_dir` set, a restarted process loads
-//! it from wasmtime's on-disk cache in 14-23 ms (read, decompress, no compile).
-//! Loading the same bytes again in one process costs only their sha256 (about
-//! 1 ms for 1.6 MB). Instantiate plus `configure` from the `InstancePre` with
-//! the pooling allocator: 56-92 us.
+//! Compilation: a component compiles once; with `cache_dir` set, a restarted
+//! process loads it from wasmtime's on-disk cache (read, decompress, no
+//! compile). Loading the same bytes again in one process costs only their
+//! sha256. Instantiate plus `configure` start from the `InstancePre`, with the
+//! pooling allocator. What each costs: docs/performance.md, "Compile, load,
+//! instantiate".
 //!
 //! Calls are synchronous and may run for up to the CPU limit: async callers
 //! run them on a blocking thread (`tokio::task::spawn_blocking`).

@@ -5,8 +5,8 @@
 //! Compilation has no budget of its own (Cranelift cannot be interrupted), so
 //! its cost is bounded by refusing, at upload, the shapes that make it costly:
 //! the cost of compiling a function grows with its size and with the square of
-//! its control-flow nesting (a 0.25 MB component with one function nested
-//! 100,000 deep took 34 s and 1.1 GB), and the whole with the number of
+//! its control-flow nesting (docs/performance.md has what a small component
+//! with one function nested 100,000 deep costs), and the whole with the number of
 //! functions. Counts of memories, tables and core instances are refused here
 //! with a clear reason; the same bounds hold again at instantiation (the store's
 //! limiter and the pooling allocator), which is exact where a module

@@ -93,9 +93,10 @@ fn text_fixtures(dir: &Path, target_dir: &Path) -> Vec<Guest> {
         .collect()
 }
 
-/// The `compile-bomb` fixture: a small component (about 0.3 MB) whose one
-/// function nests 100,000 blocks, which Cranelift takes tens of seconds and
-/// over a gigabyte to compile (the cost grows with the square of the depth).
+/// The `compile-bomb` fixture: a small component whose one function nests
+/// 100,000 blocks, which Cranelift takes tens of seconds and over a gigabyte
+/// to compile (the cost grows with the square of the depth; the figures are
+/// in docs/performance.md).
 /// The host must refuse it before compiling. Generated, not checked in.
 fn compile_bomb(target_dir: &Path) -> Guest {
     const DEPTH: usize = 100_000;

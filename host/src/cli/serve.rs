@@ -250,8 +250,8 @@ impl ServeArgs {
             alerts: config.alerts,
         };
         problems.extend(plan.problems());
-        // Compiled plugins are kept between restarts (a 1.6 MB component compiles in
-        // 1-2 s and loads from the cache in ~20 ms).
+        // Compiled plugins are kept between restarts: loading one from the cache
+        // costs a small share of compiling it (docs/performance.md).
         let cache_dir = config
             .runtime
             .cache_dir

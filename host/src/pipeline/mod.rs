@@ -276,8 +276,8 @@ impl Pipeline {
         if !config.kafka.contains_key("fetch.queue.backoff.ms") {
             // The consumer fetches ahead into a local queue; when that queue is over its
             // threshold the client waits this long before fetching again (default 1 s).
-            // Drained in bursts between batches, the queue ran dry for ~300 ms at a time:
-            // 134,000 events/s with the default, 190,000 with 10 ms (docs/pipeline.md).
+            // Drained in bursts between batches, the queue ran dry for hundreds of
+            // milliseconds at a time with the default (docs/pipeline.md, Throughput).
             consumer_config.set("fetch.queue.backoff.ms", "10");
         }
         if !config.kafka.contains_key("statistics.interval.ms") {
