@@ -1060,7 +1060,8 @@ impl Pipeline {
     }
 
     /// Routes, runs, produces and commits one batch cycle; its results go to the
-    /// sinks once committed ([`Pipeline::hand_to_sinks`]).
+    /// sinks once committed, on their thread while the next cycle runs
+    /// ([`Pipeline::sinks_away`]).
     fn cycle(&mut self, messages: &[OwnedMessage]) -> Result<(), CycleError> {
         let catalog = self.current.clone();
         let mut by_partition: BTreeMap<(&str, i32), Vec<&OwnedMessage>> = BTreeMap::new();
