@@ -500,11 +500,15 @@ async fn alerts_fire_and_resolve_with_retries_and_never_block_the_pipeline() {
         hang: true,
         ..Received::default()
     }));
-    let hook = |name: &str, addr: SocketAddr, format: Format| WebhookConfig {
+    // The answering webhooks get a timeout a loaded machine cannot run past
+    // (with 500 ms, four attempts could all time out before the receiver, on
+    // this test's two runtime threads, read the request: no notice arrived);
+    // the stuck one keeps a short one.
+    let hook = |name: &str, addr: SocketAddr, format: Format, timeout_ms: u64| WebhookConfig {
         name: name.into(),
         url: format!("http://{addr}/hook"),
         format,
-        timeout_ms: 500,
+        timeout_ms,
         max_attempts: 4,
         backoff_ms: 100,
     };
@@ -512,9 +516,14 @@ async fn alerts_fire_and_resolve_with_retries_and_never_block_the_pipeline() {
         interval_secs: 1,
         repeat_secs: 3600,
         webhooks: vec![
-            hook("slack", receiver(slack.clone()).await, Format::Slack),
-            hook("flaky", receiver(flaky.clone()).await, Format::Json),
-            hook("stuck", receiver(stuck.clone()).await, Format::Json),
+            hook(
+                "slack",
+                receiver(slack.clone()).await,
+                Format::Slack,
+                10_000,
+            ),
+            hook("flaky", receiver(flaky.clone()).await, Format::Json, 10_000),
+            hook("stuck", receiver(stuck.clone()).await, Format::Json, 500),
         ],
         rules: vec![RuleConfig {
             name: "a1 ratio low".into(),
