@@ -1318,7 +1318,7 @@ async fn a_datanode_restarted_mid_stream_loses_nothing_and_doubles_nothing() {
         root: format!("{}{root}", hdfs_url.clone()),
         max_file_age_secs: 1,
         idle_secs: 1,
-        hdfs_timeout_secs: 5,
+        store_timeout_secs: 5,
         ..ArchiveConfig::default()
     })
     .await;
@@ -1441,7 +1441,7 @@ fn hdfs_unreachable_fails_the_cycle_in_bounded_time_and_the_retry_completes_it()
     let dir = format!("/weir-archive/{}", unique("cut"));
     let config = ArchiveConfig {
         root: format!("hdfs://127.0.0.1:{}{dir}", proxy.port),
-        hdfs_timeout_secs: 5,
+        store_timeout_secs: 5,
         max_file_age_secs: 0,
         ..ArchiveConfig::default()
     };

@@ -100,6 +100,7 @@
 //! files into larger ones (compaction) is left to a later job.
 
 pub mod columns;
+pub mod s3;
 pub mod schema;
 pub mod store;
 
@@ -108,14 +109,16 @@ use std::time::Duration;
 
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use serde::Deserialize;
 
 use crate::pipeline::sink::{PartitionBatch, Sink, SinkCount, SinkError};
 use crate::runtime::Status;
 use columns::{ColumnCatalog, Columns, MemoryColumns};
+pub use s3::{S3Settings, S3Store};
 use schema::Row;
-pub use store::{HdfsStore, LocalStore, Store, StoreFile};
+pub use store::{HdfsStore, LocalStore, Naming, Store, StoreFile};
 
 /// Directory, under the root, of files being written.
 pub const TMP_DIR: &str = "_tmp";
@@ -142,9 +145,20 @@ pub enum Codec {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveConfig {
-    /// `hdfs://host:port/path` for HDFS, else a local directory (created when missing).
-    /// `weir serve` uses `<data_dir>/archive` when it is empty.
+    /// `hdfs://host:port/path` for HDFS, `s3://bucket/prefix` for S3, else a local
+    /// directory (created when missing). `weir serve` uses `<data_dir>/archive` when
+    /// it is empty.
     pub root: String,
+    /// With an `s3://` root: the server's URL (`http://127.0.0.1:9000` for an
+    /// S3-compatible server); empty for AWS or `AWS_ENDPOINT_URL`.
+    pub s3_endpoint: String,
+    /// With an `s3://` root: the region; empty for `AWS_REGION`, the AWS config file,
+    /// else `us-east-1`.
+    pub s3_region: String,
+    /// With an `s3://` root: `bucket.host` addressing instead of path-style `host/bucket`.
+    pub s3_virtual_hosted: bool,
+    /// With an `s3://` root: files larger than this many MiB go up as multipart uploads.
+    pub s3_multipart_mb: u64,
     /// Page compression: `zstd` or `none`.
     pub compression: Codec,
     /// zstd level, 1 (fast) to 22 (small).
@@ -152,8 +166,10 @@ pub struct ArchiveConfig {
     /// Most rows in one row group (a group also closes at 16 MiB encoded, or
     /// when the file closes).
     pub max_row_group_rows: usize,
-    /// Longest wait for one HDFS call, seconds; past it the cycle fails and is retried.
-    pub hdfs_timeout_secs: u64,
+    /// Longest wait for one HDFS or S3 call, seconds; past it the cycle fails and is
+    /// retried. (`hdfs_timeout_secs` is its former name.)
+    #[serde(alias = "hdfs_timeout_secs")]
+    pub store_timeout_secs: u64,
     /// A file closes once it holds this many MiB of Parquet.
     pub max_file_mb: u64,
     /// A file closes this many seconds after it opened. `0`: every file closes at the
@@ -173,10 +189,14 @@ impl Default for ArchiveConfig {
     fn default() -> Self {
         Self {
             root: String::new(),
+            s3_endpoint: String::new(),
+            s3_region: String::new(),
+            s3_virtual_hosted: false,
+            s3_multipart_mb: 32,
             compression: Codec::Zstd,
             zstd_level: 3,
             max_row_group_rows: 128 * 1024,
-            hdfs_timeout_secs: 60,
+            store_timeout_secs: 60,
             max_file_mb: 128,
             max_file_age_secs: 300,
             idle_secs: 60,
@@ -192,11 +212,16 @@ impl ArchiveConfig {
         let mut problems = Vec::new();
         if self.root.trim().is_empty() {
             problems
-                .push("archive.root: empty; give a directory or hdfs://host:port/path".to_owned());
+                .push("archive.root: empty; give a directory, hdfs://host:port/path or s3://bucket/prefix".to_owned());
         } else if let Some((scheme, rest)) = self.root.split_once("://") {
             let authority = rest.split('/').next().unwrap_or_default();
             match scheme {
                 "file" => {}
+                "s3" if !authority.is_empty() => {}
+                "s3" => problems.push(format!(
+                    "archive.root = {:?}: expected s3://BUCKET/prefix",
+                    self.root
+                )),
                 "hdfs" if authority.rsplit_once(':').is_some_and(|(host, port)| {
                     !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
                 }) => {}
@@ -206,7 +231,7 @@ impl ArchiveConfig {
                 )),
                 _ => problems.push(format!(
                     "archive.root = {:?}: unknown scheme `{scheme}`; use hdfs://HOST:PORT/path, \
-                     file:///path or a directory",
+                     s3://BUCKET/prefix, file:///path or a directory",
                     self.root
                 )),
             }
@@ -220,8 +245,11 @@ impl ArchiveConfig {
         if self.max_row_group_rows == 0 {
             problems.push("archive.max_row_group_rows: use at least 1".to_owned());
         }
-        if self.hdfs_timeout_secs == 0 {
-            problems.push("archive.hdfs_timeout_secs: use at least 1".to_owned());
+        if self.store_timeout_secs == 0 {
+            problems.push("archive.store_timeout_secs: use at least 1".to_owned());
+        }
+        if self.s3_multipart_mb == 0 {
+            problems.push("archive.s3_multipart_mb: use at least 1".to_owned());
         }
         for (name, value) in [
             ("max_file_mb", self.max_file_mb),
@@ -365,6 +393,9 @@ struct Held {
 struct Encoded {
     writer: ArrowWriter<Vec<u8>>,
     columns: Columns,
+    /// Its place in its key's chain, for [`Naming::Position`]: one past the
+    /// previous file's last offset, 0 for the first.
+    from: i64,
     first: i64,
     last: i64,
     rows: usize,
@@ -372,6 +403,8 @@ struct Encoded {
 
 /// A file being filled: encoded row groups, then rows waiting for the next one.
 struct OpenFile {
+    /// The chain position of the next [`Encoded`] this file starts.
+    from: i64,
     encoded: Option<Encoded>,
     held: Vec<Held>,
     held_bytes: usize,
@@ -484,12 +517,18 @@ impl ArchiveSink {
         if !problems.is_empty() {
             return Err(ArchiveError::Config(problems.join("; ")));
         }
+        let timeout = Duration::from_secs(config.store_timeout_secs);
         let store: Box<dyn Store> = if config.root.starts_with("hdfs://") {
-            Box::new(HdfsStore::new(
-                &config.root,
-                runtime,
-                Duration::from_secs(config.hdfs_timeout_secs),
-            )?)
+            Box::new(HdfsStore::new(&config.root, runtime, timeout)?)
+        } else if config.root.starts_with("s3://") {
+            let settings = S3Settings {
+                url: config.root.clone(),
+                endpoint: config.s3_endpoint.clone(),
+                region: config.s3_region.clone(),
+                virtual_hosted: config.s3_virtual_hosted,
+                multipart_mb: config.s3_multipart_mb,
+            };
+            Box::new(S3Store::new(&settings, runtime, timeout)?)
         } else {
             Box::new(LocalStore::new(
                 config.root.strip_prefix("file://").unwrap_or(&config.root),
@@ -598,14 +637,26 @@ impl ArchiveSink {
             return Ok(*mark);
         }
         let (_, dir, topic, partition) = key;
-        let mark = self
-            .store
-            .list(dir)?
-            .iter()
-            .filter_map(|name| parse_file_name(name))
-            .filter(|(t, p, _, _)| t == topic && p == partition)
-            .map(|(_, _, _, last)| last)
-            .max();
+        let names = self.store.list(dir)?;
+        let mark = match self.store.naming() {
+            Naming::Range => names
+                .iter()
+                .filter_map(|name| parse_file_name(name))
+                .filter(|(t, p, _, _)| t == topic && p == partition)
+                .map(|(_, _, _, last)| last)
+                .max(),
+            // The chain's last file is the one furthest along; its footer says
+            // where it ends.
+            Naming::Position => match names
+                .iter()
+                .filter_map(|name| parse_position_name(name).map(|p| (p, name)))
+                .filter(|((t, p, _), _)| t == topic && p == partition)
+                .max_by_key(|((_, _, from), _)| *from)
+            {
+                Some((_, name)) => Some(self.store.last_offset(&format!("{dir}/{name}"))?),
+                None => None,
+            },
+        };
         if self.marks.len() >= MAX_MARKS {
             self.marks.clear();
         }
@@ -688,7 +739,8 @@ impl ArchiveSink {
                 batch.topic.clone(),
                 batch.partition,
             );
-            if let Some(have) = self.have(&key)? {
+            let have = self.have(&key)?;
+            if let Some(have) = have {
                 let before = rows.len();
                 rows.retain(|row| row.offset > have);
                 self.stats.skipped_rows += (before - rows.len()) as u64;
@@ -697,6 +749,7 @@ impl ArchiveSink {
                 continue;
             }
             let file = self.files.entry(key.clone()).or_insert_with(|| OpenFile {
+                from: have.map_or(0, |have| have + 1),
                 encoded: None,
                 held: Vec::new(),
                 held_bytes: 0,
@@ -781,6 +834,13 @@ impl ArchiveSink {
         if !matches!(self.store.is_dir(&dir), Ok(false)) {
             return false;
         }
+        self.fenced_out(tp);
+        true
+    }
+
+    /// Drops what this sink holds of `tp`, which another replica took over, and
+    /// breaks the partition.
+    fn fenced_out(&mut self, tp: &(String, i32)) {
         let ours = |key: &MarkKey| key.2 == tp.0 && key.3 == tp.1;
         let from = self
             .files
@@ -804,7 +864,6 @@ impl ArchiveSink {
         if let Some(from) = from {
             self.break_partition(tp, from, "another replica fenced the partition");
         }
-        true
     }
 
     fn encode_rows(&mut self, key: &MarkKey) -> Result<(), ArchiveError> {
@@ -850,6 +909,7 @@ impl ArchiveSink {
         };
         if reopen {
             if let Some(done) = file.encoded.take() {
+                file.from = done.last + 1;
                 let closed = self.finish(key, done)?;
                 self.closed.push(closed);
             }
@@ -862,6 +922,7 @@ impl ArchiveSink {
             file.encoded = Some(Encoded {
                 writer,
                 columns: known,
+                from: file.from,
                 first: rows[0].offset,
                 last: rows[0].offset,
                 rows: 0,
@@ -928,15 +989,8 @@ impl ArchiveSink {
     }
 
     /// Ends an encoded file: the Parquet footer, its final and temporary names.
-    fn finish(&mut self, key: &MarkKey, encoded: Encoded) -> Result<Closed, ArchiveError> {
+    fn finish(&mut self, key: &MarkKey, mut encoded: Encoded) -> Result<Closed, ArchiveError> {
         let (scenario, dir, topic, partition) = key;
-        let bytes = encoded
-            .writer
-            .into_inner()
-            .map_err(|e| ArchiveError::Encode {
-                scenario: scenario.clone(),
-                reason: e.to_string(),
-            })?;
         self.tmp_counter += 1;
         let (first, last) = (encoded.first, encoded.last);
         let tmp_dir = self
@@ -944,12 +998,30 @@ impl ArchiveSink {
             .get(&(topic.clone(), *partition))
             .cloned()
             .unwrap_or_else(|| format!("{TMP_DIR}/{}-{partition}/unfenced", escape(topic)));
+        let tmp = format!("{tmp_dir}/{}.parquet.tmp", self.tmp_counter);
+        // The footer says what a name by position does not, and which attempt
+        // wrote the file (a writer retrying a put tells its own file by it).
+        for (k, v) in [
+            (s3::LAST_OFFSET_KEY, last.to_string()),
+            (s3::ATTEMPT_KEY, tmp.clone()),
+        ] {
+            encoded
+                .writer
+                .append_key_value_metadata(KeyValue::new(k.to_owned(), v));
+        }
+        let bytes = encoded
+            .writer
+            .into_inner()
+            .map_err(|e| ArchiveError::Encode {
+                scenario: scenario.clone(),
+                reason: e.to_string(),
+            })?;
+        let path = match self.store.naming() {
+            Naming::Range => format!("{dir}/{topic}-{partition}-{first}-{last}.parquet"),
+            Naming::Position => format!("{dir}/{topic}-{partition}-{}.parquet", encoded.from),
+        };
         Ok(Closed {
-            file: StoreFile {
-                path: format!("{dir}/{topic}-{partition}-{first}-{last}.parquet"),
-                tmp: format!("{tmp_dir}/{}.parquet.tmp", self.tmp_counter),
-                bytes,
-            },
+            file: StoreFile { path, tmp, bytes },
             key: key.clone(),
             first,
             last,
@@ -1030,10 +1102,23 @@ impl ArchiveSink {
             let results = self.store.put_all(&files);
             let mut failed_keys: Vec<MarkKey> = Vec::new();
             let mut gone: Vec<(String, i32)> = Vec::new();
+            let mut taken: Vec<(String, i32)> = Vec::new();
             for ((file, (key, first, last, rows)), result) in
                 files.into_iter().zip(notes).zip(results)
             {
                 match result {
+                    Ok(false) if self.store.naming() == Naming::Position => {
+                        // Another writer's file has this place in the chain: it
+                        // took the partition over (see the module doc).
+                        taken.push((key.2.clone(), key.3));
+                        self.closed.push(Closed {
+                            file,
+                            key,
+                            first,
+                            last,
+                            rows,
+                        });
+                    }
                     Ok(stored) => {
                         if stored {
                             self.stats.files += 1;
@@ -1070,6 +1155,19 @@ impl ArchiveSink {
             waiting = rest;
             gone.dedup();
             gone.retain(|tp| self.check_fence(tp));
+            taken.dedup();
+            for tp in taken {
+                self.fenced_out(&tp);
+                if let Some(&(from, why)) = self.broken.get(&tp) {
+                    first_error.get_or_insert(ArchiveError::Broken {
+                        why,
+                        topic: tp.0.clone(),
+                        partition: tp.1,
+                        from,
+                    });
+                }
+                gone.push(tp);
+            }
             waiting.retain(|c| !gone.iter().any(|(t, p)| &c.key.2 == t && c.key.3 == *p));
         }
         first_error.map_or(Ok(()), Err)
@@ -1230,6 +1328,17 @@ fn escape(value: &str) -> String {
         }
     }
     out
+}
+
+/// `(topic, partition, from)` out of `{topic}-{partition}-{from}.parquet`, a name by
+/// [`Naming::Position`].
+pub fn parse_position_name(name: &str) -> Option<(String, i32, i64)> {
+    let stem = name.strip_suffix(".parquet")?;
+    let mut parts = stem.rsplitn(3, '-');
+    let from = parts.next()?.parse().ok()?;
+    let partition = parts.next()?.parse().ok()?;
+    let topic = parts.next()?;
+    (!topic.is_empty()).then(|| (topic.to_owned(), partition, from))
 }
 
 /// `(topic, partition, first, last)` out of `{topic}-{partition}-{first}-{last}.parquet`.
@@ -1446,6 +1555,181 @@ mod tests {
         std::fs::remove_dir_all(&root).ok();
     }
 
+    /// An object store in memory, as S3 behaves: no rename, create-only writes.
+    #[derive(Debug, Default, Clone)]
+    struct Objects {
+        objects: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+        /// The next put is stored but answers an error, as a lost answer would.
+        lose_answer: Arc<Mutex<bool>>,
+    }
+
+    impl Objects {
+        fn footer(bytes: &[u8], key: &str) -> Option<String> {
+            let metadata = parquet::file::metadata::ParquetMetaDataReader::new()
+                .parse_and_finish(&bytes::Bytes::copy_from_slice(bytes))
+                .ok()?;
+            let kv = metadata.file_metadata().key_value_metadata()?;
+            kv.iter().find(|kv| kv.key == key)?.value.clone()
+        }
+
+        /// `(name, offsets of its rows)` of every final file, by name.
+        fn files(&self) -> Vec<(String, Vec<i64>)> {
+            use arrow::array::AsArray;
+            let objects = self.objects.lock().unwrap();
+            objects
+                .iter()
+                .filter(|(path, _)| !path.starts_with(TMP_DIR))
+                .map(|(path, bytes)| {
+                    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
+                        bytes::Bytes::copy_from_slice(bytes),
+                        1024,
+                    )
+                    .unwrap();
+                    let offsets = reader
+                        .flat_map(|batch| {
+                            let batch = batch.unwrap();
+                            let column = batch.column_by_name("offset").unwrap();
+                            column
+                                .as_primitive::<arrow::datatypes::Int64Type>()
+                                .values()
+                                .to_vec()
+                        })
+                        .collect();
+                    (path.rsplit('/').next().unwrap().to_owned(), offsets)
+                })
+                .collect()
+        }
+    }
+
+    impl Store for Objects {
+        fn naming(&self) -> Naming {
+            Naming::Position
+        }
+        fn last_offset(&mut self, path: &str) -> Result<i64, ArchiveError> {
+            let objects = self.objects.lock().unwrap();
+            Ok(Self::footer(&objects[path], s3::LAST_OFFSET_KEY)
+                .unwrap()
+                .parse()
+                .unwrap())
+        }
+        fn put(&mut self, path: &str, tmp: &str, bytes: &[u8]) -> Result<bool, ArchiveError> {
+            let mut objects = self.objects.lock().unwrap();
+            if let Some(there) = objects.get(path) {
+                return Ok(Self::footer(there, s3::ATTEMPT_KEY).as_deref() == Some(tmp));
+            }
+            objects.insert(path.to_owned(), bytes.to_vec());
+            if std::mem::take(&mut *self.lose_answer.lock().unwrap()) {
+                return Err(store_error_for_tests(path));
+            }
+            Ok(true)
+        }
+        fn list(&mut self, dir: &str) -> Result<Vec<String>, ArchiveError> {
+            let prefix = format!("{dir}/");
+            let objects = self.objects.lock().unwrap();
+            Ok(objects
+                .keys()
+                .filter_map(|k| k.strip_prefix(&prefix))
+                .filter(|rest| !rest.contains('/'))
+                .map(str::to_owned)
+                .collect())
+        }
+        fn delete(&mut self, path: &str) -> Result<(), ArchiveError> {
+            self.objects.lock().unwrap().remove(path);
+            Ok(())
+        }
+        fn delete_dir(&mut self, dir: &str) -> Result<(), ArchiveError> {
+            let prefix = format!("{dir}/");
+            self.objects
+                .lock()
+                .unwrap()
+                .retain(|k, _| !k.starts_with(&prefix));
+            Ok(())
+        }
+        fn make_dir(&mut self, _dir: &str) -> Result<(), ArchiveError> {
+            Ok(())
+        }
+        fn is_dir(&mut self, _dir: &str) -> Result<bool, ArchiveError> {
+            Ok(true)
+        }
+        fn root(&self) -> String {
+            "objects".into()
+        }
+    }
+
+    fn store_error_for_tests(path: &str) -> ArchiveError {
+        ArchiveError::Store {
+            op: "put",
+            path: path.to_owned(),
+            reason: "the answer was lost".into(),
+        }
+    }
+
+    #[test]
+    fn on_an_object_store_two_writers_race_for_one_name_and_one_wins() {
+        let objects = Objects::default();
+        let config = ArchiveConfig {
+            max_file_age_secs: 3600,
+            ..ArchiveConfig::default()
+        };
+        let sink = || ArchiveSink::with_store(&config, Box::new(objects.clone())).unwrap();
+        let (mut a, mut b) = (sink(), sink());
+        // A holds 100..=420; B takes the partition over from the commit (100) and
+        // holds 100..=150. Neither can stop the other's write: they race for the
+        // first place in the chain, and A gets it.
+        a.write(&[batch(100..=420)]).unwrap();
+        b.write(&[batch(100..=150)]).unwrap();
+        a.flush().unwrap();
+        let err = b.flush().expect_err("B lost the name");
+        assert!(err.reason.contains("dropped"), "{err}");
+        assert_eq!(b.stats().fenced_out, 1);
+        assert_eq!(b.pending_from("t", 0), Some(100), "B's commits stay below");
+        let files = objects.files();
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(files[0].0, "t-0-0.parquet");
+        assert_eq!(files[0].1, (100..=420).collect::<Vec<_>>());
+
+        // Revoked and assigned again, B reads where the chain ends from A's footer.
+        b.revoked(&[("t".into(), 0)]);
+        b.write(&[batch(100..=500)]).unwrap();
+        b.flush().unwrap();
+        assert_eq!(b.stats().skipped_rows, 321);
+        // A, which lost the partition without knowing, writes on from its own
+        // view (421) and loses that name to B's file.
+        a.write(&[batch(421..=450)]).unwrap();
+        assert!(a.flush().is_err(), "A lost the next name");
+        let files = objects.files();
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["t-0-0.parquet", "t-0-421.parquet"]);
+        let all: Vec<i64> = files.into_iter().flat_map(|(_, o)| o).collect();
+        assert_eq!(all, (100..=500).collect::<Vec<_>>(), "each row once");
+    }
+
+    #[test]
+    fn a_put_whose_answer_was_lost_is_known_as_its_own_on_the_retry() {
+        let objects = Objects::default();
+        let mut sink =
+            ArchiveSink::with_store(&ArchiveConfig::default(), Box::new(objects.clone())).unwrap();
+        sink.write(&[batch(0..=9)]).unwrap();
+        *objects.lose_answer.lock().unwrap() = true;
+        assert!(sink.flush().is_err());
+        sink.flush().expect("the retry finds its own file");
+        assert_eq!(sink.stats().fenced_out, 0);
+        assert_eq!(sink.pending_from("t", 0), None);
+        sink.write(&[batch(10..=19)]).unwrap();
+        sink.flush().unwrap();
+        let names: Vec<String> = objects.files().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["t-0-0.parquet", "t-0-10.parquet"]);
+    }
+
+    #[test]
+    fn position_names_round_trip_with_dashes_in_topics() {
+        assert_eq!(
+            parse_position_name("my-events-3-100.parquet"),
+            Some(("my-events".to_owned(), 3, 100))
+        );
+        assert_eq!(parse_position_name("x-1.parquet"), None);
+    }
+
     #[test]
     fn file_names_round_trip_with_dashes_in_topics() {
         assert_eq!(
@@ -1493,12 +1777,14 @@ mod tests {
             "/var/lib/weir/archive",
             "file:///tmp/a",
             "hdfs://127.0.0.1:9000/weir",
+            "s3://bucket/a",
+            "s3://bucket",
             "relative/dir",
         ] {
             assert_eq!(problems(good), Vec::<String>::new(), "{good}");
         }
         for bad in [
-            "s3://bucket/a",
+            "s3:///a",
             "ftp://h/a",
             "hdfs://namenode/a",
             "hdfs://:9000/a",

@@ -8,8 +8,9 @@
 //! `put` never creates the temporary file's directory and never replaces a final
 //! file: the archive fences a partition's writers by deleting their temporary
 //! directories (see the archive module doc), and a writer whose directory is gone
-//! can neither start a file nor rename one. An object store (S3) fits the same seam
-//! with a conditional PUT (`If-None-Match: *`).
+//! can neither start a file nor rename one. S3 has no rename: its store names files
+//! by their place in a chain instead and writes them only if the name is free
+//! ([`Naming::Position`], `s3.rs`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,13 +33,45 @@ pub struct StoreFile {
     pub bytes: Vec<u8>,
 }
 
+/// How a store's final file names keep two writers of one partition from archiving
+/// a row twice (see the archive module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// `{topic}-{partition}-{first}-{last}.parquet`, the lowest and highest offsets
+    /// of the rows in the file, renamed into place out of a temporary directory that
+    /// a writer taking the partition over deletes (local directories, HDFS).
+    Range,
+    /// `{topic}-{partition}-{from}.parquet`, where `from` is one past the previous
+    /// file's last offset in the same directory (0 for the first), written only if
+    /// the name is free: a writer that lost the name was taken over (S3). The last
+    /// offset is in the file's footer ([`Store::last_offset`]).
+    Position,
+}
+
 /// A file system the archive writes to.
 pub trait Store: Send + std::fmt::Debug {
+    /// How final names are made; see [`Naming`].
+    fn naming(&self) -> Naming {
+        Naming::Range
+    }
+
+    /// The highest source offset of the rows of the archive file at `path`, from its
+    /// footer; needed only by stores whose names do not say it ([`Naming::Position`]).
+    fn last_offset(&mut self, path: &str) -> Result<i64, ArchiveError> {
+        Err(store_error(
+            "read the footer of",
+            path,
+            "this store names files by their offsets",
+        ))
+    }
+
     /// Writes `bytes` under the temporary path `tmp`, closes the file and renames it to
     /// `path`, creating `path`'s directories but not `tmp`'s: a missing temporary
     /// directory fails the put. Returns `false` and removes the temporary file when
     /// `path` already exists (the file there is left as it is; nothing is replaced,
-    /// whoever renames first).
+    /// whoever renames first). A store with [`Naming::Position`] writes `path`
+    /// directly when it can, and returns `false` only when another writer's file
+    /// has the name.
     fn put(&mut self, path: &str, tmp: &str, bytes: &[u8]) -> Result<bool, ArchiveError>;
 
     /// [`Store::put`] for each file, concurrently where the store gains from it; one
@@ -70,7 +103,7 @@ pub trait Store: Send + std::fmt::Debug {
     fn root(&self) -> String;
 }
 
-fn store_error(op: &'static str, path: &str, reason: impl ToString) -> ArchiveError {
+pub(super) fn store_error(op: &'static str, path: &str, reason: impl ToString) -> ArchiveError {
     ArchiveError::Store {
         op,
         path: path.to_owned(),
