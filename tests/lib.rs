@@ -22,6 +22,10 @@ pub enum Service {
     MariaDb,
     /// PostgreSQL; the variable holds a `postgres://` URL.
     Postgres,
+    /// An S3-compatible server (SeaweedFS); the variable holds its endpoint URL,
+    /// `http://host:port` (bucket and keys: `WEIR_TEST_S3_BUCKET`,
+    /// `WEIR_TEST_S3_ACCESS_KEY`, `WEIR_TEST_S3_SECRET_KEY`).
+    S3,
     /// The cluster profile's three Kafka brokers; the variable holds their
     /// `host:port`s, comma-separated.
     KafkaCluster,
@@ -39,6 +43,7 @@ impl Service {
             Service::Redis => "WEIR_TEST_REDIS",
             Service::MariaDb => "WEIR_TEST_MARIADB",
             Service::Postgres => "WEIR_TEST_POSTGRES",
+            Service::S3 => "WEIR_TEST_S3",
             Service::KafkaCluster => "WEIR_TEST_KAFKA_CLUSTER",
             Service::RedisCluster => "WEIR_TEST_REDIS_CLUSTER",
         }
@@ -52,6 +57,7 @@ impl Service {
             Service::Redis => "redis",
             Service::MariaDb => "mariadb",
             Service::Postgres => "postgres",
+            Service::S3 => "s3",
             Service::KafkaCluster => "kafka1 kafka2 kafka3",
             Service::RedisCluster => "rcluster1 .. rcluster6",
         }

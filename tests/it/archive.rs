@@ -84,6 +84,18 @@ fn run_reader(script: &str, root: &Path) -> Value {
 /// Checks what pyarrow read against `expected`: every row once, in the right file and
 /// hour directory, files named by the offsets they hold, zstd with statistics.
 pub(crate) fn check(read: &Value, expected: &Expected, topic: &str) {
+    check_named(read, expected, topic, weir::archive::Naming::Range);
+}
+
+/// [`check`] for an archive whose files are named as `naming` says: by the offsets
+/// they hold, or by their place in their directory's chain, which must then run
+/// from 0 with no gap and no overlap.
+pub(crate) fn check_named(
+    read: &Value,
+    expected: &Expected,
+    topic: &str,
+    naming: weir::archive::Naming,
+) {
     let mut seen: BTreeMap<(i32, i64), usize> = BTreeMap::new();
     for file in read["files"].as_array().expect("files") {
         let path = file["path"].as_str().unwrap();
@@ -134,7 +146,41 @@ pub(crate) fn check(read: &Value, expected: &Expected, topic: &str) {
         );
         offsets_by_file.entry(file).or_default().push(offset);
     }
+    if naming == weir::archive::Naming::Position {
+        // Per directory and partition: (from, lowest, highest) of each file.
+        type Chain = Vec<(i64, i64, i64)>;
+        let mut chains: BTreeMap<(&str, i32), Chain> = BTreeMap::new();
+        for (file, offsets) in &offsets_by_file {
+            let (dir, name) = file.rsplit_once('/').unwrap();
+            let (t, partition, from) =
+                weir::archive::parse_position_name(name).expect("a file name by position");
+            assert_eq!(t, topic, "{file}");
+            let (low, high) = (
+                *offsets.iter().min().unwrap(),
+                *offsets.iter().max().unwrap(),
+            );
+            chains
+                .entry((dir, partition))
+                .or_default()
+                .push((from, low, high));
+        }
+        for ((dir, partition), mut chain) in chains {
+            chain.sort();
+            let mut next = 0;
+            for (from, low, high) in chain {
+                assert_eq!(
+                    from, next,
+                    "{dir} partition {partition}: a file at {from} where the chain goes on at {next}"
+                );
+                assert!(low >= from, "{dir}: rows below the file's place");
+                next = high + 1;
+            }
+        }
+    }
     for (file, offsets) in &offsets_by_file {
+        if naming == weir::archive::Naming::Position {
+            break;
+        }
         let name = file.rsplit('/').next().unwrap();
         let (_, _, first, last) = weir::archive::parse_file_name(name).expect("file name");
         assert_eq!(
@@ -1131,8 +1177,14 @@ fn newest_change(dir: &Path) -> std::time::SystemTime {
 
 /// `weir serve --config <config>`, its log in `log`.
 pub(crate) fn serve(config: &Path, log: &Path) -> std::process::Child {
+    serve_with(config, log, &[])
+}
+
+/// [`serve`] with the variables `vars` set besides.
+pub(crate) fn serve_with(config: &Path, log: &Path, vars: &[(&str, &str)]) -> std::process::Child {
     let log = std::fs::File::create(log).expect("log file");
     std::process::Command::new(weir_binary())
+        .envs(vars.iter().copied())
         .arg("serve")
         .arg("--config")
         .arg(config)
@@ -1959,7 +2011,7 @@ pub(crate) fn assert_no_overlaps(paths: &[String]) {
 }
 
 /// Sends `signal` (`STOP`, `CONT`, `TERM`) to `child`.
-fn signal(child: &std::process::Child, signal: &str) {
+pub(crate) fn signal(child: &std::process::Child, signal: &str) {
     let status = std::process::Command::new("kill")
         .args([format!("-{signal}"), child.id().to_string()])
         .status()

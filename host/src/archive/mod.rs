@@ -157,7 +157,8 @@ pub struct ArchiveConfig {
     pub s3_region: String,
     /// With an `s3://` root: `bucket.host` addressing instead of path-style `host/bucket`.
     pub s3_virtual_hosted: bool,
-    /// With an `s3://` root: files larger than this many MiB go up as multipart uploads.
+    /// With an `s3://` root: files larger than this many MiB go up as multipart
+    /// uploads; 0 sends every file so.
     pub s3_multipart_mb: u64,
     /// Page compression: `zstd` or `none`.
     pub compression: Codec,
@@ -247,9 +248,6 @@ impl ArchiveConfig {
         }
         if self.store_timeout_secs == 0 {
             problems.push("archive.store_timeout_secs: use at least 1".to_owned());
-        }
-        if self.s3_multipart_mb == 0 {
-            problems.push("archive.s3_multipart_mb: use at least 1".to_owned());
         }
         for (name, value) in [
             ("max_file_mb", self.max_file_mb),
@@ -527,6 +525,7 @@ impl ArchiveSink {
                 region: config.s3_region.clone(),
                 virtual_hosted: config.s3_virtual_hosted,
                 multipart_mb: config.s3_multipart_mb,
+                credentials: None,
             };
             Box::new(S3Store::new(&settings, runtime, timeout)?)
         } else {

@@ -59,8 +59,11 @@ pub struct S3Settings {
     /// `bucket.host` addressing instead of `host/bucket` (path-style, which
     /// S3-compatible servers expect, is the default).
     pub virtual_hosted: bool,
-    /// Files larger than this many MiB go up as multipart uploads.
+    /// Files larger than this many MiB go up as multipart uploads (0: every file).
     pub multipart_mb: u64,
+    /// An access key id and secret to use instead of the environment's and the
+    /// shared files' (for embedding; `weir serve` reads those).
+    pub credentials: Option<(String, String)>,
 }
 
 /// An archive root on S3.
@@ -175,6 +178,11 @@ impl S3Store {
             .with_copy_if_not_exists(S3CopyIfNotExists::Multipart);
         if !settings.endpoint.is_empty() {
             builder = builder.with_endpoint(&settings.endpoint);
+        }
+        if let Some((id, secret)) = &settings.credentials {
+            builder = builder
+                .with_access_key_id(id)
+                .with_secret_access_key(secret);
         }
         if !settings.region.is_empty() {
             builder = builder.with_region(&settings.region);
