@@ -385,9 +385,9 @@ fn a_bad_url_for_each_dependency_exits_non_zero_naming_it() {
     assert!(text.contains("pipeline.brokers"), "{text}");
     let text = refused(&["--redis", "http://127.0.0.1:6379"]);
     assert!(text.contains("counters.redis"), "{text}");
-    let text = refused(&["--archive", "s3://bucket/weir"]);
+    let text = refused(&["--archive", "ftp://bucket/weir"]);
     assert!(
-        text.contains("archive.root") && text.contains("s3"),
+        text.contains("archive.root") && text.contains("ftp"),
         "{text}"
     );
     let text = refused(&["--database", "oracle://db/weir"]);

@@ -61,7 +61,8 @@ pub(crate) struct ServeConfig {
     #[serde(default)]
     pub(crate) counters: CountersSection,
     /// The Parquet archive: `root` (env `WEIR_ARCHIVE`, flag `--archive`;
-    /// `hdfs://host:port/path` or a directory, default `<data_dir>/archive`),
+    /// `hdfs://host:port/path`, `s3://bucket/prefix` or a directory, default
+    /// `<data_dir>/archive`),
     /// compression, row groups.
     pub(crate) archive: Option<ArchiveConfig>,
     /// The collector: its public listener (`listen`, default 127.0.0.1:8090),
@@ -94,7 +95,9 @@ pub(crate) struct ServeArgs {
     /// Redis URL for the counters; none: counted in memory.
     #[arg(long, env = "WEIR_REDIS", hide_env_values = true)]
     redis: Option<String>,
-    /// Where the Parquet archive goes: hdfs://host:port/path or a directory.
+    /// Where the Parquet archive goes: hdfs://host:port/path, s3://bucket/prefix (see
+    /// `[archive] s3_endpoint`; credentials from AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY or ~/.aws/credentials) or a directory.
     #[arg(long, env = "WEIR_ARCHIVE")]
     archive: Option<String>,
     /// Also create scenario 5 and feed it generated tracking events.

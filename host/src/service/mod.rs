@@ -265,6 +265,7 @@ pub async fn start(
     let archive = {
         health.track(Dependency::Archive, &plan.archive.root);
         let on_hdfs = plan.archive.root.starts_with("hdfs://");
+        let remote = on_hdfs || plan.archive.root.starts_with("s3://");
         until_up(&health, Dependency::Archive, &stop, || {
             let config = plan.archive.clone();
             let handle = tokio::runtime::Handle::current();
@@ -280,9 +281,10 @@ pub async fn start(
                 }
                 match tokio::task::spawn_blocking(move || ArchiveSink::new(&config, handle)).await {
                     Ok(Ok(sink)) => Ok(sink),
-                    // An unreachable NameNode may come back; a local directory
-                    // that cannot be made, or a bad setting, will not.
-                    Ok(Err(error @ crate::archive::ArchiveError::Store { .. })) if on_hdfs => {
+                    // An unreachable NameNode or S3 server may come back (and S3
+                    // credentials be fixed); a local directory that cannot be
+                    // made, or a bad setting, will not.
+                    Ok(Err(error @ crate::archive::ArchiveError::Store { .. })) if remote => {
                         Err(Attempt::Retry(error.to_string()))
                     }
                     Ok(Err(error)) => Err(Attempt::Fatal(error.to_string())),
