@@ -1375,11 +1375,44 @@ async fn a_datanode_restarted_mid_stream_loses_nothing_and_doubles_nothing() {
     })
     .await;
     let config = archive_pipeline(&brokers, &u, (&events_topic, &dlq), 500, 20);
+    through_an_outage(
+        config,
+        registry,
+        Box::new(sink),
+        total,
+        "DataNode",
+        || hdfs.must(&["down", "datanode"]),
+        || hdfs.must(&["up", "datanode"]),
+    )
+    .await;
+
+    let client = ClientBuilder::new()
+        .with_url(hdfs_url.clone())
+        .build()
+        .expect("HDFS client");
+    check_hdfs_archive(&client, &root, &expected, &events_topic).await;
+    tokio::task::spawn_blocking(move || drop(hdfs))
+        .await
+        .expect("join");
+}
+
+/// Runs `config`'s pipeline with `sink` until `total` events: after 5,000, `stop`
+/// (the store goes away), then checks that cycles fail and consumption pauses, then
+/// `restart`, and waits for every event.
+pub(crate) async fn through_an_outage(
+    config: PipelineConfig,
+    registry: Registry,
+    sink: Box<dyn Sink>,
+    total: i64,
+    what: &str,
+    stop_store: impl Fn(),
+    restart: impl Fn(),
+) {
     let stop = tokio_util::sync::CancellationToken::new();
     let pipeline = weir::pipeline::Pipeline::new(
         config,
         registry,
-        vec![Box::new(sink)],
+        vec![sink],
         weir::telemetry::Telemetry::new(),
         stop.clone(),
     )
@@ -1401,18 +1434,18 @@ async fn a_datanode_restarted_mid_stream_loses_nothing_and_doubles_nothing() {
     let failed = || metrics.failed_cycles.load(Ordering::Relaxed);
     tokio::task::block_in_place(|| {
         wait_for("5,000 events", &|| events() >= 5_000);
-        hdfs.must(&["down", "datanode"]);
+        stop_store();
         let stopped_at = events();
         wait_for("a failed cycle", &|| failed() >= 1);
         let during = events();
-        eprintln!("DataNode stopped after {stopped_at} events; first failure after {during}");
+        eprintln!("{what} stopped after {stopped_at} events; first failure after {during}");
         std::thread::sleep(Duration::from_secs(2));
         assert!(
             events() <= during + 500,
             "consumption is paused while files cannot be stored: {during} then {}",
             events()
         );
-        hdfs.must(&["up", "datanode"]);
+        restart();
         wait_for("every event", &|| events() >= total as u64);
     });
     stop.cancel();
@@ -1421,15 +1454,6 @@ async fn a_datanode_restarted_mid_stream_loses_nothing_and_doubles_nothing() {
         .expect("join")
         .expect("pipeline thread")
         .expect("pipeline run");
-
-    let client = ClientBuilder::new()
-        .with_url(hdfs_url.clone())
-        .build()
-        .expect("HDFS client");
-    check_hdfs_archive(&client, &root, &expected, &events_topic).await;
-    tokio::task::spawn_blocking(move || drop(hdfs))
-        .await
-        .expect("join");
 }
 
 /// A TCP proxy in front of the NameNode that can be cut and restored, on one port.

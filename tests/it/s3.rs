@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -17,7 +16,7 @@ use weir_integration::{Service, unique};
 
 use crate::archive::{
     Expected, PipelineSetup, archive_pipeline, check_named, committed, pipeline_setup, read_back,
-    serve_with, still_serving,
+    serve_with, still_serving, through_an_outage,
 };
 
 /// Where the test server is and the keys it takes.
@@ -358,52 +357,16 @@ async fn an_s3_server_restarted_mid_stream_loses_nothing_and_doubles_nothing() {
     )
     .await;
     let config = archive_pipeline(&brokers, &u, (&events_topic, &dlq), 500, 20);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let pipeline = weir::pipeline::Pipeline::new(
+    through_an_outage(
         config,
         registry,
-        vec![Box::new(sink)],
-        weir::telemetry::Telemetry::new(),
-        stop.clone(),
+        Box::new(sink),
+        total,
+        "S3",
+        || stack.must(&["down", "s3"]),
+        || stack.must(&["up", "s3"]),
     )
-    .await
-    .expect("pipeline");
-    let metrics = pipeline.metrics();
-    let thread = std::thread::spawn(move || pipeline.run());
-    let wait_for = |what: &'static str, done: &dyn Fn() -> bool| {
-        let started = Instant::now();
-        while !done() {
-            assert!(
-                started.elapsed() < Duration::from_secs(180),
-                "{what} did not happen within 180 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    let events = || metrics.events.load(Ordering::Relaxed);
-    let failed = || metrics.failed_cycles.load(Ordering::Relaxed);
-    tokio::task::block_in_place(|| {
-        wait_for("5,000 events", &|| events() >= 5_000);
-        stack.must(&["down", "s3"]);
-        let stopped_at = events();
-        wait_for("a failed cycle", &|| failed() >= 1);
-        let during = events();
-        eprintln!("S3 stopped after {stopped_at} events; first failure after {during}");
-        std::thread::sleep(Duration::from_secs(2));
-        assert!(
-            events() <= during + 500,
-            "consumption is paused while files cannot be stored: {during} then {}",
-            events()
-        );
-        stack.must(&["up", "s3"]);
-        wait_for("every event", &|| events() >= total as u64);
-    });
-    stop.cancel();
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .expect("join")
-        .expect("pipeline thread")
-        .expect("pipeline run");
+    .await;
 
     check_s3_archive(&server.client(), &prefix, &expected, &events_topic).await;
     tokio::task::spawn_blocking(move || drop(stack))

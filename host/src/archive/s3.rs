@@ -33,7 +33,7 @@ use object_store::{
 use parquet::file::metadata::{FooterTail, ParquetMetaDataReader};
 
 use super::ArchiveError;
-use super::store::{Naming, Store, StoreFile, store_error};
+use super::store::{Naming, Store, StoreFile, put_one, store_error};
 
 /// Key-value metadata in every archive file's footer: the highest source offset of
 /// its rows, which a file named by position does not say.
@@ -330,14 +330,7 @@ impl Store for S3Store {
     }
 
     fn put(&mut self, path: &str, tmp: &str, bytes: &[u8]) -> Result<bool, ArchiveError> {
-        let file = StoreFile {
-            path: path.to_owned(),
-            tmp: tmp.to_owned(),
-            bytes: bytes.to_vec(),
-        };
-        self.put_all(std::slice::from_ref(&file))
-            .pop()
-            .unwrap_or(Ok(false))
+        put_one(self, path, tmp, bytes)
     }
 
     fn put_all(&mut self, files: &[StoreFile]) -> Vec<Result<bool, ArchiveError>> {

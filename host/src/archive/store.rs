@@ -125,6 +125,24 @@ fn put_error(op: &'static str, path: &str, gone: bool, reason: impl ToString) ->
     }
 }
 
+/// [`Store::put`] through [`Store::put_all`], for stores whose puts run concurrently.
+pub(super) fn put_one(
+    store: &mut impl Store,
+    path: &str,
+    tmp: &str,
+    bytes: &[u8],
+) -> Result<bool, ArchiveError> {
+    let file = StoreFile {
+        path: path.to_owned(),
+        tmp: tmp.to_owned(),
+        bytes: bytes.to_vec(),
+    };
+    store
+        .put_all(std::slice::from_ref(&file))
+        .pop()
+        .unwrap_or(Ok(false))
+}
+
 /// Whether an HDFS error says a path does not exist.
 fn not_found(e: &HdfsError) -> bool {
     match e {
@@ -363,14 +381,7 @@ async fn hdfs_put(
 
 impl Store for HdfsStore {
     fn put(&mut self, path: &str, tmp: &str, bytes: &[u8]) -> Result<bool, ArchiveError> {
-        let file = StoreFile {
-            path: path.to_owned(),
-            tmp: tmp.to_owned(),
-            bytes: bytes.to_vec(),
-        };
-        self.put_all(std::slice::from_ref(&file))
-            .pop()
-            .unwrap_or(Ok(false))
+        put_one(self, path, tmp, bytes)
     }
 
     fn put_all(&mut self, files: &[StoreFile]) -> Vec<Result<bool, ArchiveError>> {
