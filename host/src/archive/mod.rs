@@ -1,5 +1,5 @@
 //! The Parquet archive: every output record of every scenario, exactly once, as Parquet
-//! files on HDFS or in a local directory, partitioned by event time.
+//! files on HDFS, S3 or in a local directory, partitioned by event time.
 //!
 //! **In**: the pipeline hands each batch cycle to [`ArchiveSink`] through the
 //! [`Sink`] seam, after the outputs were produced and before the Kafka offsets are
@@ -87,6 +87,11 @@
 //! partition until it moves or restarts, and its commits stay below, so nothing
 //! is lost or doubled, but that partition's archive waits. One archive root per
 //! consumer group: two groups on one root would fence each other.
+//!
+//! S3 has no rename: there, files are named by their place in their key's chain
+//! (one past the previous file's last offset) and written only if the name is free,
+//! so writers that disagree race for one name and the loser is fenced out the same
+//! way ([`Naming::Position`], [`s3`]).
 //!
 //! Cost: on HDFS most of a file's time is `close`, which waits until the NameNode has
 //! heard of the block from the DataNode (hundreds of milliseconds); files that close
