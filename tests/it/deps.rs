@@ -124,6 +124,7 @@ enum Missing {
     Kafka,
     Redis,
     Hdfs,
+    S3,
     MariaDb,
 }
 
@@ -133,6 +134,7 @@ impl Missing {
             Missing::Kafka => Service::Kafka,
             Missing::Redis => Service::Redis,
             Missing::Hdfs => Service::Hdfs,
+            Missing::S3 => Service::S3,
             Missing::MariaDb => Service::MariaDb,
         }
     }
@@ -142,7 +144,7 @@ impl Missing {
         match self {
             Missing::Kafka => ("kafka", "waiting for Kafka at"),
             Missing::Redis => ("redis", "waiting for Redis at"),
-            Missing::Hdfs => ("archive", "waiting for the archive at"),
+            Missing::Hdfs | Missing::S3 => ("archive", "waiting for the archive at"),
             Missing::MariaDb => ("registry", "waiting for the registry database at"),
         }
     }
@@ -179,14 +181,23 @@ async fn waits_for(missing: Missing) {
     let topic = unique("deps-events");
     crate::pipeline::create_topics(&brokers, &[&topic]).await;
     let u = unique("deps");
-    let hdfs = pick(Service::Hdfs);
+    let archive = if missing == Missing::S3 {
+        let bucket = std::env::var("WEIR_TEST_S3_BUCKET")
+            .expect("WEIR_TEST_S3_BUCKET: load the variables with `eval \"$(tests/stack env)\"`");
+        format!(
+            "root = \"s3://{bucket}/{u}\"\ns3_endpoint = {:?}\n",
+            pick(Service::S3)
+        )
+    } else {
+        format!("root = \"{}/{u}\"\n", pick(Service::Hdfs))
+    };
     let config = format!(
         "database = {database:?}\n\
          [pipeline]\nbrokers = {:?}\ngroup_id = {u:?}\ntopics = [{topic:?}]\n\
          dlq_topic = \"{u}-dlq\"\njournal_topic = \"{u}-journal\"\n\
          [pipeline.kafka]\n\"session.timeout.ms\" = \"6000\"\n\
          [counters]\nredis = {:?}\nkey_prefix = {u:?}\n\
-         [archive]\nroot = \"{hdfs}/{u}\"\n",
+         [archive]\n{archive}",
         pick(Service::Kafka),
         pick(Service::Redis),
     );
@@ -333,6 +344,11 @@ async fn redis_unreachable_at_start_is_waited_for_and_nothing_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hdfs_unreachable_at_start_is_waited_for_and_nothing_is_lost() {
     waits_for(Missing::Hdfs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_unreachable_at_start_is_waited_for_and_nothing_is_lost() {
+    waits_for(Missing::S3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,6 +39,19 @@ fn program(name: &str) -> PathBuf {
     path
 }
 
+/// The test S3 server's keys as the variables `weir serve` reads (none when the
+/// stack's variables are not loaded: only an `s3://` archive needs them).
+fn s3_credentials() -> Vec<(&'static str, String)> {
+    [
+        ("AWS_ACCESS_KEY_ID", "WEIR_TEST_S3_ACCESS_KEY"),
+        ("AWS_SECRET_ACCESS_KEY", "WEIR_TEST_S3_SECRET_KEY"),
+    ]
+    .into_iter()
+    .filter_map(|(aws, ours)| Some((aws, std::env::var(ours).ok()?)))
+    .chain([("AWS_REGION", "us-east-1".to_owned())])
+    .collect()
+}
+
 /// A `weir serve` process on free ports, its API address read from its log.
 pub(crate) struct Serve {
     pub(crate) child: Child,
@@ -97,6 +110,7 @@ impl Serve {
             .env_remove("WEIR_KAFKA")
             .env_remove("WEIR_REDIS")
             .env_remove("WEIR_DATABASE")
+            .envs(s3_credentials())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -263,7 +263,14 @@ pub async fn start(
     }
 
     let archive = {
-        health.track(Dependency::Archive, &plan.archive.root);
+        // An S3 root names the bucket; where it is served is the endpoint.
+        let target = match plan.archive.s3_endpoint.as_str() {
+            endpoint if plan.archive.root.starts_with("s3://") && !endpoint.is_empty() => {
+                format!("{} at {endpoint}", plan.archive.root)
+            }
+            _ => plan.archive.root.clone(),
+        };
+        health.track(Dependency::Archive, &target);
         let on_hdfs = plan.archive.root.starts_with("hdfs://");
         let remote = on_hdfs || plan.archive.root.starts_with("s3://");
         until_up(&health, Dependency::Archive, &stop, || {
