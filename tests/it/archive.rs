@@ -1241,17 +1241,8 @@ async fn weir_serve_killed_while_files_are_open_restarts_exactly_once() {
     let data = std::env::temp_dir().join(unique("weir-kill"));
     std::fs::create_dir_all(&data).expect("data dir");
     let root = format!("/weir-archive/{u}");
-    let config = |archive: &str| {
-        format!(
-            "data_dir = {data:?}\ndatabase = {registry_url:?}\nlisten = \"127.0.0.1:0\"\n\
-             [pipeline]\nbrokers = {brokers:?}\ngroup_id = {u:?}\ntopics = [{events_topic:?}]\n\
-             dlq_topic = {dlq:?}\nbatch_max_events = 1000\nbatch_linger_ms = 20\n\
-             instance = \"kill-test\"\n\
-             [pipeline.kafka]\n\"session.timeout.ms\" = \"6000\"\n\
-             [archive]\nroot = \"{hdfs}{root}\"\n{archive}\n",
-            data = data.display().to_string(),
-        )
-    };
+    let head = kill_test_config(&data, &registry_url, &brokers, &u, &events_topic, &dlq);
+    let config = |archive: &str| format!("{head}[archive]\nroot = \"{hdfs}{root}\"\n{archive}\n");
     // Many files, each open for a while, two at a time: the kill finds files open,
     // some being stored, some stored.
     let first = data.join("first.toml");
@@ -1290,41 +1281,16 @@ async fn weir_serve_killed_while_files_are_open_restarts_exactly_once() {
     }
     child.kill().expect("SIGKILL");
     child.wait().expect("reap");
-    let positions = committed(&brokers, &u, &events_topic, 3);
-    let ends: Vec<i64> = (0..3)
-        .map(|p| expected.keys().filter(|(q, _)| *q == p).count() as i64)
-        .collect();
-    assert!(
-        positions.iter().zip(&ends).any(|((c, _), end)| c < end),
-        "killed before the end: {positions:?}"
-    );
-
-    // Restarted with files that close within seconds, until every offset is committed.
-    let second = data.join("second.toml");
-    std::fs::write(&second, config("max_file_age_secs = 2\nidle_secs = 1")).unwrap();
-    let mut child = serve(&second, &data.join("second.log"));
-    let want: Vec<(i64, i64)> = ends.iter().map(|&end| (end, end)).collect();
-    let started = Instant::now();
-    while committed(&brokers, &u, &events_topic, 3) != want {
-        still_serving(
-            &mut child,
-            started,
-            &data.join("second.log"),
-            &format!(
-                "not everything committed: {:?}",
-                committed(&brokers, &u, &events_topic, 3)
-            ),
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = child.wait().expect("wait");
-    assert!(status.success(), "exit {status} after SIGTERM");
-    let log = std::fs::read_to_string(data.join("second.log")).unwrap_or_default();
+    let log = restart_after_kill(
+        &brokers,
+        &u,
+        &events_topic,
+        &expected,
+        &config("max_file_age_secs = 2\nidle_secs = 1"),
+        &data,
+        &[],
+    )
+    .await;
     assert!(
         log.contains("replayed to the sinks from the journal")
             || log.contains("removed leftover temporary files"),
@@ -1340,6 +1306,68 @@ async fn weir_serve_killed_while_files_are_open_restarts_exactly_once() {
     );
     client.delete(&root, true).await.expect("clean up");
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// The configuration of a kill test's `weir serve`, up to its `[archive]` table.
+pub(crate) fn kill_test_config(
+    data: &Path,
+    registry_url: &str,
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    dlq: &str,
+) -> String {
+    format!(
+        "data_dir = {data:?}\ndatabase = {registry_url:?}\nlisten = \"127.0.0.1:0\"\n\
+         [pipeline]\nbrokers = {brokers:?}\ngroup_id = {group:?}\ntopics = [{topic:?}]\n\
+         dlq_topic = {dlq:?}\nbatch_max_events = 1000\nbatch_linger_ms = 20\n\
+         instance = \"kill-test\"\n\
+         [pipeline.kafka]\n\"session.timeout.ms\" = \"6000\"\n",
+        data = data.display().to_string(),
+    )
+}
+
+/// After a kill test's `weir serve` was killed: checks that it was before the end,
+/// starts it again in `data` with `config` (and `vars`), waits until every offset of
+/// `topic` is committed, stops it with SIGTERM and returns its log.
+pub(crate) async fn restart_after_kill(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    expected: &Expected,
+    config: &str,
+    data: &Path,
+    vars: &[(&str, &str)],
+) -> String {
+    let positions = committed(brokers, group, topic, 3);
+    let ends: Vec<i64> = (0..3)
+        .map(|p| expected.keys().filter(|(q, _)| *q == p).count() as i64)
+        .collect();
+    assert!(
+        positions.iter().zip(&ends).any(|((c, _), end)| c < end),
+        "killed before the end: {positions:?}"
+    );
+    let (second, log) = (data.join("second.toml"), data.join("second.log"));
+    std::fs::write(&second, config).unwrap();
+    let mut child = serve_with(&second, &log, vars);
+    let want: Vec<(i64, i64)> = ends.iter().map(|&end| (end, end)).collect();
+    let started = Instant::now();
+    while committed(brokers, group, topic, 3) != want {
+        still_serving(
+            &mut child,
+            started,
+            &log,
+            &format!(
+                "not everything committed: {:?}",
+                committed(brokers, group, topic, 3)
+            ),
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    signal(&child, "TERM");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "exit {status} after SIGTERM");
+    std::fs::read_to_string(&log).unwrap_or_default()
 }
 
 /// The DataNode stops mid-stream: the pipeline fails its cycles, keeps consumption

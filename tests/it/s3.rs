@@ -15,8 +15,8 @@ use weir::archive::{ArchiveConfig, ArchiveSink, Naming, S3Settings, S3Store, TMP
 use weir_integration::{Service, unique};
 
 use crate::archive::{
-    Expected, PipelineSetup, archive_pipeline, check_named, committed, pipeline_setup, read_back,
-    serve_with, still_serving, through_an_outage,
+    Expected, PipelineSetup, archive_pipeline, check_named, kill_test_config, pipeline_setup,
+    read_back, restart_after_kill, serve_with, still_serving, through_an_outage,
 };
 
 /// Where the test server is and the keys it takes.
@@ -229,16 +229,11 @@ async fn weir_serve_killed_during_a_multipart_upload_restarts_exactly_once_on_s3
     let data = std::env::temp_dir().join(unique("weir-s3kill"));
     std::fs::create_dir_all(&data).expect("data dir");
     let prefix = format!("archive/{u}");
+    let head = kill_test_config(&data, &registry_url, &brokers, &u, &events_topic, &dlq);
     let config = |archive: &str| {
         format!(
-            "data_dir = {data:?}\ndatabase = {registry_url:?}\nlisten = \"127.0.0.1:0\"\n\
-             [pipeline]\nbrokers = {brokers:?}\ngroup_id = {u:?}\ntopics = [{events_topic:?}]\n\
-             dlq_topic = {dlq:?}\nbatch_max_events = 1000\nbatch_linger_ms = 20\n\
-             instance = \"s3-kill-test\"\n\
-             [pipeline.kafka]\n\"session.timeout.ms\" = \"6000\"\n\
-             [archive]\nroot = \"s3://{bucket}/{prefix}\"\ns3_endpoint = {endpoint:?}\n\
+            "{head}[archive]\nroot = \"s3://{bucket}/{prefix}\"\ns3_endpoint = {endpoint:?}\n\
              s3_multipart_mb = 0\n{archive}\n",
-            data = data.display().to_string(),
             bucket = server.bucket,
             endpoint = server.endpoint,
         )
@@ -281,35 +276,16 @@ async fn weir_serve_killed_during_a_multipart_upload_restarts_exactly_once_on_s3
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     eprintln!("killed while {caught} was between its upload and its copy");
-    let positions = committed(&brokers, &u, &events_topic, 3);
-    let ends: Vec<i64> = (0..3)
-        .map(|p| expected.keys().filter(|(q, _)| *q == p).count() as i64)
-        .collect();
-    assert!(
-        positions.iter().zip(&ends).any(|((c, _), end)| c < end),
-        "killed before the end: {positions:?}"
-    );
-
-    let second = data.join("second.toml");
-    std::fs::write(&second, config("max_file_age_secs = 2\nidle_secs = 1")).unwrap();
-    let mut child = serve_with(&second, &data.join("second.log"), &server.vars());
-    let want: Vec<(i64, i64)> = ends.iter().map(|&end| (end, end)).collect();
-    let started = Instant::now();
-    while committed(&brokers, &u, &events_topic, 3) != want {
-        still_serving(
-            &mut child,
-            started,
-            &data.join("second.log"),
-            &format!(
-                "not everything committed: {:?}",
-                committed(&brokers, &u, &events_topic, 3)
-            ),
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    crate::archive::signal(&child, "TERM");
-    let status = child.wait().expect("wait");
-    assert!(status.success(), "exit {status} after SIGTERM");
+    restart_after_kill(
+        &brokers,
+        &u,
+        &events_topic,
+        &expected,
+        &config("max_file_age_secs = 2\nidle_secs = 1"),
+        &data,
+        &server.vars(),
+    )
+    .await;
 
     check_s3_archive(&client, &prefix, &expected, &events_topic).await;
     let outputs = crate::pipeline::read_committed(&brokers, &[&out, &dlq], total as usize);
