@@ -21,15 +21,15 @@ use crate::archive::{
 
 /// Where the test server is and the keys it takes.
 #[derive(Debug, Clone)]
-struct Server {
-    endpoint: String,
-    bucket: String,
+pub(crate) struct Server {
+    pub(crate) endpoint: String,
+    pub(crate) bucket: String,
     key: String,
     secret: String,
 }
 
 impl Server {
-    fn shared() -> Self {
+    pub(crate) fn shared() -> Self {
         Self::at(Service::S3.addr())
     }
 
@@ -50,7 +50,7 @@ impl Server {
         }
     }
 
-    fn settings(&self, prefix: &str, multipart_mb: u64) -> S3Settings {
+    pub(crate) fn settings(&self, prefix: &str, multipart_mb: u64) -> S3Settings {
         S3Settings {
             url: format!("s3://{}/{prefix}", self.bucket),
             endpoint: self.endpoint.clone(),
@@ -62,8 +62,8 @@ impl Server {
     }
 
     /// A client of the test's own, to read back what the archive wrote.
-    fn client(&self) -> Arc<AmazonS3> {
-        // object_store's HTTP client is built without a TLS provider of its own.
+    pub(crate) fn client(&self) -> Arc<AmazonS3> {
+        // rustls with ring, as the service has it.
         let _ = rustls::crypto::ring::default_provider().install_default();
         Arc::new(
             AmazonS3Builder::new()
@@ -79,7 +79,7 @@ impl Server {
     }
 
     /// The variables a `weir serve` reads its credentials from.
-    fn vars(&self) -> [(&str, &str); 3] {
+    pub(crate) fn vars(&self) -> [(&str, &str); 3] {
         [
             ("AWS_ACCESS_KEY_ID", self.key.as_str()),
             ("AWS_SECRET_ACCESS_KEY", self.secret.as_str()),
@@ -115,7 +115,7 @@ async fn list(client: &AmazonS3, prefix: &str) -> Vec<String> {
 }
 
 /// Copies every object under `prefix` into a fresh local directory.
-async fn copy_from_s3(client: &AmazonS3, prefix: &str) -> (PathBuf, Vec<String>) {
+pub(crate) async fn copy_from_s3(client: &AmazonS3, prefix: &str) -> (PathBuf, Vec<String>) {
     let local = std::env::temp_dir().join(unique("weir-s3-copy"));
     let paths = list(client, prefix).await;
     for path in &paths {
@@ -157,7 +157,7 @@ async fn check_s3_archive(
     paths
 }
 
-async fn clean_up(client: &AmazonS3, prefix: &str) {
+pub(crate) async fn clean_up(client: &AmazonS3, prefix: &str) {
     for path in list(client, prefix).await {
         let _ = client
             .delete(&ObjectPath::from(format!("{prefix}/{path}")))

@@ -118,6 +118,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use serde::Deserialize;
 
+use crate::pipeline::route::DeadLetterReason;
 use crate::pipeline::sink::{PartitionBatch, Sink, SinkCount, SinkError};
 use crate::runtime::Status;
 use columns::{ColumnCatalog, Columns, MemoryColumns};
@@ -127,6 +128,13 @@ pub use store::{HdfsStore, LocalStore, Naming, Store, StoreFile};
 
 /// Directory, under the root, of files being written.
 pub const TMP_DIR: &str = "_tmp";
+/// Directory, under the root, of the events that left no record: a row per
+/// event a scenario's plugin dropped or failed (dead-lettered), with the same
+/// fixed columns and directories as the records, and `plugin`, `status`
+/// (`dropped` or `failed`), `reason` (the failure's kind, as in the dead letter's
+/// `weir-reason` header) and `message` (its details). Readers of the records
+/// skip it (a leading `_`); `weir report` counts events from both.
+pub const OUTCOMES_DIR: &str = "_outcomes";
 const HOUR_MS: i64 = 3_600_000;
 /// More cached offset marks than this and the cache starts over (it is re-read on demand).
 const MAX_MARKS: usize = 100_000;
@@ -710,64 +718,87 @@ impl ArchiveSink {
         }
         // A scenario with a canary has two parts, one per version
         // (`pipeline/canary.rs`): their rows go to the same files, in offset order.
-        let mut hours: BTreeMap<(&str, i64), Vec<Held>> = BTreeMap::new();
+        // Events that left no record (dropped, or dead-lettered) go to the
+        // scenario's outcome files instead, one row each.
+        let mut hours: BTreeMap<(&str, i64, bool), Vec<Held>> = BTreeMap::new();
         let mut parts: BTreeMap<&str, usize> = BTreeMap::new();
         for scenario in &batch.scenarios {
             let id = scenario.scenario.as_str();
             *parts.entry(id).or_default() += 1;
             for (event, outcome) in scenario.events.iter().zip(scenario.result.outcomes()) {
-                if outcome.status != Status::Emitted {
-                    continue;
-                }
                 let (time, own_time) = event.time(batch.processed_ms);
-                let rows = hours.entry((id, time.div_euclid(HOUR_MS))).or_default();
-                for record in scenario.result.records(outcome) {
-                    rows.push(Held {
-                        offset: event.offset,
-                        event_time_ms: time,
-                        event_time_valid: own_time,
-                        success: outcome.matched,
-                        record: record.to_vec(),
+                let emitted = outcome.status == Status::Emitted;
+                let rows = hours
+                    .entry((id, time.div_euclid(HOUR_MS), !emitted))
+                    .or_default();
+                let held = |record: Vec<u8>| Held {
+                    offset: event.offset,
+                    event_time_ms: time,
+                    event_time_valid: own_time,
+                    success: outcome.matched,
+                    record,
+                };
+                if emitted {
+                    for record in scenario.result.records(outcome) {
+                        rows.push(held(record.to_vec()));
+                    }
+                } else {
+                    let record = serde_json::json!({
+                        "plugin": scenario.plugin,
+                        "status": outcome.status.as_str(),
+                        "reason": outcome
+                            .error
+                            .as_ref()
+                            .map(|e| DeadLetterReason::of_failure(e.kind).as_str()),
+                        "message": outcome.error.as_ref().map(|e| e.message.as_str()),
                     });
+                    rows.push(held(record.to_string().into_bytes()));
                 }
             }
         }
-        for ((id, hour), mut rows) in hours {
+        for ((id, hour, outcome), mut rows) in hours {
             if parts[id] > 1 {
                 // Stable: an event's records keep their order.
                 rows.sort_by_key(|row| row.offset);
             }
-            let key = (
-                id.to_owned(),
-                hour_dir(id, hour),
-                batch.topic.clone(),
-                batch.partition,
-            );
-            let have = self.have(&key)?;
-            if let Some(have) = have {
-                let before = rows.len();
-                rows.retain(|row| row.offset > have);
-                self.stats.skipped_rows += (before - rows.len()) as u64;
-            }
-            if rows.is_empty() {
-                continue;
-            }
-            let file = self.files.entry(key.clone()).or_insert_with(|| OpenFile {
-                from: have.map_or(0, |have| have + 1),
-                encoded: None,
-                held: Vec::new(),
-                held_bytes: 0,
-                opened_ms: now,
-                written_ms: now,
-            });
-            file.written_ms = now;
-            file.held_bytes += rows.iter().map(|r| r.record.len() + 48).sum::<usize>();
-            file.held.extend(rows);
-            if file.held.len() >= ENCODE_ROWS.min(self.limits.row_group_rows)
-                || file.held_bytes >= ENCODE_BYTES
-            {
-                self.encode(&key)?;
-            }
+            let dir = if outcome {
+                format!("{OUTCOMES_DIR}/{}", hour_dir(id, hour))
+            } else {
+                hour_dir(id, hour)
+            };
+            let key = (id.to_owned(), dir, batch.topic.clone(), batch.partition);
+            self.hold(key, rows, now)?;
+        }
+        Ok(())
+    }
+
+    /// Adds `rows` (in offset order) to the open file at `key`, but those at or
+    /// below what the key already has.
+    fn hold(&mut self, key: MarkKey, mut rows: Vec<Held>, now: i64) -> Result<(), ArchiveError> {
+        let have = self.have(&key)?;
+        if let Some(have) = have {
+            let before = rows.len();
+            rows.retain(|row| row.offset > have);
+            self.stats.skipped_rows += (before - rows.len()) as u64;
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let file = self.files.entry(key.clone()).or_insert_with(|| OpenFile {
+            from: have.map_or(0, |have| have + 1),
+            encoded: None,
+            held: Vec::new(),
+            held_bytes: 0,
+            opened_ms: now,
+            written_ms: now,
+        });
+        file.written_ms = now;
+        file.held_bytes += rows.iter().map(|r| r.record.len() + 48).sum::<usize>();
+        file.held.extend(rows);
+        if file.held.len() >= ENCODE_ROWS.min(self.limits.row_group_rows)
+            || file.held_bytes >= ENCODE_BYTES
+        {
+            self.encode(&key)?;
         }
         Ok(())
     }
@@ -881,8 +912,13 @@ impl ArchiveSink {
         let held_bytes = std::mem::take(&mut file.held_bytes);
         let records = schema::parse(held.iter().map(|h| h.record.as_slice()));
         let observed = schema::observe(&records);
-        let (scenario, _, topic, partition) = key;
-        let known = match self.scenario_columns(scenario, &observed) {
+        let (scenario, dir, topic, partition) = key;
+        let known = if dir.starts_with(OUTCOMES_DIR) {
+            Ok(outcome_columns())
+        } else {
+            self.scenario_columns(scenario, &observed)
+        };
+        let known = match known {
             Ok(known) => known,
             Err(err) => {
                 // Nothing was taken from the file: its rows wait for the retry.
@@ -1310,6 +1346,14 @@ impl Sink for ArchiveSink {
     }
 }
 
+/// The columns of the outcome files ([`OUTCOMES_DIR`]) besides the fixed ones.
+fn outcome_columns() -> Columns {
+    ["message", "plugin", "reason", "status"]
+        .into_iter()
+        .map(|name| (name.to_owned(), columns::ColumnType::Utf8))
+        .collect()
+}
+
 /// `scenario_id={id}/year=YYYY/month=MM/day=DD/hour=HH` for an hour since the epoch.
 pub fn hour_dir(scenario_id: &str, hour: i64) -> String {
     let time = chrono::DateTime::from_timestamp_millis(hour * HOUR_MS).unwrap_or_default();
@@ -1322,7 +1366,7 @@ pub fn hour_dir(scenario_id: &str, hour: i64) -> String {
 
 /// Escapes a partition value the way Hive does: `%XX` for anything but letters,
 /// digits, `.`, `_` and `-`.
-fn escape(value: &str) -> String {
+pub(crate) fn escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-') {

@@ -167,37 +167,7 @@ impl S3Store {
         runtime: tokio::runtime::Handle,
         timeout: Duration,
     ) -> Result<Self, ArchiveError> {
-        let (bucket, base) = parse_url(&settings.url)?;
-        // reqwest is built without a TLS provider of its own (its default would
-        // compile aws-lc): give rustls ring's, unless the process chose one.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = from_files(AmazonS3Builder::from_env())
-            .with_bucket_name(&bucket)
-            .with_virtual_hosted_style_request(settings.virtual_hosted)
-            .with_conditional_put(S3ConditionalPut::ETagMatch)
-            .with_copy_if_not_exists(S3CopyIfNotExists::Multipart);
-        if !settings.endpoint.is_empty() {
-            builder = builder.with_endpoint(&settings.endpoint);
-        }
-        if let Some((id, secret)) = &settings.credentials {
-            builder = builder
-                .with_access_key_id(id)
-                .with_secret_access_key(secret);
-        }
-        if !settings.region.is_empty() {
-            builder = builder.with_region(&settings.region);
-        }
-        let endpoint = builder
-            .get_config_value(&object_store::aws::AmazonS3ConfigKey::Endpoint)
-            .unwrap_or_default();
-        builder = builder.with_client_options(
-            ClientOptions::new()
-                .with_allow_http(endpoint.starts_with("http://"))
-                .with_timeout(timeout),
-        );
-        let store = builder
-            .build()
-            .map_err(|e| ArchiveError::Config(format!("archive.root: `{}`: {e}", settings.url)))?;
+        let (store, _, base) = client(settings, timeout)?;
         Ok(Self {
             store: Arc::new(store),
             url: settings.url.clone(),
@@ -228,6 +198,48 @@ impl S3Store {
             .map_err(|_| store_error(op, path, format!("no answer in {:?}", self.timeout)))?
             .map_err(|e| store_error(op, path, e))
     }
+}
+
+/// A client of the bucket `settings.url` names, each call bounded by `timeout`,
+/// with the bucket and the prefix. Credentials: `settings.credentials`, else
+/// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and the other `AWS_*`
+/// variables), else the shared credentials file.
+pub fn client(
+    settings: &S3Settings,
+    timeout: Duration,
+) -> Result<(AmazonS3, String, String), ArchiveError> {
+    let (bucket, base) = parse_url(&settings.url)?;
+    // HTTPS through rustls with ring (no aws-lc build): make ring the process's
+    // provider, unless the process chose one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = from_files(AmazonS3Builder::from_env())
+        .with_bucket_name(&bucket)
+        .with_virtual_hosted_style_request(settings.virtual_hosted)
+        .with_conditional_put(S3ConditionalPut::ETagMatch)
+        .with_copy_if_not_exists(S3CopyIfNotExists::Multipart);
+    if !settings.endpoint.is_empty() {
+        builder = builder.with_endpoint(&settings.endpoint);
+    }
+    if let Some((id, secret)) = &settings.credentials {
+        builder = builder
+            .with_access_key_id(id)
+            .with_secret_access_key(secret);
+    }
+    if !settings.region.is_empty() {
+        builder = builder.with_region(&settings.region);
+    }
+    let endpoint = builder
+        .get_config_value(&object_store::aws::AmazonS3ConfigKey::Endpoint)
+        .unwrap_or_default();
+    builder = builder.with_client_options(
+        ClientOptions::new()
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_timeout(timeout),
+    );
+    let store = builder
+        .build()
+        .map_err(|e| ArchiveError::Config(format!("archive.root: `{}`: {e}", settings.url)))?;
+    Ok((store, bucket, base))
 }
 
 /// The footer's key-value metadata of the archive file at `path`.
