@@ -15,8 +15,10 @@
 //!   poll to notice changes.
 //! - [`api`]: the HTTP control plane (axum) over the registry, with bearer
 //!   token roles and problem+json errors.
-//! - [`archive`]: the exactly-once Parquet archive (HDFS or a local directory),
+//! - [`archive`]: the exactly-once Parquet archive (HDFS, S3 or a local directory),
 //!   a pipeline sink that writes one file per scenario, hour and partition per cycle.
+//! - [`report`]: per scenario and day, events, matched and dead letters read
+//!   from the archive by a query engine, for `weir report`.
 //!
 //! - [`collect`]: the front door, a public HTTP listener that turns tracking
 //!   hits (a pixel, the Matomo tracking API) and JSON records into Kafka records,
@@ -50,6 +52,7 @@ pub mod http;
 pub mod logs;
 pub mod pipeline;
 pub mod registry;
+pub mod report;
 pub mod service;
 pub mod telemetry;
 pub use weir_runtime as runtime;

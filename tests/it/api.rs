@@ -1284,6 +1284,80 @@ async fn service_routes_answer(db: Database) {
     api.finish().await;
 }
 
+/// The daily history route reads what `weir report` wrote into the archive:
+/// nothing yet, then the days written (replaced whole by a rerun), and a clear
+/// 503 when the archive cannot be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_history_comes_from_the_reports_in_the_archive() {
+    let mut api = Api::start(Database::Sqlite).await;
+    api.with_scenario_plugin().await;
+    let stored = api.put_scenario("5", &scenario5()).await;
+    assert_eq!(stored.status, StatusCode::CREATED, "{:#}", stored.body);
+    let root = std::env::temp_dir().join(weir_integration::unique("weir-daily"));
+    let archive = weir::archive::ArchiveConfig {
+        root: root.display().to_string(),
+        ..weir::archive::ArchiveConfig::default()
+    };
+    let config = ApiConfig {
+        admin_token: Some(ADMIN.into()),
+        viewer_token: Some(VIEWER.into()),
+        upload_limit_bytes: LIMIT,
+    };
+    api.router = router(AppState::new(api.registry.clone(), &config).with_archive(archive.clone()));
+
+    let empty = api.get("/api/scenarios/5/daily").await;
+    assert_eq!(empty.status, StatusCode::OK, "{:#}", empty.body);
+    assert_eq!(empty.body["days"], json!([]));
+    assert!(empty.body["source"].as_str().unwrap().ends_with("reports/daily/scenario_id=5"));
+
+    let day = |day: &str, events: u64, matched: u64| weir::report::ReportRow {
+        scenario_id: "5".into(),
+        period: day.into(),
+        events,
+        matched,
+        success_ratio: matched as f64 / events as f64,
+        dead_letters: 1,
+        top: Default::default(),
+    };
+    let reports = weir::report::Archive::open(&archive).expect("archive");
+    reports
+        .write_daily(&[day("2026-12-06", 100, 25), day("2026-12-05", 10, 5)])
+        .await
+        .expect("written");
+    // A rerun of one day replaces its report.
+    reports
+        .write_daily(&[day("2026-12-06", 200, 50)])
+        .await
+        .expect("rewritten");
+    let history = api.get("/api/scenarios/5/daily").await;
+    assert_eq!(history.status, StatusCode::OK, "{:#}", history.body);
+    assert_eq!(
+        history.body["days"],
+        json!([
+            {"day": "2026-12-05", "events": 10, "matched": 5, "success_ratio": 0.5, "dead_letters": 1},
+            {"day": "2026-12-06", "events": 200, "matched": 50, "success_ratio": 0.25, "dead_letters": 1},
+        ])
+    );
+    api.get("/api/scenarios/6/daily")
+        .await
+        .problem(StatusCode::NOT_FOUND);
+
+    // An archive that does not answer: a 503 that says where.
+    let unreachable = weir::archive::ArchiveConfig {
+        root: "hdfs://127.0.0.1:1/nowhere".into(),
+        store_timeout_secs: 2,
+        ..weir::archive::ArchiveConfig::default()
+    };
+    api.router = router(AppState::new(api.registry.clone(), &config).with_archive(unreachable));
+    let detail = api
+        .get("/api/scenarios/5/daily")
+        .await
+        .problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(detail.contains("hdfs://127.0.0.1:1"), "{detail}");
+    std::fs::remove_dir_all(&root).ok();
+    api.finish().await;
+}
+
 /// Runs each case once per database, as `api::<database>::<case>`.
 macro_rules! on_every_database {
     ($($case:ident),* $(,)?) => {

@@ -18,6 +18,7 @@ mod kafka;
 mod pipeline;
 mod redis;
 mod registry;
+mod report;
 mod s3;
 mod soak;
 mod sql;

@@ -127,6 +127,35 @@ pub struct Imported {
     pub imported: u64,
 }
 
+/// `GET /api/scenarios/{id}/daily`: the daily reports `weir report` wrote back
+/// into the archive for the scenario.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DailyHistory {
+    /// The scenario.
+    pub scenario_id: String,
+    /// Where the reports were read: `{archive root}/reports/daily/scenario_id=…`.
+    pub source: String,
+    /// One entry per day reported, oldest first (at most the last 400).
+    pub days: Vec<DailyFigures>,
+}
+
+/// One scenario's day, as `weir report` computed it from the archive.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DailyFigures {
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    /// Events the scenario's plugin answered.
+    pub events: u64,
+    /// Those it said matched.
+    pub matched: u64,
+    /// `matched / events`, to 4 decimals.
+    pub success_ratio: f64,
+    /// Events that failed and went to the dead-letter topic.
+    pub dead_letters: u64,
+}
+
 /// `GET /api/scenarios/{id}/stats`.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -187,6 +187,8 @@ pub struct AppState {
     pipeline: Arc<OnceLock<PipelineView>>,
     /// The dependencies' states, when this server runs a pipeline.
     health: Option<(Arc<crate::health::Health>, std::time::Duration)>,
+    /// The archive the pipeline writes, where the daily reports are.
+    archive: Option<Arc<crate::archive::ArchiveConfig>>,
 }
 
 /// What the API reads of a running pipeline: its counters and its metrics.
@@ -216,7 +218,14 @@ impl AppState {
             upload_limit: config.upload_limit_bytes,
             pipeline: Arc::default(),
             health: None,
+            archive: None,
         }
+    }
+
+    /// The same state, reading daily reports from the archive `config` names.
+    pub fn with_archive(mut self, config: crate::archive::ArchiveConfig) -> Self {
+        self.archive = Some(Arc::new(config));
+        self
     }
 
     /// The same state, serving the counts and metrics of a running pipeline.
@@ -593,6 +602,20 @@ pub static ROUTES: &[Route] = &[
         body_schema: None,
         response_schema: Some("ScenarioStats"),
         handler: |m| on(m, stats::scenario),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/scenarios/{id}/daily",
+        access: Access::Read,
+        operation: "getScenarioDaily",
+        summary: "A scenario's daily history: the reports `weir report` wrote into the archive",
+        query: &[],
+        request: &[],
+        success: (200, "the days reported", JSON),
+        errors: &[404, 503],
+        body_schema: None,
+        response_schema: Some("DailyHistory"),
+        handler: |m| on(m, stats::daily),
     },
     Route {
         method: Method::GET,

@@ -149,6 +149,7 @@ fn schemas() -> Value {
     add::<Whoami>(&mut all);
     add::<PipelineStatus>(&mut all);
     add::<ScenarioStats>(&mut all);
+    add::<DailyHistory>(&mut all);
     add::<PluginVersion>(&mut all);
     add::<Upload>(&mut all);
     add::<PluginList>(&mut all);

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::bodies::{
-    AlertFiring, CanarySummary, FailingSink, Lag, MinuteCounts, PipelineStatus,
-    QuarantinedScenario, ScenarioStats, ShadowSummary, Uncounted, VersionCounts,
+    AlertFiring, CanarySummary, DailyFigures, DailyHistory, FailingSink, Lag, MinuteCounts,
+    PipelineStatus, QuarantinedScenario, ScenarioStats, ShadowSummary, Uncounted, VersionCounts,
 };
 
 use super::extract::{ApiPath, ApiQuery};
@@ -89,6 +89,67 @@ fn unavailable(state: &AppState) -> ApiError {
             "this server runs no pipeline, so it has no counts; ask a `weir serve` that consumes events",
         ),
     }
+}
+
+/// Most days one daily history answer holds (the newest).
+const MAX_DAYS: usize = 400;
+
+/// `GET /api/scenarios/{id}/daily`: the daily reports in the archive.
+pub(super) async fn daily(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    state.registry.scenario(&id).await?;
+    let config = state.archive.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-archive",
+            "this server writes no archive, so it has no daily reports; ask a `weir serve` that runs the pipeline",
+        )
+    })?;
+    let unavailable = |e: crate::report::ReportError| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "archive-unavailable",
+            format!("the daily reports could not be read: {e}"),
+        )
+    };
+    let archive = crate::report::Archive::open(&config).map_err(unavailable)?;
+    let mut rows = tokio::time::timeout(
+        std::time::Duration::from_secs(config.store_timeout_secs.max(1)),
+        archive.read_daily(&id),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "archive-unavailable",
+            format!("the archive at {} did not answer in time", config.root),
+        )
+    })?
+    .map_err(unavailable)?;
+    if rows.len() > MAX_DAYS {
+        rows.drain(..rows.len() - MAX_DAYS);
+    }
+    let body = DailyHistory {
+        source: format!(
+            "{}/{}/scenario_id={id}",
+            config.root.trim_end_matches('/'),
+            crate::report::DAILY_DIR
+        ),
+        scenario_id: id,
+        days: rows
+            .into_iter()
+            .map(|r| DailyFigures {
+                day: r.period,
+                events: r.events,
+                matched: r.matched,
+                success_ratio: r.success_ratio,
+                dead_letters: r.dead_letters,
+            })
+            .collect(),
+    };
+    Ok(Json(body).into_response())
 }
 
 pub(super) async fn scenario(

@@ -5,6 +5,7 @@ mod capture;
 mod client;
 mod generate;
 mod plugin;
+mod report;
 mod scaffold;
 mod serve;
 
@@ -44,6 +45,10 @@ pub(crate) enum Command {
     /// The pipeline's health on a weir server: events/s, lag, failing sinks,
     /// quarantines, alerts firing.
     Status(client::StatusArgs),
+    /// Per scenario and day (or hour): events, matched, success ratio, dead
+    /// letters and top values, from the archive; written back under
+    /// `reports/daily/`.
+    Report(report::ReportArgs),
 }
 
 impl Command {
@@ -56,6 +61,7 @@ impl Command {
             Command::Generate(args) => args.run(),
             Command::Capture(args) => args.run(),
             Command::Status(args) => args.run(),
+            Command::Report(args) => args.run(),
         }
     }
 }

@@ -108,6 +108,29 @@ pub(crate) struct ServeArgs {
     demo_events: Option<u64>,
 }
 
+/// The archive section `weir serve` would run with, from the same
+/// configuration file, environment and flags: what `weir report` reads.
+pub(crate) fn archive_config(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    archive: Option<String>,
+) -> Result<ArchiveConfig, Vec<String>> {
+    let args = ServeArgs {
+        config,
+        listen: None,
+        data_dir,
+        database: None,
+        kafka: None,
+        redis: None,
+        archive,
+        demo: false,
+        demo_events: None,
+    };
+    let layered: Vec<(String, String)> = std::env::vars().collect();
+    args.resolve_layered(&|name| std::env::var(name).ok(), &layered)
+        .map(|resolved| resolved.plan.archive)
+}
+
 /// The configuration after every layer and check.
 #[derive(Debug)]
 struct Resolved {
@@ -452,8 +475,9 @@ async fn serve(mut config: Resolved) -> anyhow::Result<()> {
     let wedged_after = std::time::Duration::from_millis(
         config.plan.pipeline.transaction_timeout_ms + config.plan.pipeline.call_timeout_ms,
     );
-    let state =
-        AppState::new(registry.clone(), &config.api).with_health(health.clone(), wedged_after);
+    let state = AppState::new(registry.clone(), &config.api)
+        .with_health(health.clone(), wedged_after)
+        .with_archive(config.plan.archive.clone());
     let slot = state.pipeline_slot();
     // The control plane first: it answers (health, and what the registry
     // holds) while the data path waits for its dependencies.

@@ -248,6 +248,45 @@ async function drawScenarios(list) {
   const index = list.findIndex((s) => s.scenario_id === state.selected);
   $("chart-scenario").textContent = state.selected ?? "";
   drawChart(index >= 0 ? stats[index] : null, from, to);
+  // Not awaited: a slow archive must not hold up the live figures.
+  drawDaily(state.selected).catch(() => {});
+}
+
+// The chosen scenario's daily history: what `weir report` wrote into the
+// archive. It changes once a day at most, so it is read once a minute.
+const DAILY_EVERY_MS = 60000;
+async function drawDaily(id) {
+  $("daily-scenario").textContent = id ?? "";
+  if (!id) {
+    fill($("daily").tBodies[0], []);
+    return;
+  }
+  const fresh = state.daily && state.daily.id === id && Date.now() - state.daily.at < DAILY_EVERY_MS;
+  if (!fresh) {
+    if (state.dailyLoading === id) return;
+    state.dailyLoading = id;
+    let body = null;
+    let note = "";
+    try {
+      body = await api(`/api/scenarios/${encodeURIComponent(id)}/daily`);
+    } catch (err) {
+      if (err instanceof Unauthorized) throw err;
+      note = `no daily history: ${err.message}`;
+    }
+    state.dailyLoading = null;
+    state.daily = { id, at: Date.now(), body, note };
+    if (state.selected !== id) return;
+  }
+  const { body, note } = state.daily;
+  const days = body ? body.days.slice().reverse() : [];
+  $("daily-note").textContent = note || (days.length
+    ? `from ${body.source}, newest first`
+    : `no daily reports yet: run \`weir report\` (it writes them to ${body.source})`);
+  fill($("daily").tBodies[0], days.map((d) => {
+    const ratio = el("td", percent(d.success_ratio), "ratio");
+    ratio.dataset.ratio = d.success_ratio;
+    return row([d.day, ratio, number(d.events), number(d.matched), number(d.dead_letters)]);
+  }));
 }
 
 function drawChart(stats, from, to) {
