@@ -1308,7 +1308,12 @@ async fn the_daily_history_comes_from_the_reports_in_the_archive() {
     let empty = api.get("/api/scenarios/5/daily").await;
     assert_eq!(empty.status, StatusCode::OK, "{:#}", empty.body);
     assert_eq!(empty.body["days"], json!([]));
-    assert!(empty.body["source"].as_str().unwrap().ends_with("reports/daily/scenario_id=5"));
+    assert!(
+        empty.body["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("reports/daily/scenario_id=5")
+    );
 
     let day = |day: &str, events: u64, matched: u64| weir::report::ReportRow {
         scenario_id: "5".into(),

@@ -336,25 +336,36 @@ fn write_csv(
     Ok(())
 }
 
+/// One row of `--format json`, its keys in this order; the period is `day` or `hour`.
+#[derive(serde::Serialize)]
+struct JsonRow<'a> {
+    scenario_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    day: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hour: Option<&'a str>,
+    events: u64,
+    matched: u64,
+    success_ratio: f64,
+    dead_letters: u64,
+    top: &'a std::collections::BTreeMap<String, Vec<weir::report::TopValue>>,
+}
+
 fn write_json(out: &mut impl Write, rows: &[ReportRow], by: Period) -> std::io::Result<()> {
-    let objects: Vec<serde_json::Value> = rows
+    let rows: Vec<JsonRow<'_>> = rows
         .iter()
-        .map(|row| {
-            let mut object = serde_json::Map::new();
-            object.insert("scenario_id".into(), row.scenario_id.clone().into());
-            object.insert(period_name(by).into(), row.period.clone().into());
-            object.insert("events".into(), row.events.into());
-            object.insert("matched".into(), row.matched.into());
-            object.insert("success_ratio".into(), row.success_ratio.into());
-            object.insert("dead_letters".into(), row.dead_letters.into());
-            object.insert(
-                "top".into(),
-                serde_json::to_value(&row.top).unwrap_or_default(),
-            );
-            serde_json::Value::Object(object)
+        .map(|row| JsonRow {
+            scenario_id: &row.scenario_id,
+            day: (by == Period::Day).then_some(row.period.as_str()),
+            hour: (by == Period::Hour).then_some(row.period.as_str()),
+            events: row.events,
+            matched: row.matched,
+            success_ratio: row.success_ratio,
+            dead_letters: row.dead_letters,
+            top: &row.top,
         })
         .collect();
-    serde_json::to_writer_pretty(&mut *out, &objects)?;
+    serde_json::to_writer_pretty(&mut *out, &rows)?;
     writeln!(out)
 }
 
@@ -402,6 +413,13 @@ mod tests {
         assert_eq!(value[0]["hour"], "2026-12-07");
         assert_eq!(value[0]["events"], 1850);
         assert_eq!(value[0]["top"]["page"][0]["count"], 7);
+        let text = String::from_utf8(out).unwrap();
+        let at = |key: &str| text.find(&format!("\"{key}\"")).unwrap();
+        assert!(
+            at("scenario_id") < at("hour") && at("hour") < at("events"),
+            "{text}"
+        );
+        assert!(!text.contains("\"day\""), "{text}");
     }
 
     #[test]
