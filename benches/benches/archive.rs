@@ -17,84 +17,13 @@
 //! 200000), `WEIR_BENCH_ARCHIVE_PARTITIONS` how many partitions share a cycle of 4096
 //! events (default 4), as a pipeline consuming that many partitions would.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Instant;
 
+use common::{BATCH, cycles};
 use weir::archive::{ArchiveConfig, ArchiveSink};
-use weir::pipeline::catalog::Route;
-use weir::pipeline::sink::{EventMeta, PartitionBatch, ScenarioBatch, Sink};
-use weir::runtime::{Batch, EventInput, Runtime, RuntimeConfig};
-use weir_benches::{SCENARIO_5, tracking_events};
-
-const BATCH: usize = 4096;
-
-/// Cycles of `BATCH` events, each spread over `partitions` partitions.
-fn cycles(events: usize, partitions: usize) -> (Vec<Vec<PartitionBatch>>, usize) {
-    let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
-    let bytes = std::fs::read(weir_artifacts::PLUGIN_SCENARIO).expect("plugin artifact");
-    let plugin = runtime.load(&bytes).expect("load");
-    let mut instance = plugin.instantiate(SCENARIO_5).expect("configure");
-    let route = Arc::new(Route {
-        id: "5".into(),
-        plugin_version: plugin.info().version.clone(),
-        plugin: plugin.clone(),
-        plugin_label: "scenario@1".into(),
-        config: SCENARIO_5.into(),
-        sources: Vec::new(),
-        output_topic: "unused".into(),
-        enrich_by: None,
-        shadow: None,
-        canary: None,
-    });
-    let values = tracking_events(events, 42);
-    let start_ms = chrono::Utc::now().timestamp_millis();
-    let mut output_bytes = 0;
-    let mut out: Vec<Vec<PartitionBatch>> = Vec::new();
-    let per_partition = BATCH / partitions;
-    for (chunk_index, chunk) in values.chunks(per_partition).enumerate() {
-        let partition = (chunk_index % partitions) as i32;
-        let first = (chunk_index / partitions * per_partition) as i64;
-        let mut batch = Batch::new("5", "bench", partition);
-        let mut metas = Vec::new();
-        for (i, value) in chunk.iter().enumerate() {
-            let offset = first + i as i64;
-            // 10 ms apart: a run of 200,000 events spans about half an hour.
-            let timestamp_ms = Some(start_ms + offset * 10);
-            batch
-                .push_event(EventInput {
-                    offset,
-                    value,
-                    timestamp_ms,
-                    ..EventInput::default()
-                })
-                .expect("push");
-            metas.push(EventMeta {
-                offset,
-                timestamp_ms,
-            });
-        }
-        let result = instance.process(&batch).expect("process");
-        output_bytes += result.output_bytes();
-        if partition == 0 {
-            out.push(Vec::new());
-        }
-        out.last_mut().expect("a cycle").push(PartitionBatch {
-            topic: "bench".into(),
-            partition,
-            first_offset: first,
-            last_offset: first + chunk.len() as i64 - 1,
-            processed_ms: start_ms,
-            scenarios: vec![ScenarioBatch {
-                scenario: route.id.clone(),
-                plugin: route.plugin_label.clone(),
-                events: metas,
-                result,
-            }],
-            ..PartitionBatch::default()
-        });
-    }
-    (out, output_bytes)
-}
+use weir::pipeline::sink::{PartitionBatch, Sink};
 
 fn run(
     store: &str,
@@ -144,7 +73,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(4);
-    let (cycles, record_bytes) = cycles(events, partitions);
+    let (cycles, record_bytes) = cycles(events, partitions, 10);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
