@@ -397,6 +397,81 @@ async fn a_report_over_a_local_archive_equals_duckdb_and_a_rerun_changes_nothing
         }
     })
     .await;
+
+    // A scenario whose records have fields named like the hour directory's
+    // keys, read through a `file://` root as `weir serve` takes it.
+    let clash = format!("{u}-c");
+    let config = ArchiveConfig {
+        root: root.display().to_string(),
+        max_file_age_secs: 0,
+        ..ArchiveConfig::default()
+    };
+    let handle = tokio::runtime::Handle::current();
+    let batch_clash = clash.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut sink = ArchiveSink::new(&config, handle).expect("sink");
+        let mut result = BatchResult::default();
+        let record = json!({"day": "monday", "hour": 25, "page": "/x"}).to_string();
+        let mut events = Vec::new();
+        for offset in 0..10 {
+            result.push_outcome(Status::Emitted, offset < 4, None, [record.as_bytes()]);
+            events.push(EventMeta {
+                offset,
+                timestamp_ms: Some(START_MS),
+            });
+        }
+        sink.write(&[PartitionBatch {
+            topic: "other".into(),
+            partition: 0,
+            first_offset: 0,
+            last_offset: 9,
+            processed_ms: START_MS,
+            scenarios: vec![ScenarioBatch {
+                scenario: batch_clash,
+                plugin: "scenario@1".into(),
+                events,
+                result,
+            }],
+            ..PartitionBatch::default()
+        }])
+        .expect("archive write");
+        sink.flush().expect("flush");
+    })
+    .await
+    .expect("join");
+    let file_root = format!("file://{}", root.display());
+    let (json_rows, stderr) = report(
+        &[
+            "--archive",
+            &file_root,
+            "--scenario",
+            &clash,
+            "--format",
+            "json",
+            "--top",
+            "page,nothing",
+            "--no-write",
+        ],
+        &[],
+    );
+    let figures = figures_of(&json_rows);
+    let day = chrono::DateTime::from_timestamp_millis(START_MS)
+        .unwrap()
+        .format("%Y-%m-%d");
+    assert_eq!(
+        figures[&format!("{clash}|{day}")],
+        Figures {
+            events: 10,
+            matched: 4,
+            dead_letters: 0,
+            pages: BTreeMap::from([("/x".to_owned(), 10)]),
+        },
+        "{json_rows}"
+    );
+    assert!(
+        stderr.contains(&format!("scenario {clash} has no column nothing")),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(&root).ok();
 }
 

@@ -188,7 +188,14 @@ pub struct AppState {
     /// The dependencies' states, when this server runs a pipeline.
     health: Option<(Arc<crate::health::Health>, std::time::Duration)>,
     /// The archive the pipeline writes, where the daily reports are.
-    archive: Option<Arc<crate::archive::ArchiveConfig>>,
+    archive: Option<Arc<DailyReports>>,
+}
+
+/// The archive's daily reports, opened at the first request that reads them.
+#[derive(Debug)]
+pub(crate) struct DailyReports {
+    pub(crate) config: crate::archive::ArchiveConfig,
+    pub(crate) opened: tokio::sync::OnceCell<crate::report::Archive>,
 }
 
 /// What the API reads of a running pipeline: its counters and its metrics.
@@ -224,7 +231,10 @@ impl AppState {
 
     /// The same state, reading daily reports from the archive `config` names.
     pub fn with_archive(mut self, config: crate::archive::ArchiveConfig) -> Self {
-        self.archive = Some(Arc::new(config));
+        self.archive = Some(Arc::new(DailyReports {
+            config,
+            opened: tokio::sync::OnceCell::new(),
+        }));
         self
     }
 

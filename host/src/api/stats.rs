@@ -93,6 +93,9 @@ fn unavailable(state: &AppState) -> ApiError {
 
 /// Most days one daily history answer holds (the newest).
 const MAX_DAYS: usize = 400;
+/// Longest a daily history request waits for the archive: the dashboard asks
+/// once a minute, and a slow store must not pile requests up.
+const DAILY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `GET /api/scenarios/{id}/daily`: the daily reports in the archive.
 pub(super) async fn daily(
@@ -100,13 +103,14 @@ pub(super) async fn daily(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     state.registry.scenario(&id).await?;
-    let config = state.archive.clone().ok_or_else(|| {
+    let reports = state.archive.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "no-archive",
             "this server writes no archive, so it has no daily reports; ask a `weir serve` that runs the pipeline",
         )
     })?;
+    let root = &reports.config.root;
     let unavailable = |e: crate::report::ReportError| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -114,27 +118,30 @@ pub(super) async fn daily(
             format!("the daily reports could not be read: {e}"),
         )
     };
-    let archive = crate::report::Archive::open(&config).map_err(unavailable)?;
-    let mut rows = tokio::time::timeout(
-        std::time::Duration::from_secs(config.store_timeout_secs.max(1)),
-        archive.read_daily(&id),
-    )
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "archive-unavailable",
-            format!("the archive at {} did not answer in time", config.root),
-        )
-    })?
-    .map_err(unavailable)?;
-    if rows.len() > MAX_DAYS {
-        rows.drain(..rows.len() - MAX_DAYS);
-    }
+    let read = async {
+        let archive = reports
+            .opened
+            .get_or_try_init(|| async { crate::report::Archive::open(&reports.config) })
+            .await?;
+        archive.read_daily(&id, MAX_DAYS).await
+    };
+    let timeout = DAILY_TIMEOUT.min(std::time::Duration::from_secs(
+        reports.config.store_timeout_secs.max(1),
+    ));
+    let rows = tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "archive-unavailable",
+                format!("the archive at {root} did not answer in {timeout:?}"),
+            )
+        })?
+        .map_err(unavailable)?;
     let body = DailyHistory {
         source: format!(
             "{}/{}/scenario_id={id}",
-            config.root.trim_end_matches('/'),
+            root.trim_end_matches('/'),
             crate::report::DAILY_DIR
         ),
         scenario_id: id,

@@ -103,29 +103,37 @@ impl ReportArgs {
             .enable_all()
             .build()
             .context("starting the async runtime")?;
-        let (rows, written) = runtime.block_on(async {
+        let (report, written) = runtime.block_on(async {
             let archive = Archive::open(&config)?;
             let mut line = ProgressLine::new();
-            let rows = archive
+            let report = archive
                 .report(&options, &mut |progress| line.show(&progress))
                 .await;
             line.clear();
-            let rows = rows?;
+            let report = report?;
             let written = if self.by == Period::Day && !self.no_write {
-                archive.write_daily(&rows).await?
+                archive.write_daily(&report.rows).await?
             } else {
                 Vec::new()
             };
-            Ok::<_, weir::report::ReportError>((rows, written))
+            Ok::<_, weir::report::ReportError>((report, written))
         })?;
+        let rows = &report.rows;
         let mut out = std::io::stdout().lock();
         match self.format {
-            Format::Table => write_table(&mut out, &rows, self.by, &self.top)?,
-            Format::Csv => write_csv(&mut out, &rows, self.by, &self.top)?,
-            Format::Json => write_json(&mut out, &rows, self.by)?,
+            Format::Table => write_table(&mut out, rows, self.by, &self.top)?,
+            Format::Csv => write_csv(&mut out, rows, self.by, &self.top)?,
+            Format::Json => write_json(&mut out, rows, self.by)?,
         }
         out.flush()?;
-        if rows.is_empty() {
+        for (scenario, field) in &report.missing_fields {
+            eprintln!(
+                "weir report: scenario {} has no column {}: no top values for it",
+                printable(scenario),
+                printable(field)
+            );
+        }
+        if rows.is_empty() && report.failed.is_empty() {
             eprintln!(
                 "weir report: no events of these scenarios and days in {}",
                 config.root
@@ -139,8 +147,35 @@ impl ReportArgs {
                 weir::report::DAILY_DIR
             );
         }
+        if !report.failed.is_empty() {
+            for (scenario, error) in &report.failed {
+                eprintln!(
+                    "error: scenario {} could not be reported: {}",
+                    printable(scenario),
+                    printable(&error.to_string())
+                );
+            }
+            return Ok(ExitCode::FAILURE);
+        }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// `text` with control characters (a terminal's escape sequences among them)
+/// shown as `\u{..}`: ids and top values come from outside.
+fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// A line on stderr saying where a long report is: redrawn in place on a
@@ -181,10 +216,10 @@ impl ProgressLine {
         self.last = Some(now);
         let text = format!(
             "weir report: scenario {} ({}/{}): {}, {:.0} s",
-            progress.scenario,
+            printable(progress.scenario),
             progress.index,
             progress.of,
-            progress.stage,
+            printable(&progress.stage),
             now.duration_since(self.started).as_secs_f64()
         );
         let mut err = std::io::stderr().lock();
@@ -218,7 +253,7 @@ fn top_text(row: &ReportRow, field: &str) -> String {
         .map(|values| {
             values
                 .iter()
-                .map(|v| format!("{} ({})", v.value, v.count))
+                .map(|v| format!("{} ({})", printable(&v.value), v.count))
                 .collect::<Vec<_>>()
                 .join(", ")
         })
@@ -247,7 +282,7 @@ fn write_table(
     ];
     for row in rows {
         let mut line = vec![
-            row.scenario_id.clone(),
+            printable(&row.scenario_id),
             row.period.clone(),
             row.events.to_string(),
             row.matched.to_string(),
@@ -420,6 +455,12 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("\"day\""), "{text}");
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_sent() {
+        assert_eq!(printable("/a"), "/a");
+        assert_eq!(printable("x\u{1b}[2Jy"), "x\\u{1b}[2Jy");
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! `weir/archive/scenario_id=5/...` is the file `/weir/archive/scenario_id=5/...`).
 
 use std::fmt;
+use std::future::Future;
 use std::ops::Range;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -28,6 +30,8 @@ const STORE: &str = "HDFS";
 pub struct HdfsObjects {
     client: Client,
     url: String,
+    /// Longest NameNode or DataNode call.
+    timeout: Duration,
 }
 
 impl fmt::Debug for HdfsObjects {
@@ -45,9 +49,9 @@ impl fmt::Display for HdfsObjects {
 }
 
 impl HdfsObjects {
-    /// The file system at `url` (`hdfs://host:port`). Build it inside the
-    /// runtime that will run its calls.
-    pub fn new(url: &str) -> Result<Self> {
+    /// The file system at `url` (`hdfs://host:port`), each call bounded by
+    /// `timeout`. Build it inside the runtime that will run its calls.
+    pub fn new(url: &str, timeout: Duration) -> Result<Self> {
         let client = hdfs_native::ClientBuilder::new()
             .with_url(url)
             .build()
@@ -55,7 +59,23 @@ impl HdfsObjects {
         Ok(Self {
             client,
             url: url.to_owned(),
+            timeout,
         })
+    }
+
+    /// `call` on `path`, bounded by the timeout.
+    async fn run<T>(
+        &self,
+        path: &str,
+        call: impl Future<Output = std::result::Result<T, HdfsError>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result.map_err(|e| error(path, e)),
+            Err(_) => Err(generic(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{}{path}: no answer in {:?}", self.url, self.timeout),
+            ))),
+        }
     }
 }
 
@@ -109,10 +129,10 @@ impl HdfsObjects {
     /// Every file below `prefix` (recursively), or none when it does not exist.
     async fn files(&self, prefix: Option<&Path>) -> Result<Vec<ObjectMeta>> {
         let dir = prefix.map_or_else(|| "/".to_owned(), file);
-        match self.client.list_status(&dir, true).await {
+        match self.run(&dir, self.client.list_status(&dir, true)).await {
             Ok(list) => Ok(list.iter().filter(|s| !s.isdir).map(meta).collect()),
-            Err(HdfsError::FileNotFound(_)) => Ok(Vec::new()),
-            Err(e) => Err(error(&dir, e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e),
         }
     }
 }
@@ -170,11 +190,7 @@ impl ObjectStore for HdfsObjects {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         let path = file(location);
-        let status = self
-            .client
-            .get_file_info(&path)
-            .await
-            .map_err(|e| error(&path, e))?;
+        let status = self.run(&path, self.client.get_file_info(&path)).await?;
         let meta = meta(&status);
         let range: Range<u64> = match &options.range {
             Some(range) => range.as_range(meta.size).map_err(generic)?,
@@ -203,17 +219,14 @@ impl ObjectStore for HdfsObjects {
         &self,
         locations: BoxStream<'static, Result<Path>>,
     ) -> BoxStream<'static, Result<Path>> {
-        let client = self.client.clone();
+        let this = self.clone();
         locations
             .then(move |location| {
-                let client = client.clone();
+                let this = this.clone();
                 async move {
                     let location = location?;
                     let path = file(&location);
-                    client
-                        .delete(&path, false)
-                        .await
-                        .map_err(|e| error(&path, e))?;
+                    this.run(&path, this.client.delete(&path, false)).await?;
                     Ok(location)
                 }
             })
@@ -234,10 +247,10 @@ impl ObjectStore for HdfsObjects {
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
         let dir = prefix.map_or_else(|| "/".to_owned(), file);
-        let listed = match self.client.list_status(&dir, false).await {
+        let listed = match self.run(&dir, self.client.list_status(&dir, false)).await {
             Ok(listed) => listed,
-            Err(HdfsError::FileNotFound(_)) => Vec::new(),
-            Err(e) => return Err(error(&dir, e)),
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e),
         };
         let mut result = ListResult {
             common_prefixes: Vec::new(),

@@ -134,6 +134,17 @@ pub struct ReportRow {
     pub top: BTreeMap<String, Vec<TopValue>>,
 }
 
+/// What [`Archive::report`] found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// One row per scenario and period with events, in scenario and period order.
+    pub rows: Vec<ReportRow>,
+    /// Scenarios that could not be reported, and why (the others are in `rows`).
+    pub failed: Vec<(String, ReportError)>,
+    /// `--top` fields a scenario's records have no column for: (scenario, field).
+    pub missing_fields: Vec<(String, String)>,
+}
+
 /// What [`Archive::report`] is doing, for a progress line.
 #[derive(Debug, Clone)]
 pub struct Progress<'a> {
@@ -144,7 +155,7 @@ pub struct Progress<'a> {
     /// How many scenarios the report covers.
     pub of: usize,
     /// What is being read: `records`, `outcomes`, or `top <field>`.
-    pub stage: &'a str,
+    pub stage: String,
 }
 
 /// An archive root opened for reading (and for the daily reports).
@@ -199,15 +210,16 @@ impl Archive {
                 )));
             }
             let url = format!("hdfs://{authority}");
-            let store = hdfs::HdfsObjects::new(&url)
+            let timeout = std::time::Duration::from_secs(config.store_timeout_secs.max(1));
+            let store = hdfs::HdfsObjects::new(&url, timeout)
                 .map_err(|e| ReportError::Config(format!("`{root}`: {e}")))?;
             (Arc::new(store), url, base.trim_matches('/').to_owned())
-        } else if root.contains("://") {
+        } else if root.contains("://") && !root.starts_with("file://") {
             return Err(ReportError::Config(format!(
                 "`{root}`: the archive is a directory, hdfs://host:port/path or s3://bucket/prefix"
             )));
         } else {
-            let dir = std::path::absolute(&root)
+            let dir = std::path::absolute(root.strip_prefix("file://").unwrap_or(&root))
                 .map_err(|e| ReportError::Config(format!("`{root}`: {e}")))?;
             let dir = dir
                 .to_str()
@@ -312,11 +324,27 @@ impl Archive {
                     .collect(),
             );
         let state = self.ctx.state();
-        let config = ListingTableConfig::new(url)
+        let mut config = ListingTableConfig::new(url)
             .with_listing_options(options)
             .infer_schema(&state)
             .await
             .map_err(|e| e.to_string())?;
+        // A record field named like an hour directory key (`day`, `hour`) is a
+        // column of the files too; the directory's key is the one a report reads.
+        if let Some(schema) = config.file_schema.clone()
+            && schema
+                .fields()
+                .iter()
+                .any(|f| PERIOD_COLUMNS.contains(&f.name().as_str()))
+        {
+            let kept: Vec<_> = schema
+                .fields()
+                .iter()
+                .filter(|f| !PERIOD_COLUMNS.contains(&f.name().as_str()))
+                .cloned()
+                .collect();
+            config = config.with_schema(Arc::new(Schema::new(kept)));
+        }
         let table = ListingTable::try_new(config).map_err(|e| e.to_string())?;
         self.ctx
             .read_table(Arc::new(table))
@@ -324,162 +352,185 @@ impl Archive {
             .map_err(|e| e.to_string())
     }
 
-    /// The report `options` ask for, one row per scenario and period with
-    /// events, in scenario and period order.
+    /// The report `options` ask for. A scenario whose files cannot be read
+    /// is in [`Report::failed`]; the others are reported.
     pub async fn report(
         &self,
         options: &ReportOptions,
         progress: &mut dyn FnMut(Progress<'_>),
-    ) -> Result<Vec<ReportRow>, ReportError> {
+    ) -> Result<Report, ReportError> {
         let scenarios = if options.scenarios.is_empty() {
             self.scenarios().await?
         } else {
             options.scenarios.clone()
         };
-        let mut rows = Vec::new();
+        let mut report = Report::default();
         for (index, scenario) in scenarios.iter().enumerate() {
-            let mut step = |stage: &str| {
-                progress(Progress {
-                    scenario,
-                    index: index + 1,
-                    of: scenarios.len(),
-                    stage,
-                });
+            let step = |stage: &str| Progress {
+                scenario,
+                index: index + 1,
+                of: scenarios.len(),
+                stage: stage.to_owned(),
             };
-            let query = |reason: String| ReportError::Query {
-                scenario: scenario.clone(),
-                reason,
-            };
-            let dir = format!("scenario_id={}", crate::archive::escape(scenario));
-            let mut periods: BTreeMap<String, ReportRow> = BTreeMap::new();
-            let row = |periods: &mut BTreeMap<String, ReportRow>, period: String| {
-                periods
-                    .entry(period.clone())
-                    .or_insert_with(|| ReportRow {
-                        scenario_id: scenario.clone(),
-                        period,
-                        events: 0,
-                        matched: 0,
-                        success_ratio: 0.0,
-                        dead_letters: 0,
-                        top: BTreeMap::new(),
-                    })
-                    .clone()
-            };
-            step("records");
-            let records = self.table(&dir).await.map_err(query)?;
-            if let Some(records) = &records {
-                let mut keys = period_keys(options.by);
-                keys.extend(["topic", "partition", "offset"].map(col));
-                let per_event = records
-                    .clone()
-                    .filter(period_filter(options))
-                    .and_then(|df| {
-                        df.aggregate(
-                            keys,
-                            vec![max(cast(col("success"), DataType::Int64)).alias("m")],
-                        )
-                    })
-                    .and_then(|df| {
-                        df.aggregate(
-                            period_keys(options.by),
-                            vec![
-                                count(lit(1)).alias("events"),
-                                sum(col("m")).alias("matched"),
-                            ],
-                        )
-                    })
-                    .map_err(|e| query(e.to_string()))?;
-                for batch in per_event
-                    .collect()
-                    .await
-                    .map_err(|e| query(e.to_string()))?
-                {
-                    let periods_of = period_strings(&batch, options.by).map_err(query)?;
-                    let events = int_column(&batch, "events").map_err(query)?;
-                    let matched = int_column(&batch, "matched").map_err(query)?;
-                    for (i, period) in periods_of.into_iter().enumerate() {
-                        let mut r = row(&mut periods, period);
-                        r.events += events[i];
-                        r.matched += matched[i];
-                        periods.insert(r.period.clone(), r);
-                    }
-                }
-            }
-            step("outcomes");
-            let outcomes = self
-                .table(&format!("{OUTCOMES_DIR}/{dir}"))
+            match self
+                .scenario_report(scenario, options, &mut |stage| progress(step(stage)))
                 .await
-                .map_err(query)?;
-            if let Some(outcomes) = outcomes {
-                let tally = when(col("status").eq(lit("failed")), lit(1i64))
-                    .otherwise(lit(0i64))
-                    .and_then(|failed| {
-                        outcomes.filter(period_filter(options))?.aggregate(
-                            period_keys(options.by),
-                            vec![
-                                count(lit(1)).alias("events"),
-                                sum(cast(col("success"), DataType::Int64)).alias("matched"),
-                                sum(failed).alias("dead_letters"),
-                            ],
-                        )
-                    })
-                    .map_err(|e| query(e.to_string()))?;
-                for batch in tally.collect().await.map_err(|e| query(e.to_string()))? {
-                    let periods_of = period_strings(&batch, options.by).map_err(query)?;
-                    let events = int_column(&batch, "events").map_err(query)?;
-                    let matched = int_column(&batch, "matched").map_err(query)?;
-                    let dead = int_column(&batch, "dead_letters").map_err(query)?;
-                    for (i, period) in periods_of.into_iter().enumerate() {
-                        let mut r = row(&mut periods, period);
-                        r.events += events[i];
-                        r.matched += matched[i];
-                        r.dead_letters += dead[i];
-                        periods.insert(r.period.clone(), r);
-                    }
+            {
+                Ok((rows, missing)) => {
+                    report.rows.extend(rows);
+                    report
+                        .missing_fields
+                        .extend(missing.into_iter().map(|f| (scenario.clone(), f)));
                 }
-            }
-            if let Some(records) = &records {
-                for field in &options.top {
-                    step(&format!("top {field}"));
-                    if records.schema().field_with_unqualified_name(field).is_err() {
-                        continue;
-                    }
-                    let mut keys = period_keys(options.by);
-                    keys.push(cast(col(field_ref(field)), DataType::Utf8).alias("v"));
-                    let counted = records
-                        .clone()
-                        .filter(period_filter(options))
-                        .and_then(|df| df.filter(col(field_ref(field)).is_not_null()))
-                        .and_then(|df| df.aggregate(keys, vec![count(lit(1)).alias("n")]))
-                        .map_err(|e| query(e.to_string()))?;
-                    let mut values: BTreeMap<String, Vec<TopValue>> = BTreeMap::new();
-                    for batch in counted.collect().await.map_err(|e| query(e.to_string()))? {
-                        let periods_of = period_strings(&batch, options.by).map_err(query)?;
-                        let n = int_column(&batch, "n").map_err(query)?;
-                        let v = string_column(&batch, "v").map_err(query)?;
-                        for (i, period) in periods_of.into_iter().enumerate() {
-                            values.entry(period).or_default().push(TopValue {
-                                value: v.value(i).to_owned(),
-                                count: n[i],
-                            });
-                        }
-                    }
-                    for (period, mut list) in values {
-                        list.sort_by(|a, b| b.count.cmp(&a.count).then(a.value.cmp(&b.value)));
-                        list.truncate(options.top_n);
-                        if let Some(r) = periods.get_mut(&period) {
-                            r.top.insert(field.clone(), list);
-                        }
-                    }
-                }
-            }
-            for (_, mut r) in periods {
-                r.success_ratio = ratio(r.matched, r.events);
-                rows.push(r);
+                Err(e) => report.failed.push((scenario.clone(), e)),
             }
         }
-        Ok(rows)
+        Ok(report)
+    }
+
+    /// One scenario's rows, and the `--top` fields it has no column for.
+    async fn scenario_report(
+        &self,
+        scenario: &str,
+        options: &ReportOptions,
+        step: &mut dyn FnMut(&str),
+    ) -> Result<(Vec<ReportRow>, Vec<String>), ReportError> {
+        let mut rows = Vec::new();
+        let mut missing = Vec::new();
+        let query = |reason: String| ReportError::Query {
+            scenario: scenario.to_owned(),
+            reason,
+        };
+        let dir = format!("scenario_id={}", crate::archive::escape(scenario));
+        let mut periods: BTreeMap<String, ReportRow> = BTreeMap::new();
+        let row = |periods: &mut BTreeMap<String, ReportRow>, period: String| {
+            periods
+                .entry(period.clone())
+                .or_insert_with(|| ReportRow {
+                    scenario_id: scenario.to_owned(),
+                    period,
+                    events: 0,
+                    matched: 0,
+                    success_ratio: 0.0,
+                    dead_letters: 0,
+                    top: BTreeMap::new(),
+                })
+                .clone()
+        };
+        step("records");
+        let records = self.table(&dir).await.map_err(query)?;
+        if let Some(records) = &records {
+            let mut keys = period_keys(options.by);
+            keys.extend(["topic", "partition", "offset"].map(col));
+            let per_event = records
+                .clone()
+                .filter(period_filter(options))
+                .and_then(|df| {
+                    df.aggregate(
+                        keys,
+                        vec![max(cast(col("success"), DataType::Int64)).alias("m")],
+                    )
+                })
+                .and_then(|df| {
+                    df.aggregate(
+                        period_keys(options.by),
+                        vec![
+                            count(lit(1)).alias("events"),
+                            sum(col("m")).alias("matched"),
+                        ],
+                    )
+                })
+                .map_err(|e| query(e.to_string()))?;
+            for batch in per_event
+                .collect()
+                .await
+                .map_err(|e| query(e.to_string()))?
+            {
+                let periods_of = period_strings(&batch, options.by).map_err(query)?;
+                let events = int_column(&batch, "events").map_err(query)?;
+                let matched = int_column(&batch, "matched").map_err(query)?;
+                for (i, period) in periods_of.into_iter().enumerate() {
+                    let mut r = row(&mut periods, period);
+                    r.events += events[i];
+                    r.matched += matched[i];
+                    periods.insert(r.period.clone(), r);
+                }
+            }
+        }
+        step("outcomes");
+        let outcomes = self
+            .table(&format!("{OUTCOMES_DIR}/{dir}"))
+            .await
+            .map_err(query)?;
+        if let Some(outcomes) = outcomes {
+            let tally = when(col("status").eq(lit("failed")), lit(1i64))
+                .otherwise(lit(0i64))
+                .and_then(|failed| {
+                    outcomes.filter(period_filter(options))?.aggregate(
+                        period_keys(options.by),
+                        vec![
+                            count(lit(1)).alias("events"),
+                            sum(cast(col("success"), DataType::Int64)).alias("matched"),
+                            sum(failed).alias("dead_letters"),
+                        ],
+                    )
+                })
+                .map_err(|e| query(e.to_string()))?;
+            for batch in tally.collect().await.map_err(|e| query(e.to_string()))? {
+                let periods_of = period_strings(&batch, options.by).map_err(query)?;
+                let events = int_column(&batch, "events").map_err(query)?;
+                let matched = int_column(&batch, "matched").map_err(query)?;
+                let dead = int_column(&batch, "dead_letters").map_err(query)?;
+                for (i, period) in periods_of.into_iter().enumerate() {
+                    let mut r = row(&mut periods, period);
+                    r.events += events[i];
+                    r.matched += matched[i];
+                    r.dead_letters += dead[i];
+                    periods.insert(r.period.clone(), r);
+                }
+            }
+        }
+        if let Some(records) = &records {
+            for field in &options.top {
+                step(&format!("top {field}"));
+                if records.schema().field_with_unqualified_name(field).is_err() {
+                    missing.push(field.clone());
+                    continue;
+                }
+                let mut keys = period_keys(options.by);
+                keys.push(cast(col(field_ref(field)), DataType::Utf8).alias("v"));
+                let counted = records
+                    .clone()
+                    .filter(period_filter(options))
+                    .and_then(|df| df.filter(col(field_ref(field)).is_not_null()))
+                    .and_then(|df| df.aggregate(keys, vec![count(lit(1)).alias("n")]))
+                    .map_err(|e| query(e.to_string()))?;
+                let mut values: BTreeMap<String, Vec<TopValue>> = BTreeMap::new();
+                for batch in counted.collect().await.map_err(|e| query(e.to_string()))? {
+                    let periods_of = period_strings(&batch, options.by).map_err(query)?;
+                    let n = int_column(&batch, "n").map_err(query)?;
+                    let v = string_column(&batch, "v").map_err(query)?;
+                    for (i, period) in periods_of.into_iter().enumerate() {
+                        values.entry(period).or_default().push(TopValue {
+                            value: v.value(i).to_owned(),
+                            count: n[i],
+                        });
+                    }
+                }
+                for (period, mut list) in values {
+                    list.sort_by(|a, b| b.count.cmp(&a.count).then(a.value.cmp(&b.value)));
+                    list.truncate(options.top_n);
+                    if let Some(r) = periods.get_mut(&period) {
+                        r.top.insert(field.clone(), list);
+                    }
+                }
+            }
+        }
+        for (_, mut r) in periods {
+            r.success_ratio = ratio(r.matched, r.events);
+            rows.push(r);
+        }
+        Ok((rows, missing))
     }
 
     /// Writes `rows` (a report by day) back under [`DAILY_DIR`], one file per
@@ -503,28 +554,38 @@ impl Archive {
         Ok(written)
     }
 
-    /// The daily reports written for `scenario`, by day.
-    pub async fn read_daily(&self, scenario: &str) -> Result<Vec<ReportRow>, ReportError> {
+    /// The newest `most` daily reports written for `scenario`, oldest first.
+    pub async fn read_daily(
+        &self,
+        scenario: &str,
+        most: usize,
+    ) -> Result<Vec<ReportRow>, ReportError> {
         let prefix = self.path(&format!(
             "{DAILY_DIR}/scenario_id={}",
             crate::archive::escape(scenario)
         ));
-        let listed: Vec<_> = futures::StreamExt::collect::<Vec<_>>(self.store.list(Some(&prefix)))
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.store_error(e))?;
-        let mut rows = Vec::new();
-        for meta in listed {
-            if meta.location.filename() != Some(DAILY_FILE) {
-                continue;
-            }
-            let got = self
-                .store
-                .get(&meta.location)
+        let mut files: Vec<Path> =
+            futures::StreamExt::collect::<Vec<_>>(self.store.list(Some(&prefix)))
                 .await
-                .map_err(|e| self.store_error(e))?;
-            let bytes = got.bytes().await.map_err(|e| self.store_error(e))?;
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.store_error(e))?
+                .into_iter()
+                .map(|meta| meta.location)
+                .filter(|location| location.filename() == Some(DAILY_FILE))
+                .collect();
+        // `.../day=YYYY-MM-DD/report.parquet`: name order is day order.
+        files.sort();
+        let newest = &files[files.len().saturating_sub(most)..];
+        let reads = newest.iter().map(|location| async move {
+            let got = self.store.get(location).await?;
+            got.bytes().await
+        });
+        let mut rows = Vec::new();
+        for bytes in futures::future::try_join_all(reads)
+            .await
+            .map_err(|e| self.store_error(e))?
+        {
             rows.extend(read_daily_file(bytes).map_err(|e| self.store_error(e))?);
         }
         rows.sort_by(|a, b| a.period.cmp(&b.period));
@@ -656,14 +717,17 @@ fn ratio(matched: u64, events: u64) -> f64 {
 /// A directory key back to the id it was made of (see `archive::escape`).
 fn unescape(key: &str) -> String {
     let bytes = key.as_bytes();
+    let hex = |b: u8| char::from(b).to_digit(16);
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&key[i + 1..i + 3], 16)
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
         {
-            out.push(b);
+            out.push((hi * 16 + lo) as u8);
             i += 3;
             continue;
         }
@@ -765,6 +829,12 @@ mod tests {
         assert_eq!(unescape("a%2Fb"), "a/b");
         assert_eq!(unescape("5"), "5");
         assert_eq!(unescape("x%"), "x%");
+        assert_eq!(
+            unescape("%a\u{e9}"),
+            "%a\u{e9}",
+            "no panic inside a character"
+        );
+        assert_eq!(unescape("%zz%4"), "%zz%4");
     }
 
     #[test]

@@ -257,36 +257,39 @@ async function drawScenarios(list) {
 const DAILY_EVERY_MS = 60000;
 async function drawDaily(id) {
   $("daily-scenario").textContent = id ?? "";
-  if (!id) {
+  const shown = state.daily && state.daily.id === id ? state.daily : null;
+  if (!shown) {
+    // Another scenario's rows never stand under this one's heading.
     fill($("daily").tBodies[0], []);
-    return;
+    $("daily-note").textContent = "";
   }
-  const fresh = state.daily && state.daily.id === id && Date.now() - state.daily.at < DAILY_EVERY_MS;
-  if (!fresh) {
-    if (state.dailyLoading === id) return;
-    state.dailyLoading = id;
-    let body = null;
-    let note = "";
-    try {
-      body = await api(`/api/scenarios/${encodeURIComponent(id)}/daily`);
-    } catch (err) {
-      if (err instanceof Unauthorized) throw err;
-      note = `no daily history: ${err.message}`;
-    }
-    state.dailyLoading = null;
-    state.daily = { id, at: Date.now(), body, note };
-    if (state.selected !== id) return;
+  if (!id) return;
+  if (shown && Date.now() - shown.at < DAILY_EVERY_MS) return draw(shown);
+  if (state.dailyLoading === id) return;
+  state.dailyLoading = id;
+  let body = null;
+  let note = "";
+  try {
+    body = await api(`/api/scenarios/${encodeURIComponent(id)}/daily`);
+  } catch (err) {
+    note = `no daily history: ${err.message}`;
+  } finally {
+    if (state.dailyLoading === id) state.dailyLoading = null;
   }
-  const { body, note } = state.daily;
-  const days = body ? body.days.slice().reverse() : [];
-  $("daily-note").textContent = note || (days.length
-    ? `from ${body.source}, newest first`
-    : `no daily reports yet: run \`weir report\` (it writes them to ${body.source})`);
-  fill($("daily").tBodies[0], days.map((d) => {
-    const ratio = el("td", percent(d.success_ratio), "ratio");
-    ratio.dataset.ratio = d.success_ratio;
-    return row([d.day, ratio, number(d.events), number(d.matched), number(d.dead_letters)]);
-  }));
+  state.daily = { id, at: Date.now(), body, note };
+  if (state.selected === id) draw(state.daily);
+
+  function draw({ body, note }) {
+    const days = body ? body.days.slice().reverse() : [];
+    $("daily-note").textContent = note || (days.length
+      ? `from ${body.source}, newest first`
+      : `no daily reports yet: run \`weir report\` (it writes them to ${body.source})`);
+    fill($("daily").tBodies[0], days.map((d) => {
+      const ratio = el("td", percent(d.success_ratio), "ratio");
+      ratio.dataset.ratio = d.success_ratio;
+      return row([d.day, ratio, number(d.events), number(d.matched), number(d.dead_letters)]);
+    }));
+  }
 }
 
 function drawChart(stats, from, to) {
