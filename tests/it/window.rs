@@ -876,6 +876,31 @@ async fn the_dashboard_in_chromium_shows_the_apis_figures_and_rolls_back() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
 
+    // A daily report in the service's archive, as `weir report` writes them.
+    let archive = weir::archive::ArchiveConfig {
+        root: weir
+            .log
+            .parent()
+            .unwrap()
+            .join("archive")
+            .display()
+            .to_string(),
+        ..weir::archive::ArchiveConfig::default()
+    };
+    weir::report::Archive::open(&archive)
+        .expect("the archive")
+        .write_daily(&[weir::report::ReportRow {
+            scenario_id: "5".into(),
+            period: "2026-12-06".into(),
+            events: 1234,
+            matched: 321,
+            success_ratio: 0.2601,
+            dead_letters: 2,
+            top: Default::default(),
+        }])
+        .await
+        .expect("a daily report");
+
     let mut browser = Browser::start().await;
     browser.goto(&weir.url("/")).await;
     browser
@@ -893,6 +918,19 @@ async fn the_dashboard_in_chromium_shows_the_apis_figures_and_rolls_back() {
             "document.querySelectorAll('#chart circle.pt').length > 0",
         )
         .await;
+    browser
+        .wait(
+            "the daily history",
+            "document.querySelector('#daily tbody tr') !== null",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("[...document.querySelectorAll('#daily tbody tr td')].map(td => td.textContent)")
+            .await,
+        json!(["2026-12-06", "26.01 %", "1,234", "321", "2"]),
+        "the day `weir report` wrote, under scenario 5"
+    );
     let total = stats["total"].as_u64().unwrap();
     browser
         .wait(
