@@ -55,12 +55,13 @@ pub(crate) fn read_back(root: &Path) -> Value {
     run_reader(
         concat!(env!("CARGO_MANIFEST_DIR"), "/archive_reader.py"),
         root,
+        &[],
     )
 }
 
-/// Runs the Python reader `script` on `root` (see `tests/stack install`) and parses
-/// the JSON it prints.
-fn run_reader(script: &str, root: &Path) -> Value {
+/// Runs the Python reader `script` on `root` with `args` (see `tests/stack install`)
+/// and parses the JSON it prints.
+pub(crate) fn run_reader(script: &str, root: &Path, args: &[&str]) -> Value {
     let python = std::env::var("WEIR_TEST_PYTHON").unwrap_or_else(|_| {
         panic!(
             "WEIR_TEST_PYTHON is not set: install pyarrow and duckdb with `tests/stack install` \
@@ -71,6 +72,7 @@ fn run_reader(script: &str, root: &Path) -> Value {
     let output = std::process::Command::new(&python)
         .arg(script)
         .arg(root)
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("running {python} {script}: {e}"));
     assert!(
@@ -2325,6 +2327,7 @@ async fn a_scenarios_columns_keep_one_type_across_files_and_read_as_one_table() 
         let tables = run_reader(
             concat!(env!("CARGO_MANIFEST_DIR"), "/archive_tables.py"),
             &dir,
+            &[],
         );
         for reader in ["pyarrow", "duckdb"] {
             let rows = tables[reader].as_array().unwrap();

@@ -147,6 +147,24 @@ fn fill(sink: &mut ArchiveSink, topic: &str, ids: &[String; 2]) -> BTreeMap<Stri
     expected
 }
 
+/// Archives [`fill`]'s events for scenarios `{u}-a` and `{u}-b` to `root` (a
+/// directory or HDFS), one file per cycle; returns what the report must say.
+async fn archive_at(root: String, u: &str) -> BTreeMap<String, Figures> {
+    let ids = [format!("{u}-a"), format!("{u}-b")];
+    let config = ArchiveConfig {
+        root,
+        max_file_age_secs: 0,
+        ..ArchiveConfig::default()
+    };
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut sink = ArchiveSink::new(&config, handle).expect("sink");
+        fill(&mut sink, "events", &ids)
+    })
+    .await
+    .expect("join")
+}
+
 /// Runs `weir report` with `args` and `vars`; returns its standard output.
 fn report(args: &[&str], vars: &[(&str, &str)]) -> (String, String) {
     let output = Command::new(weir_binary())
@@ -210,28 +228,14 @@ fn figures_of(json_rows: &str) -> BTreeMap<String, Figures> {
 
 /// What DuckDB computes over the local copy of an archive.
 fn duckdb_figures(root: &Path) -> BTreeMap<String, Figures> {
-    let python = std::env::var("WEIR_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!(
-            "WEIR_TEST_PYTHON is not set: install pyarrow and duckdb with `tests/stack install` \
-             and load the variables with `eval \"$(tests/stack env)\"`, or run every test with \
-             `tests/run`"
-        )
-    });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/report_check.py");
-    let output = Command::new(&python)
-        .arg(script)
-        .arg(root)
-        .arg("page")
-        .output()
-        .unwrap_or_else(|e| panic!("running {python} {script}: {e}"));
-    assert!(
-        output.status.success(),
-        "{script} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let read = crate::archive::run_reader(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/report_check.py"),
+        root,
+        &["page"],
     );
-    let read: BTreeMap<String, Value> =
-        serde_json::from_slice(&output.stdout).expect("the check prints JSON");
-    read.into_iter()
+    read.as_object()
+        .expect("the check prints an object")
+        .iter()
         .map(|(key, v)| {
             let pages = v["top"]
                 .as_object()
@@ -240,7 +244,7 @@ fn duckdb_figures(root: &Path) -> BTreeMap<String, Figures> {
                 .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
                 .collect();
             (
-                key,
+                key.clone(),
                 Figures {
                     events: v["events"].as_u64().unwrap(),
                     matched: v["matched"].as_u64().unwrap(),
@@ -369,19 +373,7 @@ async fn check_reports<F, Fut>(
 async fn a_report_over_a_local_archive_equals_duckdb_and_a_rerun_changes_nothing() {
     let u = unique("report");
     let root = std::env::temp_dir().join(&u);
-    let ids = [format!("{u}-a"), format!("{u}-b")];
-    let config = ArchiveConfig {
-        root: root.display().to_string(),
-        max_file_age_secs: 0,
-        ..ArchiveConfig::default()
-    };
-    let handle = tokio::runtime::Handle::current();
-    let expected = tokio::task::spawn_blocking(move || {
-        let mut sink = ArchiveSink::new(&config, handle).expect("sink");
-        fill(&mut sink, "events", &ids)
-    })
-    .await
-    .expect("join");
+    let expected = archive_at(root.display().to_string(), &u).await;
     let root_text = root.display().to_string();
     let copied = root.clone();
     check_reports(&root_text, &[], &expected, || {
@@ -481,19 +473,7 @@ async fn a_report_over_hdfs_equals_duckdb_and_a_rerun_changes_nothing() {
     let u = unique("report");
     let dir = format!("/weir-report/{u}");
     let root = format!("{hdfs}{dir}");
-    let ids = [format!("{u}-a"), format!("{u}-b")];
-    let config = ArchiveConfig {
-        root: root.clone(),
-        max_file_age_secs: 0,
-        ..ArchiveConfig::default()
-    };
-    let handle = tokio::runtime::Handle::current();
-    let expected = tokio::task::spawn_blocking(move || {
-        let mut sink = ArchiveSink::new(&config, handle).expect("sink");
-        fill(&mut sink, "events", &ids)
-    })
-    .await
-    .expect("join");
+    let expected = archive_at(root.clone(), &u).await;
     let client = hdfs_native::ClientBuilder::new()
         .with_url(&hdfs)
         .build()

@@ -80,16 +80,7 @@ impl ReportArgs {
             self.archive.clone(),
         ) {
             Ok(config) => config,
-            Err(problems) => {
-                eprintln!(
-                    "error: the configuration has {} problem(s):",
-                    problems.len()
-                );
-                for problem in problems {
-                    eprintln!("  {problem}");
-                }
-                return Ok(ExitCode::from(2));
-            }
+            Err(problems) => return Ok(super::serve::print_problems(&problems)),
         };
         let options = ReportOptions {
             scenarios: self.scenarios.clone(),

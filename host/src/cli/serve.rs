@@ -108,6 +108,18 @@ pub(crate) struct ServeArgs {
     demo_events: Option<u64>,
 }
 
+/// Prints every problem of the configuration; the exit status that says so.
+pub(crate) fn print_problems(problems: &[String]) -> ExitCode {
+    eprintln!(
+        "error: the configuration has {} problem(s):",
+        problems.len()
+    );
+    for problem in problems {
+        eprintln!("  {problem}");
+    }
+    ExitCode::from(2)
+}
+
 /// The archive section `weir serve` would run with, from the same
 /// configuration file, environment and flags: what `weir report` reads.
 pub(crate) fn archive_config(
@@ -147,16 +159,7 @@ impl ServeArgs {
         let layered: Vec<(String, String)> = std::env::vars().collect();
         let resolved = match self.resolve_layered(&|name| std::env::var(name).ok(), &layered) {
             Ok(resolved) => resolved,
-            Err(problems) => {
-                eprintln!(
-                    "error: the configuration has {} problem(s):",
-                    problems.len()
-                );
-                for problem in problems {
-                    eprintln!("  {problem}");
-                }
-                return Ok(ExitCode::from(2));
-            }
+            Err(problems) => return Ok(print_problems(&problems)),
         };
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
