@@ -124,7 +124,7 @@ use crate::runtime::Status;
 use columns::{ColumnCatalog, Columns, MemoryColumns};
 pub use s3::{S3Settings, S3Store};
 use schema::Row;
-pub use store::{HdfsStore, LocalStore, Naming, Store, StoreFile};
+pub use store::{HdfsStore, LocalStore, Naming, Store, StoreFile, split_hdfs_url};
 
 /// Directory, under the root, of files being written.
 pub const TMP_DIR: &str = "_tmp";
@@ -221,6 +221,19 @@ impl Default for ArchiveConfig {
 }
 
 impl ArchiveConfig {
+    /// Where an `s3://` root is and how to reach it; credentials from the
+    /// environment and the shared files.
+    pub fn s3_settings(&self) -> S3Settings {
+        S3Settings {
+            url: self.root.clone(),
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            virtual_hosted: self.s3_virtual_hosted,
+            multipart_mb: self.s3_multipart_mb,
+            credentials: None,
+        }
+    }
+
     /// Every problem with the configuration, at once.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -532,15 +545,7 @@ impl ArchiveSink {
         let store: Box<dyn Store> = if config.root.starts_with("hdfs://") {
             Box::new(HdfsStore::new(&config.root, runtime, timeout)?)
         } else if config.root.starts_with("s3://") {
-            let settings = S3Settings {
-                url: config.root.clone(),
-                endpoint: config.s3_endpoint.clone(),
-                region: config.s3_region.clone(),
-                virtual_hosted: config.s3_virtual_hosted,
-                multipart_mb: config.s3_multipart_mb,
-                credentials: None,
-            };
-            Box::new(S3Store::new(&settings, runtime, timeout)?)
+            Box::new(S3Store::new(&config.s3_settings(), runtime, timeout)?)
         } else {
             Box::new(LocalStore::new(
                 config.root.strip_prefix("file://").unwrap_or(&config.root),

@@ -278,6 +278,26 @@ impl std::fmt::Debug for HdfsStore {
     }
 }
 
+/// `hdfs://host:port/path` as the NameNode's URL (`hdfs://host:port`) and the
+/// path below it, without leading or trailing `/`.
+pub fn split_hdfs_url(url: &str) -> Result<(String, String), ArchiveError> {
+    let rest = url.strip_prefix("hdfs://").ok_or_else(|| {
+        ArchiveError::Config(format!(
+            "archive.root: `{url}` is not an hdfs:// URL; give hdfs://host:port/path"
+        ))
+    })?;
+    let (authority, base) = rest.split_once('/').unwrap_or((rest, ""));
+    if authority.is_empty() {
+        return Err(ArchiveError::Config(format!(
+            "archive.root: `{url}` names no NameNode; give hdfs://host:port/path"
+        )));
+    }
+    Ok((
+        format!("hdfs://{authority}"),
+        base.trim_matches('/').to_owned(),
+    ))
+}
+
 impl HdfsStore {
     /// A store at `url` (`hdfs://host:port/path`), running its calls on `runtime`.
     pub fn new(
@@ -285,27 +305,17 @@ impl HdfsStore {
         runtime: tokio::runtime::Handle,
         timeout: Duration,
     ) -> Result<Self, ArchiveError> {
-        let rest = url.strip_prefix("hdfs://").ok_or_else(|| {
-            ArchiveError::Config(format!(
-                "archive.root: `{url}` is not an hdfs:// URL; give hdfs://host:port/path"
-            ))
-        })?;
-        let (authority, base) = rest.split_once('/').unwrap_or((rest, ""));
-        if authority.is_empty() {
-            return Err(ArchiveError::Config(format!(
-                "archive.root: `{url}` names no NameNode; give hdfs://host:port/path"
-            )));
-        }
+        let (namenode, base) = split_hdfs_url(url)?;
         // The client may start tasks of its own: build it inside the runtime.
         let _entered = runtime.enter();
         let client = ClientBuilder::new()
-            .with_url(format!("hdfs://{authority}"))
+            .with_url(namenode)
             .build()
             .map_err(|e| ArchiveError::Config(format!("archive.root: `{url}`: {e}")))?;
         Ok(Self {
             client,
             url: url.to_owned(),
-            base: format!("/{}", base.trim_matches('/')),
+            base: format!("/{base}"),
             runtime,
             timeout,
         })

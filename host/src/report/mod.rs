@@ -48,7 +48,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 
-use crate::archive::{ArchiveConfig, OUTCOMES_DIR, S3Settings, s3};
+use crate::archive::{ArchiveConfig, OUTCOMES_DIR, s3, split_hdfs_url};
 
 /// Directory, under the archive root, of the daily reports.
 pub const DAILY_DIR: &str = "reports/daily";
@@ -184,52 +184,35 @@ impl Archive {
     /// Opens the archive `config.root`, with S3 settings and credentials as
     /// `weir serve` takes them. Call inside a tokio runtime.
     pub fn open(config: &ArchiveConfig) -> Result<Self, ReportError> {
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(ReportError::Config(problems.join("; ")));
+        }
         let root = config.root.clone();
-        let (store, store_url, base): (Arc<dyn ObjectStore>, String, String) = if root
-            .starts_with("s3://")
-        {
-            let settings = S3Settings {
-                url: root.clone(),
-                endpoint: config.s3_endpoint.clone(),
-                region: config.s3_region.clone(),
-                virtual_hosted: config.s3_virtual_hosted,
-                multipart_mb: config.s3_multipart_mb,
-                credentials: None,
+        let config_error = |e: crate::archive::ArchiveError| ReportError::Config(e.to_string());
+        let timeout = std::time::Duration::from_secs(config.store_timeout_secs);
+        let (store, store_url, base): (Arc<dyn ObjectStore>, String, String) =
+            if root.starts_with("s3://") {
+                let (client, bucket, base) =
+                    s3::client(&config.s3_settings(), timeout).map_err(config_error)?;
+                (Arc::new(client), format!("s3://{bucket}"), base)
+            } else if root.starts_with("hdfs://") {
+                let (namenode, base) = split_hdfs_url(&root).map_err(config_error)?;
+                let store = hdfs::HdfsObjects::new(&namenode, timeout)
+                    .map_err(|e| ReportError::Config(format!("`{root}`: {e}")))?;
+                (Arc::new(store), namenode, base)
+            } else {
+                let dir = std::path::absolute(root.strip_prefix("file://").unwrap_or(&root))
+                    .map_err(|e| ReportError::Config(format!("`{root}`: {e}")))?;
+                let dir = dir.to_str().ok_or_else(|| {
+                    ReportError::Config(format!("`{root}`: the path is not UTF-8"))
+                })?;
+                (
+                    Arc::new(object_store::local::LocalFileSystem::new()),
+                    "file://".to_owned(),
+                    dir.trim_matches('/').to_owned(),
+                )
             };
-            let (client, bucket, base) = s3::client(
-                &settings,
-                std::time::Duration::from_secs(config.store_timeout_secs.max(1)),
-            )
-            .map_err(|e| ReportError::Config(e.to_string()))?;
-            (Arc::new(client), format!("s3://{bucket}"), base)
-        } else if let Some(rest) = root.strip_prefix("hdfs://") {
-            let (authority, base) = rest.split_once('/').unwrap_or((rest, ""));
-            if authority.is_empty() {
-                return Err(ReportError::Config(format!(
-                    "`{root}` names no NameNode; give hdfs://host:port/path"
-                )));
-            }
-            let url = format!("hdfs://{authority}");
-            let timeout = std::time::Duration::from_secs(config.store_timeout_secs.max(1));
-            let store = hdfs::HdfsObjects::new(&url, timeout)
-                .map_err(|e| ReportError::Config(format!("`{root}`: {e}")))?;
-            (Arc::new(store), url, base.trim_matches('/').to_owned())
-        } else if root.contains("://") && !root.starts_with("file://") {
-            return Err(ReportError::Config(format!(
-                "`{root}`: the archive is a directory, hdfs://host:port/path or s3://bucket/prefix"
-            )));
-        } else {
-            let dir = std::path::absolute(root.strip_prefix("file://").unwrap_or(&root))
-                .map_err(|e| ReportError::Config(format!("`{root}`: {e}")))?;
-            let dir = dir
-                .to_str()
-                .ok_or_else(|| ReportError::Config(format!("`{root}`: the path is not UTF-8")))?;
-            (
-                Arc::new(object_store::local::LocalFileSystem::new()),
-                "file://".to_owned(),
-                dir.trim_matches('/').to_owned(),
-            )
-        };
         let mut session = SessionConfig::new();
         // Plain utf8 columns, as the archive writes them.
         session
@@ -257,22 +240,14 @@ impl Archive {
         }
     }
 
-    /// `{base}/{rest}` in the store.
+    /// `{base}/{rest}` in the store (empty segments fall away).
     fn path(&self, rest: &str) -> Path {
-        if self.base.as_ref().is_empty() {
-            Path::from(rest)
-        } else {
-            Path::from(format!("{}/{rest}", self.base))
-        }
+        Path::from(format!("{}/{rest}", self.base))
     }
 
     /// The scenarios with a directory under `dir` (the root when empty).
     async fn scenario_dirs(&self, dir: &str) -> Result<Vec<String>, ReportError> {
-        let prefix = if dir.is_empty() {
-            self.base.clone()
-        } else {
-            self.path(dir)
-        };
+        let prefix = self.path(dir);
         let listed = self
             .store
             .list_with_delimiter(Some(&prefix))
