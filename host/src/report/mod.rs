@@ -378,20 +378,6 @@ impl Archive {
         };
         let dir = format!("scenario_id={}", crate::archive::escape(scenario));
         let mut periods: BTreeMap<String, ReportRow> = BTreeMap::new();
-        let row = |periods: &mut BTreeMap<String, ReportRow>, period: String| {
-            periods
-                .entry(period.clone())
-                .or_insert_with(|| ReportRow {
-                    scenario_id: scenario.to_owned(),
-                    period,
-                    events: 0,
-                    matched: 0,
-                    success_ratio: 0.0,
-                    dead_letters: 0,
-                    top: BTreeMap::new(),
-                })
-                .clone()
-        };
         step("records");
         let records = self.table(&dir).await.map_err(query)?;
         if let Some(records) = &records {
@@ -421,15 +407,7 @@ impl Archive {
                 .await
                 .map_err(|e| query(e.to_string()))?
             {
-                let periods_of = period_strings(&batch, options.by).map_err(query)?;
-                let events = int_column(&batch, "events").map_err(query)?;
-                let matched = int_column(&batch, "matched").map_err(query)?;
-                for (i, period) in periods_of.into_iter().enumerate() {
-                    let mut r = row(&mut periods, period);
-                    r.events += events[i];
-                    r.matched += matched[i];
-                    periods.insert(r.period.clone(), r);
-                }
+                add_counts(&mut periods, scenario, &batch, options.by).map_err(query)?;
             }
         }
         step("outcomes");
@@ -452,17 +430,7 @@ impl Archive {
                 })
                 .map_err(|e| query(e.to_string()))?;
             for batch in tally.collect().await.map_err(|e| query(e.to_string()))? {
-                let periods_of = period_strings(&batch, options.by).map_err(query)?;
-                let events = int_column(&batch, "events").map_err(query)?;
-                let matched = int_column(&batch, "matched").map_err(query)?;
-                let dead = int_column(&batch, "dead_letters").map_err(query)?;
-                for (i, period) in periods_of.into_iter().enumerate() {
-                    let mut r = row(&mut periods, period);
-                    r.events += events[i];
-                    r.matched += matched[i];
-                    r.dead_letters += dead[i];
-                    periods.insert(r.period.clone(), r);
-                }
+                add_counts(&mut periods, scenario, &batch, options.by).map_err(query)?;
             }
         }
         if let Some(records) = &records {
@@ -658,6 +626,37 @@ fn int_column(batch: &RecordBatch, name: &str) -> Result<Vec<u64>, String> {
             }
         })
         .collect())
+}
+
+/// Adds the `events`, `matched` and (when it has them) `dead_letters` of each
+/// row of `batch` to its period's row of `scenario`.
+fn add_counts(
+    periods: &mut BTreeMap<String, ReportRow>,
+    scenario: &str,
+    batch: &RecordBatch,
+    by: Period,
+) -> Result<(), String> {
+    let events = int_column(batch, "events")?;
+    let matched = int_column(batch, "matched")?;
+    let dead = match batch.column_by_name("dead_letters") {
+        Some(_) => int_column(batch, "dead_letters")?,
+        None => vec![0; batch.num_rows()],
+    };
+    for (i, period) in period_strings(batch, by)?.into_iter().enumerate() {
+        let row = periods.entry(period.clone()).or_insert_with(|| ReportRow {
+            scenario_id: scenario.to_owned(),
+            period,
+            events: 0,
+            matched: 0,
+            success_ratio: 0.0,
+            dead_letters: 0,
+            top: BTreeMap::new(),
+        });
+        row.events += events[i];
+        row.matched += matched[i];
+        row.dead_letters += dead[i];
+    }
+    Ok(())
 }
 
 /// The period of each row of `batch`, from its hour directory's keys.
