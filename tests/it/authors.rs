@@ -789,11 +789,6 @@ async fn a_good_canary_is_promoted_by_its_rule() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let verdict = service.metrics.canaries.lock().unwrap()["cp1"]
-        .verdict
-        .clone();
-    assert!(matches!(verdict, Some(Verdict::Promoted(_))), "{verdict:?}");
-
     tokio::time::sleep(Duration::from_secs(1)).await;
     crate::pipeline::produce(&setup.brokers, &setup.events, batch(EVENTS)).await;
     crate::pipeline::handled(&service.metrics, 2 * EVENTS as u64).await;
@@ -812,6 +807,15 @@ async fn a_good_canary_is_promoted_by_its_rule() {
         })
         .map(|r| r.headers[HEADER_PLUGIN].as_str());
     assert!(later.clone().count() == EVENTS && later.into_iter().all(|p| p == "trap-at@1"));
+    // The promoted plugin now runs every event, and the canary's figures and
+    // verdict stay in view beside it.
+    let stats = service.metrics.canaries.lock().unwrap().get("cp1").cloned();
+    let stats = stats.expect("the promoted canary's figures stay");
+    assert!(
+        matches!(stats.verdict, Some(Verdict::Promoted(_))),
+        "{stats:?}"
+    );
+    assert_eq!(stats.candidate, "trap-at@1");
     stop.cancel();
     service
         .finish(Duration::from_secs(30))

@@ -449,7 +449,9 @@ impl Pipeline {
             // Figures of a candidate (or a plugin) that changed start afresh;
             // a canary's stay after its rollback, until the plugin changes or
             // the canary is tried again (its document no longer rolled back,
-            // while this replica holds no verdict on it).
+            // while this replica holds no verdict on it), and after its
+            // promotion, while the promoted plugin runs and no other canary
+            // is tried, so an operator still sees why the plugin changed.
             let decided = &self.canary_decided;
             self.metrics
                 .canaries
@@ -459,11 +461,15 @@ impl Pipeline {
                     let tried_again = canary_label(id).is_some()
                         && matches!(stats.verdict, Some(canary::Verdict::RolledBack(_)))
                         && !decided.contains_key(id);
-                    routes
-                        .get(id)
-                        .is_some_and(|now| now.plugin_label == stats.current)
-                        && canary_label(id).is_none_or(|(_, now)| now == stats.candidate)
-                        && !tried_again
+                    let now_plugin = routes.get(id).map(|now| &now.plugin_label);
+                    let running_promoted =
+                        matches!(stats.verdict, Some(canary::Verdict::Promoted(_)))
+                            && now_plugin == Some(&stats.candidate)
+                            && canary_label(id).is_none();
+                    running_promoted
+                        || (now_plugin == Some(&stats.current)
+                            && canary_label(id).is_none_or(|(_, now)| now == stats.candidate)
+                            && !tried_again)
                 });
             self.metrics
                 .shadows
