@@ -275,11 +275,17 @@ impl Running {
                 let ended = self.thread.take().map(|t| t.join().map(|r| r.map(|_| ())));
                 panic!("the pipeline stopped early: {ended:?}");
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(240),
-                "not reached in 240 s: {what}; {:?}",
-                self.metrics
-            );
+            if started.elapsed() >= Duration::from_secs(240) {
+                // How long the pipeline's loop has not turned tells a thread
+                // stuck in a call from one that turns and finds nothing.
+                let turned = self.metrics.last_turn_ms.load(Ordering::Relaxed);
+                let idle_ms = chrono::Utc::now().timestamp_millis() - turned;
+                panic!(
+                    "not reached in 240 s: {what}; the pipeline's loop last turned {idle_ms} ms \
+                     ago; {:?}",
+                    self.metrics
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

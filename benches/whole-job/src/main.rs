@@ -12,7 +12,8 @@
 //! 1,000,000), `WEIR_BENCH_RATE` and `WEIR_BENCH_LATENCY_SECS` (the latency
 //! phase, default 50,000 events/s for 10 s), `WEIR_BENCH_PERF=1` (record a
 //! `perf` profile of weir while it drains, and print its top symbols),
-//! `WEIR_BENCH_ARCHIVE` (more `[archive]` settings, as TOML lines).
+//! `WEIR_BENCH_ARCHIVE` (more `[archive]` settings, as TOML lines),
+//! `WEIR_BENCH_PIPELINE` (more `[pipeline]` settings, the same way).
 //!
 //! CPU time comes from `/proc/<pid>/stat` (user + system) of each process,
 //! before and after each phase, so that figures compare across noisy runs.
@@ -392,6 +393,8 @@ async fn main() {
     let profile = std::env::var("WEIR_BENCH_PERF").is_ok_and(|v| v == "1");
     // More `[archive]` settings, as TOML lines (`zstd_level = 1`), to compare.
     let archive_more = std::env::var("WEIR_BENCH_ARCHIVE").unwrap_or_default();
+    // More `[pipeline]` settings, the same way (`batch_max_events = 65536`).
+    let pipeline_more = std::env::var("WEIR_BENCH_PIPELINE").unwrap_or_default();
     let ticks = clock_ticks();
     let (broker_pid, redis_pid) = (stack_pid("kafka"), stack_pid("redis"));
 
@@ -471,7 +474,7 @@ async fn main() {
         "listen = \"127.0.0.1:{port}\"\ndata_dir = {data:?}\n\
          [api]\nadmin_token = \"{TOKEN}\"\n\
          [pipeline]\nbrokers = {brokers:?}\ngroup_id = {group:?}\ntopics = [{idle:?}]\n\
-         dlq_topic = {dlq:?}\njournal_topic = \"{tag}-journal\"\n\
+         dlq_topic = {dlq:?}\njournal_topic = \"{tag}-journal\"\n{pipeline_more}\n\
          [counters]\nredis = {redis:?}\nkey_prefix = {tag:?}\n\
          [archive]\nroot = {archive:?}\n{archive_more}\n\
          [collect]\nenabled = false\n",

@@ -3,7 +3,7 @@
 //! (reading back from the journal what a replay gives the sinks).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use rdkafka::producer::{Producer, ThreadedProducer};
 use super::journal::Deliveries;
 use super::offsets::Position;
 use super::sink::SinksBusy;
-use super::{CycleError, Metrics, Pipeline, PipelineError, kafka};
+use super::{CycleError, Metrics, Pipeline, PipelineError, kafka, txn};
 
 /// The consumer's context: remembers partitions revoked during a poll, so their
 /// gathered events are dropped, and commits, as they are revoked, what the sinks
@@ -30,6 +30,9 @@ pub(super) struct Context {
     /// The pipeline's producer (none inside a cycle's transaction: the consumer
     /// is polled only between cycles).
     pub(super) producer: Mutex<Option<Arc<ThreadedProducer<Deliveries>>>>,
+    /// A call on that producer from here hung (see `txn.rs`): the pipeline
+    /// makes it again at the next failed cycle.
+    pub(super) producer_hung: AtomicBool,
     timeout: Duration,
     metrics: Arc<Metrics>,
     /// Whether the sinks' thread still hands the last cycle's batches.
@@ -42,6 +45,7 @@ impl Context {
             revoked: Mutex::default(),
             ready: Mutex::default(),
             producer: Mutex::default(),
+            producer_hung: AtomicBool::new(false),
             timeout,
             metrics,
             sinks_busy,
@@ -80,17 +84,37 @@ impl Context {
         let (Some(producer), Some(group)) = (producer, consumer.group_metadata()) else {
             return;
         };
-        let committed = producer
-            .begin_transaction()
-            .and_then(|()| producer.send_offsets_to_transaction(&offsets, &group, self.timeout))
-            .and_then(|()| producer.commit_transaction(self.timeout));
+        // Bounded as the cycle's calls are (see `txn.rs`). A call left hung
+        // holds the producer's transactional state: the next cycle's begin
+        // meets it and fails, and the producer is made again.
+        let (timeout, count) = (self.timeout, offsets.count());
+        let calling = producer.clone();
+        let committed = txn::bounded(
+            "committing revoked partitions",
+            timeout * 2,
+            txn::MARGIN,
+            move || {
+                calling
+                    .begin_transaction()
+                    .and_then(|()| calling.send_offsets_to_transaction(&offsets, &group, timeout))
+                    .and_then(|()| calling.commit_transaction(timeout))
+            },
+        );
+        let committed = match committed {
+            Ok(answer) => answer,
+            Err(hung) => {
+                self.producer_hung.store(true, Ordering::Relaxed);
+                tracing::warn!(error = %hung, "committing revoked partitions gave no answer; their next owner replays a little more");
+                return;
+            }
+        };
         match committed {
             Ok(()) => {
                 self.metrics
                     .revoke_commits
-                    .fetch_add(offsets.count() as u64, Ordering::Relaxed);
+                    .fetch_add(count as u64, Ordering::Relaxed);
                 tracing::info!(
-                    partitions = offsets.count(),
+                    partitions = count,
                     "committed what was durable of revoked partitions"
                 );
             }

@@ -63,6 +63,7 @@ mod run;
 pub mod shadow;
 pub mod sink;
 mod stats;
+mod txn;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -890,14 +891,21 @@ impl Pipeline {
                 .consumer
                 .group_metadata()
                 .ok_or(CycleError::NoGroupMetadata)?;
-            self.producer
-                .send_offsets_to_transaction(&offsets, &group, timeout)
-                .map_err(CycleError::kafka("sending offsets to the transaction"))?;
+            let producer = self.producer.clone();
+            txn::bounded(
+                "send_offsets_to_transaction",
+                timeout,
+                txn::MARGIN,
+                move || producer.send_offsets_to_transaction(&offsets, &group, timeout),
+            )?
+            .map_err(CycleError::kafka("sending offsets to the transaction"))?;
         }
         let sent = started.elapsed();
-        self.producer
-            .commit_transaction(timeout)
-            .map_err(CycleError::kafka("committing the transaction"))?;
+        let producer = self.producer.clone();
+        txn::bounded("commit_transaction", timeout, txn::MARGIN, move || {
+            producer.commit_transaction(timeout)
+        })?
+        .map_err(CycleError::kafka("committing the transaction"))?;
         tracing::trace!(
             offsets_ms = sent.as_millis() as u64,
             commit_ms = (started.elapsed() - sent).as_millis() as u64,
@@ -994,6 +1002,19 @@ impl Pipeline {
     fn abort(&mut self, err: &CycleError) -> Result<(), PipelineError> {
         self.journal_sent.clear();
         self.producer.context().clear();
+        let hung_here = matches!(err, CycleError::Call(txn::CallError::Hung { .. }));
+        let hung_in_revoke = self
+            .consumer
+            .context()
+            .producer_hung
+            .swap(false, Ordering::Relaxed);
+        if hung_here || hung_in_revoke {
+            // The stuck call holds the producer's transactional state: an
+            // abort would only meet it. No rival is involved, so this is
+            // not counted against MAX_RECREATIONS.
+            tracing::warn!(error = %err, "a transactional call hung; making the producer again");
+            return self.remake_producer();
+        }
         if let CycleError::Kafka { source, .. } = err
             && let KafkaError::Transaction(txn) = source
             && txn.is_fatal()
@@ -1049,8 +1070,36 @@ impl Pipeline {
             "the producer hit a fatal error (fenced, or its transaction aborted by the broker); \
              making a new one and retrying the batch"
         );
+        self.remake_producer()
+    }
+
+    /// Makes the producer again under the same transactional id (which fences
+    /// the old one and aborts its open transaction) and forgets the partitions'
+    /// positions, to be read again from the committed offsets. A broker that
+    /// cannot initialise transactions yet (its coordinator moving after a
+    /// broker was lost) is tried again, with a growing pause, until the
+    /// pipeline stops.
+    fn remake_producer(&mut self) -> Result<(), PipelineError> {
         let timeout = Duration::from_millis(self.config.call_timeout_ms);
-        self.producer = Arc::new(transactional_producer(&self.producer_config, timeout)?);
+        let mut pause = Duration::from_millis(self.config.retry_backoff_ms.max(100));
+        let producer = loop {
+            match transactional_producer(&self.producer_config, timeout) {
+                Ok(producer) => break producer,
+                Err(err) if self.stop.is_cancelled() => return Err(err),
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in_ms = pause.as_millis() as u64, "making the producer again failed; retrying");
+                    // Not polled meanwhile: what a poll would bring has no
+                    // producer to go to.
+                    let until = Instant::now() + pause;
+                    while Instant::now() < until && !self.stop.is_cancelled() {
+                        self.metrics.note_turn();
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        self.producer = Arc::new(producer);
         *self
             .consumer
             .context()
@@ -1506,6 +1555,8 @@ enum CycleError {
     JournalUndelivered,
     #[error("registry: {0}")]
     Registry(#[from] crate::registry::RegistryError),
+    #[error("kafka: {0}")]
+    Call(#[from] txn::CallError),
 }
 
 impl CycleError {
