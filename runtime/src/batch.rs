@@ -52,6 +52,26 @@ impl Batch {
         }
     }
 
+    /// An empty batch like [`Batch::new`], with room for `events` events
+    /// whose values take `value_bytes` together: the buffers are allocated
+    /// once rather than grown (each growth copies the values into fresh
+    /// pages the kernel zeroes first).
+    pub fn with_capacity(
+        scenario_id: &str,
+        topic: &str,
+        partition: i32,
+        events: usize,
+        value_bytes: usize,
+    ) -> Self {
+        let mut batch = Self::new(scenario_id, topic, partition);
+        let b = &mut batch.inner;
+        b.offsets.reserve_exact(events);
+        b.values = EventValues::Text(String::with_capacity(value_bytes));
+        b.value_ends.reserve_exact(events);
+        b.timestamps.reserve_exact(events);
+        batch
+    }
+
     /// The topic the batch's events come from.
     pub fn topic(&self) -> &str {
         &self.inner.topic

@@ -102,8 +102,29 @@ struct Open {
 /// without scenario events still gets one record, so a replay knows the range
 /// was handled.
 pub(crate) fn encode(batch: &PartitionBatch, budget: usize) -> Vec<Vec<u8>> {
+    // Each record's buffer is allocated once, for what is left of the batch
+    // (at most the budget), rather than grown.
+    let whole: usize = HEADER_FIXED
+        + batch.topic.len()
+        + batch
+            .scenarios
+            .iter()
+            .map(|scenario| {
+                SCENARIO_FIXED
+                    + scenario.scenario.len()
+                    + scenario.plugin.len()
+                    + scenario
+                        .result
+                        .outcomes()
+                        .iter()
+                        .map(|o| event_size(scenario.result.records(o).map(<[u8]>::len)))
+                        .sum::<usize>()
+            })
+            .sum::<usize>();
+    let written = std::cell::Cell::new(0usize);
     let start = |index: u32| {
-        let mut bytes = Vec::with_capacity(256);
+        let left = whole.saturating_sub(written.get()) + HEADER_FIXED + batch.topic.len();
+        let mut bytes = Vec::with_capacity(left.clamp(256, budget.max(256)));
         bytes.extend_from_slice(MAGIC);
         put_str(&mut bytes, &batch.topic);
         bytes.extend_from_slice(&batch.partition.to_le_bytes());
@@ -156,6 +177,7 @@ pub(crate) fn encode(batch: &PartitionBatch, budget: usize) -> Vec<Vec<u8>> {
             };
             if open.events > 0 && open.bytes.len() + header + size > budget {
                 close(&mut open);
+                written.set(written.get() + open.bytes.len());
                 done.push(std::mem::replace(&mut open, start(done.len() as u32 + 1)).bytes);
                 begun = false;
             }

@@ -1437,7 +1437,11 @@ impl Pipeline {
         share: &[(usize, Option<String>)],
         messages: &[&OwnedMessage],
     ) -> Result<(Batch, Vec<EventMeta>), CycleError> {
-        let mut batch = Batch::new(&route.id, topic, partition);
+        let value_bytes = share
+            .iter()
+            .map(|(index, _)| messages[*index].payload().map_or(0, <[u8]>::len))
+            .sum();
+        let mut batch = Batch::with_capacity(&route.id, topic, partition, share.len(), value_bytes);
         let mut events = Vec::with_capacity(share.len());
         let mut headers_buf: Vec<(String, Vec<u8>)> = Vec::new();
         for (index, member) in share {
