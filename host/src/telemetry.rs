@@ -104,7 +104,7 @@ pub const SERIES: &[(&str, Kind, &str)] = &[
     (
         "weir_producer_recreations_total",
         Kind::Counter,
-        "Times the transactional producer was made again after a fatal error (fenced, or its transaction aborted by the broker).",
+        "Times the transactional producer was made again after a fatal error (fenced, or its transaction aborted by the broker) or a transactional call that did not return.",
     ),
     (
         "weir_quarantines_total",

@@ -31,7 +31,7 @@ pub(super) struct Context {
     /// is polled only between cycles).
     pub(super) producer: Mutex<Option<Arc<ThreadedProducer<Deliveries>>>>,
     /// A call on that producer from here hung (see `txn.rs`): the pipeline
-    /// makes it again at the next failed cycle.
+    /// makes it again as soon as the poll returns.
     pub(super) producer_hung: AtomicBool,
     timeout: Duration,
     metrics: Arc<Metrics>,
@@ -103,7 +103,9 @@ impl Context {
         let committed = match committed {
             Ok(answer) => answer,
             Err(hung) => {
-                self.producer_hung.store(true, Ordering::Relaxed);
+                if hung.leaves_producer_unknown() {
+                    self.producer_hung.store(true, Ordering::Relaxed);
+                }
                 tracing::warn!(error = %hung, "committing revoked partitions gave no answer; their next owner replays a little more");
                 return;
             }

@@ -229,6 +229,22 @@ fn may_recreate(history: &mut VecDeque<Instant>, now: Instant) -> bool {
     true
 }
 
+/// Whether making a transactional producer failed for a reason that may pass
+/// (a timeout, the coordinator moving), rather than for its settings or its
+/// rights.
+fn retriable(err: &PipelineError) -> bool {
+    match err {
+        PipelineError::Kafka {
+            source: KafkaError::Transaction(txn),
+            ..
+        } => txn.is_retriable() || txn.code() == RDKafkaErrorCode::OperationTimedOut,
+        PipelineError::Kafka { source, .. } => {
+            source.rdkafka_error_code() == Some(RDKafkaErrorCode::OperationTimedOut)
+        }
+        _ => false,
+    }
+}
+
 /// A transactional producer from `config`, its transactions initialised (which
 /// aborts whatever an earlier producer with the same id left open, and fences it).
 fn transactional_producer(
@@ -520,6 +536,18 @@ impl Pipeline {
                 gather_ms = gathering.elapsed().as_millis() as u64,
                 "gathered"
             );
+            // A commit of revoked partitions inside that poll hung: its
+            // producer is not used again (its open transaction would hold
+            // back the partitions' next owner until the broker aborts it).
+            if self
+                .consumer
+                .context()
+                .producer_hung
+                .swap(false, Ordering::Relaxed)
+            {
+                tracing::warn!("committing revoked partitions hung; making the producer again");
+                self.remake_producer()?;
+            }
             if gathered.is_empty() {
                 self.idle()?;
                 continue;
@@ -1002,7 +1030,7 @@ impl Pipeline {
     fn abort(&mut self, err: &CycleError) -> Result<(), PipelineError> {
         self.journal_sent.clear();
         self.producer.context().clear();
-        let hung_here = matches!(err, CycleError::Call(txn::CallError::Hung { .. }));
+        let hung_here = matches!(err, CycleError::Call(call) if call.leaves_producer_unknown());
         let hung_in_revoke = self
             .consumer
             .context()
@@ -1085,14 +1113,14 @@ impl Pipeline {
         let producer = loop {
             match transactional_producer(&self.producer_config, timeout) {
                 Ok(producer) => break producer,
-                Err(err) if self.stop.is_cancelled() => return Err(err),
+                Err(err) if self.stop.is_cancelled() || !retriable(&err) => return Err(err),
                 Err(err) => {
                     tracing::warn!(error = %err, retry_in_ms = pause.as_millis() as u64, "making the producer again failed; retrying");
-                    // Not polled meanwhile: what a poll would bring has no
-                    // producer to go to.
+                    // Not polled meanwhile (what a poll would bring has no
+                    // producer to go to), and the loop does not turn: /livez
+                    // says so if this lasts.
                     let until = Instant::now() + pause;
                     while Instant::now() < until && !self.stop.is_cancelled() {
-                        self.metrics.note_turn();
                         std::thread::sleep(Duration::from_millis(50));
                     }
                     pause = (pause * 2).min(Duration::from_secs(5));
@@ -1100,6 +1128,15 @@ impl Pipeline {
             }
         };
         self.producer = Arc::new(producer);
+        // What the old producer's bookkeeping said was ready to commit at a
+        // revocation may be behind what its last (failed, or late) commit
+        // wrote: it is learnt again with the positions.
+        self.consumer
+            .context()
+            .ready
+            .lock()
+            .expect("ready lock")
+            .clear();
         *self
             .consumer
             .context()

@@ -33,6 +33,9 @@ pub(crate) enum CallError {
         call: &'static str,
         waited: Duration,
     },
+    /// The call's thread ended without an answer (it panicked).
+    #[error("{call} ended without an answer; the producer is made again")]
+    Died { call: &'static str },
     /// No thread could be started for the call; it was not made.
     #[error("{call}: no thread for the call: {source}")]
     Thread {
@@ -59,9 +62,18 @@ pub(super) fn bounded<T: Send + 'static>(
         })
         .map_err(|source| CallError::Thread { call, source })?;
     let waited = timeout + margin;
-    answered
-        .recv_timeout(waited)
-        .map_err(|_| CallError::Hung { call, waited })
+    answered.recv_timeout(waited).map_err(|lost| match lost {
+        mpsc::RecvTimeoutError::Timeout => CallError::Hung { call, waited },
+        mpsc::RecvTimeoutError::Disconnected => CallError::Died { call },
+    })
+}
+
+impl CallError {
+    /// Whether the producer's state is unknown after it: the call may still
+    /// be running, or died half-way.
+    pub(crate) fn leaves_producer_unknown(&self) -> bool {
+        matches!(self, CallError::Hung { .. } | CallError::Died { .. })
+    }
 }
 
 #[cfg(test)]
@@ -101,10 +113,13 @@ mod tests {
     fn a_call_that_panics_is_not_mistaken_for_an_answer() {
         let answer = bounded(
             "commit_transaction",
-            Duration::from_millis(50),
-            Duration::from_millis(50),
+            Duration::from_secs(30),
+            MARGIN,
             || -> u8 { panic!("inside the call") },
         );
-        assert!(matches!(answer, Err(CallError::Hung { .. })), "{answer:?}");
+        match answer {
+            Err(err @ CallError::Died { .. }) => assert!(err.leaves_producer_unknown()),
+            other => panic!("expected a call that died, got {other:?}"),
+        }
     }
 }
