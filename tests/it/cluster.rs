@@ -1,8 +1,9 @@
 //! The cluster profile (`tests/stack up cluster`): three Kafka brokers (replication
 //! factor 3, `min.insync.replicas` 2) and a Redis Cluster of three masters with a
 //! replica each. Under load, a partition's leader broker is killed with SIGKILL and
-//! restarted, or the Redis master holding the counters is killed and its replica
-//! promoted: outputs, dead letters, counters and archive end with every event once.
+//! restarted, or the broker coordinating the consumer group is, or the Redis master
+//! holding the counters is killed and its replica promoted: outputs, dead letters,
+//! counters and archive end with every event once.
 //!
 //! The tests share the cluster and kill parts of it, so they take turns.
 
@@ -200,9 +201,11 @@ impl Loaded {
             check_hdfs_archive(&client, &self.root, &expected, &self.setup.events_topic).await;
         assert_no_overlaps(&paths);
         println!(
-            "{total} events; {} cycles failed and were retried; {} recounted",
+            "{total} events; {} cycles failed and were retried; {} recounted; the producer \
+             was made again {} times",
             metrics.failed_cycles.load(Ordering::Relaxed),
-            metrics.recounted.load(Ordering::Relaxed)
+            metrics.recounted.load(Ordering::Relaxed),
+            metrics.producer_recreations.load(Ordering::Relaxed)
         );
         client.delete(&self.root, true).await.expect("clean up");
     }
@@ -281,6 +284,53 @@ async fn a_redis_master_killed_and_its_replica_promoted_under_load_loses_and_dou
     kill(&svc);
     // The replica takes over after the node timeout (2 s).
     tokio::time::sleep(Duration::from_secs(8)).await;
+    restart(&svc);
+    loaded.running_for(Duration::from_secs(6)).await;
+    loaded.finish().await;
+}
+
+/// The broker that coordinates consumer group `group`: the leader of the
+/// group's `__consumer_offsets` partition, which Kafka picks as
+/// `Utils.abs(group.hashCode()) % partitions`.
+fn group_coordinator(brokers: &str, group: &str) -> i32 {
+    let hash = group.encode_utf16().fold(0i32, |h, unit| {
+        h.wrapping_mul(31).wrapping_add(i32::from(unit))
+    });
+    let probe: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("consumer");
+    let metadata = probe
+        .fetch_metadata(Some("__consumer_offsets"), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = metadata.topics()[0].partitions();
+    assert!(!partitions.is_empty(), "no __consumer_offsets partitions");
+    let positive = if hash == i32::MIN { 0 } else { hash.abs() };
+    let index = positive % partitions.len() as i32;
+    partitions
+        .iter()
+        .find(|p| p.id() == index)
+        .expect("the group's partition")
+        .leader()
+}
+
+/// The broker coordinating the pipeline's group is killed for long enough to
+/// leave the cluster's metadata (KRaft fences it), then restarted. librdkafka's
+/// `send_offsets_to_transaction` can wait for ever on a coordinator gone that
+/// way; the pipeline's bounded calls make the producer again, and nothing is
+/// lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_coordinator_killed_under_load_stalls_nothing_for_good_and_loses_nothing() {
+    let _turn = TURN.lock().await;
+    let loaded = Loaded::start().await;
+    loaded.running_for(Duration::from_secs(6)).await;
+    let coordinator = group_coordinator(&loaded.brokers, &loaded.u);
+    let svc = format!("kafka{coordinator}");
+    println!("killing {svc}, the coordinator of group {}", loaded.u);
+    kill(&svc);
+    // Longer than the controller's broker session (9 s): the broker leaves
+    // the metadata, as a crashed machine would.
+    tokio::time::sleep(Duration::from_secs(20)).await;
     restart(&svc);
     loaded.running_for(Duration::from_secs(6)).await;
     loaded.finish().await;
