@@ -144,18 +144,8 @@ fn from_files(mut builder: AmazonS3Builder) -> AmazonS3Builder {
 
 /// `(bucket, prefix)` of `s3://bucket/prefix`.
 pub fn parse_url(url: &str) -> Result<(String, String), ArchiveError> {
-    let rest = url.strip_prefix("s3://").ok_or_else(|| {
-        ArchiveError::Config(format!(
-            "archive.root: `{url}` is not an s3:// URL; give s3://bucket/prefix"
-        ))
-    })?;
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    if bucket.is_empty() {
-        return Err(ArchiveError::Config(format!(
-            "archive.root: `{url}` names no bucket; give s3://bucket/prefix"
-        )));
-    }
-    Ok((bucket.to_owned(), prefix.trim_matches('/').to_owned()))
+    let (bucket, prefix) = super::store::split_root_url(url, "s3", "bucket", "s3://bucket/prefix")?;
+    Ok((bucket.to_owned(), prefix))
 }
 
 impl S3Store {

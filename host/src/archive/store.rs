@@ -278,24 +278,37 @@ impl std::fmt::Debug for HdfsStore {
     }
 }
 
+/// `<scheme>://<authority>/<path>` as the authority and the path below it,
+/// without leading or trailing `/`; `names` says what the authority is and
+/// `shape` how the root is written, for the errors.
+pub(crate) fn split_root_url<'u>(
+    url: &'u str,
+    scheme: &str,
+    names: &str,
+    shape: &str,
+) -> Result<(&'u str, String), ArchiveError> {
+    let rest = url
+        .strip_prefix(scheme)
+        .and_then(|rest| rest.strip_prefix("://"))
+        .ok_or_else(|| {
+            ArchiveError::Config(format!(
+                "archive.root: `{url}` is not an {scheme}:// URL; give {shape}"
+            ))
+        })?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if authority.is_empty() {
+        return Err(ArchiveError::Config(format!(
+            "archive.root: `{url}` names no {names}; give {shape}"
+        )));
+    }
+    Ok((authority, path.trim_matches('/').to_owned()))
+}
+
 /// `hdfs://host:port/path` as the NameNode's URL (`hdfs://host:port`) and the
 /// path below it, without leading or trailing `/`.
 pub fn split_hdfs_url(url: &str) -> Result<(String, String), ArchiveError> {
-    let rest = url.strip_prefix("hdfs://").ok_or_else(|| {
-        ArchiveError::Config(format!(
-            "archive.root: `{url}` is not an hdfs:// URL; give hdfs://host:port/path"
-        ))
-    })?;
-    let (authority, base) = rest.split_once('/').unwrap_or((rest, ""));
-    if authority.is_empty() {
-        return Err(ArchiveError::Config(format!(
-            "archive.root: `{url}` names no NameNode; give hdfs://host:port/path"
-        )));
-    }
-    Ok((
-        format!("hdfs://{authority}"),
-        base.trim_matches('/').to_owned(),
-    ))
+    let (authority, base) = split_root_url(url, "hdfs", "NameNode", "hdfs://host:port/path")?;
+    Ok((format!("hdfs://{authority}"), base))
 }
 
 impl HdfsStore {
@@ -485,5 +498,28 @@ impl Store for HdfsStore {
 
     fn root(&self) -> String {
         self.url.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_hdfs_root_splits_into_its_namenode_and_path() {
+        assert_eq!(
+            split_hdfs_url("hdfs://nn:9000/a/b/").unwrap(),
+            ("hdfs://nn:9000".to_owned(), "a/b".to_owned())
+        );
+        assert_eq!(
+            split_hdfs_url("hdfs://nn:9000").unwrap(),
+            ("hdfs://nn:9000".to_owned(), String::new())
+        );
+        let no_namenode = split_hdfs_url("hdfs:///a").unwrap_err().to_string();
+        assert!(no_namenode.contains("names no NameNode"), "{no_namenode}");
+        let other = split_hdfs_url("s3://b/a").unwrap_err().to_string();
+        assert!(other.contains("is not an hdfs:// URL"), "{other}");
+        // The scheme is the whole word before `://`, not a prefix of it.
+        assert!(split_hdfs_url("hdfsx://nn/a").is_err());
     }
 }
