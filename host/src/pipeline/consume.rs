@@ -85,8 +85,8 @@ impl Context {
             return;
         };
         // Bounded as the cycle's calls are (see `txn.rs`). A call left hung
-        // holds the producer's transactional state: the next cycle's begin
-        // meets it and fails, and the producer is made again.
+        // holds the producer's transactional state: `producer_hung` has the
+        // pipeline make it again once the poll returns.
         let (timeout, count) = (self.timeout, offsets.count());
         let calling = producer.clone();
         let committed = txn::bounded(
