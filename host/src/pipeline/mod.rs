@@ -361,11 +361,16 @@ impl Pipeline {
             config.transactional_id_prefix, config.group_id
         );
         let mut producer_config = common.clone();
+        // Batching and compression are weir's choice unless `[pipeline.kafka]`
+        // makes its own (docs/performance.md has what each measured).
+        for (key, value) in [("linger.ms", "5"), ("compression.type", "lz4")] {
+            if !config.kafka.contains_key(key) {
+                producer_config.set(key, value);
+            }
+        }
         producer_config
             .set("transactional.id", &transactional_id)
             .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
             .set(
                 "transaction.timeout.ms",
                 config.transaction_timeout_ms.to_string(),
