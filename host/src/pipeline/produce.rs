@@ -187,7 +187,8 @@ impl Pipeline {
 
     pub(super) fn send(&self, record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), CycleError> {
         let mut record = record;
-        let started = Instant::now();
+        // Timed from the first refusal: the clock is not read per record.
+        let mut full_since: Option<Instant> = None;
         let timeout = Duration::from_millis(self.config.call_timeout_ms);
         loop {
             match self.producer.send(record) {
@@ -195,7 +196,7 @@ impl Pipeline {
                 // The broker takes nothing (down, or its partitions leaderless):
                 // the cycle fails, is counted and retried, rather than waiting here.
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
-                    if started.elapsed() >= timeout =>
+                    if full_since.get_or_insert_with(Instant::now).elapsed() >= timeout =>
                 {
                     return Err(CycleError::Kafka {
                         context: "producing: the producer's queue stayed full",
