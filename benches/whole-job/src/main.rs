@@ -22,6 +22,13 @@
 //! - `backlog events=N bytes_per_event=B`
 //! - `passthrough events=N seconds=S events_per_s=R cpu_us_per_event=C broker_cpu_us_per_event=K`
 //! - `weir-serve events=N seconds=S events_per_s=R share_of_passthrough=X cpu_us_per_event=C broker_cpu_us_per_event=K redis_cpu_us_per_event=D`
+//! - `weir-serve-stages ...`: seconds the cycles spent per stage, from weir's
+//!   `/metrics`
+//! - `weir-serve-threads pipeline_cpu_us_per_event=.. sinks_.. kafka_client_..
+//!   tokio_.. other_..`: weir's CPU per event by thread (the pipeline's, the
+//!   sinks', librdkafka's, the async runtime's, the rest), from
+//!   `/proc/<pid>/task/*/stat`: a change's cost shows here even when the
+//!   machine's noise hides it in the throughput
 //! - `weir-serve-latency rate=R events=N p50_ms=.. p99_ms=.. max_ms=..`: from
 //!   the producer's send time (in the event) to a `read_committed` reader of
 //!   the output topic.
@@ -64,6 +71,11 @@ fn fail(message: &str) -> ! {
 fn cpu_us(pid: u32, ticks_per_s: u64) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .unwrap_or_else(|e| fail(&format!("reading /proc/{pid}/stat: {e}")));
+    stat_cpu_us(&stat, ticks_per_s)
+}
+
+/// User + system CPU time in a `/proc/.../stat` line, microseconds.
+fn stat_cpu_us(stat: &str, ticks_per_s: u64) -> u64 {
     // The command name is in parentheses and may hold spaces: fields count
     // from the last `)`. utime and stime are fields 14 and 15.
     let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
@@ -105,6 +117,37 @@ fn stack_pid(service: &str) -> u32 {
                 file.display()
             ))
         })
+}
+
+/// The thread groups of `weir serve` whose CPU is printed apart.
+const THREADS: [&str; 4] = ["pipeline", "sinks", "kafka_client", "tokio"];
+
+/// User + system CPU time so far of each thread group of process `pid`
+/// ([`THREADS`], by the threads' names), microseconds. Threads that ended
+/// are not counted: the process's total has them.
+fn thread_cpu_us(pid: u32, ticks_per_s: u64) -> [u64; THREADS.len()] {
+    let mut groups = [0; THREADS.len()];
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return groups;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let name = stat
+            .find('(')
+            .zip(stat.rfind(')'))
+            .map_or("", |(from, to)| &stat[from + 1..to]);
+        let group = match name {
+            "weir-pipeline" => 0,
+            "weir-sinks" => 1,
+            _ if name.starts_with("rdk:") => 2,
+            _ if name.starts_with("tokio-") => 3,
+            _ => continue,
+        };
+        groups[group] += stat_cpu_us(&stat, ticks_per_s);
+    }
+    groups
 }
 
 /// CPU of several processes, sampled together.
@@ -489,6 +532,7 @@ async fn main() {
     let weir_pid = serve.child.id();
     let perf_data = dir.join("perf.data");
     let cpu = Cpu::start(ticks, vec![weir_pid, broker_pid, redis_pid]);
+    let threads_before = thread_cpu_us(weir_pid, ticks);
     let started = Instant::now();
     serve
         .put_scenario({
@@ -531,6 +575,7 @@ async fn main() {
     }
     let seconds = started.elapsed().as_secs_f64();
     let used = cpu.per_event(events);
+    let threads_after = thread_cpu_us(weir_pid, ticks);
     if let Some(perf) = perf {
         perf_report(perf, &perf_data);
     }
@@ -546,6 +591,19 @@ async fn main() {
     );
 
     println!("weir-serve-stages {}", serve.stages().await);
+    // Each thread group's share of weir's CPU per event, and what is left
+    // (threads that ended meanwhile, and any other).
+    let mut named = 0.0;
+    let mut line = String::from("weir-serve-threads");
+    for (i, group) in THREADS.iter().enumerate() {
+        let per_event = (threads_after[i] - threads_before[i]) as f64 / events as f64;
+        named += per_event;
+        line.push_str(&format!(" {group}_cpu_us_per_event={per_event:.2}"));
+    }
+    println!(
+        "{line} other_cpu_us_per_event={:.2}",
+        (used[0] - named).max(0.0)
+    );
 
     // Latency at a steady rate, read back read_committed.
     let latencies = {
