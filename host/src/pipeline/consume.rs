@@ -33,11 +33,6 @@ pub(super) struct Context {
     /// A call on that producer from here hung (see `txn.rs`): the pipeline
     /// makes it again as soon as the poll returns.
     pub(super) producer_hung: AtomicBool,
-    /// The cycle's transaction is open while the pipeline polls ahead for the
-    /// next batch (as it waits for its commit): the producer is not free.
-    pub(super) in_transaction: AtomicBool,
-    /// The cycle's transactional call under way, which a revocation waits for.
-    pub(super) in_flight: txn::InFlight,
     timeout: Duration,
     metrics: Arc<Metrics>,
     /// Whether the sinks' thread still hands the last cycle's batches.
@@ -51,8 +46,6 @@ impl Context {
             ready: Mutex::default(),
             producer: Mutex::default(),
             producer_hung: AtomicBool::new(false),
-            in_transaction: AtomicBool::new(false),
-            in_flight: txn::InFlight::default(),
             timeout,
             metrics,
             sinks_busy,
@@ -192,20 +185,7 @@ impl ConsumerContext for Context {
             // while this one polls: they finish before the partitions move,
             // as when they took them on this thread.
             self.sinks_busy.wait();
-            // Polled ahead while a cycle commits: the partitions move once
-            // that commit has answered, and the pipeline drops what it ran of
-            // them (their next owner replays it from the journal when the
-            // commit went through). Nothing else is committed meanwhile: the
-            // producer is the cycle's.
-            self.in_flight.wait();
-            if self.in_transaction.load(Ordering::Relaxed) {
-                tracing::info!(
-                    partitions = gone.len(),
-                    "partitions revoked while a cycle commits; their next owner replays what was durable"
-                );
-            } else {
-                self.commit_before_revoke(consumer, &gone);
-            }
+            self.commit_before_revoke(consumer, &gone);
             let mut ready = self.ready.lock().expect("ready lock");
             for tp in &gone {
                 ready.remove(tp);
@@ -370,25 +350,6 @@ impl Pipeline {
         messages
     }
 
-    /// Whether nothing more is polled ahead: the next batch is full, or the
-    /// pipeline stops.
-    pub(super) fn ahead_full(&self) -> bool {
-        self.carried.len() >= self.config.batch_max_events || self.stop.is_cancelled()
-    }
-
-    /// Polls once for the next batch while the cycle's commit is under way
-    /// (the events go to `carried`, where [`Pipeline::gather`] starts); false
-    /// when nothing came or the next batch is full.
-    pub(super) fn gather_ahead(&mut self, wait: Duration) -> bool {
-        if self.ahead_full() {
-            return false;
-        }
-        let mut carried = std::mem::take(&mut self.carried);
-        let got = self.poll_into(wait, &mut carried);
-        self.carried = carried;
-        got
-    }
-
     /// Polls once, appending what arrives to `messages`; false when nothing came.
     ///
     /// A rebalance runs inside `poll`. Events of a revoked partition gathered before
@@ -408,15 +369,11 @@ impl Pipeline {
         if !revoked.is_empty() {
             let before = messages.len();
             messages.retain(|m| !revoked.contains(&(m.topic().to_owned(), m.partition())));
-            // Polled ahead of a cycle that then failed, beside the batch retried.
-            self.carried
-                .retain(|m| !revoked.contains(&(m.topic().to_owned(), m.partition())));
             tracing::info!(
                 dropped = before - messages.len(),
                 "gathered events of revoked partitions dropped"
             );
             let revoked: Vec<(String, i32)> = revoked.into_iter().collect();
-            self.revoked_lately.extend(revoked.iter().cloned());
             self.sinks_home();
             self.metrics
                 .revoked_partitions

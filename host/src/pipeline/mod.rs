@@ -65,7 +65,7 @@ pub mod sink;
 mod stats;
 mod txn;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -179,11 +179,8 @@ pub struct Pipeline {
     recreations: VecDeque<Instant>,
     /// Time the cycle in progress spent routing, in plugins and producing.
     stages: Stages,
-    /// Events polled for the next batch: while the cycle's commit was under
-    /// way, or while waiting for the sinks.
+    /// Events polled while waiting for the sinks, for the next batch.
     carried: Vec<OwnedMessage>,
-    /// Partitions revoked since the cycle in progress began.
-    revoked_lately: HashSet<(String, i32)>,
 }
 
 /// Time one cycle spent in the stages inside its run.
@@ -409,7 +406,6 @@ impl Pipeline {
             recreations: VecDeque::new(),
             stages: Stages::default(),
             carried: Vec::new(),
-            revoked_lately: HashSet::new(),
             message_limit,
             config,
             consumer,
@@ -575,26 +571,11 @@ impl Pipeline {
                         break;
                     }
                     Err(err) => {
-                        let revoked = matches!(err, CycleError::Revoked);
-                        if !revoked {
-                            failures_in_a_row += 1;
-                        }
-                        if !matches!(err, CycleError::SinksBehind | CycleError::Revoked) {
+                        failures_in_a_row += 1;
+                        if !matches!(err, CycleError::SinksBehind) {
                             self.metrics.failed_cycles.fetch_add(1, Ordering::Relaxed);
                         }
                         self.abort(&err)?;
-                        // Partitions revoked while the batch committed (the next
-                        // one was polled meanwhile) are not run again: at once
-                        // when that is why it failed.
-                        let lately = std::mem::take(&mut self.revoked_lately);
-                        gathered
-                            .retain(|m| !lately.contains(&(m.topic().to_owned(), m.partition())));
-                        if revoked {
-                            if gathered.is_empty() {
-                                break;
-                            }
-                            continue;
-                        }
                         if self.stop.is_cancelled() {
                             tracing::warn!(error = %err, "stopping with a cycle that could not commit; its events will be consumed again");
                             self.finish();
@@ -916,12 +897,7 @@ impl Pipeline {
         let own = done.is_empty();
         if !own {
             // The journal records' places go into this commit's metadata.
-            // Meanwhile, and while the commit's calls below are under way,
-            // the next batch is polled (`gather_ahead`); a partition of this
-            // one revoked before its offsets went out fails the cycle, which
-            // runs again without it.
             self.await_deliveries(timeout)?;
-            self.fail_if_revoked(done)?;
             self.note_journal_deliveries()?;
         }
         let mut offsets = TopicPartitionList::new();
@@ -943,34 +919,25 @@ impl Pipeline {
                 .map_err(CycleError::kafka("beginning a transaction"))?;
         }
         let started = Instant::now();
-        let flight = self.consumer.context().in_flight.clone();
         if offsets.count() > 0 {
             let group = self
                 .consumer
                 .group_metadata()
                 .ok_or(CycleError::NoGroupMetadata)?;
             let producer = self.producer.clone();
-            txn::bounded_while(
+            txn::bounded(
                 "send_offsets_to_transaction",
                 timeout,
                 txn::MARGIN,
-                &flight,
                 move || producer.send_offsets_to_transaction(&offsets, &group, timeout),
-                || self.poll_ahead(own),
             )?
             .map_err(CycleError::kafka("sending offsets to the transaction"))?;
-            self.fail_if_revoked(done)?;
         }
         let sent = started.elapsed();
         let producer = self.producer.clone();
-        txn::bounded_while(
-            "commit_transaction",
-            timeout,
-            txn::MARGIN,
-            &flight,
-            move || producer.commit_transaction(timeout),
-            || self.poll_ahead(own),
-        )?
+        txn::bounded("commit_transaction", timeout, txn::MARGIN, move || {
+            producer.commit_transaction(timeout)
+        })?
         .map_err(CycleError::kafka("committing the transaction"))?;
         tracing::trace!(
             offsets_ms = sent.as_millis() as u64,
@@ -983,9 +950,6 @@ impl Pipeline {
                 "offsets committed after sinks made held events durable"
             );
         }
-        // A partition revoked while the commit was under way is not known
-        // here any more.
-        updates.retain(|(tp, _)| !self.revoked_lately.contains(tp));
         for (tp, position) in &updates {
             if let Some(commit) = position.committed {
                 self.placements.committed(tp, commit);
@@ -993,29 +957,6 @@ impl Pipeline {
         }
         self.positions.extend(updates);
         self.note_ready();
-        Ok(())
-    }
-
-    /// While a cycle's transactional call is under way: polls for the next
-    /// batch, up to 1 ms, until it is full; false when there is nothing more
-    /// to do (an idle commit, which has no next batch to poll ahead).
-    fn poll_ahead(&mut self, idle_commit: bool) -> bool {
-        if idle_commit {
-            return false;
-        }
-        self.gather_ahead(Duration::from_millis(1));
-        !self.ahead_full()
-    }
-
-    /// Fails the cycle when one of the partitions it handled (`done`) was
-    /// revoked since it began.
-    fn fail_if_revoked(&self, done: &[(String, i32, i64)]) -> Result<(), CycleError> {
-        if done
-            .iter()
-            .any(|(topic, partition, _)| self.revoked_lately.contains(&(topic.clone(), *partition)))
-        {
-            return Err(CycleError::Revoked);
-        }
         Ok(())
     }
 
@@ -1229,7 +1170,6 @@ impl Pipeline {
         }
         let started = Instant::now();
         self.stages = Stages::default();
-        self.revoked_lately.clear();
         let partitions: Vec<(&str, i32)> = by_partition.keys().copied().collect();
         // The sinks failed to take the cycle before the last (the last one
         // committed beside it): nothing more runs until they take both, so at
@@ -1278,25 +1218,8 @@ impl Pipeline {
                 (tp, committed)
             })
             .collect();
-        // The next batch is polled while this commit is under way.
-        self.consumer
-            .context()
-            .in_transaction
-            .store(true, Ordering::Relaxed);
-        let committed = self.commit_positions(&done, &processed);
-        self.consumer
-            .context()
-            .in_transaction
-            .store(false, Ordering::Relaxed);
-        committed?;
+        self.commit_positions(&done, &processed)?;
         self.stage_time("commit", started.elapsed() - ran - waited);
-        // Partitions revoked while the commit was under way (it went through
-        // before they moved): their next owner replays these batches from the
-        // journal, as after any commit the sinks did not follow.
-        if !self.revoked_lately.is_empty() {
-            let revoked = &self.revoked_lately;
-            processed.retain(|b| !revoked.contains(&(b.topic.clone(), b.partition)));
-        }
         tracing::debug!(
             events = messages.len(),
             run_ms = ran.as_millis() as u64,
@@ -1680,9 +1603,6 @@ enum CycleError {
     Registry(#[from] crate::registry::RegistryError),
     #[error("kafka: {0}")]
     Call(#[from] txn::CallError),
-    /// A partition of the cycle was revoked before its offsets were sent.
-    #[error("a partition of the batch was revoked while it was produced")]
-    Revoked,
 }
 
 impl CycleError {
