@@ -22,6 +22,10 @@
 //! - `backlog events=N bytes_per_event=B`
 //! - `passthrough events=N seconds=S events_per_s=R cpu_us_per_event=C broker_cpu_us_per_event=K`
 //! - `weir-serve events=N seconds=S events_per_s=R share_of_passthrough=X cpu_us_per_event=C broker_cpu_us_per_event=K redis_cpu_us_per_event=D`
+//! - `weir-serve-machine idle_share=I steal_share=S`: the share of the
+//!   machine's CPU time (all cores) that was idle, and that the hypervisor took,
+//!   while weir drained, from `/proc/stat`: near 0 idle, the job is bound by CPU;
+//!   well above, it waits (on the broker's answers, or one thread on another)
 //! - `weir-serve-stages ...`: seconds the cycles spent per stage, from weir's
 //!   `/metrics`
 //! - `weir-serve-threads pipeline_cpu_us_per_event=.. sinks_.. kafka_client_..
@@ -29,6 +33,11 @@
 //!   sinks', librdkafka's, the async runtime's, the rest), from
 //!   `/proc/<pid>/task/*/stat`: a change's cost shows here even when the
 //!   machine's noise hides it in the throughput
+//! - `weir-serve-runqueue pipeline_s=.. sinks_s=.. kafka_client_s=.. tokio_s=..`:
+//!   seconds each thread group was ready to run but waited for a core while
+//!   weir drained (`/proc/<pid>/task/*/schedstat`): a thread whose wall time is
+//!   neither its CPU nor this waited on something else (the broker, a lock, a
+//!   sleep)
 //! - `weir-serve-latency rate=R events=N p50_ms=.. p99_ms=.. max_ms=..`: from
 //!   the producer's send time (in the event) to a `read_committed` reader of
 //!   the output topic.
@@ -95,6 +104,25 @@ fn clock_ticks() -> u64 {
         .unwrap_or(100)
 }
 
+/// The machine's CPU time so far, from `/proc/stat`'s first line, in ticks:
+/// (all, idle and waiting for I/O, stolen by the hypervisor).
+fn machine_ticks() -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat")
+        .unwrap_or_else(|e| fail(&format!("reading /proc/stat: {e}")));
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+    let all = (0..8).map(at).sum();
+    (all, at(3) + at(4), at(7))
+}
+
 /// The pid `tests/stack` recorded for `service`.
 fn stack_pid(service: &str) -> u32 {
     let dir = std::env::var("WEIR_STACK_DIR").unwrap_or_else(|_| {
@@ -122,11 +150,12 @@ fn stack_pid(service: &str) -> u32 {
 /// The thread groups of `weir serve` whose CPU is printed apart.
 const THREADS: [&str; 4] = ["pipeline", "sinks", "kafka_client", "tokio"];
 
-/// User + system CPU time so far of each thread group of process `pid`
-/// ([`THREADS`], by the threads' names), microseconds. Threads that ended
-/// are not counted: the process's total has them.
-fn thread_cpu_us(pid: u32, ticks_per_s: u64) -> [u64; THREADS.len()] {
-    let mut groups = [0; THREADS.len()];
+/// What each thread group of process `pid` ([`THREADS`], by the threads'
+/// names) has had so far, microseconds: user + system CPU time, and time spent
+/// runnable but waiting for a core (`/proc/.../schedstat`'s second field).
+/// Threads that ended are not counted: the process's total has them.
+fn thread_times_us(pid: u32, ticks_per_s: u64) -> [(u64, u64); THREADS.len()] {
+    let mut groups = [(0, 0); THREADS.len()];
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return groups;
     };
@@ -145,7 +174,12 @@ fn thread_cpu_us(pid: u32, ticks_per_s: u64) -> [u64; THREADS.len()] {
             _ if name.starts_with("tokio-") => 3,
             _ => continue,
         };
-        groups[group] += stat_cpu_us(&stat, ticks_per_s);
+        let waited_ns: u64 = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|t| t.split_whitespace().nth(1).and_then(|f| f.parse().ok()))
+            .unwrap_or(0);
+        groups[group].0 += stat_cpu_us(&stat, ticks_per_s);
+        groups[group].1 += waited_ns / 1_000;
     }
     groups
 }
@@ -532,7 +566,8 @@ async fn main() {
     let weir_pid = serve.child.id();
     let perf_data = dir.join("perf.data");
     let cpu = Cpu::start(ticks, vec![weir_pid, broker_pid, redis_pid]);
-    let threads_before = thread_cpu_us(weir_pid, ticks);
+    let threads_before = thread_times_us(weir_pid, ticks);
+    let machine_before = machine_ticks();
     let started = Instant::now();
     serve
         .put_scenario({
@@ -575,7 +610,8 @@ async fn main() {
     }
     let seconds = started.elapsed().as_secs_f64();
     let used = cpu.per_event(events);
-    let threads_after = thread_cpu_us(weir_pid, ticks);
+    let threads_after = thread_times_us(weir_pid, ticks);
+    let machine_after = machine_ticks();
     if let Some(perf) = perf {
         perf_report(perf, &perf_data);
     }
@@ -590,20 +626,30 @@ async fn main() {
         used[2]
     );
 
+    let all = (machine_after.0 - machine_before.0).max(1) as f64;
+    println!(
+        "weir-serve-machine idle_share={:.2} steal_share={:.2}",
+        (machine_after.1 - machine_before.1) as f64 / all,
+        (machine_after.2 - machine_before.2) as f64 / all
+    );
     println!("weir-serve-stages {}", serve.stages().await);
     // Each thread group's share of weir's CPU per event, and what is left
     // (threads that ended meanwhile, and any other).
     let mut named = 0.0;
     let mut line = String::from("weir-serve-threads");
+    let mut waits = String::from("weir-serve-runqueue");
     for (i, group) in THREADS.iter().enumerate() {
-        let per_event = (threads_after[i] - threads_before[i]) as f64 / events as f64;
+        let per_event = (threads_after[i].0 - threads_before[i].0) as f64 / events as f64;
         named += per_event;
         line.push_str(&format!(" {group}_cpu_us_per_event={per_event:.2}"));
+        let waited = (threads_after[i].1 - threads_before[i].1) as f64 / 1e6;
+        waits.push_str(&format!(" {group}_s={waited:.2}"));
     }
     println!(
         "{line} other_cpu_us_per_event={:.2}",
         (used[0] - named).max(0.0)
     );
+    println!("{waits}");
 
     // Latency at a steady rate, read back read_committed.
     let latencies = {
