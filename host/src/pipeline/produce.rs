@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use super::catalog::Route;
+use super::journal::Deliveries;
 use super::route::DeadLetterReason;
 use super::sink::PartitionBatch;
 use super::{CycleError, Pipeline, journal};
@@ -136,6 +137,24 @@ fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
     }
 }
 
+/// Waits at most `timeout` until the producer holds no record: each delivered
+/// and its delivery report handled by the producer's polling thread. Meanwhile
+/// librdkafka sends what waits for `linger.ms` at once. This is librdkafka's
+/// own `rd_kafka_flush` with a timeout, which holds its flushing flag while it
+/// waits on a condition variable; the Rust client's `flush` calls it with no
+/// timeout and polls for reports itself in steps of up to 100 ms, which the
+/// polling thread has usually taken already, and the last records of a cycle
+/// would wait out the linger (docs/pipeline.md, Throughput).
+#[allow(unsafe_code)] // The FFI seam: one call into librdkafka.
+fn flush_now(producer: &ThreadedProducer<Deliveries>, timeout: Duration) -> RDKafkaErrorCode {
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the handle is the live client `producer` owns, borrowed for the
+    // whole call; librdkafka allows `rd_kafka_flush` from any thread, beside
+    // the polling thread that serves the delivery reports it waits for.
+    let code = unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), ms) };
+    RDKafkaErrorCode::from(code)
+}
+
 impl Pipeline {
     /// Sends a partition batch's journal records in the open transaction.
     pub(super) fn send_journal(&mut self, batch: &PartitionBatch) -> Result<(), CycleError> {
@@ -162,22 +181,17 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Waits until every record sent is delivered. The client's own wait before a
-    /// commit polls for delivery reports in steps of up to 100 ms, which the producer's
-    /// polling thread has usually taken already: waiting here first, in 1 ms steps, saves
-    /// those 100 ms on every commit (docs/pipeline.md, Throughput).
+    /// Waits until every record sent is delivered and its report handled (the
+    /// journal's places are then known), sending at once what the producer
+    /// would hold for `linger.ms`: see [`flush_now`].
     pub(super) fn await_deliveries(&self, timeout: Duration) -> Result<(), CycleError> {
-        let started = Instant::now();
-        while self.producer.in_flight_count() > 0 {
-            if started.elapsed() >= timeout {
-                return Err(CycleError::Kafka {
-                    context: "waiting for deliveries",
-                    source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        match flush_now(&self.producer, timeout) {
+            RDKafkaErrorCode::NoError => Ok(()),
+            code => Err(CycleError::Kafka {
+                context: "waiting for deliveries",
+                source: KafkaError::Flush(code),
+            }),
         }
-        Ok(())
     }
 
     pub(super) fn send(&self, record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), CycleError> {
